@@ -1,0 +1,14 @@
+rule trace_features:
+    input:
+        packets="results/packets/{trace}.parquet",
+    output:
+        summary="results/features/{trace}/summary.json",
+        distributions="results/features/{trace}/distributions.parquet",
+    params:
+        settings=config["features"],
+    log:
+        "results/logs/features/{trace}.log",
+    benchmark:
+        "results/benchmarks/features/{trace}.tsv"
+    script:
+        "../scripts/trace_features.py"

@@ -1,0 +1,15 @@
+rule normalize_trace:
+    input:
+        staged="results/staged/{trace}.parquet",
+        source=trace_source,
+    output:
+        packets="results/packets/{trace}.parquet",
+    params:
+        source_format=lambda wc: trace_row(wc)["format"],
+        row_group_rows=config["normalize"]["row_group_rows"],
+    log:
+        "results/logs/normalize/{trace}.log",
+    benchmark:
+        "results/benchmarks/normalize/{trace}.tsv"
+    script:
+        "../scripts/normalize_trace.py"

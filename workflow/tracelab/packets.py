@@ -1,0 +1,157 @@
+"""The normalized packet table: one row a packet, the same schema whatever the source format.
+
+`results/packets/{trace}.parquet` follows PACKET_SCHEMA. Readers produce a *staged* table
+(`STAGED_BASE` columns, plus any of INFO_FIELDS they can read straight from headers); the
+normalization stage fills the remaining INFO_FIELDS by parsing `info`, adds `t_rel_s`, checks
+the result with `PacketModel` and writes it with `PacketWriter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+
+DICT_STRING = pa_arrow.dictionary(pa_arrow.int32(), pa_arrow.string())
+TIMESTAMP = pa_arrow.timestamp("ns", tz="UTC")
+
+# Columns every reader supplies, in order.
+STAGED_BASE = pa_arrow.schema([
+    ("frame", pa_arrow.int64()),
+    ("ts", TIMESTAMP),
+    ("src", pa_arrow.string()),
+    ("dst", pa_arrow.string()),
+    ("protocol", pa_arrow.string()),
+    ("length", pa_arrow.int64()),
+    ("info", pa_arrow.string()),
+])
+
+# Fields that come from the Info column of an export, or from the headers of a capture.
+INFO_FIELDS = pa_arrow.schema([
+    ("src_port", pa_arrow.int32()),
+    ("dst_port", pa_arrow.int32()),
+    ("tcp_flags", pa_arrow.int16()),
+    ("tcp_seq", pa_arrow.int64()),
+    ("tcp_ack", pa_arrow.int64()),
+    ("tcp_win", pa_arrow.int64()),
+    ("tcp_len", pa_arrow.int64()),
+    ("tcp_analysis", pa_arrow.string()),
+    ("http_method", DICT_STRING),
+    ("http_uri", pa_arrow.string()),
+    ("http_version", DICT_STRING),
+    ("http_status", pa_arrow.int16()),
+    ("dns_query", pa_arrow.string()),
+    ("tls_message", pa_arrow.string()),
+])
+
+PACKET_SCHEMA = pa_arrow.schema(
+    [
+        STAGED_BASE.field("frame"),
+        STAGED_BASE.field("ts"),
+        pa_arrow.field("t_rel_s", pa_arrow.float64()),
+        pa_arrow.field("src", DICT_STRING),
+        pa_arrow.field("dst", DICT_STRING),
+        pa_arrow.field("protocol", DICT_STRING),
+        STAGED_BASE.field("length"),
+        STAGED_BASE.field("info"),
+    ]
+    + list(INFO_FIELDS)
+)
+
+# TCP flag bits, as in the TCP header (and Wireshark's tcp.flags).
+TCP_FLAG_BITS = {
+    "FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08,
+    "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80,
+}
+
+
+class PacketModel(pa.DataFrameModel):
+    """Checks on the normalized table, run on every row group before it is written."""
+
+    frame: pd.Int64Dtype = pa.Field(gt=0, nullable=False)
+    ts: pd.DatetimeTZDtype(unit="ns", tz="UTC") = pa.Field(nullable=False)
+    t_rel_s: float = pa.Field(nullable=False)
+    src: pd.CategoricalDtype = pa.Field(nullable=False)
+    dst: pd.CategoricalDtype = pa.Field(nullable=False)
+    protocol: pd.CategoricalDtype = pa.Field(nullable=False)
+    length: pd.Int64Dtype = pa.Field(gt=0, nullable=False)
+    src_port: pd.Int32Dtype = pa.Field(ge=0, le=65535, nullable=True)
+    dst_port: pd.Int32Dtype = pa.Field(ge=0, le=65535, nullable=True)
+    tcp_flags: pd.Int16Dtype = pa.Field(ge=0, le=0x1FF, nullable=True)
+    tcp_seq: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
+    tcp_ack: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
+    tcp_win: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
+    tcp_len: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
+    http_status: pd.Int16Dtype = pa.Field(ge=100, le=999, nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+def table_to_checked_frame(table: pa_arrow.Table) -> pd.DataFrame:
+    """The numeric and categorical columns of `table` as pandas, for PacketModel."""
+    columns = [c for c in PacketModel.to_schema().columns if c in table.column_names]
+    return table.select(columns).to_pandas(
+        types_mapper={
+            pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.int32(): pd.Int32Dtype(),
+            pa_arrow.int16(): pd.Int16Dtype(),
+        }.get,
+    )
+
+
+def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PacketWriter:
+    """Writes PACKET_SCHEMA row groups with zstd, atomically, recording the source and its hash."""
+
+    def __init__(self, path, *, source_path, source_sha256: str, trace: str,
+                 source_format: str, extra_metadata: dict | None = None):
+        metadata = {
+            b"tracelab.trace": trace.encode(),
+            b"tracelab.source_path": str(source_path).encode(),
+            b"tracelab.source_sha256": source_sha256.encode(),
+            b"tracelab.source_format": source_format.encode(),
+        }
+        for key, value in (extra_metadata or {}).items():
+            metadata[f"tracelab.{key}".encode()] = str(value).encode()
+        self.schema = PACKET_SCHEMA.with_metadata(metadata)
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa_arrow.Table) -> None:
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def close(self, ok: bool = True) -> None:
+        self._writer.close()
+        if ok:
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._atomic.__exit__(RuntimeError, RuntimeError(), None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(ok=exc_type is None)
+        return False
+
+
+def read_packets(path, columns=None) -> pa_arrow.Table:
+    """Read a normalized packet table (only `columns`, if given)."""
+    return pq.read_table(Path(path), columns=columns)

@@ -1,0 +1,27 @@
+"""Adapts a Snakemake `script:` job to a stage function: logging to the rule's log, clean errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from .errors import TraceInputError
+
+log = logging.getLogger("tracelab")
+
+
+def run_stage(snakemake, stage, **kwargs):
+    """Call `stage(**kwargs)`, logging to the job's log; bad input exits 1 with one clear line."""
+    handler = logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    try:
+        return stage(**kwargs)
+    except TraceInputError as error:
+        log.error("%s", error)
+        print(f"tracelab: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        log.error("unexpected failure:\n%s", traceback.format_exc())
+        raise

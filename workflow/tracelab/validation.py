@@ -1,0 +1,155 @@
+"""What every reader reports: rows read, kept and rejected, each check with counts and examples.
+
+A reader streams its source, rejects rows through `InvalidRows` and counts them in a
+`ValidationReport`. `finish()` applies the policy (structural errors, zero valid rows, too
+many invalid rows), writes `results/validation/{trace}.json` and raises `TraceInputError`
+when the trace must stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from .atomic import atomic_path, write_json
+from .errors import TraceInputError
+
+EXAMPLES_PER_CHECK = 5
+
+
+@dataclass
+class ValidationSettings:
+    max_invalid_fraction: float = 0.01
+    length_min: int = 14
+    length_max: int = 262144
+    batch_bytes: int = 8 << 20
+
+
+@dataclass
+class CheckResult:
+    description: str
+    failures: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+
+class ValidationReport:
+    def __init__(self, *, trace: str, source, source_format: str, settings: ValidationSettings):
+        self.trace = trace
+        self.source = str(source)
+        self.source_format = source_format
+        self.settings = settings
+        self.rows_read = 0
+        self.rows_valid = 0
+        self.rows_invalid = 0
+        self.checks: dict[str, CheckResult] = {}
+        self.structural_errors: list[dict] = []
+        self.notes: dict[str, object] = {}
+
+    def declare(self, name: str, description: str) -> None:
+        """Name a check up front, so the report lists it even when nothing fails it."""
+        self.checks.setdefault(name, CheckResult(description))
+
+    def fail(self, name: str, count: int, examples: list[dict], description: str = "") -> None:
+        result = self.checks.setdefault(name, CheckResult(description or name))
+        result.failures += int(count)
+        room = EXAMPLES_PER_CHECK - len(result.examples)
+        if room > 0:
+            result.examples.extend(examples[:room])
+
+    def structural(self, check: str, detail: str, **where) -> None:
+        self.structural_errors.append({"check": check, "detail": detail, **where})
+
+    def to_dict(self, status: str) -> dict:
+        read = self.rows_read
+        return {
+            "trace": self.trace,
+            "source": self.source,
+            "format": self.source_format,
+            "status": status,
+            "rows_read": read,
+            "rows_valid": self.rows_valid,
+            "rows_invalid": self.rows_invalid,
+            "invalid_fraction": (self.rows_invalid / read) if read else 0.0,
+            "max_invalid_fraction": self.settings.max_invalid_fraction,
+            "structural_errors": self.structural_errors,
+            "checks": {
+                name: {"description": c.description, "failures": c.failures,
+                       "examples": c.examples}
+                for name, c in self.checks.items()
+            },
+            **self.notes,
+        }
+
+    def finish(self, report_path) -> dict:
+        """Decide the trace's fate, write the report, raise if the trace must stop."""
+        failed_checks = {n: c.failures for n, c in self.checks.items() if c.failures}
+        fraction = (self.rows_invalid / self.rows_read) if self.rows_read else 0.0
+        problem = None
+        if self.structural_errors:
+            first = self.structural_errors[0]
+            where = {k: v for k, v in first.items() if k in ("row", "field")}
+            problem = (first["check"], first["detail"], where)
+        elif self.rows_valid == 0:
+            problem = ("zero valid rows",
+                       f"{self.rows_read} rows read, none valid; failed checks: "
+                       f"{_counts(failed_checks) or 'none'}", {})
+        elif fraction > self.settings.max_invalid_fraction:
+            problem = ("max_invalid_fraction",
+                       f"{self.rows_invalid} of {self.rows_read} rows invalid "
+                       f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
+                       f"failed checks: {_counts(failed_checks)}", {})
+        status = "failed" if problem else ("passed_with_invalid_rows" if self.rows_invalid
+                                           else "passed")
+        data = self.to_dict(status)
+        write_json(report_path, data)
+        if problem:
+            check, detail, where = problem
+            raise TraceInputError(self.source, check, detail, report=str(report_path), **where)
+        return data
+
+
+def _counts(failed: dict[str, int]) -> str:
+    return ", ".join(f"{name}={count}" for name, count in failed.items())
+
+
+class InvalidRows:
+    """Streams rejected rows, verbatim, to `{trace}.invalid.csv` with where and why.
+
+    Columns: `location` (line number of an export, record index and byte offset of a capture),
+    `reason` (the failed checks, `;`-separated), then the row's own fields as strings.
+    """
+
+    def __init__(self, path, raw_columns: list[str]):
+        self.columns = ["location", "reason", *raw_columns]
+        self.schema = pa.schema([(name, pa.string()) for name in self.columns])
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._writer = pacsv.CSVWriter(self._tmp, self.schema,
+                                       write_options=pacsv.WriteOptions(quoting_style="all_valid"))
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table.select(self.columns).cast(self.schema))
+            self.rows += table.num_rows
+
+    def close(self, ok: bool = True) -> None:
+        self._writer.close()
+        self._atomic.__exit__(*((None, None, None) if ok else (RuntimeError, RuntimeError(), None)))
+
+
+def write_report_for_unreadable(report_path, invalid_path, report: ValidationReport,
+                                raw_columns: list[str]) -> None:
+    """A source that could not be opened still leaves a report and an (empty) invalid file."""
+    sink = InvalidRows(invalid_path, raw_columns)
+    sink.close()
+    report.finish(report_path)
+
+
+def ensure_parent(path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
