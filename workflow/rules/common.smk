@@ -1,15 +1,18 @@
 # Helpers and input functions shared by every stage.
+import hashlib
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from tracelab.traces import TraceSheetError, load_trace_sheet
+from tracelab.validate import READERS
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 REPO_ROOT = Path(workflow.basedir)
+PACKAGE_DIR = REPO_ROOT / "workflow" / "tracelab"
 try:
     TRACES = load_trace_sheet(REPO_ROOT / config["traces"], REPO_ROOT)
 except TraceSheetError as error:
@@ -38,3 +41,21 @@ def final_outputs():
         *expand("results/features/{trace}/summary.json", trace=TRACES.index),
         "results/compare/summary.csv",
     ]
+
+
+def code_version(*modules):
+    """Digest of the tracelab modules a rule runs, passed as a param so a code change reruns it.
+
+    Snakemake reruns a job when its script changes; the logic lives in the package, so the
+    package modules the job imports are hashed too.
+    """
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update((PACKAGE_DIR / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def validation_code_version(wildcards):
+    """The validation code of this trace's format only: a pcap fix does not rerun CSV traces."""
+    reader = READERS[trace_row(wildcards)["format"]].removeprefix("tracelab.")
+    return code_version("validate", "validation", "packets", reader)

@@ -13,11 +13,14 @@ rule compare_traces:
         rate="results/compare/rate.png",
         destinations="results/compare/destinations.png",
     params:
+        code=code_version("compare", "safe_text"),
         traces=list(TRACES.index),
         labels=trace_labels(),
     log:
         "results/logs/compare/compare_traces.log",
     benchmark:
         "results/benchmarks/compare/compare_traces.tsv"
+    conda:
+        "../envs/tracelab.yaml"
     script:
         "../scripts/compare_traces.py"

@@ -5,10 +5,13 @@ rule trace_features:
         summary="results/features/{trace}/summary.json",
         distributions="results/features/{trace}/distributions.parquet",
     params:
+        code=code_version("features"),
         settings=config["features"],
     log:
         "results/logs/features/{trace}.log",
     benchmark:
         "results/benchmarks/features/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
     script:
         "../scripts/trace_features.py"

@@ -5,11 +5,14 @@ rule normalize_trace:
     output:
         packets="results/packets/{trace}.parquet",
     params:
+        code=code_version("normalize", "packets"),
         source_format=lambda wc: trace_row(wc)["format"],
         row_group_rows=config["normalize"]["row_group_rows"],
     log:
         "results/logs/normalize/{trace}.log",
     benchmark:
         "results/benchmarks/normalize/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
     script:
         "../scripts/normalize_trace.py"

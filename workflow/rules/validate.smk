@@ -6,6 +6,7 @@ rule validate_trace:
         invalid="results/validation/{trace}.invalid.csv",
         staged=temp("results/staged/{trace}.parquet"),
     params:
+        code=validation_code_version,
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
         settings=config["validation"],
@@ -13,5 +14,7 @@ rule validate_trace:
         "results/logs/validate/{trace}.log",
     benchmark:
         "results/benchmarks/validate/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
     script:
         "../scripts/validate_trace.py"

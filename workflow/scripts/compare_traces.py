@@ -1,0 +1,18 @@
+from tracelab.compare import compare_traces
+from tracelab.runner import run_stage
+
+run_stage(
+    snakemake,
+    compare_traces,
+    traces=snakemake.params.traces,
+    labels=snakemake.params.labels,
+    summary_paths=list(snakemake.input.summaries),
+    distribution_paths=list(snakemake.input.distributions),
+    table_path=snakemake.output.table,
+    markdown_path=snakemake.output.markdown,
+    iat_cdf_path=snakemake.output.iat_cdf,
+    length_cdf_path=snakemake.output.length_cdf,
+    protocols_path=snakemake.output.protocols,
+    rate_path=snakemake.output.rate,
+    destinations_path=snakemake.output.destinations,
+)

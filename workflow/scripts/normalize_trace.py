@@ -1,0 +1,13 @@
+from tracelab.normalize import normalize_trace
+from tracelab.runner import run_stage
+
+run_stage(
+    snakemake,
+    normalize_trace,
+    trace=snakemake.wildcards.trace,
+    staged_path=snakemake.input.staged,
+    source=snakemake.input.source,
+    source_format=snakemake.params.source_format,
+    packets_path=snakemake.output.packets,
+    row_group_rows=snakemake.params.row_group_rows,
+)

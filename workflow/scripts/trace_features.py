@@ -1,0 +1,12 @@
+from tracelab.features import trace_features
+from tracelab.runner import run_stage
+
+run_stage(
+    snakemake,
+    trace_features,
+    trace=snakemake.wildcards.trace,
+    packets_path=snakemake.input.packets,
+    summary_path=snakemake.output.summary,
+    distributions_path=snakemake.output.distributions,
+    settings=snakemake.params.settings,
+)

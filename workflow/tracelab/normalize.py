@@ -1,0 +1,152 @@
+"""Stage 2, normalization: the staged rows of a trace become the typed packet table.
+
+Fields a reader did not supply are parsed out of `info` with Arrow's regex kernels (RE2), one
+pass per protocol family, never a Python loop over packets. The result is checked with
+packets.PacketModel per row group and written with zstd and the source's SHA-256.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel,
+                      PacketWriter, sha256_of, table_to_checked_frame)
+
+log = logging.getLogger(__name__)
+
+# `[TCP Retransmission] [TCP Port numbers reused] 51292  >  80 [SYN] Seq=0 Win=64240 Len=0 ...`
+# The GUI writes the arrow as "  >  ", tshark as " → ". UDP rows end in "Len=N" after the ports.
+PORTS_INFO = (r"^(?P<analysis>(?:\[[^\]]*\]\s*)*)(?P<src_port>\d{1,5})\s+(?:>|→)\s+"
+              r"(?P<dst_port>\d{1,5})(?:\s+\[(?P<flags>[A-Z, ]*)\])?(?P<rest>.*)$")
+TCP_NUMBERS = (r"^(?:.*?\bSeq=(?P<seq>\d+))?(?:.*?\bAck=(?P<ack>\d+))?"
+               r"(?:.*?\bWin=(?P<win>\d+))?(?:.*?\bLen=(?P<len>\d+))?")
+HTTP_REQUEST = r"^(?P<method>[A-Z][A-Z_-]{1,19}) (?P<uri>\S+) (?P<version>HTTP/\d(?:\.\d)?)\b"
+HTTP_RESPONSE = r"^(?P<version>HTTP/\d(?:\.\d)?) (?P<status>\d{3})\b"
+DNS_QUERY = (r"^Standard query (?:response )?0x[0-9a-fA-F]{1,4} "
+             r"(?:No such name |Server failure |Refused |Format error |Not implemented )?"
+             r"(?:[A-Z][A-Z0-9]* )(?P<name>[^\s,]+)")
+
+
+def _nonempty(array: pa.Array) -> pa.Array:
+    """Arrow's extract_regex gives "" for a group that did not take part; that means null."""
+    return pc.if_else(pc.equal(array, ""), None, array)
+
+
+def _group(match: pa.StructArray, name: str) -> pa.Array:
+    """A regex group's text: null where the regex did not match or the group took no part."""
+    return _nonempty(pc.struct_field(match, name))
+
+
+def _to_int(array: pa.Array, type_: pa.DataType) -> pa.Array:
+    return pc.cast(_nonempty(array), type_)
+
+
+def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
+    """Every INFO_FIELDS column parsed from Wireshark's Info text (nulls where absent)."""
+    info = pc.fill_null(info, "")
+    ports = pc.extract_regex(info, PORTS_INFO)
+    matched = ports.is_valid()
+    flags_text = pc.fill_null(_group(ports, "flags"), "")
+    is_tcp = pc.not_equal(flags_text, "")
+    flags = None
+    for name, bit in TCP_FLAG_BITS.items():
+        present = pc.cast(pc.match_substring_regex(flags_text, rf"\b{name}\b"), pa.int16())
+        term = pc.multiply(present, pa.scalar(bit, pa.int16()))
+        flags = term if flags is None else pc.add(flags, term)
+    tcp_numbers = pc.extract_regex(
+        pc.if_else(is_tcp, pc.fill_null(_group(ports, "rest"), ""), ""), TCP_NUMBERS)
+
+    def tcp_only(array, type_):
+        return pc.if_else(is_tcp, _to_int(array, type_), None)
+
+    analysis = _nonempty(pc.utf8_trim(
+        pc.replace_substring_regex(
+            pc.replace_substring_regex(_group(ports, "analysis"), r"\]\s*\[", "; "),
+            r"[\[\]]", ""),
+        " "))
+
+    request = pc.extract_regex(info, HTTP_REQUEST)
+    response = pc.extract_regex(info, HTTP_RESPONSE)
+    dns = pc.extract_regex(info, DNS_QUERY)
+    protocol_text = pc.cast(protocol, pa.string())
+    is_tls = pc.match_substring_regex(protocol_text, r"^(?:TLS|SSL)")
+    return {
+        "src_port": _to_int(_group(ports, "src_port"), pa.int32()),
+        "dst_port": _to_int(_group(ports, "dst_port"), pa.int32()),
+        "tcp_flags": pc.if_else(is_tcp, flags, None),
+        "tcp_seq": tcp_only(_group(tcp_numbers, "seq"), pa.int64()),
+        "tcp_ack": tcp_only(_group(tcp_numbers, "ack"), pa.int64()),
+        "tcp_win": tcp_only(_group(tcp_numbers, "win"), pa.int64()),
+        "tcp_len": tcp_only(_group(tcp_numbers, "len"), pa.int64()),
+        "tcp_analysis": pc.if_else(matched, analysis, None),
+        "http_method": pc.dictionary_encode(_group(request, "method")),
+        "http_uri": _group(request, "uri"),
+        "http_version": pc.dictionary_encode(
+            pc.coalesce(_group(request, "version"), _group(response, "version"))),
+        "http_status": pc.cast(_group(response, "status"), pa.int16()),
+        "dns_query": _group(dns, "name"),
+        "tls_message": pc.if_else(is_tls, _nonempty(pc.utf8_trim_whitespace(info)), None),
+    }
+
+
+def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
+    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s)."""
+    parsed = None
+    columns = {}
+    for field in PACKET_SCHEMA:
+        name = field.name
+        if name == "t_rel_s":
+            ts_ns = pc.cast(staged.column("ts"), pa.int64())
+            columns[name] = pc.divide(pc.cast(pc.subtract(ts_ns, first_ts_ns), pa.float64()), 1e9)
+        elif name in staged.column_names:
+            columns[name] = staged.column(name)
+        else:
+            if parsed is None:
+                parsed = parse_info(staged.column("info").combine_chunks(),
+                                    staged.column("protocol").combine_chunks())
+            columns[name] = parsed[name]
+    for name in ("src", "dst", "protocol"):
+        if columns[name].type != DICT_STRING:
+            columns[name] = pc.dictionary_encode(columns[name])
+    return pa.Table.from_pydict(columns).cast(PACKET_SCHEMA)
+
+
+def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
+                    row_group_rows: int = 1 << 20) -> dict:
+    """Write `packets_path` from the staged rows; return a short account of what was written."""
+    staged = pq.ParquetFile(staged_path)
+    missing = [f.name for f in INFO_FIELDS if f.name not in staged.schema_arrow.names]
+    log.info("%s: %d staged rows; parsing %s from Info", trace, staged.metadata.num_rows,
+             missing or "nothing")
+    first_ts_ns = _first_timestamp_ns(staged)
+    schema = PacketModel.to_schema()
+    with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
+                      trace=trace, source_format=source_format) as writer:
+        for batch in staged.iter_batches(batch_size=row_group_rows):
+            table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns)
+            schema.validate(table_to_checked_frame(table), lazy=True)
+            writer.write(table)
+        rows = writer.rows
+    log.info("%s: wrote %d packets to %s", trace, rows, packets_path)
+    return {"trace": trace, "packets": rows, "path": str(Path(packets_path))}
+
+
+def _first_timestamp_ns(staged: pq.ParquetFile) -> int:
+    """The earliest timestamp (times may go backwards, so not simply the first row's)."""
+    earliest = None
+    for group in range(staged.num_row_groups):
+        stats = staged.metadata.row_group(group).column(
+            staged.schema_arrow.get_field_index("ts")).statistics
+        if stats is not None and stats.has_min_max:
+            value = pa.scalar(stats.min, pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py() \
+                if not isinstance(stats.min, int) else stats.min
+            earliest = value if earliest is None else min(earliest, value)
+    if earliest is None:
+        ts = staged.read(columns=["ts"]).column("ts")
+        earliest = pc.min(ts).cast(pa.int64()).as_py() if len(ts) else 0
+    return earliest

@@ -1,0 +1,424 @@
+"""Reader for Wireshark CSV exports (GUI "Export Packet Dissections > As CSV", or tshark -T fields).
+
+Streams the file with pyarrow's CSV reader, types each batch with Arrow kernels, checks it with
+the pandera model `ExportRowModel` (lazily, so every failure of a batch is collected at once),
+and sends rejected rows verbatim to the invalid-rows file. Valid rows go to the staged Parquet.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pandera.errors import SchemaErrors
+
+from .atomic import atomic_path
+from .packets import STAGED_BASE
+from .validation import InvalidRows, ValidationReport, ValidationSettings
+
+log = logging.getLogger(__name__)
+
+RAW_COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
+INTERNAL_NAMES = {"No.": "frame", "Time": "ts", "Source": "src", "Destination": "dst",
+                  "Protocol": "protocol", "Length": "length", "Info": "info"}
+
+# Other spellings of the seven headers: tshark field names and localized GUI titles.
+HEADER_ALIASES = {
+    "No.": ["_ws.col.No.", "_ws.col.number", "frame.number", "Nr.", "N°", "Nº", "No", "Número"],
+    "Time": ["_ws.col.Time", "_ws.col.def_time", "frame.time", "Zeit", "Temps", "Tiempo", "Tempo",
+             "Время"],
+    "Source": ["_ws.col.Source", "_ws.col.def_src", "Quelle", "Origen", "Origem", "Sorgente",
+               "Источник"],
+    "Destination": ["_ws.col.Destination", "_ws.col.def_dst", "Ziel", "Destino", "Destinazione",
+                    "Назначение"],
+    "Protocol": ["_ws.col.Protocol", "_ws.col.protocol", "Protokoll", "Protocole", "Protocolo",
+                 "Protocollo", "Протокол"],
+    "Length": ["_ws.col.Length", "_ws.col.packet_length", "frame.len", "Länge", "Longueur",
+               "Longitud", "Comprimento", "Lunghezza", "Длина"],
+    "Info": ["_ws.col.Info", "_ws.col.info", "Información", "Informação", "Информация"],
+}
+CANONICAL_HEADER = {alias.casefold(): name for name, aliases in HEADER_ALIASES.items()
+                    for alias in [name, *aliases]}
+
+GZIP_MAGIC = b"\x1f\x8b"
+ABSOLUTE_TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?$"
+EPOCH_TIME = r"^(?P<seconds>\d{1,12})(?:\.(?P<fraction>\d{1,9}))?$"
+
+# Report names of the checks. Pandera reports (column, check); these say what that means here.
+CHECKS = {
+    "columns": "the export has one field per header column",
+    "utf8": "the row is valid UTF-8",
+    "No. integer": "No. is an integer",
+    "No. positive": "No. is positive",
+    "No. increasing": "No. is strictly increasing (gaps allowed)",
+    "Time parseable": "Time is an absolute date and time (µs or ns digits) or epoch seconds",
+    "Length integer": "Length is an integer",
+    "Length in range": "Length is a plausible frame length (validation.length_min..length_max)",
+    "Source non-empty": "Source is not empty",
+    "Destination non-empty": "Destination is not empty",
+    "Protocol non-empty": "Protocol is not empty",
+}
+PANDERA_CHECK_NAMES = {
+    ("frame", "not_nullable"): "No. integer",
+    ("frame", "greater_than(0)"): "No. positive",
+    ("ts", "not_nullable"): "Time parseable",
+    ("length", "not_nullable"): "Length integer",
+    ("length", "in_range"): "Length in range",
+    ("src", "str_length"): "Source non-empty",
+    ("dst", "str_length"): "Destination non-empty",
+    ("protocol", "str_length"): "Protocol non-empty",
+    ("src", "not_nullable"): "Source non-empty",
+    ("dst", "not_nullable"): "Destination non-empty",
+    ("protocol", "not_nullable"): "Protocol non-empty",
+}
+
+
+def export_row_model(settings: ValidationSettings) -> pa.DataFrameSchema:
+    """Row checks of an export, with the length range from config."""
+
+    class ExportRowModel(pa.DataFrameModel):
+        frame: pd.Int64Dtype = pa.Field(nullable=False, gt=0)
+        ts: pd.DatetimeTZDtype(unit="ns", tz="UTC") = pa.Field(nullable=False)
+        src: pd.StringDtype = pa.Field(nullable=False, str_length={"min_value": 1})
+        dst: pd.StringDtype = pa.Field(nullable=False, str_length={"min_value": 1})
+        protocol: pd.StringDtype = pa.Field(nullable=False, str_length={"min_value": 1})
+        length: pd.Int64Dtype = pa.Field(
+            nullable=False, in_range={"min_value": settings.length_min,
+                                      "max_value": settings.length_max})
+
+        class Config:
+            coerce = False
+            strict = False
+
+    return ExportRowModel.to_schema()
+
+
+class _Header:
+    """The first line of the export: delimiter, column order, extras."""
+
+    def __init__(self, source: Path, first_line: str):
+        self.source = source
+        text = first_line.lstrip("\ufeff").rstrip("\r\n")
+        counts = {d: text.count(d) for d in (",", ";", "\t")}
+        self.delimiter = max(counts, key=counts.get)
+        self.names = next(csv.reader([text], delimiter=self.delimiter))
+        self.canonical = [CANONICAL_HEADER.get(n.strip().casefold(), n.strip())
+                          for n in self.names]
+        self.missing = [c for c in RAW_COLUMNS if c not in self.canonical]
+        self.extra = [n for n, c in zip(self.names, self.canonical) if c not in RAW_COLUMNS]
+        self.duplicated = sorted({c for c in self.canonical if self.canonical.count(c) > 1})
+
+
+def _open_binary(source: Path):
+    """The export as a byte stream, gunzipped if it starts with the gzip magic."""
+    with open(source, "rb") as handle:
+        magic = handle.read(2)
+    if magic == GZIP_MAGIC:
+        return pa_arrow.input_stream(source, compression="gzip")
+    return pa_arrow.input_stream(source)
+
+
+def _read_first_line(source: Path) -> bytes:
+    with open(source, "rb") as handle:
+        magic = handle.read(2)
+        handle.seek(0)
+        stream = gzip.GzipFile(fileobj=handle) if magic == GZIP_MAGIC else handle
+        return stream.readline(1 << 20)
+
+
+def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dict]:
+    """Parse Time into UTC ns timestamps (null where unparseable); count each format seen."""
+    absolute = pc.match_substring_regex(raw, ABSOLUTE_TIME)
+    epoch_parts = pc.extract_regex(raw, EPOCH_TIME)
+    epoch = epoch_parts.is_valid()
+    absolute = pc.fill_null(absolute, False)
+
+    naive = pc.cast(pc.if_else(absolute, pc.replace_substring(raw, "T", " "), None),
+                    pa_arrow.timestamp("ns"))
+    local = pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="earliest")
+    absolute_ns = pc.cast(local, pa_arrow.int64())
+
+    seconds = pc.cast(pc.if_else(epoch, epoch_parts.field("seconds"), None), pa_arrow.int64())
+    fraction = pc.utf8_rpad(epoch_parts.field("fraction"), 9, "0")
+    fraction_ns = pc.cast(pc.if_else(epoch, fraction, None), pa_arrow.int64())
+    epoch_ns = pc.add(pc.multiply(seconds, 1_000_000_000), fraction_ns)
+
+    ns = pc.coalesce(absolute_ns, epoch_ns)
+    formats = {"absolute": int(pc.sum(absolute).as_py() or 0),
+               "epoch_seconds": int(pc.sum(epoch).as_py() or 0)}
+    return pc.cast(ns, pa_arrow.timestamp("ns", tz="UTC")), formats
+
+
+def _integer(raw: pa_arrow.Array) -> pa_arrow.Array:
+    digits = pc.match_substring_regex(raw, r"^\s*\d{1,18}\s*$")
+    return pc.cast(pc.utf8_trim_whitespace(pc.if_else(digits, raw, None)), pa_arrow.int64())
+
+
+def _decode_batch(batch: pa_arrow.RecordBatch) -> tuple[pa_arrow.Table, np.ndarray]:
+    """Binary columns to UTF-8 strings; rows with invalid UTF-8 are flagged (rare path)."""
+    columns, bad = [], np.zeros(batch.num_rows, dtype=bool)
+    for column in batch.columns:
+        try:
+            columns.append(column.cast(pa_arrow.string()))
+        except pa_arrow.ArrowInvalid:
+            values = column.to_pylist()
+            decoded = []
+            for i, value in enumerate(values):
+                try:
+                    decoded.append(value.decode("utf-8"))
+                except UnicodeDecodeError:
+                    bad[i] = True
+                    decoded.append(value.decode("utf-8", errors="backslashreplace"))
+            columns.append(pa_arrow.array(decoded, pa_arrow.string()))
+    return pa_arrow.Table.from_arrays(columns, names=batch.schema.names), bad
+
+
+class _RowRejector:
+    """Collects per-row reasons for one batch, then writes the rejected rows and counts checks."""
+
+    def __init__(self, n_rows: int, lines: np.ndarray, raw: pa_arrow.Table,
+                 report: ValidationReport):
+        self.reasons = np.full(n_rows, "", dtype=object)
+        self.lines = lines
+        self.raw = raw
+        self.report = report
+
+    def reject(self, check: str, rows: np.ndarray) -> None:
+        rows = np.unique(rows)
+        if rows.size == 0:
+            return
+        self.reasons[rows] = np.where(self.reasons[rows] == "", check,
+                                      self.reasons[rows] + "; " + check)
+        examples = [{"line": int(self.lines[i]),
+                     "No.": self.raw.column("No.")[int(i)].as_py(),
+                     "field": check.split(" ")[0],
+                     "value": _clip(self.raw.column(_raw_column_of(check))[int(i)].as_py())}
+                    for i in rows[:5]]
+        self.report.fail(check, rows.size, examples, CHECKS[check])
+
+    @property
+    def invalid(self) -> np.ndarray:
+        return self.reasons != ""
+
+    def invalid_table(self) -> pa_arrow.Table:
+        mask = pa_arrow.array(self.invalid)
+        locations = pa_arrow.array([f"line {n}" for n in self.lines[self.invalid]],
+                                   pa_arrow.string())
+        rejected = self.raw.filter(mask)
+        return rejected.append_column("location", locations).append_column(
+            "reason", pa_arrow.array(self.reasons[self.invalid].tolist(), pa_arrow.string()))
+
+
+def _raw_column_of(check: str) -> str:
+    first = check.split(" ")[0]
+    return first if first in RAW_COLUMNS else "Info"
+
+
+def _clip(value, limit: int = 200):
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"… ({len(value)} characters)"
+    return value
+
+
+def _pandera_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[str, np.ndarray]:
+    """Run the row model lazily; return report check name -> failing row positions."""
+    try:
+        schema.validate(frame, lazy=True)
+        return {}
+    except SchemaErrors as errors:
+        cases = errors.failure_cases
+    failures: dict[str, list] = {}
+    for (column, check), group in cases.groupby(["column", "check"], dropna=False):
+        key = PANDERA_CHECK_NAMES.get((column, str(check).split("(")[0])) or \
+            PANDERA_CHECK_NAMES.get((column, str(check)))
+        if key is None:
+            # A schema-level failure (dtype, missing column) is a bug in this reader, not data.
+            raise RuntimeError(f"unexpected pandera failure {column}/{check}: {group.head()}")
+        index = group["index"].dropna().astype("int64").to_numpy()
+        failures.setdefault(key, []).append(index)
+    return {k: np.concatenate(v) for k, v in failures.items()}
+
+
+def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationReport,
+          timezone: str, settings: ValidationSettings) -> None:
+    """Validate a Wireshark CSV export and write its valid rows to `staged_path`."""
+    for name, description in CHECKS.items():
+        report.declare(name, description)
+    try:
+        first_line = _read_first_line(source)
+    except (OSError, EOFError, zlib.error) as error:
+        report.structural("readable", f"cannot read the file: {error}")
+        return
+    if not first_line.strip():
+        report.structural("header", "the file is empty: no header line", row=1)
+        return
+    header_text = first_line.decode("utf-8", errors="replace")
+    header = _Header(source, header_text)
+    if header.missing or header.duplicated:
+        problem = (f"missing column(s) {header.missing}" if header.missing
+                   else f"duplicated column(s) {header.duplicated}")
+        report.structural(
+            "columns", f"{problem}; found {header.names}; expected {RAW_COLUMNS} "
+            f"(tshark field names like _ws.col.No. and localized titles are accepted)",
+            row=1, field=", ".join(header.missing or header.duplicated))
+        return
+    if header.extra:
+        report.notes["extra_columns"] = header.extra
+    report.notes["delimiter"] = header.delimiter
+
+    malformed: list[str] = []
+
+    def on_malformed(row) -> str:
+        malformed.append(row.text)
+        return "skip"
+
+    column_names = header.canonical
+    read_options = pacsv.ReadOptions(column_names=column_names, skip_rows=1,
+                                     block_size=settings.batch_bytes)
+    parse_options = pacsv.ParseOptions(delimiter=header.delimiter, newlines_in_values=True,
+                                       invalid_row_handler=on_malformed)
+    convert_options = pacsv.ConvertOptions(
+        column_types={name: pa_arrow.binary() for name in column_names},
+        include_columns=RAW_COLUMNS, strings_can_be_null=False, quoted_strings_can_be_null=False)
+    row_schema = export_row_model(settings)
+    staged_schema = STAGED_BASE
+
+    line = 1  # the header
+    last_frame = 0
+    last_ts = None
+    backwards = {"count": 0, "examples": []}
+    time_formats = {"absolute": 0, "epoch_seconds": 0}
+    invalid_sink = InvalidRows(invalid_path, RAW_COLUMNS)
+    ok = False
+    try:
+        with atomic_path(staged_path) as tmp, \
+                pq.ParquetWriter(tmp, staged_schema, compression="zstd") as writer:
+            try:
+                reader = pacsv.open_csv(_open_binary(source), read_options=read_options,
+                                        parse_options=parse_options,
+                                        convert_options=convert_options)
+                batches = iter(reader)
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        break
+                    lines = np.arange(line + 1, line + 1 + batch.num_rows)
+                    if malformed:
+                        _reject_malformed(malformed, line, batch.num_rows, invalid_sink, report)
+                        line += len(malformed)
+                        malformed.clear()
+                    line += batch.num_rows
+                    last_frame, last_ts = _check_batch(
+                        batch, lines, row_schema, timezone, report, invalid_sink, writer,
+                        last_frame, last_ts, backwards, time_formats)
+                if malformed:
+                    _reject_malformed(malformed, line, 0, invalid_sink, report)
+                    line += len(malformed)
+            except (pa_arrow.ArrowInvalid, OSError, EOFError, zlib.error) as error:
+                report.structural("readable", f"reading stopped after line {line}: "
+                                  f"{_clip(str(error))}", row=line + 1)
+            ok = not report.structural_errors
+            if not ok:
+                raise _Abandon
+    except _Abandon:
+        pass
+    finally:
+        invalid_sink.close()
+    report.notes["time_formats"] = time_formats
+    report.notes["time_backwards"] = backwards
+    if time_formats["epoch_seconds"] and not time_formats["absolute"] and last_ts is not None \
+            and last_ts < 631152000 * 10**9:
+        report.notes["warning"] = ("Time values are small numbers: this looks like Wireshark's "
+                                   "'seconds since beginning of capture', not absolute time; "
+                                   "they are read as seconds since the epoch (1970).")
+
+
+class _Abandon(Exception):
+    """Leave the staged file unwritten (atomic_path discards it)."""
+
+
+def _reject_malformed(texts: list[str], line: int, batch_rows: int, sink: InvalidRows,
+                      report: ValidationReport) -> None:
+    """Rows with the wrong number of fields, located to the batch they were found in."""
+    location = f"between lines {line + 1} and {line + batch_rows + len(texts)}"
+    report.rows_read += len(texts)
+    report.rows_invalid += len(texts)
+    report.fail("columns", len(texts),
+                [{"line": location, "text": _clip(t)} for t in texts[:5]], CHECKS["columns"])
+    rows = {name: [""] * len(texts) for name in RAW_COLUMNS}
+    rows["Info"] = list(texts)
+    table = pa_arrow.table({**rows, "location": [location] * len(texts),
+                            "reason": ["columns: wrong number of fields (whole record in Info)"]
+                            * len(texts)})
+    sink.write(table)
+
+
+def _check_batch(batch, lines, row_schema, timezone, report, sink, writer, last_frame, last_ts,
+                 backwards, time_formats):
+    raw, bad_utf8 = _decode_batch(batch)
+    n = raw.num_rows
+    report.rows_read += n
+    rejector = _RowRejector(n, lines, raw, report)
+    rejector.reject("utf8", np.flatnonzero(bad_utf8))
+
+    ts, formats = _parse_time(raw.column("Time").combine_chunks(), timezone)
+    for key, count in formats.items():
+        time_formats[key] += count
+    typed = pa_arrow.table({
+        "frame": _integer(raw.column("No.").combine_chunks()),
+        "ts": ts,
+        "src": pc.utf8_trim_whitespace(raw.column("Source")),
+        "dst": pc.utf8_trim_whitespace(raw.column("Destination")),
+        "protocol": pc.utf8_trim_whitespace(raw.column("Protocol")),
+        "length": _integer(raw.column("Length").combine_chunks()),
+    })
+    frame = typed.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype(),
+                                          pa_arrow.string(): pd.StringDtype()}.get)
+    for check, rows in _pandera_failures(frame, row_schema).items():
+        rejector.reject(check, rows)
+
+    # No. strictly increasing over the rows kept so far (gaps are normal after a filter).
+    frames = typed.column("frame").to_numpy(zero_copy_only=False)
+    frames = np.where(np.isnan(frames.astype("float64")), -1, frames).astype("int64")
+    candidate = ~rejector.invalid
+    running = np.maximum.accumulate(np.where(candidate, frames, -1))
+    previous_max = np.concatenate([[last_frame], np.maximum(running[:-1], last_frame)])
+    rejector.reject("No. increasing", np.flatnonzero(candidate & (frames <= previous_max)))
+
+    keep = ~rejector.invalid
+    sink.write(rejector.invalid_table())
+    report.rows_invalid += int((~keep).sum())
+    report.rows_valid += int(keep.sum())
+    if not keep.any():
+        return last_frame, last_ts
+
+    kept = typed.filter(pa_arrow.array(keep)).append_column(
+        "info", raw.column("Info").filter(pa_arrow.array(keep)))
+    ts_ns = kept.column("ts").cast(pa_arrow.int64()).to_numpy()
+    kept_lines = lines[keep]
+    # Times going backwards are counted and reported, not re-sorted.
+    previous = np.concatenate([[ts_ns[0] if last_ts is None else last_ts],
+                               np.maximum.accumulate(ts_ns)[:-1]])
+    if last_ts is not None:
+        previous = np.maximum(previous, last_ts)
+    went_back = np.flatnonzero(ts_ns < previous)
+    if went_back.size:
+        backwards["count"] += int(went_back.size)
+        room = 5 - len(backwards["examples"])
+        backwards["examples"].extend(
+            {"line": int(kept_lines[i]), "by_s": float((previous[i] - ts_ns[i]) / 1e9)}
+            for i in went_back[:max(room, 0)])
+    writer.write_table(kept.select(STAGED_BASE.names).cast(STAGED_BASE))
+    new_last_ts = int(ts_ns.max()) if last_ts is None else max(last_ts, int(ts_ns.max()))
+    return int(frames[keep].max()), new_last_ts
