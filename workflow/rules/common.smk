@@ -59,3 +59,11 @@ def validation_code_version(wildcards):
     """The validation code of this trace's format only: a pcap fix does not rerun CSV traces."""
     reader = READERS[trace_row(wildcards)["format"]].removeprefix("tracelab.")
     return code_version("validate", "validation", "packets", reader)
+
+
+def stable_params(section):
+    """A config section with sorted keys: Snakemake compares params as written, so reordering
+    keys in config.yaml would otherwise rerun every job that takes the section."""
+    if isinstance(section, dict):
+        return {key: stable_params(section[key]) for key in sorted(section)}
+    return section

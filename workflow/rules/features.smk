@@ -6,7 +6,7 @@ rule trace_features:
         distributions="results/features/{trace}/distributions.parquet",
     params:
         code=code_version("features"),
-        settings=config["features"],
+        settings=stable_params(config["features"]),
     log:
         "results/logs/features/{trace}.log",
     benchmark:

@@ -9,7 +9,7 @@ rule validate_trace:
         code=validation_code_version,
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
-        settings=config["validation"],
+        settings=stable_params(config["validation"]),
     log:
         "results/logs/validate/{trace}.log",
     benchmark:

@@ -8,6 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp makes 0600 files; outputs get the usual permissions the umask gives.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+OUTPUT_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -18,6 +23,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, OUTPUT_MODE)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

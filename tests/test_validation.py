@@ -1,0 +1,128 @@
+"""Stage 1 on small hand-made exports: what is kept, what is put aside, and why."""
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import HEADER, write_export
+from tracelab.errors import TraceInputError
+from tracelab.validate import validate_trace
+
+GOOD = [
+    ("1", "2021-12-15 15:35:00.237882", "198.18.0.2", "198.18.1.10", "TCP", "74",
+     "51292  >  80 [SYN] Seq=0 Win=64240 Len=0"),
+    ("2", "2021-12-15 15:35:00.237900", "198.18.1.10", "198.18.0.2", "TCP", "74",
+     "80  >  51292 [SYN, ACK] Seq=0 Ack=1 Win=65160 Len=0"),
+    ("5", "2021-12-15 15:35:00.238000", "198.18.0.2", "198.18.1.10", "HTTP", "212",
+     "GET /index.html HTTP/1.1 "),
+]
+
+
+def run(tmp_path, rows, *, header=HEADER, timezone="UTC", **settings):
+    source = write_export(tmp_path / "trace.csv", rows, header=header)
+    paths = {"staged_path": tmp_path / "staged.parquet", "report_path": tmp_path / "report.json",
+             "invalid_path": tmp_path / "invalid.csv"}
+    report = validate_trace(trace="t", source=source, source_format="wireshark_csv",
+                            timezone=timezone, settings=settings or None, **paths)
+    return report, paths
+
+
+def invalid_rows(paths):
+    return pd.read_csv(paths["invalid_path"], dtype=str, keep_default_na=False)
+
+
+def test_clean_export_passes_and_stages_every_row(tmp_path):
+    report, paths = run(tmp_path, GOOD)
+    assert report["status"] == "passed"
+    assert (report["rows_read"], report["rows_valid"], report["rows_invalid"]) == (3, 3, 0)
+    staged = pq.read_table(paths["staged_path"])
+    assert staged.column("frame").to_pylist() == [1, 2, 5]  # gaps after a display filter are fine
+    assert str(staged.column("ts")[0].as_py()) == "2021-12-15 15:35:00.237882+00:00"
+    assert json.loads(paths["report_path"].read_text())["status"] == "passed"
+    assert len(invalid_rows(paths)) == 0
+
+
+def test_nanosecond_epoch_and_local_times(tmp_path):
+    rows = [GOOD[0][:1] + ("2021-12-15 15:35:00.237882123",) + GOOD[0][2:],
+            ("2",) + ("1639582500.5",) + GOOD[1][2:]]
+    report, paths = run(tmp_path, rows, timezone="Europe/Berlin", max_invalid_fraction=0.0)
+    ts = pq.read_table(paths["staged_path"]).column("ts").cast("int64").to_pylist()
+    # 15:35 in Berlin (CET, UTC+1) is 14:35 UTC; the epoch value is absolute already.
+    assert ts[0] == int(pd.Timestamp("2021-12-15 14:35:00.237882123", tz="UTC").value)
+    assert ts[1] == 1639582500_500000000
+    assert report["time_formats"] == {"absolute": 1, "epoch_seconds": 1}
+
+
+def test_invalid_rows_kept_aside_with_line_and_reason(tmp_path):
+    bad = [
+        ("3", "yesterday", "198.18.0.2", "198.18.1.10", "TCP", "66", "x"),
+        ("4", "2021-12-15 15:35:00.238100", "", "198.18.1.10", "TCP", "-5", "y"),
+        ("4", "2021-12-15 15:35:00.238200", "198.18.0.2", "198.18.1.10", "TCP", "66", "dup"),
+    ]
+    rows = GOOD[:2] + bad + [GOOD[2]]
+    report, paths = run(tmp_path, rows, max_invalid_fraction=0.9)
+    assert report["status"] == "passed_with_invalid_rows"
+    assert report["rows_read"] == report["rows_valid"] + report["rows_invalid"] == 6
+    assert report["rows_invalid"] == 2
+    checks = report["checks"]
+    assert checks["Time parseable"]["failures"] == 1
+    assert checks["Time parseable"]["examples"][0]["line"] == 4
+    assert checks["Source non-empty"]["failures"] == 1
+    assert checks["Length integer"]["failures"] == 1
+    # The third bad row is valid on its own; it is accepted once the row before it fell out.
+    assert checks["No. increasing"]["failures"] == 0
+    rejected = invalid_rows(paths)
+    assert rejected["location"].tolist() == ["line 4", "line 5"]
+    assert rejected["Time"].tolist() == ["yesterday", "2021-12-15 15:35:00.238100"]
+    assert "Source non-empty" in rejected["reason"][1] and "Length integer" in rejected["reason"][1]
+    assert pq.read_table(paths["staged_path"]).num_rows == 4
+
+
+def test_frame_numbers_must_increase(tmp_path):
+    rows = GOOD + [("5",) + GOOD[2][1:], ("4",) + GOOD[2][1:]]
+    report, _ = run(tmp_path, rows, max_invalid_fraction=0.5)
+    assert report["checks"]["No. increasing"]["failures"] == 2
+
+
+def test_times_going_backwards_are_counted_not_resorted(tmp_path):
+    rows = [GOOD[0], ("2", "2021-12-15 15:35:00.237000") + GOOD[1][2:], GOOD[2]]
+    report, paths = run(tmp_path, rows)
+    assert report["time_backwards"]["count"] == 1
+    assert report["time_backwards"]["examples"][0]["line"] == 3
+    assert pq.read_table(paths["staged_path"]).column("frame").to_pylist() == [1, 2, 5]
+
+
+def test_over_the_invalid_fraction_fails_naming_file_checks_and_report(tmp_path):
+    rows = GOOD + [("9", "2021-12-15 15:35:01", "a", "b", "TCP", "5", "too short")]
+    with pytest.raises(TraceInputError) as error:
+        run(tmp_path, rows)
+    message = str(error.value)
+    assert "trace.csv" in message and "max_invalid_fraction" in message
+    assert "Length in range=1" in message and "report.json" in message
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "failed"
+
+
+def test_missing_column_is_structural(tmp_path):
+    header = '"No.","Time","Source","Destination","Protocol","Info"\n'
+    rows = [r[:5] + r[6:] for r in GOOD]
+    with pytest.raises(TraceInputError, match=r"line 1, field 'Length': check 'columns'"):
+        run(tmp_path, rows, header=header)
+
+
+def test_extra_columns_allowed_and_reported(tmp_path):
+    header = HEADER.rstrip("\n") + ',"Delta"\n'
+    report, _ = run(tmp_path, [r + ("0.1",) for r in GOOD], header=header)
+    assert report["status"] == "passed"
+    assert report["extra_columns"] == ["Delta"]
+
+
+def test_tshark_arrow_and_gzip(tmp_path):
+    rows = [r[:6] + (r[6].replace("  >  ", " → "),) for r in GOOD]
+    source = write_export(tmp_path / "t.csv.gz", rows, gz=True)
+    report = validate_trace(trace="t", source=source, source_format="wireshark_csv",
+                            staged_path=tmp_path / "s.parquet", report_path=tmp_path / "r.json",
+                            invalid_path=tmp_path / "i.csv")
+    assert report["rows_valid"] == 3
+    assert "→" in pq.read_table(tmp_path / "s.parquet").column("info")[0].as_py()
