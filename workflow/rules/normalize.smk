@@ -8,6 +8,7 @@ rule normalize_trace:
         code=code_version("normalize", "packets"),
         source_format=lambda wc: trace_row(wc)["format"],
         row_group_rows=config["normalize"]["row_group_rows"],
+    threads: 2
     log:
         "results/logs/normalize/{trace}.log",
     benchmark:

@@ -10,4 +10,5 @@ run_stage(
     source_format=snakemake.params.source_format,
     packets_path=snakemake.output.packets,
     row_group_rows=snakemake.params.row_group_rows,
+    threads=snakemake.threads,
 )

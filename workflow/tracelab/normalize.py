@@ -8,6 +8,7 @@ packets.PacketModel per row group and written with zstd and the source's SHA-256
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,11 +21,11 @@ from .packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, Pa
 log = logging.getLogger(__name__)
 
 # `[TCP Retransmission] [TCP Port numbers reused] 51292  >  80 [SYN] Seq=0 Win=64240 Len=0 ...`
-# The GUI writes the arrow as "  >  ", tshark as " → ". UDP rows end in "Len=N" after the ports.
-PORTS_INFO = (r"^(?P<analysis>(?:\[[^\]]*\]\s*)*)(?P<src_port>\d{1,5})\s+(?:>|→)\s+"
-              r"(?P<dst_port>\d{1,5})(?:\s+\[(?P<flags>[A-Z, ]*)\])?(?P<rest>.*)$")
-TCP_NUMBERS = (r"^(?:.*?\bSeq=(?P<seq>\d+))?(?:.*?\bAck=(?P<ack>\d+))?"
-               r"(?:.*?\bWin=(?P<win>\d+))?(?:.*?\bLen=(?P<len>\d+))?")
+# The GUI writes the arrow as "  >  ", tshark as " → "; UDP rows have only "Len=N" after the
+# ports. One regex for all of it: each extra pass over Info costs as much as this one.
+PORTS_INFO = (r"^(?P<analysis>(?:\[[^\]]*\] *)*)(?P<src_port>\d{1,5})(?: +> +| *→ *)"
+              r"(?P<dst_port>\d{1,5})(?: +\[(?P<flags>[A-Z, ]*)\])?(?: Seq=(?P<seq>\d+))?"
+              r"(?: Ack=(?P<ack>\d+))?(?: Win=(?P<win>\d+))?(?: Urg=\d+)?(?: Len=(?P<len>\d+))?")
 HTTP_REQUEST = r"^(?P<method>[A-Z][A-Z_-]{1,19}) (?P<uri>\S+) (?P<version>HTTP/\d(?:\.\d)?)\b"
 HTTP_RESPONSE = r"^(?P<version>HTTP/\d(?:\.\d)?) (?P<status>\d{3})\b"
 DNS_QUERY = (r"^Standard query (?:response )?0x[0-9a-fA-F]{1,4} "
@@ -46,6 +47,14 @@ def _to_int(array: pa.Array, type_: pa.DataType) -> pa.Array:
     return pc.cast(_nonempty(array), type_)
 
 
+def _flag_bits(flags_text: pa.Array) -> pa.Array:
+    """"SYN, ACK" -> 0x12, computed once per distinct flag set rather than once per packet."""
+    encoded = pc.dictionary_encode(flags_text)
+    masks = [sum(TCP_FLAG_BITS.get(name.strip(), 0) for name in text.split(","))
+             for text in encoded.dictionary.to_pylist()]
+    return pc.take(pa.array(masks, pa.int16()), encoded.indices)
+
+
 def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     """Every INFO_FIELDS column parsed from Wireshark's Info text (nulls where absent)."""
     info = pc.fill_null(info, "")
@@ -53,13 +62,7 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     matched = ports.is_valid()
     flags_text = pc.fill_null(_group(ports, "flags"), "")
     is_tcp = pc.not_equal(flags_text, "")
-    flags = None
-    for name, bit in TCP_FLAG_BITS.items():
-        present = pc.cast(pc.match_substring_regex(flags_text, rf"\b{name}\b"), pa.int16())
-        term = pc.multiply(present, pa.scalar(bit, pa.int16()))
-        flags = term if flags is None else pc.add(flags, term)
-    tcp_numbers = pc.extract_regex(
-        pc.if_else(is_tcp, pc.fill_null(_group(ports, "rest"), ""), ""), TCP_NUMBERS)
+    flags = _flag_bits(flags_text)
 
     def tcp_only(array, type_):
         return pc.if_else(is_tcp, _to_int(array, type_), None)
@@ -79,10 +82,10 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
         "src_port": _to_int(_group(ports, "src_port"), pa.int32()),
         "dst_port": _to_int(_group(ports, "dst_port"), pa.int32()),
         "tcp_flags": pc.if_else(is_tcp, flags, None),
-        "tcp_seq": tcp_only(_group(tcp_numbers, "seq"), pa.int64()),
-        "tcp_ack": tcp_only(_group(tcp_numbers, "ack"), pa.int64()),
-        "tcp_win": tcp_only(_group(tcp_numbers, "win"), pa.int64()),
-        "tcp_len": tcp_only(_group(tcp_numbers, "len"), pa.int64()),
+        "tcp_seq": tcp_only(_group(ports, "seq"), pa.int64()),
+        "tcp_ack": tcp_only(_group(ports, "ack"), pa.int64()),
+        "tcp_win": tcp_only(_group(ports, "win"), pa.int64()),
+        "tcp_len": tcp_only(_group(ports, "len"), pa.int64()),
         "tcp_analysis": pc.if_else(matched, analysis, None),
         "http_method": pc.dictionary_encode(_group(request, "method")),
         "http_uri": _group(request, "uri"),
@@ -94,8 +97,13 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     }
 
 
-def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
-    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s)."""
+def normalize_table(staged: pa.Table, first_ts_ns: int,
+                    pool: ThreadPoolExecutor | None = None, workers: int = 1) -> pa.Table:
+    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s).
+
+    With a thread pool, Info is parsed in one slice per thread: Arrow's kernels release the
+    GIL, so the regex passes run on all the job's cores.
+    """
     parsed = None
     columns = {}
     for field in PACKET_SCHEMA:
@@ -107,8 +115,7 @@ def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
             columns[name] = staged.column(name)
         else:
             if parsed is None:
-                parsed = parse_info(staged.column("info").combine_chunks(),
-                                    staged.column("protocol").combine_chunks())
+                parsed = _parse_in_slices(staged, pool, workers)
             columns[name] = parsed[name]
     for name in ("src", "dst", "protocol"):
         if columns[name].type != DICT_STRING:
@@ -116,8 +123,21 @@ def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
     return pa.Table.from_pydict(columns).cast(PACKET_SCHEMA)
 
 
+def _parse_in_slices(staged: pa.Table, pool: ThreadPoolExecutor | None, workers: int) -> dict:
+    size = -(-staged.num_rows // workers) or 1
+    slices = [staged.slice(start, size) for start in range(0, max(staged.num_rows, 1), size)]
+
+    def parse(part: pa.Table) -> dict:
+        return parse_info(part.column("info").combine_chunks(),
+                          part.column("protocol").combine_chunks())
+
+    parts = list(pool.map(parse, slices)) if pool is not None else [parse(s) for s in slices]
+    return {name: pa.chunked_array([p[name] for p in parts], PACKET_SCHEMA.field(name).type)
+            for name in parts[0]}
+
+
 def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
-                    row_group_rows: int = 1 << 20) -> dict:
+                    row_group_rows: int = 1 << 20, threads: int = 1) -> dict:
     """Write `packets_path` from the staged rows; return a short account of what was written."""
     staged = pq.ParquetFile(staged_path)
     missing = [f.name for f in INFO_FIELDS if f.name not in staged.schema_arrow.names]
@@ -126,9 +146,11 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     first_ts_ns = _first_timestamp_ns(staged)
     schema = PacketModel.to_schema()
     with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
-                      trace=trace, source_format=source_format) as writer:
+                      trace=trace, source_format=source_format) as writer, \
+            ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
         for batch in staged.iter_batches(batch_size=row_group_rows):
-            table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns)
+            table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns, pool,
+                                    max(threads, 1))
             schema.validate(table_to_checked_frame(table), lazy=True)
             writer.write(table)
         rows = writer.rows

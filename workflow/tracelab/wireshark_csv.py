@@ -302,7 +302,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     ok = False
     try:
         with atomic_path(staged_path) as tmp, \
-                pq.ParquetWriter(tmp, staged_schema, compression="zstd") as writer:
+                pq.ParquetWriter(tmp, staged_schema, compression="lz4") as writer:
             try:
                 reader = pacsv.open_csv(_open_binary(source), read_options=read_options,
                                         parse_options=parse_options,
