@@ -10,8 +10,17 @@ rule validate_trace:
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
         settings=stable_params(config["validation"]),
+    threads: 1
+    resources:
+        # Streams the source in batch_bytes batches: ~600 MB peak from 0.03 to 330 MB of input.
+        mem_mb=memory_mb(1024),
+        runtime=runtime_minutes(10, 2),
     log:
         "results/logs/validate/{trace}.log",
+        # Snakemake deletes a failed job's outputs but keeps its logs: the report and the
+        # rejected rows are copied here, and moved here when the trace fails.
+        report="results/logs/validate/{trace}.report.json",
+        invalid="results/logs/validate/{trace}.invalid.csv",
     benchmark:
         "results/benchmarks/validate/{trace}.tsv"
     conda:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,9 +17,14 @@ OUTPUT_MODE = 0o666 & ~_UMASK
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the target's folder; rename it onto `path` only on success."""
+    """Yield a temporary path in the target's folder; rename it onto `path` only on success.
+
+    A temporary left by a killed run of the same output is removed first: one job owns an
+    output, so no other writer can be using it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
@@ -28,6 +34,16 @@ def atomic_path(path):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    # mkstemp's names: the prefix, 8 characters of [a-z0-9_], the suffix; the pattern does not
+    # match the temporaries of a longer name such as `{path.name}.bak`.
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.part")
+    for entry in os.scandir(path.parent):
+        if stale.fullmatch(entry.name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 def write_text(path, text: str) -> None:

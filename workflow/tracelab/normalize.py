@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 # The GUI writes the arrow as "  >  ", tshark as " → "; UDP rows have only "Len=N" after the
 # ports. One regex for all of it: each extra pass over Info costs as much as this one.
 PORTS_INFO = (r"^(?P<analysis>(?:\[[^\]]*\] *)*)(?P<src_port>\d{1,5})(?: +> +| *→ *)"
-              r"(?P<dst_port>\d{1,5})(?: +\[(?P<flags>[A-Z, ]*)\])?(?: Seq=(?P<seq>\d+))?"
-              r"(?: Ack=(?P<ack>\d+))?(?: Win=(?P<win>\d+))?(?: Urg=\d+)?(?: Len=(?P<len>\d+))?")
+              r"(?P<dst_port>\d{1,5})(?: +\[(?P<flags>[A-Z, ]*)\])?(?: Seq=(?P<seq>\d{1,18})\b)?"
+              r"(?: Ack=(?P<ack>\d{1,18})\b)?(?: Win=(?P<win>\d{1,18})\b)?(?: Urg=\d+)?"
+              r"(?: Len=(?P<len>\d{1,18})\b)?")
 HTTP_REQUEST = r"^(?P<method>[A-Z][A-Z_-]{1,19}) (?P<uri>\S+) (?P<version>HTTP/\d(?:\.\d)?)\b"
-HTTP_RESPONSE = r"^(?P<version>HTTP/\d(?:\.\d)?) (?P<status>\d{3})\b"
+HTTP_RESPONSE = r"^(?P<version>HTTP/\d(?:\.\d)?) (?P<status>[1-9]\d{2})\b"
 DNS_QUERY = (r"^Standard query (?:response )?0x[0-9a-fA-F]{1,4} "
              r"(?:No such name |Server failure |Refused |Format error |Not implemented )?"
              r"(?:[A-Z][A-Z0-9]* )(?P<name>[^\s,]+)")
@@ -45,6 +46,12 @@ def _group(match: pa.StructArray, name: str) -> pa.Array:
 
 def _to_int(array: pa.Array, type_: pa.DataType) -> pa.Array:
     return pc.cast(_nonempty(array), type_)
+
+
+def _port(array: pa.Array) -> pa.Array:
+    """A port number; null for the impossible ones (> 65535) a hand-made export may hold."""
+    port = _to_int(array, pa.int32())
+    return pc.if_else(pc.less_equal(port, 65535), port, None)
 
 
 def _flag_bits(flags_text: pa.Array) -> pa.Array:
@@ -79,8 +86,8 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     protocol_text = pc.cast(protocol, pa.string())
     is_tls = pc.match_substring_regex(protocol_text, r"^(?:TLS|SSL)")
     return {
-        "src_port": _to_int(_group(ports, "src_port"), pa.int32()),
-        "dst_port": _to_int(_group(ports, "dst_port"), pa.int32()),
+        "src_port": _port(_group(ports, "src_port")),
+        "dst_port": _port(_group(ports, "dst_port")),
         "tcp_flags": pc.if_else(is_tcp, flags, None),
         "tcp_seq": tcp_only(_group(ports, "seq"), pa.int64()),
         "tcp_ack": tcp_only(_group(ports, "ack"), pa.int64()),

@@ -8,10 +8,15 @@ matplotlib mathtext.
 from __future__ import annotations
 
 import html
+import re
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = r"^[=+\-@\t\r]"
+UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 def markdown_cell(value) -> str:
@@ -23,6 +28,8 @@ def markdown_cell(value) -> str:
     text = html.escape(str(value), quote=True)
     text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
     text = text.replace("*", "\\*").replace("_", "\\_").replace("[", "\\[").replace("]", "\\]")
+    # `$...$` is math on GitHub and in many Markdown renderers; `~~` strikes through.
+    text = text.replace("$", "\\$").replace("~", "\\~")
     return " ".join(text.split())
 
 
@@ -45,6 +52,16 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
+def spreadsheet_safe_array(values: pa.Array) -> pa.Array:
+    """`spreadsheet_safe` for one Arrow string column."""
+    risky = pc.fill_null(pc.match_substring_regex(values, FORMULA_START), False)
+    return pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
+
+
 def figure_text(value) -> str:
-    """Text for a matplotlib title, label or legend: no mathtext from the data."""
-    return str(value).replace("$", r"\$")
+    """Text for a matplotlib title, label or legend: no mathtext from the data.
+
+    Every `$` not already escaped gets a backslash, so escaping twice (a legend relabelled
+    from escaped labels) changes nothing.
+    """
+    return UNESCAPED_DOLLAR.sub(r"\\$", str(value))

@@ -67,7 +67,9 @@ def load_trace_sheet(sheet_path, root) -> pd.DataFrame:
         here = f"{where}, line {line} (trace {name!r})"
         for error in validator.iter_errors(row):
             field = ".".join(str(p) for p in error.path) or "row"
-            raise TraceSheetError(f"{here}: field {field!r}: {error.message}")
+            meaning = error.schema.get("description") if isinstance(error.schema, dict) else None
+            raise TraceSheetError(f"{here}: field {field!r}: {error.message}"
+                                  + (f" ({meaning})" if meaning else ""))
         if name in seen:
             raise TraceSheetError(f"{here}: duplicate trace name, first used on line {seen[name]}")
         seen[name] = line

@@ -12,8 +12,11 @@ report.structural(...) and the reader returns; the policy here turns it into the
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 
+from .atomic import atomic_path
+from .errors import TraceInputError
 from .validation import InvalidRows, ValidationReport, ValidationSettings
 
 READERS = {
@@ -24,8 +27,14 @@ READERS = {
 
 
 def validate_trace(*, trace: str, source, source_format: str, staged_path, report_path,
-                   invalid_path, timezone: str = "UTC", settings: dict | None = None) -> dict:
-    """Validate one trace; return the report, or raise TraceInputError when it must stop."""
+                   invalid_path, timezone: str = "UTC", settings: dict | None = None,
+                   log_report_path=None, log_invalid_path=None) -> dict:
+    """Validate one trace; return the report, or raise TraceInputError when it must stop.
+
+    Snakemake deletes the outputs of a failed job but keeps its log files, so the report and
+    the rejected rows also go to `log_report_path` and `log_invalid_path` (when given): copied
+    when the trace passes, moved there when it fails, and the error names that report.
+    """
     settings = ValidationSettings(**(settings or {}))
     report = ValidationReport(trace=trace, source=source, source_format=source_format,
                               settings=settings)
@@ -34,4 +43,19 @@ def validate_trace(*, trace: str, source, source_format: str, staged_path, repor
                  report=report, timezone=timezone, settings=settings)
     if not Path(invalid_path).exists():
         InvalidRows(invalid_path, []).close()
-    return report.finish(report_path)
+    try:
+        data = report.finish(report_path)
+    except TraceInputError as error:
+        Path(staged_path).unlink(missing_ok=True)  # a failed trace stages nothing
+        if log_report_path is None:
+            raise
+        for path, kept in ((report_path, log_report_path), (invalid_path, log_invalid_path)):
+            with atomic_path(kept) as tmp:
+                shutil.move(path, tmp)
+        raise TraceInputError(error.path, error.check, error.detail, row=error.row,
+                              field=error.field, report=str(log_report_path)) from None
+    if log_report_path is not None:
+        for path, kept in ((report_path, log_report_path), (invalid_path, log_invalid_path)):
+            with atomic_path(kept) as tmp:
+                shutil.copyfile(path, tmp)
+    return data

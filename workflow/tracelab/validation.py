@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from .atomic import atomic_path, write_json
 from .errors import TraceInputError
+from .safe_text import spreadsheet_safe_array
 
 EXAMPLES_PER_CHECK = 5
 
@@ -93,22 +94,40 @@ class ValidationReport:
             where = {k: v for k, v in first.items() if k in ("row", "field")}
             problem = (first["check"], first["detail"], where)
         elif self.rows_valid == 0:
+            where, first = self._first_failure(failed_checks)
             problem = ("zero valid rows",
                        f"{self.rows_read} rows read, none valid; failed checks: "
-                       f"{_counts(failed_checks) or 'none'}", {})
+                       f"{_counts(failed_checks)}{first}" if self.rows_read
+                       else "no rows after the header", where)
         elif fraction > self.settings.max_invalid_fraction:
+            where, first = self._first_failure(failed_checks)
             problem = ("max_invalid_fraction",
                        f"{self.rows_invalid} of {self.rows_read} rows invalid "
                        f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
-                       f"failed checks: {_counts(failed_checks)}", {})
+                       f"failed checks: {_counts(failed_checks)}{first}", where)
         status = "failed" if problem else ("passed_with_invalid_rows" if self.rows_invalid
                                            else "passed")
         data = self.to_dict(status)
         write_json(report_path, data)
         if problem:
             check, detail, where = problem
+            detail = detail.replace("\r", "\\r").replace("\n", "\\n")  # one line, always
             raise TraceInputError(self.source, check, detail, report=str(report_path), **where)
         return data
+
+    def _first_failure(self, failed: dict[str, int]) -> tuple[dict, str]:
+        """Where the most frequent failure first happened, and its value, for the message."""
+        if not failed:
+            return {}, ""
+        check = max(failed, key=failed.get)
+        examples = self.checks[check].examples
+        if not examples or not isinstance(examples[0].get("line"), int):
+            return {}, ""
+        example = examples[0]
+        where = {"row": example["line"]}
+        if example.get("field"):
+            where["field"] = str(example["field"])
+        return where, f"; first {check!r} failure: {example.get('value')!r}"
 
 
 def _counts(failed: dict[str, int]) -> str:
@@ -116,10 +135,12 @@ def _counts(failed: dict[str, int]) -> str:
 
 
 class InvalidRows:
-    """Streams rejected rows, verbatim, to `{trace}.invalid.csv` with where and why.
+    """Streams rejected rows to `{trace}.invalid.csv` with where and why.
 
     Columns: `location` (line number of an export, record index and byte offset of a capture),
-    `reason` (the failed checks, `;`-separated), then the row's own fields as strings.
+    `reason` (the failed checks, `;`-separated), then the row's own fields as strings, as read
+    except that a field a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR
+    first) gets a leading `'`; `location` points at the untouched original.
     """
 
     def __init__(self, path, raw_columns: list[str]):
@@ -133,7 +154,10 @@ class InvalidRows:
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self._writer.write_table(table.select(self.columns).cast(self.schema))
+            table = table.select(self.columns).cast(self.schema)
+            fields = [column if name in ("location", "reason") else spreadsheet_safe_array(column)
+                      for name, column in zip(self.columns, table.columns)]
+            self._writer.write_table(pa.Table.from_arrays(fields, schema=self.schema))
             self.rows += table.num_rows
 
     def close(self, ok: bool = True) -> None:

@@ -51,8 +51,12 @@ CANONICAL_HEADER = {alias.casefold(): name for name, aliases in HEADER_ALIASES.i
                     for alias in [name, *aliases]}
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 ABSOLUTE_TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?$"
-EPOCH_TIME = r"^(?P<seconds>\d{1,12})(?:\.(?P<fraction>\d{1,9}))?$"
+EPOCH_TIME = r"^(?P<seconds>\d{1,11})(?:\.(?P<fraction>\d{1,9}))?$"
+# What timestamp[ns] holds (1677-09-21 .. 2262-04-11): whole years for dates, seconds for epochs.
+NS_YEARS = (1678, 2261)
+NS_EPOCH_SECONDS_MAX = 9_223_372_035
 
 # Report names of the checks. Pandera reports (column, check); these say what that means here.
 CHECKS = {
@@ -117,6 +121,7 @@ class _Header:
         self.missing = [c for c in RAW_COLUMNS if c not in self.canonical]
         self.extra = [n for n, c in zip(self.names, self.canonical) if c not in RAW_COLUMNS]
         self.duplicated = sorted({c for c in self.canonical if self.canonical.count(c) > 1})
+        self.quoted = '"' in text
 
 
 def _open_binary(source: Path):
@@ -128,12 +133,15 @@ def _open_binary(source: Path):
     return pa_arrow.input_stream(source)
 
 
-def _read_first_line(source: Path) -> bytes:
+def _read_head(source: Path) -> tuple[bytes, bytes]:
+    """The first line, and the first 4 KiB, of the (gunzipped) export."""
     with open(source, "rb") as handle:
         magic = handle.read(2)
         handle.seek(0)
         stream = gzip.GzipFile(fileobj=handle) if magic == GZIP_MAGIC else handle
-        return stream.readline(1 << 20)
+        first_line = stream.readline(1 << 20)
+        stream.seek(0)
+        return first_line, stream.read(4096)
 
 
 def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dict]:
@@ -143,12 +151,14 @@ def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dic
     epoch = epoch_parts.is_valid()
     absolute = pc.fill_null(absolute, False)
 
-    naive = pc.cast(pc.if_else(absolute, pc.replace_substring(raw, "T", " "), None),
-                    pa_arrow.timestamp("ns"))
+    naive = _calendar_time(pc.if_else(absolute, pc.replace_substring(raw, "T", " "), None))
+    absolute = pc.and_(absolute, naive.is_valid())
     local = pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="earliest")
     absolute_ns = pc.cast(local, pa_arrow.int64())
 
     seconds = pc.cast(pc.if_else(epoch, epoch_parts.field("seconds"), None), pa_arrow.int64())
+    epoch = pc.fill_null(pc.less_equal(seconds, NS_EPOCH_SECONDS_MAX), False)
+    seconds = pc.if_else(epoch, seconds, None)
     fraction = pc.utf8_rpad(epoch_parts.field("fraction"), 9, "0")
     fraction_ns = pc.cast(pc.if_else(epoch, fraction, None), pa_arrow.int64())
     epoch_ns = pc.add(pc.multiply(seconds, 1_000_000_000), fraction_ns)
@@ -159,15 +169,37 @@ def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dic
     return pc.cast(ns, pa_arrow.timestamp("ns", tz="UTC")), formats
 
 
+def _calendar_time(text: pa_arrow.Array) -> pa_arrow.Array:
+    """`YYYY-MM-DD hh:mm:ss[.fraction]` as naive ns timestamps; null where no such moment exists.
+
+    Arrow's cast is strict and fast but fails the whole array on one bad value (month 13,
+    February 30, year 0001), so only then are the real dates found, by a strptime round trip
+    and the years timestamp[ns] can hold.
+    """
+    try:
+        return pc.cast(text, pa_arrow.timestamp("ns"))
+    except pa_arrow.ArrowInvalid:
+        pass
+    clock = pc.utf8_slice_codeunits(text, 0, 19)
+    seconds = pc.strptime(clock, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+    real = pc.and_(pc.equal(pc.strftime(seconds, format="%Y-%m-%d %H:%M:%S"), clock),
+                   pc.and_(pc.greater_equal(pc.year(seconds), NS_YEARS[0]),
+                           pc.less_equal(pc.year(seconds), NS_YEARS[1])))
+    return pc.cast(pc.if_else(pc.fill_null(real, False), text, None), pa_arrow.timestamp("ns"))
+
+
 def _integer(raw: pa_arrow.Array) -> pa_arrow.Array:
     digits = pc.match_substring_regex(raw, r"^\s*\d{1,18}\s*$")
     return pc.cast(pc.utf8_trim_whitespace(pc.if_else(digits, raw, None)), pa_arrow.int64())
 
 
 def _decode_batch(batch: pa_arrow.RecordBatch) -> tuple[pa_arrow.Table, np.ndarray]:
-    """Binary columns to UTF-8 strings; rows with invalid UTF-8 are flagged (rare path)."""
-    columns, bad = [], np.zeros(batch.num_rows, dtype=bool)
-    for column in batch.columns:
+    """Binary columns to UTF-8 strings (rare path: invalid bytes shown as \\x escapes).
+
+    Returns the table and, per row, the first column with invalid UTF-8 ("" where none).
+    """
+    columns, bad_field = [], np.full(batch.num_rows, "", dtype=object)
+    for name, column in zip(batch.schema.names, batch.columns):
         try:
             columns.append(column.cast(pa_arrow.string()))
         except pa_arrow.ArrowInvalid:
@@ -177,10 +209,10 @@ def _decode_batch(batch: pa_arrow.RecordBatch) -> tuple[pa_arrow.Table, np.ndarr
                 try:
                     decoded.append(value.decode("utf-8"))
                 except UnicodeDecodeError:
-                    bad[i] = True
+                    bad_field[i] = bad_field[i] or name
                     decoded.append(value.decode("utf-8", errors="backslashreplace"))
             columns.append(pa_arrow.array(decoded, pa_arrow.string()))
-    return pa_arrow.Table.from_arrays(columns, names=batch.schema.names), bad
+    return pa_arrow.Table.from_arrays(columns, names=batch.schema.names), bad_field
 
 
 class _RowRejector:
@@ -193,17 +225,21 @@ class _RowRejector:
         self.raw = raw
         self.report = report
 
-    def reject(self, check: str, rows: np.ndarray) -> None:
+    def reject(self, check: str, rows: np.ndarray, fields: np.ndarray | None = None) -> None:
+        """Reject `rows` for `check`; `fields` names the failing column per row if not the
+        check's own."""
         rows = np.unique(rows)
         if rows.size == 0:
             return
         self.reasons[rows] = np.where(self.reasons[rows] == "", check,
                                       self.reasons[rows] + "; " + check)
-        examples = [{"line": int(self.lines[i]),
-                     "No.": self.raw.column("No.")[int(i)].as_py(),
-                     "field": check.split(" ")[0],
-                     "value": _clip(self.raw.column(_raw_column_of(check))[int(i)].as_py())}
-                    for i in rows[:5]]
+        examples = []
+        for i in rows[:5]:
+            field = fields[i] if fields is not None else _raw_column_of(check)
+            examples.append({"line": int(self.lines[i]),
+                             "No.": self.raw.column("No.")[int(i)].as_py(),
+                             "field": field,
+                             "value": _clip(self.raw.column(field)[int(i)].as_py())})
         self.report.fail(check, rows.size, examples, CHECKS[check])
 
     @property
@@ -255,12 +291,22 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     for name, description in CHECKS.items():
         report.declare(name, description)
     try:
-        first_line = _read_first_line(source)
+        first_line, head = _read_head(source)
     except (OSError, EOFError, zlib.error) as error:
         report.structural("readable", f"cannot read the file: {error}")
         return
-    if not first_line.strip():
+    if not head:
         report.structural("header", "the file is empty: no header line", row=1)
+        return
+    if head.startswith(UTF16_BOMS) or b"\x00" in first_line or \
+            (not first_line.strip() and b"\x00" in head):
+        report.structural("encoding", "the file starts with NUL bytes: UTF-16 text (as "
+                          "PowerShell's '>' writes it) or not text at all (a pcap/pcapng capture "
+                          "needs format pcap or pcapng); save the export as UTF-8 CSV", row=1)
+        return
+    if not first_line.strip():
+        report.structural("header", "line 1 is blank: expected the header line "
+                          f"({', '.join(RAW_COLUMNS)})", row=1)
         return
     header_text = first_line.decode("utf-8", errors="replace")
     header = _Header(source, header_text)
@@ -276,24 +322,23 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         report.notes["extra_columns"] = header.extra
     report.notes["delimiter"] = header.delimiter
 
-    malformed: list[str] = []
-
-    def on_malformed(row) -> str:
-        malformed.append(row.text)
-        return "skip"
-
+    lines = _Lines()
     column_names = header.canonical
+    # Parsed serially, the reader gives the invalid-row handler each record's number (in
+    # parallel it gives None); on 2 cores reading 1M rows took the same time either way.
     read_options = pacsv.ReadOptions(column_names=column_names, skip_rows=1,
-                                     block_size=settings.batch_bytes)
-    parse_options = pacsv.ParseOptions(delimiter=header.delimiter, newlines_in_values=True,
-                                       invalid_row_handler=on_malformed)
+                                     block_size=settings.batch_bytes, use_threads=False)
+    # An unquoted header means an unquoted export (tshark -E quote=n): a '"' in Info is text.
+    parse_options = pacsv.ParseOptions(delimiter=header.delimiter,
+                                       quote_char='"' if header.quoted else False,
+                                       newlines_in_values=header.quoted,
+                                       invalid_row_handler=lines.malformed)
     convert_options = pacsv.ConvertOptions(
         column_types={name: pa_arrow.binary() for name in column_names},
         include_columns=RAW_COLUMNS, strings_can_be_null=False, quoted_strings_can_be_null=False)
     row_schema = export_row_model(settings)
     staged_schema = STAGED_BASE
 
-    line = 1  # the header
     last_frame = 0
     last_ts = None
     backwards = {"count": 0, "examples": []}
@@ -313,21 +358,21 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                         batch = next(batches)
                     except StopIteration:
                         break
-                    lines = np.arange(line + 1, line + 1 + batch.num_rows)
-                    if malformed:
-                        _reject_malformed(malformed, line, batch.num_rows, invalid_sink, report)
-                        line += len(malformed)
-                        malformed.clear()
-                    line += batch.num_rows
+                    batch_lines, malformed = lines.place(batch)
+                    _reject_malformed(malformed, header, invalid_sink, report)
                     last_frame, last_ts = _check_batch(
-                        batch, lines, row_schema, timezone, report, invalid_sink, writer,
+                        batch, batch_lines, row_schema, timezone, report, invalid_sink, writer,
                         last_frame, last_ts, backwards, time_formats)
-                if malformed:
-                    _reject_malformed(malformed, line, 0, invalid_sink, report)
-                    line += len(malformed)
+                _, malformed = lines.place(None)
+                _reject_malformed(malformed, header, invalid_sink, report)
             except (pa_arrow.ArrowInvalid, OSError, EOFError, zlib.error) as error:
-                report.structural("readable", f"reading stopped after line {line}: "
-                                  f"{_clip(str(error))}", row=line + 1)
+                detail = _clip(str(error))
+                if "straddl" in detail:
+                    detail = (f"the record starting at line {lines.last + 1} does not fit in "
+                              f"validation.batch_bytes ({settings.batch_bytes} bytes): raise it, "
+                              f"or look there for a quote that is never closed")
+                report.structural("readable", f"reading stopped after line {lines.last}: "
+                                  f"{detail}", row=lines.last + 1)
             ok = not report.structural_errors
             if not ok:
                 raise _Abandon
@@ -348,29 +393,104 @@ class _Abandon(Exception):
     """Leave the staged file unwritten (atomic_path discards it)."""
 
 
-def _reject_malformed(texts: list[str], line: int, batch_rows: int, sink: InvalidRows,
+class _Lines:
+    """The line in the file where each row starts, batch by batch.
+
+    The reader hands a record with the wrong number of fields to the invalid-row handler with
+    its record number (header = 1, blank lines not counted) and leaves it out of the batch, so
+    the batch's rows take the numbers around it; a quoted field with line breaks makes its
+    record span several lines, which moves every later record down.
+    """
+
+    def __init__(self):
+        self.record = 1  # the header
+        self.breaks = 0  # line breaks inside fields before the next record
+        self.last = 1  # last line placed
+        self._pending: list[tuple[int | None, int, str]] = []
+
+    def malformed(self, row) -> str:
+        self._pending.append((row.number, row.actual_columns, row.text))
+        return "skip"
+
+    def place(self, batch) -> tuple[np.ndarray, list[tuple[int, int, str]]]:
+        """Lines of `batch`'s rows, and the malformed records among them as (line, fields,
+        text); `batch=None` at the end of the file takes every remaining one."""
+        n = batch.num_rows if batch is not None else 0
+        records = np.arange(self.record + 1, self.record + 1 + n)
+        taken = []
+        self._pending.sort(key=lambda item: (item[0] is None, item[0] or 0))
+        while self._pending:
+            number, fields, text = self._pending[0]
+            last = max(int(records[-1]) if n else self.record, taken[-1][0] if taken else 0)
+            if number is None:  # not numbered by the reader: put after this batch's rows
+                number = last + 1
+            elif number > last + 1 and batch is not None:
+                break  # a later batch's
+            records[records >= number] += 1
+            taken.append((number, fields, text))
+            self._pending.pop(0)
+        numbers = np.concatenate([records, np.array([t[0] for t in taken], dtype=np.int64)])
+        breaks = np.array([t[2].count("\n") for t in taken], dtype=np.int64)
+        if n:
+            inside = np.zeros(n, dtype=np.int64)
+            for column in batch.columns:
+                if _may_hold_line_breaks(column):
+                    inside += pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy()
+            breaks = np.concatenate([inside, breaks])
+        order = np.argsort(numbers, kind="stable")
+        before = np.empty_like(breaks)
+        before[order] = self.breaks + np.cumsum(breaks[order]) - breaks[order]
+        lines = numbers + before
+        if numbers.size:
+            self.record = int(numbers.max())
+            self.breaks += int(breaks.sum())
+            self.last = int((lines + breaks).max())
+        return lines[:n], [(int(line), fields, text)
+                           for line, (_, fields, text) in zip(lines[n:], taken)]
+
+
+def _may_hold_line_breaks(column: pa_arrow.Array) -> bool:
+    """False when the column's bytes hold no line break at all: a memchr-speed scan that
+    spares the per-value count in nearly every batch."""
+    data = column.buffers()[2]
+    return data is not None and data.to_pybytes().find(b"\n") >= 0
+
+
+def _reject_malformed(malformed: list[tuple[int, int, str]], header: _Header, sink: InvalidRows,
                       report: ValidationReport) -> None:
-    """Rows with the wrong number of fields, located to the batch they were found in."""
-    location = f"between lines {line + 1} and {line + batch_rows + len(texts)}"
-    report.rows_read += len(texts)
-    report.rows_invalid += len(texts)
-    report.fail("columns", len(texts),
-                [{"line": location, "text": _clip(t)} for t in texts[:5]], CHECKS["columns"])
-    rows = {name: [""] * len(texts) for name in RAW_COLUMNS}
-    rows["Info"] = list(texts)
-    table = pa_arrow.table({**rows, "location": [location] * len(texts),
-                            "reason": ["columns: wrong number of fields (whole record in Info)"]
-                            * len(texts)})
-    sink.write(table)
+    """Records with the wrong number of fields, kept whole in the Info column."""
+    if not malformed:
+        return
+    expected = len(header.names)
+    reasons = []
+    for _, fields, text in malformed:
+        reason = f"columns: {fields} fields where the header has {expected}"
+        spanned = text.count("\n") + 1
+        if spanned > 1:
+            reason += (f", over {spanned} lines (a quote that is never closed joins the lines "
+                       f"up to the next quote)")
+        elif fields > expected and not header.quoted:
+            reason += (f" (an unquoted export with {header.delimiter!r} inside a field? "
+                       f"export with quoted fields, e.g. tshark -E quote=d)")
+        reasons.append(reason)
+    report.rows_read += len(malformed)
+    report.rows_invalid += len(malformed)
+    report.fail("columns", len(malformed),
+                [{"line": line, "No.": None, "field": "record", "value": _clip(text)}
+                 for line, _, text in malformed[:5]], CHECKS["columns"])
+    rows = {name: [""] * len(malformed) for name in RAW_COLUMNS}
+    rows["Info"] = [text for _, _, text in malformed]
+    sink.write(pa_arrow.table({**rows, "location": [f"line {line}" for line, _, _ in malformed],
+                               "reason": reasons}))
 
 
 def _check_batch(batch, lines, row_schema, timezone, report, sink, writer, last_frame, last_ts,
                  backwards, time_formats):
-    raw, bad_utf8 = _decode_batch(batch)
+    raw, bad_utf8_field = _decode_batch(batch)
     n = raw.num_rows
     report.rows_read += n
     rejector = _RowRejector(n, lines, raw, report)
-    rejector.reject("utf8", np.flatnonzero(bad_utf8))
+    rejector.reject("utf8", np.flatnonzero(bad_utf8_field != ""), fields=bad_utf8_field)
 
     ts, formats = _parse_time(raw.column("Time").combine_chunks(), timezone)
     for key, count in formats.items():
