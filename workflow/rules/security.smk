@@ -1,0 +1,120 @@
+# Security features per trace (connections, scan verdicts, HTTP/Log4Shell, window matrix) and
+# their comparison across traces. Each rule takes only its own config section, so changing a
+# threshold reruns that stage and the comparison, never validation or normalization.
+
+
+rule security_connections:
+    input:
+        packets="results/packets/{trace}.parquet",
+    output:
+        flows="results/features/{trace}/flows.parquet",
+        http="results/features/{trace}/http.parquet",
+    params:
+        code=code_version("flows", "log4shell", "packets", "atomic"),
+        settings=stable_params(config["security"]["flows"]),
+    threads: 1
+    resources:
+        # Peak RSS grows ~19 MB a MB of packets (7.1 GB for 12 million packets).
+        mem_mb=memory_mb(512, 28),
+        runtime=runtime_minutes(10, 4),
+    log:
+        "results/logs/security/connections/{trace}.log",
+    benchmark:
+        "results/benchmarks/security/connections/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    script:
+        "../scripts/security_connections.py"
+
+
+rule security_hosts:
+    input:
+        flows="results/features/{trace}/flows.parquet",
+    output:
+        hosts="results/features/{trace}/hosts.parquet",
+    params:
+        code=code_version("scan", "flows"),
+        settings=stable_params(config["security"]["scan"]),
+    threads: 1
+    resources:
+        mem_mb=memory_mb(384, 16),
+        runtime=runtime_minutes(10, 1),
+    log:
+        "results/logs/security/hosts/{trace}.log",
+    benchmark:
+        "results/benchmarks/security/hosts/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    script:
+        "../scripts/security_hosts.py"
+
+
+rule security_windows:
+    input:
+        packets="results/packets/{trace}.parquet",
+        flows="results/features/{trace}/flows.parquet",
+        http="results/features/{trace}/http.parquet",
+    output:
+        windows="results/features/{trace}/windows.parquet",
+    params:
+        code=code_version("windows", "scan", "flows"),
+        settings=stable_params(config["security"]["windows"]),
+    threads: 1
+    resources:
+        mem_mb=memory_mb(384, 16),
+        runtime=runtime_minutes(10, 1),
+    log:
+        "results/logs/security/windows/{trace}.log",
+    benchmark:
+        "results/benchmarks/security/windows/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    script:
+        "../scripts/security_windows.py"
+
+
+rule security_compare:
+    input:
+        windows=expand("results/features/{trace}/windows.parquet", trace=TRACES.index),
+        hosts=expand("results/features/{trace}/hosts.parquet", trace=TRACES.index),
+        flows=expand("results/features/{trace}/flows.parquet", trace=TRACES.index),
+        http=expand("results/features/{trace}/http.parquet", trace=TRACES.index),
+    output:
+        features_csv=report(
+            "results/compare/features.csv",
+            caption="../report/security_features.rst",
+            category="Security",
+        ),
+        features_md="results/compare/features.md",
+        separability=report(
+            "results/compare/separability.png",
+            caption="../report/security_separability.rst",
+            category="Security",
+        ),
+        fanout=report(
+            "results/compare/fanout.png",
+            caption="../report/security_fanout.rst",
+            category="Security",
+        ),
+        conn_states=report(
+            "results/compare/conn_states.png",
+            caption="../report/security_conn_states.rst",
+            category="Security",
+        ),
+        scan_report="results/compare/scan_report.md",
+    params:
+        code=code_version("separability", "safe_text"),
+        traces=list(TRACES.index),
+        labels=trace_labels(),
+    threads: 1
+    resources:
+        mem_mb=memory_mb(512, 4),
+        runtime=runtime_minutes(15, 1),
+    log:
+        "results/logs/security/compare.log",
+    benchmark:
+        "results/benchmarks/security/compare.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    script:
+        "../scripts/security_compare.py"

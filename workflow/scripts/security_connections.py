@@ -1,0 +1,12 @@
+from tracelab.flows import write_connections
+from tracelab.runner import run_stage
+
+run_stage(
+    snakemake,
+    write_connections,
+    trace=snakemake.wildcards.trace,
+    packets_path=snakemake.input.packets,
+    flows_path=snakemake.output.flows,
+    http_path=snakemake.output.http,
+    settings=snakemake.params.settings,
+)
