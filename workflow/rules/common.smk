@@ -1,5 +1,6 @@
 # Helpers and input functions shared by every stage.
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def final_outputs():
     return [
         *expand("results/features/{trace}/summary.json", trace=TRACES.index),
         "results/compare/summary.csv",
+        "results/compare/features.csv",
+        "results/compare/scan_report.md",
     ]
 
 
@@ -58,7 +61,7 @@ def code_version(*modules):
 def validation_code_version(wildcards):
     """The validation code of this trace's format only: a pcap fix does not rerun CSV traces."""
     reader = READERS[trace_row(wildcards)["format"]].removeprefix("tracelab.")
-    return code_version("validate", "validation", "packets", reader)
+    return code_version("validate", "validation", "packets", "safe_text", reader)
 
 
 def stable_params(section):
@@ -67,3 +70,34 @@ def stable_params(section):
     if isinstance(section, dict):
         return {key: stable_params(section[key]) for key in sorted(section)}
     return section
+
+
+# --- Cluster resources ---------------------------------------------------------------------
+# Every rule declares threads, mem_mb and runtime (minutes), sized from results/benchmarks of the
+# bundled traces and of synthetic CSV exports of 0.2, 1, 4 and 12 million packets
+# (`python -m tracelab.synth`): a base for the interpreter and libraries, plus a slope per MB of
+# the job's inputs where the peak RSS grew with them, at about 1.5x the largest peak seen.
+# Runtimes allow about 5x the wall time measured on a busy 2-core machine. Both grow with
+# `attempt`, so a job that SLURM kills at its limit is retried with twice the room
+# (profiles/slurm sets retries).
+
+
+def memory_mb(base, per_input_mb=0, cap=None):
+    def estimate(wildcards, input, attempt):
+        need = base + per_input_mb * input.size_mb
+        return math.ceil(min(need, cap) if cap else need) * attempt
+
+    return estimate
+
+
+def runtime_minutes(base, seconds_per_input_mb):
+    def estimate(wildcards, input, attempt):
+        return math.ceil(base + seconds_per_input_mb * input.size_mb / 60) * attempt
+
+    return estimate
+
+
+def row_group_memory_mb(row_group_rows):
+    """normalize_trace holds one row group of parsed packets at a time: at most ~1.4 KiB a row
+    was measured (1.5 GB at the default 1,048,576 rows), whatever the trace's size."""
+    return 512 + row_group_rows * 2 // 1024

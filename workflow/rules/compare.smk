@@ -5,17 +5,63 @@ rule compare_traces:
             "results/features/{trace}/distributions.parquet", trace=TRACES.index
         ),
     output:
-        table="results/compare/summary.csv",
-        markdown="results/compare/summary.md",
-        iat_cdf="results/compare/iat_cdf.png",
-        length_cdf="results/compare/length_cdf.png",
-        protocols="results/compare/protocols.png",
-        rate="results/compare/rate.png",
-        destinations="results/compare/destinations.png",
+        table=report(
+            "results/compare/summary.csv",
+            caption="../report/compare_summary.rst",
+            category="Comparison",
+            subcategory="Tables",
+            labels={"table": "trace summary", "format": "CSV"},
+        ),
+        markdown=report(
+            "results/compare/summary.md",
+            caption="../report/compare_summary.rst",
+            category="Comparison",
+            subcategory="Tables",
+            labels={"table": "trace summary", "format": "Markdown"},
+        ),
+        iat_cdf=report(
+            "results/compare/iat_cdf.png",
+            caption="../report/compare_iat_cdf.rst",
+            category="Comparison",
+            subcategory="Figures",
+            labels={"figure": "inter-arrival time CDF"},
+        ),
+        length_cdf=report(
+            "results/compare/length_cdf.png",
+            caption="../report/compare_length_cdf.rst",
+            category="Comparison",
+            subcategory="Figures",
+            labels={"figure": "frame length CDF"},
+        ),
+        protocols=report(
+            "results/compare/protocols.png",
+            caption="../report/compare_protocols.rst",
+            category="Comparison",
+            subcategory="Figures",
+            labels={"figure": "protocol shares"},
+        ),
+        rate=report(
+            "results/compare/rate.png",
+            caption="../report/compare_rate.rst",
+            category="Comparison",
+            subcategory="Figures",
+            labels={"figure": "packet rate over time"},
+        ),
+        destinations=report(
+            "results/compare/destinations.png",
+            caption="../report/compare_destinations.rst",
+            category="Comparison",
+            subcategory="Figures",
+            labels={"figure": "distinct destinations over time"},
+        ),
     params:
         code=code_version("compare", "safe_text"),
         traces=list(TRACES.index),
         labels=trace_labels(),
+    threads: 1
+    resources:
+        mem_mb=memory_mb(768, 8),
+        runtime=runtime_minutes(15, 1),
     log:
         "results/logs/compare/compare_traces.log",
     benchmark:

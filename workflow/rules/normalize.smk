@@ -9,6 +9,11 @@ rule normalize_trace:
         source_format=lambda wc: trace_row(wc)["format"],
         row_group_rows=config["normalize"]["row_group_rows"],
     threads: 2
+    resources:
+        mem_mb=memory_mb(
+            384, 16, cap=row_group_memory_mb(config["normalize"]["row_group_rows"])
+        ),
+        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/normalize/{trace}.log",
     benchmark:

@@ -85,7 +85,11 @@ rule security_compare:
             caption="../report/security_features.rst",
             category="Security",
         ),
-        features_md="results/compare/features.md",
+        features_md=report(
+            "results/compare/features.md",
+            caption="../report/security_features.rst",
+            category="Security",
+        ),
         separability=report(
             "results/compare/separability.png",
             caption="../report/security_separability.rst",
@@ -101,7 +105,11 @@ rule security_compare:
             caption="../report/security_conn_states.rst",
             category="Security",
         ),
-        scan_report="results/compare/scan_report.md",
+        scan_report=report(
+            "results/compare/scan_report.md",
+            caption="../report/security_scan_report.rst",
+            category="Security",
+        ),
     params:
         code=code_version("separability", "safe_text"),
         traces=list(TRACES.index),

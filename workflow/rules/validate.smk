@@ -2,8 +2,20 @@ rule validate_trace:
     input:
         source=trace_source,
     output:
-        report="results/validation/{trace}.json",
-        invalid="results/validation/{trace}.invalid.csv",
+        report=report(
+            "results/validation/{trace}.json",
+            caption="../report/validation_report.rst",
+            category="Validation",
+            subcategory="Validation reports",
+            labels={"trace": "{trace}"},
+        ),
+        invalid=report(
+            "results/validation/{trace}.invalid.csv",
+            caption="../report/validation_invalid.rst",
+            category="Validation",
+            subcategory="Rejected rows",
+            labels={"trace": "{trace}"},
+        ),
         staged=temp("results/staged/{trace}.parquet"),
     params:
         code=validation_code_version,

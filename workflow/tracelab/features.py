@@ -44,7 +44,12 @@ def _indices(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     combined = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     if not pa.types.is_dictionary(combined.type):
         combined = pc.dictionary_encode(combined)
-    return combined.indices.to_numpy(zero_copy_only=False).astype(np.int64), combined.dictionary
+    return combined.indices.to_numpy(zero_copy_only=False), combined.dictionary
+
+
+def _distinct(indices: np.ndarray, size: int) -> int:
+    """How many of `size` dictionary entries occur (a count per entry, no sort)."""
+    return int(np.count_nonzero(np.bincount(indices, minlength=size))) if indices.size else 0
 
 
 def _quantiles(values: np.ndarray, qs: list[float]) -> dict[str, float | None]:
@@ -74,13 +79,12 @@ def compute_features(packets: pa.Table, settings: FeatureSettings) -> tuple[dict
     """Summary fields and distribution points of one packet table."""
     ts = packets.column("ts").cast(pa.int64()).to_numpy()
     lengths = packets.column("length").to_numpy().astype(np.int64)
-    src, _ = _indices(packets.column("src"))
-    dst, _ = _indices(packets.column("dst"))
-    protocols = pc.value_counts(packets.column("protocol").combine_chunks().cast(pa.string())) \
-        if packets.num_rows else pa.array([], pa.struct([("values", pa.string()),
-                                                          ("counts", pa.int64())]))
+    src, src_names = _indices(packets.column("src"))
+    dst, dst_names = _indices(packets.column("dst"))
+    protocol, protocol_names = _indices(packets.column("protocol"))
+    counts = np.bincount(protocol, minlength=len(protocol_names))
     protocol_counts = dict(sorted(
-        ((p["values"].as_py(), p["counts"].as_py()) for p in protocols),
+        ((name, int(count)) for name, count in zip(protocol_names.to_pylist(), counts) if count),
         key=lambda item: (-item[1], item[0])))
 
     n = ts.size
@@ -89,7 +93,8 @@ def compute_features(packets: pa.Table, settings: FeatureSettings) -> tuple[dict
     in_order_iat = np.diff(ts)
     iat_ms = np.diff(np.sort(ts)) / 1e6
     total_bytes = int(lengths.sum())
-    pairs = np.unique(src * (int(dst.max()) + 1 if n else 1) + dst).size if n else 0
+    # Hash-based distinct count of (src, dst) codes: no sort of the whole column.
+    pairs = len(pc.unique(pa.array(src.astype(np.int64) * len(dst_names) + dst))) if n else 0
 
     summary = {
         "packets": int(n),
@@ -100,8 +105,8 @@ def compute_features(packets: pa.Table, settings: FeatureSettings) -> tuple[dict
         "mean_pps": (n / duration_s) if duration_s > 0 else None,
         "mean_bps": (8 * total_bytes / duration_s) if duration_s > 0 else None,
         "mean_length": float(lengths.mean()) if n else None,
-        "unique_sources": int(np.unique(src).size),
-        "unique_destinations": int(np.unique(dst).size),
+        "unique_sources": _distinct(src, len(src_names)),
+        "unique_destinations": _distinct(dst, len(dst_names)),
         "unique_pairs": int(pairs),
         "protocol_counts": protocol_counts,
         "length_quantiles": _quantiles(lengths, settings.quantiles),
@@ -116,10 +121,10 @@ def compute_features(packets: pa.Table, settings: FeatureSettings) -> tuple[dict
     pps = np.bincount(bins, minlength=n_bins) / settings.rate_bin_s
     bps = np.bincount(bins, weights=lengths * 8, minlength=n_bins) / settings.rate_bin_s
     bin_start = np.arange(n_bins) * settings.rate_bin_s
-    # Distinct destinations seen so far, stepping up at each destination's first packet.
-    order = np.argsort(ts, kind="stable")
-    _, first_seen = np.unique(dst[order], return_index=True)
-    first_seen_s = np.sort(rel_s[order][first_seen])
+    # Distinct destinations seen so far, stepping up at each destination's earliest packet.
+    first_seen_s = np.full(len(dst_names), np.inf)
+    np.minimum.at(first_seen_s, dst, rel_s)
+    first_seen_s = np.sort(first_seen_s[np.isfinite(first_seen_s)])
     # The step ends at the trace's last packet, not at the last new destination.
     destinations_x = np.append(first_seen_s, duration_s) if n else first_seen_s
     destinations_y = np.append(np.arange(1, first_seen_s.size + 1), first_seen_s.size) \

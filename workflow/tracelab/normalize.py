@@ -54,6 +54,13 @@ def _port(array: pa.Array) -> pa.Array:
     return pc.if_else(pc.less_equal(port, 65535), port, None)
 
 
+def _only_where(mask: pa.Array, values: pa.Array, transform) -> pa.Array:
+    """`transform` of the rows where `mask` holds, null elsewhere: TLS rows are few, and a
+    string kernel over every Info costs as much as the whole ports regex."""
+    selected = _nonempty(transform(values.filter(mask)))
+    return pc.replace_with_mask(pa.nulls(len(values), values.type), mask, selected)
+
+
 def _flag_bits(flags_text: pa.Array) -> pa.Array:
     """"SYN, ACK" -> 0x12, computed once per distinct flag set rather than once per packet."""
     encoded = pc.dictionary_encode(flags_text)
@@ -100,7 +107,7 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
             pc.coalesce(_group(request, "version"), _group(response, "version"))),
         "http_status": pc.cast(_group(response, "status"), pa.int16()),
         "dns_query": _group(dns, "name"),
-        "tls_message": pc.if_else(is_tls, _nonempty(pc.utf8_trim_whitespace(info)), None),
+        "tls_message": _only_where(is_tls, info, pc.utf8_trim_whitespace),
     }
 
 
@@ -144,7 +151,7 @@ def _parse_in_slices(staged: pa.Table, pool: ThreadPoolExecutor | None, workers:
 
 
 def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
-                    row_group_rows: int = 1 << 20, threads: int = 1) -> dict:
+                    row_group_rows: int = 1 << 18, threads: int = 1) -> dict:
     """Write `packets_path` from the staged rows; return a short account of what was written."""
     staged = pq.ParquetFile(staged_path)
     missing = [f.name for f in INFO_FIELDS if f.name not in staged.schema_arrow.names]
@@ -152,14 +159,27 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
              missing or "nothing")
     first_ts_ns = _first_timestamp_ns(staged)
     schema = PacketModel.to_schema()
+    workers = max(threads, 1)
+
+    def prepare(batch: pa.RecordBatch) -> pa.Table:
+        table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns, parse_pool, workers)
+        schema.validate(table_to_checked_frame(table), lazy=True)
+        return table
+
+    # Row group k is written (Parquet encoding releases the GIL) while k+1 is prepared, so at
+    # most two row groups are in memory.
     with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
                       trace=trace, source_format=source_format) as writer, \
-            ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+            ThreadPoolExecutor(max_workers=workers) as parse_pool, \
+            ThreadPoolExecutor(max_workers=1) as prepare_pool:
+        pending = None
         for batch in staged.iter_batches(batch_size=row_group_rows):
-            table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns, pool,
-                                    max(threads, 1))
-            schema.validate(table_to_checked_frame(table), lazy=True)
-            writer.write(table)
+            prepared = prepare_pool.submit(prepare, batch)
+            if pending is not None:
+                writer.write(pending.result())
+            pending = prepared
+        if pending is not None:
+            writer.write(pending.result())
         rows = writer.rows
     log.info("%s: wrote %d packets to %s", trace, rows, packets_path)
     return {"trace": trace, "packets": rows, "path": str(Path(packets_path))}

@@ -130,7 +130,13 @@ class PacketWriter:
         self.schema = PACKET_SCHEMA.with_metadata(metadata)
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        # Parquet dictionary pages and min/max statistics only where they pay: a dictionary of
+        # every distinct Info string, or its statistics, cost more time than they save.
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, compression="zstd",
+            use_dictionary=[f.name for f in PACKET_SCHEMA if f.type == DICT_STRING],
+            write_statistics=[f.name for f in PACKET_SCHEMA
+                              if not pa_arrow.types.is_string(f.type)])
         self.rows = 0
 
     def write(self, table: pa_arrow.Table) -> None:
