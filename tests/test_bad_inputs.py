@@ -579,7 +579,16 @@ def test_trace_name_error_says_what_names_may_be(tmp_path):
         load_trace_sheet(_sheet(tmp_path, ("../x", "a.csv", "", "", "", "")), tmp_path)
 
 
-def test_a_label_with_html_is_kept_as_written(tmp_path):
+def test_a_label_with_html_is_refused_naming_the_field(tmp_path):
+    # Snakemake's report embeds params unescaped in a <script> block (tests/test_report.py), so
+    # the sheet refuses markup in labels; the package still escapes labels wherever it shows
+    # them (tests/test_safe_outputs.py).
     label = '<img src=x onerror=alert(1)> & "scan" | $x$'
-    traces = load_trace_sheet(_sheet(tmp_path, ("a", "a.csv", "", label, "", "")), tmp_path)
-    assert traces.loc["a", "label"] == label  # free text: escaped where shown, never rejected
+    with pytest.raises(TraceSheetError, match=r"line 2 \(trace 'a'\): field 'label'"):
+        load_trace_sheet(_sheet(tmp_path, ("a", "a.csv", "", label, "", "")), tmp_path)
+
+
+def test_a_label_with_spaces_and_signs_is_kept(tmp_path):
+    traces = load_trace_sheet(_sheet(tmp_path, ("a", "a.csv", "", "nmap sweep+log4j", "", "")),
+                              tmp_path)
+    assert traces.loc["a", "label"] == "nmap sweep+log4j"

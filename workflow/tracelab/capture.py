@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from . import capture_protocols as protocols
 from .atomic import atomic_path
 from .packets import INFO_FIELDS, STAGED_BASE
-from .validation import InvalidRows, ValidationReport, ValidationSettings
+from .validation import (InvalidRows, ValidationReport, ValidationSettings,
+                         count_time_backwards)
 
 log = logging.getLogger(__name__)
 
@@ -611,7 +612,9 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 if not keep.any():
                     continue
                 kept = _take(records, keep)
-                last_ts = _note_backwards(kept, last_ts, backwards)
+                last_ts = count_time_backwards(
+                    kept.ts_ns, last_ts, backwards,
+                    lambda i: {"record": int(kept.index[i]), "offset": int(kept.offset[i])})
                 snapped += int((kept.captured < kept.original).sum())
                 linktype = np.array([i.linktype for i in reader.interfaces],
                                     dtype=np.int64)[kept.interface]
@@ -713,21 +716,3 @@ def _reject_tail(tail: Tail, report: ValidationReport, sink: InvalidRows) -> Non
            for name in ("interface", "captured_len", "orig_len", "ts_ns")},
         "linktype": [""],
     }))
-
-
-def _note_backwards(records: Records, last_ts: int | None, backwards: dict) -> int:
-    """Count packets earlier than one before them (kept in capture order, as Wireshark does)."""
-    ts = records.ts_ns
-    running = np.maximum.accumulate(ts)
-    previous = np.concatenate([[ts[0] if last_ts is None else last_ts], running[:-1]])
-    if last_ts is not None:
-        previous = np.maximum(previous, last_ts)
-    went_back = np.flatnonzero(ts < previous)
-    if went_back.size:
-        backwards["count"] += int(went_back.size)
-        room = 5 - len(backwards["examples"])
-        backwards["examples"].extend(
-            {"record": int(records.index[i]), "offset": int(records.offset[i]),
-             "by_s": float((previous[i] - ts[i]) / 1e9)} for i in went_back[:max(room, 0)])
-    top = int(running[-1])
-    return top if last_ts is None else max(top, last_ts)

@@ -74,6 +74,7 @@ def _line_figure(data, kind, path, *, title, xlabel, ylabel, log_x=False, step=F
     if symlog_y:
         # Rates span orders of magnitude between traces; linear below 1 keeps empty seconds.
         ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -177,3 +178,23 @@ def ensure_parent(path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def count_time_backwards(ts_ns: np.ndarray, last_ts: int | None, backwards: dict,
+                         where) -> int:
+    """Count timestamps earlier than one before them, in `backwards` (kept in file order, not
+    re-sorted, as Wireshark shows them), with a few examples located by `where(i)`; return the
+    latest timestamp so far, carried to the next batch as `last_ts`."""
+    running = np.maximum.accumulate(ts_ns)
+    previous = np.concatenate([[ts_ns[0] if last_ts is None else last_ts], running[:-1]])
+    if last_ts is not None:
+        previous = np.maximum(previous, last_ts)
+    went_back = np.flatnonzero(ts_ns < previous)
+    if went_back.size:
+        backwards["count"] += int(went_back.size)
+        room = max(EXAMPLES_PER_CHECK - len(backwards["examples"]), 0)
+        backwards["examples"].extend(
+            {**where(int(i)), "by_s": float((previous[i] - ts_ns[i]) / 1e9)}
+            for i in went_back[:room])
+    top = int(running[-1])
+    return top if last_ts is None else max(top, last_ts)

@@ -24,7 +24,8 @@ from pandera.errors import SchemaErrors
 
 from .atomic import atomic_path
 from .packets import STAGED_BASE
-from .validation import InvalidRows, ValidationReport, ValidationSettings
+from .validation import (InvalidRows, ValidationReport, ValidationSettings,
+                         count_time_backwards)
 
 log = logging.getLogger(__name__)
 
@@ -527,18 +528,7 @@ def _check_batch(batch, lines, row_schema, timezone, report, sink, writer, last_
         "info", raw.column("Info").filter(pa_arrow.array(keep)))
     ts_ns = kept.column("ts").cast(pa_arrow.int64()).to_numpy()
     kept_lines = lines[keep]
-    # Times going backwards are counted and reported, not re-sorted.
-    previous = np.concatenate([[ts_ns[0] if last_ts is None else last_ts],
-                               np.maximum.accumulate(ts_ns)[:-1]])
-    if last_ts is not None:
-        previous = np.maximum(previous, last_ts)
-    went_back = np.flatnonzero(ts_ns < previous)
-    if went_back.size:
-        backwards["count"] += int(went_back.size)
-        room = 5 - len(backwards["examples"])
-        backwards["examples"].extend(
-            {"line": int(kept_lines[i]), "by_s": float((previous[i] - ts_ns[i]) / 1e9)}
-            for i in went_back[:max(room, 0)])
+    new_last_ts = count_time_backwards(ts_ns, last_ts, backwards,
+                                       lambda i: {"line": int(kept_lines[i])})
     writer.write_table(kept.select(STAGED_BASE.names).cast(STAGED_BASE))
-    new_last_ts = int(ts_ns.max()) if last_ts is None else max(last_ts, int(ts_ns.max()))
     return int(frames[keep].max()), new_last_ts

