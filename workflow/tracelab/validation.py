@@ -9,7 +9,6 @@ when the trace must stop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -164,20 +163,6 @@ class InvalidRows:
     def close(self, ok: bool = True) -> None:
         self._writer.close()
         self._atomic.__exit__(*((None, None, None) if ok else (RuntimeError, RuntimeError(), None)))
-
-
-def write_report_for_unreadable(report_path, invalid_path, report: ValidationReport,
-                                raw_columns: list[str]) -> None:
-    """A source that could not be opened still leaves a report and an (empty) invalid file."""
-    sink = InvalidRows(invalid_path, raw_columns)
-    sink.close()
-    report.finish(report_path)
-
-
-def ensure_parent(path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def count_time_backwards(ts_ns: np.ndarray, last_ts: int | None, backwards: dict,
