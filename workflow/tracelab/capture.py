@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import capture_protocols as protocols
 from .atomic import atomic_path
-from .packets import INFO_FIELDS, STAGED_BASE
+from .packets import INFO_FIELDS, STAGED_BASE, open_staged_writer
 from .validation import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
@@ -603,7 +602,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     sink = InvalidRows(invalid_path, RAW_COLUMNS)
     try:
         with atomic_path(staged_path) as tmp, \
-                pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
+                open_staged_writer(tmp, schema) as writer:
             for records in reader.batches():
                 keep = _check_records(records, reader, report, sink, settings)
                 report.rows_read += len(records)

@@ -114,6 +114,14 @@ def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def open_staged_writer(path, schema: pa_arrow.Schema) -> pq.ParquetWriter:
+    """The writer of a reader's staged rows: a temp file read once by normalization, so fast
+    lz4, dictionary pages only for the address and protocol columns, and statistics only for
+    `ts` (normalization takes the earliest timestamp from them)."""
+    return pq.ParquetWriter(path, schema, compression="lz4",
+                            use_dictionary=["src", "dst", "protocol"], write_statistics=["ts"])
+
+
 class PacketWriter:
     """Writes PACKET_SCHEMA row groups with zstd, atomically, recording the source and its hash."""
 

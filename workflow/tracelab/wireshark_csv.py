@@ -19,11 +19,10 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
 from .atomic import atomic_path
-from .packets import STAGED_BASE
+from .packets import STAGED_BASE, open_staged_writer
 from .validation import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
@@ -348,7 +347,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     ok = False
     try:
         with atomic_path(staged_path) as tmp, \
-                pq.ParquetWriter(tmp, staged_schema, compression="lz4") as writer:
+                open_staged_writer(tmp, staged_schema) as writer:
             try:
                 reader = pacsv.open_csv(_open_binary(source), read_options=read_options,
                                         parse_options=parse_options,
