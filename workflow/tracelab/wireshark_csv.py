@@ -337,27 +337,20 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         column_types={name: pa_arrow.binary() for name in column_names},
         include_columns=RAW_COLUMNS, strings_can_be_null=False, quoted_strings_can_be_null=False)
     row_schema = export_row_model(settings)
-    staged_schema = STAGED_BASE
 
     last_frame = 0
     last_ts = None
     backwards = {"count": 0, "examples": []}
     time_formats = {"absolute": 0, "epoch_seconds": 0}
     invalid_sink = InvalidRows(invalid_path, RAW_COLUMNS)
-    ok = False
     try:
         with atomic_path(staged_path) as tmp, \
-                open_staged_writer(tmp, staged_schema) as writer:
+                open_staged_writer(tmp, STAGED_BASE) as writer:
             try:
                 reader = pacsv.open_csv(_open_binary(source), read_options=read_options,
                                         parse_options=parse_options,
                                         convert_options=convert_options)
-                batches = iter(reader)
-                while True:
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        break
+                for batch in reader:
                     batch_lines, malformed = lines.place(batch)
                     _reject_malformed(malformed, header, invalid_sink, report)
                     last_frame, last_ts = _check_batch(
@@ -373,8 +366,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                               f"or look there for a quote that is never closed")
                 report.structural("readable", f"reading stopped after line {lines.last}: "
                                   f"{detail}", row=lines.last + 1)
-            ok = not report.structural_errors
-            if not ok:
+            if report.structural_errors:
                 raise _Abandon
     except _Abandon:
         pass
