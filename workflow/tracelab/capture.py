@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from . import capture_protocols as protocols
 from .atomic import atomic_path
-from .packets import INFO_FIELDS, STAGED_BASE, open_staged_writer
+from .packets import INFO_FIELDS, STAGED_BASE, StagedWriter
 from .validation import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
@@ -602,7 +602,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     sink = InvalidRows(invalid_path, RAW_COLUMNS)
     try:
         with atomic_path(staged_path) as tmp, \
-                open_staged_writer(tmp, schema) as writer:
+                StagedWriter(tmp, schema) as writer:
             for records in reader.batches():
                 keep = _check_records(records, reader, report, sink, settings)
                 report.rows_read += len(records)

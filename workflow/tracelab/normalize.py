@@ -163,7 +163,7 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
 
     def prepare(batch: pa.RecordBatch) -> pa.Table:
         table = normalize_table(pa.Table.from_batches([batch]), first_ts_ns, parse_pool, workers)
-        schema.validate(table_to_checked_frame(table), lazy=True)
+        schema.validate(table_to_checked_frame(table), lazy=True, inplace=True)
         return table
 
     # Row group k is written (Parquet encoding releases the GIL) while k+1 is prepared, so at

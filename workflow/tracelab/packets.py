@@ -9,6 +9,7 @@ the result with `PacketModel` and writes it with `PacketWriter`.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -114,12 +115,41 @@ def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def open_staged_writer(path, schema: pa_arrow.Schema) -> pq.ParquetWriter:
-    """The writer of a reader's staged rows: a temp file read once by normalization, so fast
-    lz4, dictionary pages only for the address and protocol columns, and statistics only for
-    `ts` (normalization takes the earliest timestamp from them)."""
-    return pq.ParquetWriter(path, schema, compression="lz4",
-                            use_dictionary=["src", "dst", "protocol"], write_statistics=["ts"])
+class StagedWriter:
+    """Writes a reader's staged rows: a temp file read once by normalization, so fast lz4,
+    dictionary pages only for the address and protocol columns, and statistics only for `ts`
+    (normalization takes the earliest timestamp from them).
+
+    Each batch is encoded on a background thread (Parquet encoding releases the GIL) while the
+    reader checks the next one; batches are written in order, one at a time.
+    """
+
+    def __init__(self, path, schema: pa_arrow.Schema):
+        self._writer = pq.ParquetWriter(path, schema, compression="lz4",
+                                        use_dictionary=["src", "dst", "protocol"],
+                                        write_statistics=["ts"])
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
+
+    def write_table(self, table: pa_arrow.Table) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._writer.write_table, table)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self._wait()
+        finally:
+            self._thread.shutdown()
+            self._writer.close()
+        return False
 
 
 class PacketWriter:
