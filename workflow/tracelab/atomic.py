@@ -9,6 +9,9 @@ import re
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa_arrow
+import pyarrow.parquet as pq
+
 # mkstemp makes 0600 files; outputs get the usual permissions the umask gives.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -53,3 +56,11 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_parquet(table: pa_arrow.Table, path, metadata: dict | None = None) -> None:
+    """Write `table` atomically with zstd, adding `tracelab.*` metadata."""
+    extra = {f"tracelab.{k}".encode(): str(v).encode() for k, v in (metadata or {}).items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")

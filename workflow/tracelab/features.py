@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, write_json
+from .atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,7 @@ def trace_features(*, trace: str, packets_path, summary_path, distributions_path
     packets = pq.read_table(packets_path, columns=["ts", "length", "src", "dst", "protocol"])
     summary, distributions = compute_features(packets, settings)
     summary = {"trace": trace, **summary}
-    with atomic_path(distributions_path) as tmp:
-        pq.write_table(distributions, tmp, compression="zstd")
+    write_parquet(distributions, distributions_path, {"trace": trace})
     write_json(summary_path, summary)
     log.info("%s: %d packets over %.3f s", trace, summary["packets"], summary["duration_s"])
     return summary

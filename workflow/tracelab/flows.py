@@ -43,7 +43,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from .atomic import write_parquet
 from .packets import DICT_STRING, TCP_FLAG_BITS, TIMESTAMP, read_packets
 
 log = logging.getLogger(__name__)
@@ -613,14 +613,6 @@ def _aggregate(packets, member, flow_of, is_orig, t, known_flags, is_tcp_row, fi
 
 def flows_to_table(flows: pd.DataFrame) -> pa_arrow.Table:
     return pa_arrow.Table.from_pandas(flows, preserve_index=False).cast(FLOW_SCHEMA)
-
-
-def write_parquet(table: pa_arrow.Table, path, metadata: dict | None = None) -> None:
-    """Write `table` atomically with zstd, adding `tracelab.*` metadata."""
-    extra = {f"tracelab.{k}".encode(): str(v).encode() for k, v in (metadata or {}).items()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
 
 
 def read_flows(path) -> pd.DataFrame:

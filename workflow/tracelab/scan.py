@@ -33,7 +33,8 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
 
-from .flows import read_flows, write_parquet
+from .atomic import write_parquet
+from .flows import read_flows
 from .packets import DICT_STRING, TIMESTAMP
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ import pandas as pd
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from .flows import read_flows, write_parquet
+from .atomic import write_parquet
+from .flows import read_flows
 from .packets import read_packets
 from .scan import attempts, failed_attempts
 
