@@ -53,7 +53,7 @@ def _stage_work(path: str, batch_bytes: int):
                               settings=settings)
 
     def work():
-        capture.stage(Path(path), staged_path=out / "staged.parquet",
+        capture.stage(Path(path), staged_path=out / "staged.arrow",
                       invalid_path=out / "invalid.csv", report=report, timezone="UTC",
                       settings=settings)
         if report.structural_errors or report.rows_invalid:

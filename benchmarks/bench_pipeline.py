@@ -107,14 +107,14 @@ def _child_main(spec: dict) -> None:
     prepare = {"floor": _floor_work, "stage": _stage_work, "notebook": _notebook_work}
     work = prepare[spec["kind"]](**spec["args"])
     profiler = cProfile.Profile() if spec.get("profile_path") else None
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     if profiler:
         profiler.runcall(work)
         profiler.dump_stats(spec["profile_path"])
     else:
         work()
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds}))
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
 
 
 # --- Measuring ---------------------------------------------------------------------------------
@@ -126,8 +126,10 @@ def _environment() -> dict:
     return env
 
 
-def _run_measured(command: list[str], *, cwd=None, env=None) -> tuple[str, float, float]:
-    """Run `command`; return its stdout, wall seconds and peak RSS in MiB (largest process)."""
+def _run_measured(command: list[str], *, cwd=None,
+                  env=None) -> tuple[str, float, float, float]:
+    """Run `command`; return its stdout, wall seconds, peak RSS in MiB (largest process) and CPU
+    seconds (user + system, of the process and every child it waited for)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env or _environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -138,17 +140,18 @@ def _run_measured(command: list[str], *, cwd=None, env=None) -> tuple[str, float
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}):\n"
                            f"{(err or out)[-3000:]}")
-    return out, wall, usage.ru_maxrss / 1024  # Linux reports KiB
+    return out, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # maxrss: KiB
 
 
 def measure(kind: str, args: dict, profile_path: Path | None = None) -> dict:
     spec = {"kind": kind, "args": args,
             "profile_path": str(profile_path) if profile_path else None}
     load = os.getloadavg()[0]
-    out, wall, peak = _run_measured([sys.executable, __file__, "--child", json.dumps(spec)])
-    seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
+    out, wall, peak, _ = _run_measured([sys.executable, __file__, "--child", json.dumps(spec)])
+    timed = json.loads(out.strip().splitlines()[-1])
     # other work on the machine slows the figures down: the 1-minute load says how much
-    return {"seconds": seconds, "process_seconds": wall, "peak_mib": peak,
+    return {"seconds": timed["seconds"], "cpu_seconds": timed["cpu_seconds"],
+            "process_seconds": wall, "peak_mib": peak,
             "load_before": load, "load_after": os.getloadavg()[0]}
 
 
@@ -163,11 +166,11 @@ def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[s
     """The keyword arguments each stage's script passes, with the rules' params from config."""
     return {
         "validate": dict(trace=trace, source=str(source), source_format="wireshark_csv",
-                         staged_path=str(out / "staged.parquet"),
+                         staged_path=str(out / "staged.arrow"),
                          report_path=str(out / "validation.json"),
                          invalid_path=str(out / "invalid.csv"), timezone="UTC",
                          settings=config["validation"]),
-        "normalize": dict(trace=trace, staged_path=str(out / "staged.parquet"),
+        "normalize": dict(trace=trace, staged_path=str(out / "staged.arrow"),
                           source=str(source), source_format="wireshark_csv",
                           packets_path=str(out / "packets.parquet"),
                           row_group_rows=config["normalize"]["row_group_rows"],
@@ -185,7 +188,7 @@ def generate(packets: int, seed: int, path: Path) -> dict:
         return {"reused": True, "file_bytes": path.stat().st_size}
     command = [sys.executable, "-m", "tracelab.synth", "--packets", str(packets), "--seed",
                str(seed), "--out", str(path)]
-    out, wall, peak = _run_measured(command)
+    out, wall, peak, _ = _run_measured(command)
     summary = json.loads(out)
     return {"seconds": wall, "peak_mib": peak, "file_bytes": summary["file_bytes"],
             "duration_s": summary["duration_s"], "protocol_counts": summary["protocol_counts"]}
@@ -209,8 +212,8 @@ def run_snakemake(trace: str, source: Path, workdir: Path, everything: bool) -> 
     load = os.getloadavg()[0]
     targets = [] if everything else [t.format(trace=trace) for t in CORE_TARGETS]
     try:
-        _, wall, peak = _run_measured([str(snakemake), "--cores", str(CORES), *targets],
-                                      cwd=copy, env=env)
+        _, wall, peak, cpu = _run_measured([str(snakemake), "--cores", str(CORES), *targets],
+                                           cwd=copy, env=env)
     except RuntimeError as error:
         return {"failed": str(error)[-1500:], "targets": targets or ["all"],
                 "workdir": str(copy)}
@@ -221,7 +224,8 @@ def run_snakemake(trace: str, source: Path, workdir: Path, everything: bool) -> 
             row = next(csv.DictReader(handle, delimiter="\t"))
         jobs[str(tsv.relative_to(benchmarks).parent)] = {"seconds": float(row["s"]),
                                                          "peak_mib": float(row["max_rss"])}
-    return {"seconds": wall, "peak_mib": peak, "jobs": jobs, "targets": targets or ["all"],
+    return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
+            "targets": targets or ["all"],
             "load_before": load, "load_after": os.getloadavg()[0], "workdir": str(copy)}
 
 
@@ -295,6 +299,7 @@ def add_rates_and_ratios(result: dict) -> None:
         result[name]["vs_floor"] = result[name]["seconds"] / floor
     stages_s = sum(result[s]["seconds"] for s in STAGES)
     result["stages_total"] = {"seconds": stages_s, "packets_per_s": packets / stages_s,
+                              "cpu_seconds": sum(result[s]["cpu_seconds"] for s in STAGES),
                               "vs_floor": stages_s / floor,
                               "peak_mib": max(result[s]["peak_mib"] for s in STAGES)}
     if "seconds" in result.get("snakemake", {}):
@@ -325,12 +330,14 @@ def print_size(result: dict) -> None:
     print(f"== {packets:,} packets (tracelab.synth seed {result['seed']}, "
           f"{gen['file_bytes'] / 1e6:.1f} MB gzip"
           + (f", generated in {gen['seconds']:.1f} s" if "seconds" in gen else "") + ")")
-    header = f"{'':34}{'seconds':>9}{'packets/s':>12}{'peak RSS':>11}{'vs floor':>10}  target"
+    header = (f"{'':34}{'seconds':>9}{'CPU s':>8}{'packets/s':>12}{'peak RSS':>11}"
+              f"{'vs floor':>10}  target")
     print(header)
     print("-" * len(header) + "-" * 18)
 
     def line(label, figures, target=""):
-        print(f"{label:34}{figures['seconds']:9.2f}{_rate(figures['packets_per_s']):>12}"
+        print(f"{label:34}{figures['seconds']:9.2f}{figures['cpu_seconds']:8.1f}"
+              f"{_rate(figures['packets_per_s']):>12}"
               f"{figures['peak_mib']:8.0f} MiB{figures['vs_floor']:9.2f}x  {target}")
 
     line("floor: pyarrow CSV reader", result["floor"])

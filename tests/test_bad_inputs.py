@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
 from tracelab.errors import TraceInputError
+from tracelab.packets import read_staged
 from tracelab.traces import TraceSheetError, load_trace_sheet
 from tracelab.validate import validate_trace
 
@@ -77,7 +77,7 @@ def validate(tmp_path: Path, data: bytes | None, *, name: str = "trace.csv",
     source = tmp_path / name
     if data is not None:
         source.write_bytes(data)
-    paths = {"staged_path": tmp_path / "results/staged/t.parquet",
+    paths = {"staged_path": tmp_path / "results/staged/t.arrow",
              "report_path": tmp_path / "results/validation/t.json",
              "invalid_path": tmp_path / "results/validation/t.invalid.csv",
              "log_report_path": tmp_path / "results/logs/validate/t.report.json",
@@ -112,7 +112,7 @@ def assert_clean(run: Run, expected_failures: dict[str, int]) -> pa.Table:
     """A clean result: rows read = rows staged + rows rejected, each rejected row located."""
     assert run.error is None, str(run.error)
     report, paths = run.report, run.paths
-    staged_rows = pq.ParquetFile(paths["staged_path"]).metadata.num_rows
+    staged_rows = read_staged(paths["staged_path"]).num_rows
     invalid = read_invalid(paths["invalid_path"])
     assert report["rows_read"] == staged_rows + invalid.num_rows
     assert (report["rows_valid"], report["rows_invalid"]) == (staged_rows, invalid.num_rows)
@@ -237,7 +237,7 @@ def test_pcap_with_a_truncated_last_record(tmp_path):
     data = _pcap([_ethernet_frame(i) for i in range(400)])
     run = validate(tmp_path, data[:-20], name="trace.pcap", source_format="pcap")
     assert run.error is None, str(run.error)
-    staged = pq.ParquetFile(run.paths["staged_path"]).metadata.num_rows
+    staged = read_staged(run.paths["staged_path"]).num_rows
     invalid = read_invalid(run.paths["invalid_path"])
     assert (run.report["rows_read"], staged, invalid.num_rows) == (400, 399, 1)
     assert invalid.column("reason")[0].as_py()  # says why
@@ -297,7 +297,7 @@ def test_extra_and_reordered_columns(tmp_path):
     run = validate(tmp_path, export(rows, header=header))
     assert_clean(run, {})
     assert run.report["extra_columns"] == ["Delta time"]
-    staged = pq.read_table(run.paths["staged_path"])
+    staged = read_staged(run.paths["staged_path"])
     assert staged.column("frame").to_pylist()[:2] == [1, 2]
     assert staged.column("info")[0].as_py() == SYN
 
@@ -310,7 +310,7 @@ def test_delimiter_sniffed_from_the_header(tmp_path, delimiter, quoted):
     run = validate(tmp_path, export(packets(), delimiter=delimiter, quoted=quoted))
     assert_clean(run, {})
     assert run.report["delimiter"] == delimiter
-    staged = pq.read_table(run.paths["staged_path"])
+    staged = read_staged(run.paths["staged_path"])
     assert staged.column("info").to_pylist() == [SYN] * GOOD_ROWS
 
 
@@ -319,7 +319,7 @@ def test_delimiter_sniffed_from_the_header(tmp_path, delimiter, quoted):
 def test_bom_and_crlf(tmp_path, bom, newline):
     run = validate(tmp_path, export(packets(), bom=bom, newline=newline))
     assert_clean(run, {})
-    staged = pq.read_table(run.paths["staged_path"])
+    staged = read_staged(run.paths["staged_path"])
     assert staged.column("frame")[0].as_py() == 1
     assert staged.column("info").to_pylist() == [SYN] * GOOD_ROWS  # no stray "\r"
 
@@ -344,7 +344,7 @@ def test_a_quote_inside_an_unquoted_export_is_text(tmp_path):
     rows = replaced(packets(), 4, info='"GET /a"b HTTP/1.1')
     run = validate(tmp_path, export(rows, quoted=False))
     assert_clean(run, {})
-    assert pq.read_table(run.paths["staged_path"]).column("info")[4].as_py() == \
+    assert read_staged(run.paths["staged_path"]).column("info")[4].as_py() == \
         '"GET /a"b HTTP/1.1'
 
 
@@ -419,7 +419,7 @@ def test_embedded_quotes_and_newlines_in_info(tmp_path):
     invalid = assert_clean(run, {"Length integer": 1})
     # The record of No. 10 spans lines 11-13, so No. 20 starts on line 23.
     assert invalid.column("location").to_pylist() == ["line 23"]
-    staged = pq.read_table(run.paths["staged_path"])
+    staged = read_staged(run.paths["staged_path"])
     assert staged.column("info")[9].as_py() == info
 
 
@@ -427,7 +427,7 @@ def test_one_megabyte_info(tmp_path):
     info = "GET /" + "A" * (1 << 20) + " HTTP/1.1"
     run = validate(tmp_path, export(replaced(packets(), 99, info=info)))
     assert_clean(run, {})
-    assert pq.read_table(run.paths["staged_path"]).column("info")[99].as_py() == info
+    assert read_staged(run.paths["staged_path"]).column("info")[99].as_py() == info
 
 
 def test_a_record_longer_than_the_batch_names_the_setting(tmp_path):
@@ -457,7 +457,7 @@ def test_mixed_time_formats(tmp_path):
     run = validate(tmp_path, export(rows), timezone="UTC")
     assert_clean(run, {})
     assert run.report["time_formats"] == {"absolute": 3, "epoch_seconds": 1}
-    ts = pq.read_table(run.paths["staged_path"]).column("ts").cast(pa.int64()).to_pylist()
+    ts = read_staged(run.paths["staged_path"]).column("ts").cast(pa.int64()).to_pylist()
     assert ts[1] - ts[0] == 1_123 and ts[2] - ts[0] == 2_000
     assert ts[3] == 1_764_316_590_000_004_000
 

@@ -14,13 +14,12 @@ import dpkt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tracelab import capture
 from tracelab.capture_synth import Interface, write_capture
 from tracelab.errors import TraceInputError
-from tracelab.packets import INFO_FIELDS, STAGED_BASE
+from tracelab.packets import INFO_FIELDS, STAGED_BASE, read_staged
 from tracelab.validate import validate_trace
 
 NS = 10**9
@@ -37,15 +36,15 @@ def stage(path, tmp_path, name="trace", source_format=None, **settings):
     error = None
     try:
         validate_trace(trace=name, source=path, source_format=source_format,
-                       staged_path=out / "staged.parquet", report_path=out / "report.json",
+                       staged_path=out / "staged.arrow", report_path=out / "report.json",
                        invalid_path=out / "invalid.csv", settings=settings)
     except TraceInputError as raised:
         error = raised
     report = json.loads((out / "report.json").read_text())
-    staged = out / "staged.parquet"
+    staged = out / "staged.arrow"
     if not staged.exists():
         return None, report, error
-    table = pq.read_table(staged)
+    table = read_staged(staged)
     # Dictionary columns as plain strings, so tables from different batchings compare equal.
     plain = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f
                        for f in table.schema])

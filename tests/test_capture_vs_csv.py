@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_snakemake
-from tracelab.packets import PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel, table_to_checked_frame
+from tracelab.packets import (PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel, read_staged,
+                              table_to_checked_frame)
 from tracelab.validate import validate_trace
 
 RESOLVED = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)\.host\.example-hosting\.net$")
@@ -62,9 +63,9 @@ def both(request, tmp_path_factory):
     name = request.param
     out = tmp_path_factory.mktemp(name)
     validate_trace(trace=name, source=REPO / "data" / f"{name}.pcapng", source_format="pcapng",
-                   staged_path=out / "staged.parquet", report_path=out / "report.json",
+                   staged_path=out / "staged.arrow", report_path=out / "report.json",
                    invalid_path=out / "invalid.csv")
-    capture = pq.read_table(out / "staged.parquet").to_pandas()
+    capture = read_staged(out / "staged.arrow").to_pandas()
     for column in ("http_method", "http_version"):
         capture[column] = capture[column].astype(object)
     export = pd.read_csv(REPO / "data" / f"{name}.csv.gz", dtype=str, keep_default_na=False)

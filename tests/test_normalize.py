@@ -63,9 +63,9 @@ def test_normalized_file_schema_relative_time_and_provenance(tmp_path):
              "74", c[1]) for i, c in enumerate(CASES)]
     source = write_export(tmp_path / "t.csv", rows)
     validate_trace(trace="t", source=source, source_format="wireshark_csv",
-                   staged_path=tmp_path / "s.parquet", report_path=tmp_path / "r.json",
+                   staged_path=tmp_path / "s.arrow", report_path=tmp_path / "r.json",
                    invalid_path=tmp_path / "i.csv")
-    normalize_trace(trace="t", staged_path=tmp_path / "s.parquet", source=source,
+    normalize_trace(trace="t", staged_path=tmp_path / "s.arrow", source=source,
                     source_format="wireshark_csv", packets_path=tmp_path / "p.parquet",
                     row_group_rows=4096)
     packets = pq.read_table(tmp_path / "p.parquet")

@@ -66,7 +66,7 @@ def test_bundled_outputs_exist(bundled_run):
     table = pd.read_csv(compare / "summary.csv")
     assert set(table["trace"]) >= set(BUNDLED)
     assert table.set_index("trace").loc["log4j_scan", "label"] == "scan"
-    assert not list(bundled_run.glob("results/staged/*.parquet")), "staged files are temp()"
+    assert not list(bundled_run.glob("results/staged/*.arrow")), "staged files are temp()"
 
 
 def assert_one_trace_and_the_comparison(jobs: dict[str, int]) -> None:

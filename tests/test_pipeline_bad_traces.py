@@ -94,7 +94,7 @@ def test_each_bad_trace_stops_with_one_line(bad_run, trace):
     assert (workdir / f"results/logs/validate/{trace}.invalid.csv").exists()
     # Snakemake removed the failed job's outputs; nothing of the trace went further.
     assert not (workdir / f"results/validation/{trace}.json").exists()
-    assert not (workdir / f"results/staged/{trace}.parquet").exists()
+    assert not (workdir / f"results/staged/{trace}.arrow").exists()
     assert not (workdir / f"results/packets/{trace}.parquet").exists()
 
 

@@ -75,9 +75,9 @@ def compared(tmp_path_factory):
         source = root / f"{trace}.csv"
         source.write_bytes(data)
         validate_trace(trace=trace, source=source, source_format="wireshark_csv",
-                       staged_path=root / f"{trace}.staged.parquet",
+                       staged_path=root / f"{trace}.staged.arrow",
                        report_path=root / f"{trace}.json", invalid_path=root / f"{trace}.inv.csv")
-        normalize_trace(trace=trace, staged_path=root / f"{trace}.staged.parquet", source=source,
+        normalize_trace(trace=trace, staged_path=root / f"{trace}.staged.arrow", source=source,
                         source_format="wireshark_csv", packets_path=root / f"{trace}.parquet")
         trace_features(trace=trace, packets_path=root / f"{trace}.parquet",
                        summary_path=root / f"{trace}.summary.json",

@@ -211,7 +211,7 @@ def test_generated_trace_validates_with_zero_invalid_rows(tmp_path, arrow, time_
     path, summary = _generate(tmp_path, "trace.csv.gz", arrow=arrow, time_format=time_format)
     report = validate_trace(
         trace="synthetic", source=path, source_format="wireshark_csv",
-        staged_path=tmp_path / "staged.parquet", report_path=tmp_path / "report.json",
+        staged_path=tmp_path / "staged.arrow", report_path=tmp_path / "report.json",
         invalid_path=tmp_path / "invalid.csv")
     assert report["status"] == "passed"
     assert report["rows_read"] == report["rows_valid"] == summary.packets

@@ -3,11 +3,11 @@
 import json
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from conftest import HEADER, write_export
 from tracelab.errors import TraceInputError
+from tracelab.packets import read_staged
 from tracelab.validate import validate_trace
 
 GOOD = [
@@ -22,7 +22,7 @@ GOOD = [
 
 def run(tmp_path, rows, *, header=HEADER, timezone="UTC", **settings):
     source = write_export(tmp_path / "trace.csv", rows, header=header)
-    paths = {"staged_path": tmp_path / "staged.parquet", "report_path": tmp_path / "report.json",
+    paths = {"staged_path": tmp_path / "staged.arrow", "report_path": tmp_path / "report.json",
              "invalid_path": tmp_path / "invalid.csv"}
     report = validate_trace(trace="t", source=source, source_format="wireshark_csv",
                             timezone=timezone, settings=settings or None, **paths)
@@ -37,7 +37,7 @@ def test_clean_export_passes_and_stages_every_row(tmp_path):
     report, paths = run(tmp_path, GOOD)
     assert report["status"] == "passed"
     assert (report["rows_read"], report["rows_valid"], report["rows_invalid"]) == (3, 3, 0)
-    staged = pq.read_table(paths["staged_path"])
+    staged = read_staged(paths["staged_path"])
     assert staged.column("frame").to_pylist() == [1, 2, 5]  # gaps after a display filter are fine
     assert str(staged.column("ts")[0].as_py()) == "2021-12-15 15:35:00.237882+00:00"
     assert json.loads(paths["report_path"].read_text())["status"] == "passed"
@@ -48,7 +48,7 @@ def test_nanosecond_epoch_and_local_times(tmp_path):
     rows = [GOOD[0][:1] + ("2021-12-15 15:35:00.237882123",) + GOOD[0][2:],
             ("2",) + ("1639582500.5",) + GOOD[1][2:]]
     report, paths = run(tmp_path, rows, timezone="Europe/Berlin", max_invalid_fraction=0.0)
-    ts = pq.read_table(paths["staged_path"]).column("ts").cast("int64").to_pylist()
+    ts = read_staged(paths["staged_path"]).column("ts").cast("int64").to_pylist()
     # 15:35 in Berlin (CET, UTC+1) is 14:35 UTC; the epoch value is absolute already.
     assert ts[0] == int(pd.Timestamp("2021-12-15 14:35:00.237882123", tz="UTC").value)
     assert ts[1] == 1639582500_500000000
@@ -77,7 +77,7 @@ def test_invalid_rows_kept_aside_with_line_and_reason(tmp_path):
     assert rejected["location"].tolist() == ["line 4", "line 5"]
     assert rejected["Time"].tolist() == ["yesterday", "2021-12-15 15:35:00.238100"]
     assert "Source non-empty" in rejected["reason"][1] and "Length integer" in rejected["reason"][1]
-    assert pq.read_table(paths["staged_path"]).num_rows == 4
+    assert read_staged(paths["staged_path"]).num_rows == 4
 
 
 def test_frame_numbers_must_increase(tmp_path):
@@ -91,7 +91,7 @@ def test_times_going_backwards_are_counted_not_resorted(tmp_path):
     report, paths = run(tmp_path, rows)
     assert report["time_backwards"]["count"] == 1
     assert report["time_backwards"]["examples"][0]["line"] == 3
-    assert pq.read_table(paths["staged_path"]).column("frame").to_pylist() == [1, 2, 5]
+    assert read_staged(paths["staged_path"]).column("frame").to_pylist() == [1, 2, 5]
 
 
 def test_over_the_invalid_fraction_fails_naming_file_checks_and_report(tmp_path):
@@ -122,7 +122,7 @@ def test_tshark_arrow_and_gzip(tmp_path):
     rows = [r[:6] + (r[6].replace("  >  ", " → "),) for r in GOOD]
     source = write_export(tmp_path / "t.csv.gz", rows, gz=True)
     report = validate_trace(trace="t", source=source, source_format="wireshark_csv",
-                            staged_path=tmp_path / "s.parquet", report_path=tmp_path / "r.json",
+                            staged_path=tmp_path / "s.arrow", report_path=tmp_path / "r.json",
                             invalid_path=tmp_path / "i.csv")
     assert report["rows_valid"] == 3
-    assert "→" in pq.read_table(tmp_path / "s.parquet").column("info")[0].as_py()
+    assert "→" in read_staged(tmp_path / "s.arrow").column("info")[0].as_py()

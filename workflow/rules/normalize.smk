@@ -1,6 +1,6 @@
 rule normalize_trace:
     input:
-        staged="results/staged/{trace}.parquet",
+        staged="results/staged/{trace}.arrow",
         source=trace_source,
     output:
         packets="results/packets/{trace}.parquet",

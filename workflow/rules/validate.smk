@@ -16,7 +16,7 @@ rule validate_trace:
             subcategory="Rejected rows",
             labels={"trace": "{trace}"},
         ),
-        staged=temp("results/staged/{trace}.parquet"),
+        staged=temp("results/staged/{trace}.arrow"),
     params:
         code=validation_code_version,
         source_format=lambda wc: trace_row(wc)["format"],

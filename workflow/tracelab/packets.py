@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import pandera.pandas as pa
@@ -65,6 +66,10 @@ PACKET_SCHEMA = pa_arrow.schema(
     + list(INFO_FIELDS)
 )
 
+# Columns with min/max statistics in the packet file: for readers that skip row groups by time
+# (trace_features takes the earliest timestamp from them), frame, length or port.
+STATISTICS_COLUMNS = ["frame", "ts", "t_rel_s", "length", "src_port", "dst_port"]
+
 # TCP flag bits, as in the TCP header (and Wireshark's tcp.flags).
 TCP_FLAG_BITS = {
     "FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08,
@@ -72,24 +77,29 @@ TCP_FLAG_BITS = {
 }
 
 
+def arrow_column(type_: pa_arrow.DataType):
+    """A column checked as the Arrow type it is written with (pandas holds it without a copy)."""
+    return Annotated[pd.ArrowDtype, type_]
+
+
 class PacketModel(pa.DataFrameModel):
     """Checks on the normalized table, run on every row group before it is written."""
 
-    frame: pd.Int64Dtype = pa.Field(gt=0, nullable=False)
-    ts: pd.DatetimeTZDtype(unit="ns", tz="UTC") = pa.Field(nullable=False)
-    t_rel_s: float = pa.Field(nullable=False)
-    src: pd.CategoricalDtype = pa.Field(nullable=False)
-    dst: pd.CategoricalDtype = pa.Field(nullable=False)
-    protocol: pd.CategoricalDtype = pa.Field(nullable=False)
-    length: pd.Int64Dtype = pa.Field(gt=0, nullable=False)
-    src_port: pd.Int32Dtype = pa.Field(ge=0, le=65535, nullable=True)
-    dst_port: pd.Int32Dtype = pa.Field(ge=0, le=65535, nullable=True)
-    tcp_flags: pd.Int16Dtype = pa.Field(ge=0, le=0x1FF, nullable=True)
-    tcp_seq: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
-    tcp_ack: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
-    tcp_win: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
-    tcp_len: pd.Int64Dtype = pa.Field(ge=0, nullable=True)
-    http_status: pd.Int16Dtype = pa.Field(ge=100, le=999, nullable=True)
+    frame: arrow_column(pa_arrow.int64()) = pa.Field(gt=0, nullable=False)
+    ts: arrow_column(TIMESTAMP) = pa.Field(nullable=False)
+    t_rel_s: arrow_column(pa_arrow.float64()) = pa.Field(nullable=False)
+    src: arrow_column(DICT_STRING) = pa.Field(nullable=False)
+    dst: arrow_column(DICT_STRING) = pa.Field(nullable=False)
+    protocol: arrow_column(DICT_STRING) = pa.Field(nullable=False)
+    length: arrow_column(pa_arrow.int64()) = pa.Field(gt=0, nullable=False)
+    src_port: arrow_column(pa_arrow.int32()) = pa.Field(ge=0, le=65535, nullable=True)
+    dst_port: arrow_column(pa_arrow.int32()) = pa.Field(ge=0, le=65535, nullable=True)
+    tcp_flags: arrow_column(pa_arrow.int16()) = pa.Field(ge=0, le=0x1FF, nullable=True)
+    tcp_seq: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
+    tcp_ack: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
+    tcp_win: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
+    tcp_len: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
+    http_status: arrow_column(pa_arrow.int16()) = pa.Field(ge=100, le=999, nullable=True)
 
     class Config:
         strict = False
@@ -97,14 +107,9 @@ class PacketModel(pa.DataFrameModel):
 
 
 def table_to_checked_frame(table: pa_arrow.Table) -> pd.DataFrame:
-    """The numeric and categorical columns of `table` as pandas, for PacketModel."""
+    """The columns of `table` that PacketModel checks, as Arrow-backed pandas (no copy)."""
     columns = [c for c in PacketModel.to_schema().columns if c in table.column_names]
-    return table.select(columns).to_pandas(
-        types_mapper={
-            pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.int32(): pd.Int32Dtype(),
-            pa_arrow.int16(): pd.Int16Dtype(),
-        }.get,
-    )
+    return table.select(columns).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
@@ -116,18 +121,18 @@ def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
 
 
 class StagedWriter:
-    """Writes a reader's staged rows: a temp file read once by normalization, so fast lz4,
-    dictionary pages only for the address and protocol columns, and statistics only for `ts`
-    (normalization takes the earliest timestamp from them).
+    """Writes a reader's staged rows: a temp file read once, straight after, by normalization.
 
-    Each batch is encoded on a background thread (Parquet encoding releases the GIL) while the
-    reader checks the next one; batches are written in order, one at a time.
+    Arrow IPC with lz4 buffers rather than Parquet: measured on 2M staged rows, it writes in
+    0.17 s per 1M rows (Parquet with lz4: 0.27 s) and reads back memory-mapped in 0.07 s (Parquet:
+    0.46 s), for 51 bytes a row on disk (Parquet: 34). Each batch is written on a background
+    thread (the IPC writer releases the GIL) while the reader checks the next one.
     """
 
     def __init__(self, path, schema: pa_arrow.Schema):
-        self._writer = pq.ParquetWriter(path, schema, compression="lz4",
-                                        use_dictionary=["src", "dst", "protocol"],
-                                        write_statistics=["ts"])
+        self._sink = pa_arrow.OSFile(str(path), "wb")
+        self._writer = pa_arrow.ipc.new_file(
+            self._sink, schema, options=pa_arrow.ipc.IpcWriteOptions(compression="lz4"))
         self._thread = ThreadPoolExecutor(max_workers=1)
         self._pending = None
 
@@ -149,7 +154,23 @@ class StagedWriter:
         finally:
             self._thread.shutdown()
             self._writer.close()
+            self._sink.close()
         return False
+
+
+def open_staged(path, columns: list[str] | None = None) -> pa_arrow.ipc.RecordBatchFileReader:
+    """A staged file, read batch by batch, only `columns` (all if None) decompressed."""
+    source = pa_arrow.OSFile(str(path))
+    if columns is None:
+        return pa_arrow.ipc.open_file(source)
+    names = pa_arrow.ipc.open_file(source).schema.names
+    options = pa_arrow.ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
+    return pa_arrow.ipc.open_file(source, options=options)
+
+
+def read_staged(path, columns: list[str] | None = None) -> pa_arrow.Table:
+    """A staged file as one table (the whole of it in memory: for small files and tests)."""
+    return open_staged(path, columns).read_all()
 
 
 class PacketWriter:
@@ -169,12 +190,12 @@ class PacketWriter:
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
         # Parquet dictionary pages and min/max statistics only where they pay: a dictionary of
-        # every distinct Info string, or its statistics, cost more time than they save.
+        # every distinct Info string costs more time than it saves, and statistics of every
+        # column were a fifth of the writing time. Batches of 64k rows: 15% faster than 1k.
         self._writer = pq.ParquetWriter(
             self._tmp, self.schema, compression="zstd",
             use_dictionary=[f.name for f in PACKET_SCHEMA if f.type == DICT_STRING],
-            write_statistics=[f.name for f in PACKET_SCHEMA
-                              if not pa_arrow.types.is_string(f.type)])
+            write_statistics=STATISTICS_COLUMNS, write_batch_size=1 << 16)
         self.rows = 0
 
     def write(self, table: pa_arrow.Table) -> None:
