@@ -8,6 +8,7 @@ packets.PacketModel per row group and written with zstd and the source's SHA-256
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,8 +95,10 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     request = pc.extract_regex(info, HTTP_REQUEST)
     response = pc.extract_regex(info, HTTP_RESPONSE)
     dns = pc.extract_regex(info, DNS_QUERY)
-    protocol_text = pc.cast(protocol, pa.string())
-    is_tls = pc.match_substring_regex(protocol_text, r"^(?:TLS|SSL)")
+    protocol = protocol if pa.types.is_dictionary(protocol.type) else \
+        pc.dictionary_encode(protocol)
+    is_tls = pc.fill_null(pc.take(pc.match_substring_regex(protocol.dictionary, r"^(?:TLS|SSL)"),
+                                  protocol.indices), False)
     return {
         "src_port": _port(_group(ports, "src_port")),
         "dst_port": _port(_group(ports, "dst_port")),
@@ -115,43 +118,20 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     }
 
 
-def normalize_table(staged: pa.Table, first_ts_ns: int,
-                    pool: ThreadPoolExecutor | None = None, workers: int = 1) -> pa.Table:
-    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s).
-
-    With a thread pool, Info is parsed in one slice per thread: Arrow's kernels release the
-    GIL, so the regex passes run on all the job's cores.
-    """
-    parsed = None
-    columns = {}
-    for field in PACKET_SCHEMA:
-        name = field.name
-        if name == "t_rel_s":
-            ts_ns = pc.cast(staged.column("ts"), pa.int64())
-            columns[name] = pc.divide(pc.cast(pc.subtract(ts_ns, first_ts_ns), pa.float64()), 1e9)
-        elif name in staged.column_names:
-            columns[name] = staged.column(name)
-        else:
-            if parsed is None:
-                parsed = _parse_in_slices(staged, pool, workers)
-            columns[name] = parsed[name]
+def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
+    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s)."""
+    columns = {name: staged.column(name).combine_chunks() for name in staged.column_names}
     for name in ("src", "dst", "protocol"):
         if columns[name].type != DICT_STRING:
             columns[name] = pc.dictionary_encode(columns[name])
-    return pa.Table.from_pydict(columns).cast(PACKET_SCHEMA)
-
-
-def _parse_in_slices(staged: pa.Table, pool: ThreadPoolExecutor | None, workers: int) -> dict:
-    size = -(-staged.num_rows // workers) or 1
-    slices = [staged.slice(start, size) for start in range(0, max(staged.num_rows, 1), size)]
-
-    def parse(part: pa.Table) -> dict:
-        return parse_info(part.column("info").combine_chunks(),
-                          part.column("protocol").combine_chunks())
-
-    parts = list(pool.map(parse, slices)) if pool is not None else [parse(s) for s in slices]
-    return {name: pa.chunked_array([p[name] for p in parts], PACKET_SCHEMA.field(name).type)
-            for name in parts[0]}
+    ts_ns = pc.cast(columns["ts"], pa.int64())
+    columns["t_rel_s"] = pc.divide(pc.cast(pc.subtract(ts_ns, first_ts_ns), pa.float64()), 1e9)
+    missing = [field.name for field in INFO_FIELDS if field.name not in columns]
+    if missing:
+        parsed = parse_info(columns["info"], columns["protocol"])
+        columns.update((name, parsed[name]) for name in missing)
+    return pa.Table.from_pydict({name: columns[name] for name in PACKET_SCHEMA.names}
+                                ).cast(PACKET_SCHEMA)
 
 
 def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
@@ -167,24 +147,23 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     workers = max(threads, 1)
 
     def prepare(rows: pa.Table) -> pa.Table:
-        table = normalize_table(rows, first_ts_ns, parse_pool, workers)
+        table = normalize_table(rows, first_ts_ns)
         schema.validate(table_to_checked_frame(table), lazy=True, inplace=True)
         return table
 
-    # Row group k is written (Parquet encoding releases the GIL) while k+1 is prepared, so at
-    # most two row groups are in memory.
+    # Row groups are prepared on `threads` threads, each its own (Arrow's kernels and Parquet
+    # encoding release the GIL), while the main thread writes the oldest: at most threads + 1
+    # row groups in memory.
     with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
                       trace=trace, source_format=source_format) as writer, \
-            ThreadPoolExecutor(max_workers=workers) as parse_pool, \
-            ThreadPoolExecutor(max_workers=1) as prepare_pool:
-        pending = None
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        in_flight: deque = deque()
         for rows in _row_groups(staged, row_group_rows):
-            prepared = prepare_pool.submit(prepare, rows)
-            if pending is not None:
-                writer.write(pending.result())
-            pending = prepared
-        if pending is not None:
-            writer.write(pending.result())
+            in_flight.append(pool.submit(prepare, rows))
+            if len(in_flight) > workers:
+                writer.write(in_flight.popleft().result())
+        while in_flight:
+            writer.write(in_flight.popleft().result())
         rows = writer.rows
     log.info("%s: wrote %d packets to %s", trace, rows, packets_path)
     return {"trace": trace, "packets": rows, "path": str(Path(packets_path))}
