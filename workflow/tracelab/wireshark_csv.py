@@ -11,6 +11,7 @@ import csv
 import gzip
 import logging
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -150,14 +151,12 @@ def _read_head(source: Path) -> tuple[bytes, bytes]:
 
 def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dict]:
     """Parse Time into UTC ns timestamps (null where unparseable); count each format seen."""
+    naive = _usual_calendar_time(raw)
+    if naive is not None:
+        local = naive.cast(pa_arrow.timestamp("ns", tz="UTC")) if timezone == "UTC" else \
+            pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="earliest")
+        return local, {"absolute": len(raw), "epoch_seconds": 0}
     absolute = pc.match_substring_regex(raw, ABSOLUTE_TIME)
-    if absolute.null_count == 0 and absolute.false_count == 0:
-        # The usual batch: every value an absolute time, so no epoch pass and no masking.
-        naive = _calendar_time(raw)
-        if naive.null_count == 0:
-            local = naive.cast(pa_arrow.timestamp("ns", tz="UTC")) if timezone == "UTC" else \
-                pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="earliest")
-            return local, {"absolute": len(raw), "epoch_seconds": 0}
     epoch_parts = pc.extract_regex(raw, EPOCH_TIME)
     epoch = epoch_parts.is_valid()
     absolute = pc.fill_null(absolute, False)
@@ -178,6 +177,20 @@ def _parse_time(raw: pa_arrow.Array, timezone: str) -> tuple[pa_arrow.Array, dic
     formats = {"absolute": int(pc.sum(absolute).as_py() or 0),
                "epoch_seconds": int(pc.sum(epoch).as_py() or 0)}
     return pc.cast(ns, pa_arrow.timestamp("ns", tz="UTC")), formats
+
+
+def _usual_calendar_time(raw: pa_arrow.Array) -> pa_arrow.Array | None:
+    """The usual batch, every Time an absolute date and time, as naive ns timestamps; else None.
+
+    Arrow's cast is strict ISO 8601: with at least 19 characters (seconds given) it takes
+    exactly what ABSOLUTE_TIME matches, so no regex pass is needed (it cost 3/4 of the parse).
+    """
+    if not len(raw) or raw.null_count or pc.min(pc.binary_length(raw)).as_py() < 19:
+        return None
+    try:
+        return pc.cast(raw, pa_arrow.timestamp("ns"))
+    except pa_arrow.ArrowInvalid:
+        return None
 
 
 def _calendar_time(text: pa_arrow.Array) -> pa_arrow.Array:
@@ -202,7 +215,8 @@ def _calendar_time(text: pa_arrow.Array) -> pa_arrow.Array:
 
 def _integer(raw: pa_arrow.Array) -> pa_arrow.Array:
     """Decimal digits as int64; null where the text is anything else (signs included)."""
-    if pc.all(pc.match_substring_regex(raw, r"^\d{1,18}$")).as_py() is not False:
+    plain = pc.and_(pc.ascii_is_decimal(raw), pc.less_equal(pc.binary_length(raw), 18))
+    if plain.false_count == 0:  # ten times faster than the regex below, and the usual case
         return pc.cast(raw, pa_arrow.int64())
     digits = pc.match_substring_regex(raw, r"^\s*\d{1,18}\s*$")
     return pc.cast(pc.utf8_trim_whitespace(pc.if_else(digits, raw, None)), pa_arrow.int64())
@@ -364,9 +378,26 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     backwards = {"count": 0, "examples": []}
     time_formats = {"absolute": 0, "epoch_seconds": 0}
     invalid_sink = InvalidRows(invalid_path, RAW_COLUMNS)
+    pending = None  # the batch being typed ahead: (future, its lines, its malformed records)
+
+    def finish_pending() -> None:
+        """Reject and stage the pending batch's rows, in file order after all earlier ones."""
+        nonlocal pending, last_frame, last_ts
+        if pending is None:
+            return
+        (typing, batch_lines, malformed), pending = pending, None
+        _reject_malformed(malformed, header, invalid_sink, report)
+        last_frame, last_ts = _check_batch(
+            typing.result(), batch_lines, report, invalid_sink, writer, last_frame, last_ts,
+            backwards, time_formats)
+
     try:
         with atomic_path(staged_path) as tmp, \
                 StagedWriter(tmp, STAGED_BASE) as writer, ExitStack() as stack:
+            # Batch k+1 is typed and checked by pandera on a second thread (Arrow's kernels
+            # release the GIL) while batch k is finished here: its rejects need the rows kept
+            # before it (No. increasing, times going backwards).
+            ahead = stack.enter_context(ThreadPoolExecutor(max_workers=1))
             try:
                 stream = stack.enter_context(_open_binary(source))
                 reader = pacsv.open_csv(stream, read_options=read_options,
@@ -374,13 +405,14 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                                         convert_options=convert_options)
                 for batch in reader:
                     batch_lines, malformed = lines.place(batch)
-                    _reject_malformed(malformed, header, invalid_sink, report)
-                    last_frame, last_ts = _check_batch(
-                        batch, batch_lines, row_schema, timezone, report, invalid_sink, writer,
-                        last_frame, last_ts, backwards, time_formats)
+                    typing = ahead.submit(_typed_batch, batch, row_schema, timezone)
+                    finish_pending()
+                    pending = (typing, batch_lines, malformed)
+                finish_pending()
                 _, malformed = lines.place(None)
                 _reject_malformed(malformed, header, invalid_sink, report)
             except (pa_arrow.ArrowInvalid, OSError, EOFError, isal_zlib.error) as error:
+                finish_pending()  # the rows read before the error are counted
                 detail = _clip(str(error))
                 if isinstance(error, EOFError):
                     detail = f"Truncated gzip file ({detail})"
@@ -500,17 +532,12 @@ def _reject_malformed(malformed: list[tuple[int, int, str]], header: _Header, si
                                "reason": reasons}))
 
 
-def _check_batch(batch, lines, row_schema, timezone, report, sink, writer, last_frame, last_ts,
-                 backwards, time_formats):
+def _typed_batch(batch: pa_arrow.RecordBatch, row_schema: pa.DataFrameSchema,
+                 timezone: str) -> dict:
+    """The work on a batch that needs nothing from earlier batches: decoding, typing, and the
+    pandera row model's failures."""
     raw, bad_utf8_field = _decode_batch(batch)
-    n = raw.num_rows
-    report.rows_read += n
-    rejector = _RowRejector(n, lines, raw, report)
-    rejector.reject("utf8", np.flatnonzero(bad_utf8_field != ""), fields=bad_utf8_field)
-
     ts, formats = _parse_time(raw.column("Time").combine_chunks(), timezone)
-    for key, count in formats.items():
-        time_formats[key] += count
     typed = pa_arrow.table({
         "frame": _integer(raw.column("No.").combine_chunks()),
         "ts": ts,
@@ -519,8 +546,24 @@ def _check_batch(batch, lines, row_schema, timezone, report, sink, writer, last_
         "protocol": _text(raw.column("Protocol")),
         "length": _integer(raw.column("Length").combine_chunks()),
     })
-    frame = typed.to_pandas(types_mapper=pd.ArrowDtype)
-    for check, rows in _pandera_failures(frame, row_schema).items():
+    failures = _pandera_failures(typed.to_pandas(types_mapper=pd.ArrowDtype), row_schema)
+    return {"raw": raw, "bad_utf8_field": bad_utf8_field, "time_formats": formats,
+            "typed": typed, "failures": failures}
+
+
+def _check_batch(batch: dict, lines, report, sink, writer, last_frame, last_ts, backwards,
+                 time_formats):
+    """Reject a typed batch's invalid rows and stage the others; return the new last No. and
+    last timestamp kept."""
+    raw, typed = batch["raw"], batch["typed"]
+    n = raw.num_rows
+    report.rows_read += n
+    rejector = _RowRejector(n, lines, raw, report)
+    bad_utf8_field = batch["bad_utf8_field"]
+    rejector.reject("utf8", np.flatnonzero(bad_utf8_field != ""), fields=bad_utf8_field)
+    for key, count in batch["time_formats"].items():
+        time_formats[key] += count
+    for check, rows in batch["failures"].items():
         rejector.reject(check, rows)
 
     # No. strictly increasing over the rows kept so far (gaps are normal after a filter).
