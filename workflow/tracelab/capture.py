@@ -4,7 +4,7 @@ The one inherently sequential step is framing: each record's length says where t
 begins. That loop does the least possible per record (append the offset, add the length read
 through a memoryview); everything else is vectorised per batch of `settings.batch_bytes`
 bytes: record headers are gathered from the batch's bytes with numpy, checked, and the
-packets decoded by `capture_protocols` into Arrow columns, written as one Parquet row group.
+packets decoded by `capture_protocols` into Arrow columns, written as one staged batch.
 
 Checks (record index = 1-based position among the packet records, offsets in the
 uncompressed capture):

@@ -135,7 +135,7 @@ def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
 
 
 def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
-                    row_group_rows: int = 1 << 18, threads: int = 1) -> dict:
+                    row_group_rows: int = 1 << 17, threads: int = 1) -> dict:
     """Write `packets_path` from the staged rows; return a short account of what was written."""
     staged = open_staged(staged_path)
     # The earliest timestamp anchors t_rel_s (times may go backwards: not the first row's).

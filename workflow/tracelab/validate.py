@@ -2,7 +2,7 @@
 
 A reader module exposes
     stage(source, *, staged_path, invalid_path, report, timezone, settings) -> None
-It streams `source`, writes the valid rows to `staged_path` (Parquet: packets.STAGED_BASE
+It streams `source`, writes the valid rows to `staged_path` (packets.StagedWriter: STAGED_BASE
 columns, plus any packets.INFO_FIELDS it reads straight from headers), writes every rejected
 row to `invalid_path` through validation.InvalidRows, and counts everything in `report`
 (rows_read = rows_valid + rows_invalid). A structural problem is recorded with

@@ -2,7 +2,8 @@
 
 Streams the file with pyarrow's CSV reader, types each batch with Arrow kernels, checks it with
 the pandera model `ExportRowModel` (lazily, so every failure of a batch is collected at once),
-and sends rejected rows verbatim to the invalid-rows file. Valid rows go to the staged Parquet.
+and sends rejected rows verbatim to the invalid-rows file. Valid rows go to the staged file
+(packets.StagedWriter: Arrow IPC, read once by normalization).
 """
 
 from __future__ import annotations
