@@ -12,7 +12,7 @@ Each measurement runs in its own subprocess (peak memory is that process's max R
 wait4; packets/s counts the work, not interpreter start-up):
 
 - tracelab.capture.stage: the pipeline's validation stage for captures, writing the staged
-  Parquet (every header field, TCP analysis, app-layer fields);
+  file (every header field, TCP analysis, app-layer fields);
 - framing only: tracelab.capture's record framing and header gathering, without decoding;
 - scapy.utils.rdpcap (the whole capture as a list of scapy packets), on the prefix: scapy
   needs about 1 KiB of memory per packet, so it is timed on --scapy-packets and the time

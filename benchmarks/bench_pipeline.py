@@ -84,10 +84,21 @@ def _stage_work(stage: str, kwargs: dict):
         from tracelab.normalize import normalize_trace as function
     else:
         from tracelab.features import trace_features as function
+    if stage != "features":
+        _import_pandera_backends()
     # optional parameters (threads, ...) go only to a stage that takes them
     accepted = inspect.signature(function).parameters
     kwargs = {name: value for name, value in kwargs.items() if name in accepted}
     return lambda: function(**kwargs)
+
+
+def _import_pandera_backends() -> None:
+    """pandera imports its pandas backend (and hypothesis, when installed) on the first
+    validation: imports, like the stage's own, so done before the clock."""
+    import pandas as pd
+    import pandera.pandas as pa
+
+    pa.DataFrameSchema({"x": pa.Column(int, pa.Check.ge(0))}).validate(pd.DataFrame({"x": [1]}))
 
 
 def _notebook_work(path: str, rows: int):
