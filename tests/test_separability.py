@@ -171,6 +171,17 @@ def test_traces_without_connections_still_get_every_output(tmp_path):
         assert outputs[key].read_bytes().startswith(PNG_MAGIC)
 
 
+def test_one_trace_gets_every_output_and_says_there_is_nothing_to_compare(tmp_path):
+    outputs = compare(tmp_path, {"only": scan_or_quiet(True)}, {"only": "scan"})
+    assert "No comparison: the trace sheet lists one trace" in \
+        outputs["features_md"].read_text()
+    assert pd.read_csv(outputs["features_csv"]).columns[:3].tolist() == \
+        ["comparison", "group_a", "group_b"]
+    assert "address\\_scan,trw" in outputs["scan_report_md"].read_text()
+    for key in ("separability_png", "fanout_png", "conn_states_png"):
+        assert outputs[key].read_bytes().startswith(PNG_MAGIC)
+
+
 def test_bundled_comparison_shows_that_an_artefact_separates_perfectly():
     compare = bundled_results() / "compare"
     table = pd.read_csv(compare / "features.csv")

@@ -66,6 +66,12 @@ def _summary(values: np.ndarray, suffix: str) -> dict:
             f"p75_{suffix}": float(p75)}
 
 
+SEPARABILITY_COLUMNS = [
+    "comparison", "group_a", "group_b", "rank", "feature", "unit", "robustness", "ks_statistic",
+    "ks_pvalue", "roc_auc", "separation", "n_a", "mean_a", "median_a", "p25_a", "p75_a", "n_b",
+    "mean_b", "median_b", "p25_b", "p75_b", "reason", "description"]
+
+
 def comparisons(windows: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(kind, group a, group b): every pair of labels, when there are two labels or more; every
     pair of traces when there are not, or when a label holds several traces (two captures of
@@ -96,18 +102,14 @@ def separability_table(windows: pd.DataFrame, features: pd.DataFrame) -> pd.Data
                          **_summary(values_b, "b"), "reason": spec.reason,
                          "description": spec.description})
     table = pd.DataFrame(rows)
-    if table.empty:
-        return table
+    if table.empty:  # one trace: nothing to compare, but the same columns
+        return pd.DataFrame(columns=SEPARABILITY_COLUMNS)
     table["comparison_order"] = table["comparison"].map({"label": 0, "trace": 1})
     table = table.sort_values(
         ["comparison_order", "group_a", "group_b", "ks_statistic", "separation", "feature"],
         ascending=[True, True, True, False, False, True], na_position="last", kind="stable")
     table["rank"] = table.groupby(["comparison", "group_a", "group_b"]).cumcount() + 1
-    return table.drop(columns="comparison_order")[
-        ["comparison", "group_a", "group_b", "rank", "feature", "unit", "robustness",
-         "ks_statistic", "ks_pvalue", "roc_auc", "separation", "n_a", "mean_a", "median_a",
-         "p25_a", "p75_a", "n_b", "mean_b", "median_b", "p25_b", "p75_b", "reason",
-         "description"]]
+    return table.drop(columns="comparison_order")[SEPARABILITY_COLUMNS]
 
 
 def distribution_table(windows: pd.DataFrame, features: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -138,6 +140,9 @@ def _features_markdown(table: pd.DataFrame, by_trace: pd.DataFrame, by_label: pd
              "feature as a score for group b over group a (0.5 = chance; 0 or 1 = perfect). "
              "**p**: KS p-value. **Robustness**: `behavioural` features describe what the "
              "traffic does; `artefact` features describe how and when it was recorded.", ""]
+    if table.empty:
+        lines += ["No comparison: the trace sheet lists one trace. Add a second trace (for "
+                  "example one labelled `normal` beside a `scan`) to rank the features.", ""]
     for (kind, a, b), part in table.groupby(["comparison", "group_a", "group_b"], sort=False):
         title = f"{kind} {a} (a) vs {b} (b)"
         lines += [f"## {markdown_cell(title)}", ""]
