@@ -151,9 +151,9 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
         schema.validate(table_to_checked_frame(table), lazy=True, inplace=True)
         return table
 
-    # Row groups are prepared on `threads` threads, each its own (Arrow's kernels and Parquet
-    # encoding release the GIL), while the main thread writes the oldest: at most threads + 1
-    # row groups in memory.
+    # Row groups are prepared on `threads` threads, one each (Arrow's kernels release the GIL),
+    # while this thread writes the oldest (Parquet encoding releases it too): at most
+    # threads + 1 row groups in memory.
     with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
                       trace=trace, source_format=source_format) as writer, \
             ThreadPoolExecutor(max_workers=workers) as pool:
