@@ -9,19 +9,23 @@ import gzip
 import json
 import socket
 import struct
+from pathlib import Path
 
 import dpkt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tracelab import capture
 from tracelab.capture_synth import Interface, write_capture
 from tracelab.errors import TraceInputError
+from tracelab.normalize import normalize_trace
 from tracelab.packets import INFO_FIELDS, STAGED_BASE, read_staged
 from tracelab.validate import validate_trace
 
+REPO = Path(__file__).resolve().parents[1]
 NS = 10**9
 T0 = 1_795_852_800  # 2026-11-28T08:00:00Z
 
@@ -373,6 +377,25 @@ def test_batches_do_not_change_the_result(tmp_path):
         report_many["capture"]["tcp_conversations"]
 
 
+def test_a_real_capture_in_small_batches_stages_and_normalizes_the_same(tmp_path):
+    """web_browsing's HTTP columns get a new dictionary in each 64 KiB batch: the staged stream
+    takes them, and normalization reads them back as one table."""
+    path = REPO / "data" / "web_browsing.pcapng"
+    one, _, _ = stage(path, tmp_path, "one")
+    many, _, _ = stage(path, tmp_path, "many", batch_bytes=1 << 16)
+    assert path.stat().st_size > 4 * (1 << 16)
+    pd.testing.assert_frame_equal(one, many)
+    packets = {}
+    for name in ("one", "many"):
+        out = tmp_path / f"out_{name}"
+        normalize_trace(trace=name, staged_path=out / "staged.arrow", source=path,
+                        source_format="pcapng", packets_path=out / "packets.parquet",
+                        row_group_rows=4096, threads=2)
+        packets[name] = pq.read_table(out / "packets.parquet").to_pandas()
+    assert len(packets["one"]) == len(one)
+    pd.testing.assert_frame_equal(packets["one"].astype(str), packets["many"].astype(str))
+
+
 def test_gzip_big_endian_and_microsecond_files_read_the_same(tmp_path):
     path = tmp_path / "base.pcap"
     write_capture(path, 2000, seed=4, interfaces=[Interface(1, 6)])
@@ -706,3 +729,21 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
     table, report, error = stage(path, tmp_path)
     assert error is not None and error.check == "max_invalid_fraction"
     assert report["checks"]["captured <= snap length"]["failures"] == report["rows_invalid"]
+
+
+# --- Vectorised helpers -------------------------------------------------------------------------
+
+def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
+    """The buffer-level string scatter and the counting unique are shortcuts: same results."""
+    from tracelab import capture_protocols as protocols
+
+    values = pa.array(["a", None, "", "dd", "eee"]).slice(1)    # an offset, a null, an empty
+    rows = np.array([0, 3, 4, 8])
+    index = np.full(10, -1)
+    index[rows] = np.arange(len(rows))
+    expected = values.take(pa.array(index, mask=index < 0))
+    assert protocols._scatter(10, rows, values, pa.string()).equals(expected)
+    for ints in (np.array([5, -1, 5, 65535, -3]), np.array([7]), np.zeros(0, dtype=np.int64),
+                 np.array([0, 1 << 40, 0])):
+        got, want = protocols._distinct(ints), np.unique(ints, return_counts=True)
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))

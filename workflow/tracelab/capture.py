@@ -257,14 +257,16 @@ class PcapReader(_Reader):
     def _frame(self, buffer: bytes):
         end = len(buffer)
         header = self.header_len
-        views = [_words(buffer, k, end, self.big) for k in range(4)]
+        # views[k][j]: the word at byte 4 * j + k + 8, the captured length of a record at
+        # 4 * j + k (the third word of its header).
+        views = [_words(buffer, k + 8, end, self.big) for k in range(4)]
         offsets = []
         append = offsets.append
         pos, last = 0, end - header
-        # The hot loop: a record's captured length is the third word of its header.
+        # The hot loop.
         while pos <= last:
             append(pos)
-            pos += header + views[pos & 3][(pos >> 2) + 2]
+            pos += header + views[pos & 3][pos >> 2]
         if not offsets:
             return None, 0
         at = np.array(offsets, dtype=np.int64)
@@ -466,11 +468,11 @@ class PcapngReader(_Reader):
                                         "interface", "ts_ns", "spb")}
         for part in parts:
             at, btype, blen, big = part["at"], part["btype"], part["blen"], part["big"]
-            local = _u32(data, at + 8, big)
+            word8 = _u32(data, at + 8, big)   # interface id, or an SPB's original length
+            local = word8
             pb = btype == PB
             if pb.any():   # the obsolete packet block has a 16-bit interface id
-                local = np.where(pb, _u32(data, at + 8, big) >> 16 if big else local & 0xFFFF,
-                                 local)
+                local = np.where(pb, word8 >> 16 if big else word8 & 0xFFFF, word8)
             spb = btype == SPB
             local = np.where(spb, 0, local)
             known = local < part["described"]
@@ -478,7 +480,7 @@ class PcapngReader(_Reader):
             units = (_u32(data, at + 12, big).astype(np.uint64) << np.uint64(32)) | \
                 _u32(data, at + 16, big).astype(np.uint64)
             captured = _u32(data, at + 20, big)
-            original = np.where(spb, _u32(data, at + 8, big), _u32(data, at + 24, big))
+            original = np.where(spb, word8, _u32(data, at + 24, big))
             start = np.where(spb, at + 12, at + 28)
             room = np.where(spb, blen - 16, blen - 32)
             if spb.any():
@@ -490,10 +492,13 @@ class PcapngReader(_Reader):
                     limit = np.minimum(limit, snap)
                 captured = np.where(spb, limit, captured)
                 interface = np.where(spb & (len(self.interfaces) <= base), -1, interface)
-            ts_ns = np.zeros(len(at), dtype=np.int64)
-            for number in np.unique(interface[interface >= 0]):
-                rows = interface == number
-                ts_ns[rows] = _units_to_ns(units[rows], self.interfaces[int(number)])
+            if interface.min() == interface.max() >= 0:   # one interface: no rows to pick
+                ts_ns = _units_to_ns(units, self.interfaces[int(interface[0])])
+            else:
+                ts_ns = np.zeros(len(at), dtype=np.int64)
+                for number in np.unique(interface[interface >= 0]):
+                    rows = interface == number
+                    ts_ns[rows] = _units_to_ns(units[rows], self.interfaces[int(number)])
             for name, value in (("at", at), ("start", start), ("room", room),
                                 ("captured", captured), ("original", original),
                                 ("interface", interface), ("ts_ns", ts_ns), ("spb", spb)):
@@ -610,7 +615,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 report.rows_invalid += int((~keep).sum())
                 if not keep.any():
                     continue
-                kept = _take(records, keep)
+                kept = records if keep.all() else _take(records, keep)
                 last_ts = count_time_backwards(
                     kept.ts_ns, last_ts, backwards,
                     lambda i: {"record": int(kept.index[i]), "offset": int(kept.offset[i])})
@@ -664,6 +669,8 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
         "length in range": (records.original < settings.length_min)
         | (records.original > settings.length_max),
     }
+    if not any(failed.any() for failed in failures.values()):
+        return np.ones(len(records), dtype=bool)   # the usual case: no reasons to build
     reasons = np.full(len(records), "", dtype=object)
     for check, failed in failures.items():
         rows = np.flatnonzero(failed)

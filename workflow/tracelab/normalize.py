@@ -169,12 +169,11 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     return {"trace": trace, "packets": rows, "path": str(Path(packets_path))}
 
 
-def _row_groups(staged: pa.ipc.RecordBatchFileReader, rows: int):
+def _row_groups(staged: pa.ipc.RecordBatchStreamReader, rows: int):
     """The staged batches (as the reader wrote them) regrouped into tables of `rows` rows."""
     held: list[pa.RecordBatch] = []
     held_rows = 0
-    for index in range(staged.num_record_batches):
-        batch = staged.get_batch(index)
+    for batch in staged:
         held.append(batch)
         held_rows += batch.num_rows
         while held_rows >= rows:
