@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .packets import DICT_STRING
+from .packets import DICT_STRING, null_if_empty
 
 # INFO_FIELDS this module supplies (the normalization stage leaves them as they are).
 HEADER_FIELDS = ("src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win",
@@ -433,24 +433,19 @@ class Decoder:
         app[rows[matched]] = self.protocols.code("HTTP")
         method = pc.if_else(request.is_valid(), pc.struct_field(request, "method"), None)
         uri = pc.if_else(request.is_valid(), pc.struct_field(request, "uri"), None)
+        request_version = null_if_empty(pc.struct_field(request, "version"))
         version = pc.coalesce(
-            pc.if_else(request.is_valid(), _nonempty(pc.struct_field(request, "version")), None),
+            pc.if_else(request.is_valid(), request_version, None),
             pc.if_else(pa.array(is_response), pc.struct_field(response, "version"), None))
         status = pc.if_else(pa.array(is_response), pc.struct_field(response, "status"), None)
         self.counts["http_request_lines_incomplete"] += int(
-            (is_request & ~np.asarray(pc.is_valid(_nonempty(
-                pc.struct_field(request, "version"))))).sum())
+            (is_request & ~np.asarray(pc.is_valid(request_version))).sum())
         columns["http_method"] = _scatter(n, rows, _as_string(method), DICT_STRING)
         columns["http_uri"] = _scatter(n, rows, _as_string(uri), pa.string())
         columns["http_version"] = _scatter(n, rows, _as_string(version), DICT_STRING)
         columns["http_status"] = _scatter(
             n, rows, pc.cast(_as_string(status), pa.int16()), pa.int16())
         return True
-
-
-def _nonempty(array: pa.Array) -> pa.Array:
-    """extract_regex gives "" for an optional group that took no part: that means null."""
-    return pc.if_else(pc.equal(pc.binary_length(array), 0), None, array)
 
 
 def _frame_name(ethertype: int, linktype: int) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel,
-                      PacketWriter, open_staged, read_staged, sha256_of,
+                      PacketWriter, null_if_empty, open_staged, read_staged, sha256_of,
                       table_to_checked_frame)
 
 log = logging.getLogger(__name__)
@@ -38,18 +38,13 @@ DNS_QUERY = (r"^Standard query (?:response )?0x[0-9a-fA-F]{1,4} "
              r"(?:[A-Z][A-Z0-9]* )(?P<name>[^\s,]+)")
 
 
-def _nonempty(array: pa.Array) -> pa.Array:
-    """Arrow's extract_regex gives "" for a group that did not take part; that means null."""
-    return pc.if_else(pc.equal(array, ""), None, array)
-
-
 def _group(match: pa.StructArray, name: str) -> pa.Array:
     """A regex group's text: null where the regex did not match or the group took no part."""
-    return _nonempty(pc.struct_field(match, name))
+    return null_if_empty(pc.struct_field(match, name))
 
 
 def _to_int(array: pa.Array, type_: pa.DataType) -> pa.Array:
-    return pc.cast(_nonempty(array), type_)
+    return pc.cast(null_if_empty(array), type_)
 
 
 def _port(array: pa.Array) -> pa.Array:
@@ -61,7 +56,7 @@ def _port(array: pa.Array) -> pa.Array:
 def _only_where(mask: pa.Array, values: pa.Array, transform) -> pa.Array:
     """`transform` of the rows where `mask` holds, null elsewhere: TLS rows are few, and a
     string kernel over every Info costs as much as the whole ports regex."""
-    selected = _nonempty(transform(values.filter(mask)))
+    selected = null_if_empty(transform(values.filter(mask)))
     return pc.replace_with_mask(pa.nulls(len(values), values.type), mask, selected)
 
 
@@ -86,7 +81,7 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     def tcp_only(array, type_):
         return pc.if_else(is_tcp, _to_int(array, type_), None)
 
-    analysis = _nonempty(pc.utf8_trim(
+    analysis = null_if_empty(pc.utf8_trim(
         pc.replace_substring_regex(
             pc.replace_substring_regex(_group(ports, "analysis"), r"\]\s*\[", "; "),
             r"[\[\]]", ""),

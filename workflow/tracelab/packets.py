@@ -16,6 +16,7 @@ from typing import Annotated
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
@@ -76,6 +77,13 @@ TCP_FLAG_BITS = {
     "FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08,
     "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80,
 }
+
+
+def null_if_empty(text):
+    """Empty text as null, in staged and packet tables alike (masked only where some is empty):
+    an empty export field, or a regex group that took no part."""
+    empty = pc.equal(pc.binary_length(text), 0)  # text or bytes
+    return pc.if_else(empty, None, text) if pc.any(empty).as_py() else text
 
 
 def arrow_column(type_: pa_arrow.DataType):
