@@ -1,19 +1,19 @@
 #!/usr/bin/env python
-"""Capture benchmark: packets/s and peak memory of reading a pcap/pcapng with tracelab.capture,
+"""Capture benchmark: packets/s and peak memory of reading a pcap/pcapng with tracelab.ingest.capture.reader,
 against scapy's rdpcap and dpkt's per-packet decoding of the same file.
 
     python benchmarks/bench_capture.py                        # 1M packets, pcap
     python benchmarks/bench_capture.py --packets 2000000 --format pcapng
     python benchmarks/bench_capture.py --json bench_capture.json
 
-It generates a capture with tracelab.capture_synth (seeded: web, TLS 1.3, DNS, ping, ARP,
+It generates a capture with tracelab.synth.capture (seeded: web, TLS 1.3, DNS, ping, ARP,
 IPv6 and scan flows) and, with the same seed, a shorter one that is byte for byte its prefix.
 Each measurement runs in its own subprocess (peak memory is that process's max RSS, from
 wait4; packets/s counts the work, not interpreter start-up):
 
-- tracelab.capture.stage: the pipeline's validation stage for captures, writing the staged
+- tracelab.ingest.capture.reader.stage: the pipeline's validation stage for captures, writing the staged
   file (every header field, TCP analysis, app-layer fields);
-- framing only: tracelab.capture's record framing and header gathering, without decoding;
+- framing only: tracelab.ingest.capture.reader's record framing and header gathering, without decoding;
 - scapy.utils.rdpcap (the whole capture as a list of scapy packets), on the prefix: scapy
   needs about 1 KiB of memory per packet, so it is timed on --scapy-packets and the time
   scaled linearly to the full size (the output says so);
@@ -44,8 +44,8 @@ TARGET_PACKETS_PER_S = 1_000_000
 # --- Work done in a child process -----------------------------------------------------------
 
 def _stage_work(path: str, batch_bytes: int):
-    from tracelab import capture
-    from tracelab.validation import ValidationReport, ValidationSettings
+    from tracelab.ingest.capture import reader as capture
+    from tracelab.ingest.report import ValidationReport, ValidationSettings
 
     out = Path(tempfile.mkdtemp(prefix="bench_capture_"))
     settings = ValidationSettings(batch_bytes=batch_bytes)
@@ -64,7 +64,7 @@ def _stage_work(path: str, batch_bytes: int):
 
 
 def _framing_work(path: str, batch_bytes: int):
-    from tracelab import capture
+    from tracelab.ingest.capture import reader as capture
 
     def work():
         reader = capture.open_capture(Path(path), batch_bytes, capture.MAX_PACKET)
@@ -130,7 +130,7 @@ def _run(kind: str, path: Path, batch_bytes: int) -> dict:
 
 
 def _generate(workdir: Path, packets: int, prefix_packets: int, fmt: str, seed: int):
-    from tracelab.capture_synth import write_capture
+    from tracelab.synth.capture import write_capture
 
     paths = {}
     for name, count in (("full", packets), ("prefix", prefix_packets)):
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs")
     print(f"{'':44}{'seconds':>9}{'packets/s':>12}{'peak MiB':>10}")
-    rows = [("tracelab.capture.stage (validation stage)", stage),
+    rows = [("tracelab.ingest.capture.reader.stage (validation stage)", stage),
             ("  of which framing only", figures["framing"]),
             (f"dpkt per packet ({prefix_packets:,} packets)", figures["dpkt"]),
             (f"scapy rdpcap ({prefix_packets:,} packets)", figures["scapy"])]
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         print(f"{label:44}{row['seconds']:9.2f}{row['packets_per_s']:12,.0f}"
               f"{row['peak_mib']:10.0f}")
     ratio = stage["packets_per_s"] / figures["scapy"]["packets_per_s"]
-    print(f"tracelab.capture.stage is {ratio:.1f}x faster than scapy's rdpcap "
+    print(f"tracelab.ingest.capture.reader.stage is {ratio:.1f}x faster than scapy's rdpcap "
           f"(scapy timed on the first {prefix_packets:,} packets and scaled linearly: "
           f"{figures['scapy']['scaled_seconds']:.0f} s for {args.packets:,})")
     print(f"    and {stage['packets_per_s'] / figures['dpkt']['packets_per_s']:.1f}x faster "

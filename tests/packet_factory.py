@@ -1,4 +1,4 @@
-"""Small hand-made packet tables in tracelab.packets.PACKET_SCHEMA, and the bundled traces'
+"""Small hand-made packet tables in tracelab.core.packets.PACKET_SCHEMA, and the bundled traces'
 security outputs computed once per test session."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from tracelab.packets import PACKET_SCHEMA, TCP_FLAG_BITS
+from tracelab.core.packets import PACKET_SCHEMA, TCP_FLAG_BITS
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = pd.Timestamp("2026-01-01 12:00:00", tz="UTC")

@@ -22,10 +22,10 @@ import pyarrow.csv as pacsv
 import pytest
 
 from conftest import REPO
-from tracelab.errors import TraceInputError
-from tracelab.packets import read_staged
-from tracelab.traces import TraceSheetError, load_trace_sheet
-from tracelab.validate import validate_trace
+from tracelab.core.errors import TraceInputError
+from tracelab.core.packets import read_staged
+from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
+from tracelab.ingest.validate_trace import validate_trace
 
 COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
 SYN = "51292  >  9200 [SYN] Seq=0 Win=64240 Len=0 MSS=1460"
@@ -224,7 +224,7 @@ def _ethernet_frame(i: int) -> bytes:
 
 
 def test_pcap_with_bad_magic(tmp_path):
-    pytest.importorskip("tracelab.capture")
+    pytest.importorskip("tracelab.ingest.capture.reader")
     data = b"\x00\x01\x02\x03" + _pcap([_ethernet_frame(0)])[4:]
     run = validate(tmp_path, data, name="trace.pcap", source_format="pcap")
     assert run.error is not None
@@ -233,7 +233,7 @@ def test_pcap_with_bad_magic(tmp_path):
 
 
 def test_pcap_with_a_truncated_last_record(tmp_path):
-    pytest.importorskip("tracelab.capture")
+    pytest.importorskip("tracelab.ingest.capture.reader")
     data = _pcap([_ethernet_frame(i) for i in range(400)])
     run = validate(tmp_path, data[:-20], name="trace.pcap", source_format="pcap")
     assert run.error is None, str(run.error)

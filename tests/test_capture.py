@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tracelab import capture
-from tracelab.capture_synth import Interface, write_capture
-from tracelab.errors import TraceInputError
-from tracelab.normalize import normalize_trace
-from tracelab.packets import INFO_FIELDS, STAGED_BASE, read_staged
-from tracelab.validate import validate_trace
+from tracelab.ingest.capture import reader as capture
+from tracelab.synth.capture import Interface, write_capture
+from tracelab.core.errors import TraceInputError
+from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
+from tracelab.ingest.validate_trace import validate_trace
 
 REPO = Path(__file__).resolve().parents[1]
 NS = 10**9
@@ -735,7 +735,7 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
 
 def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
     """The buffer-level string scatter and the counting unique are shortcuts: same results."""
-    from tracelab import capture_protocols as protocols
+    from tracelab.ingest.capture import protocols
 
     values = pa.array(["a", None, "", "dd", "eee"]).slice(1)    # an offset, a null, an empty
     rows = np.array([0, 3, 4, 8])

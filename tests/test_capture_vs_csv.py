@@ -1,7 +1,7 @@
 """The same traffic as a capture and as Wireshark's CSV export must give the same packets.
 
 data/log4j_scan.pcapng is the dumpcap capture whose GUI export is data/log4j_scan.csv.gz (and
-likewise web_browsing). The capture goes through tracelab.capture; the export is parsed here
+likewise web_browsing). The capture goes through tracelab.ingest.capture.reader; the export is parsed here
 independently with pandas and regular expressions.
 
 Documented differences (each asserted as its mechanism, not as a count):
@@ -23,7 +23,7 @@ Documented differences (each asserted as its mechanism, not as a count):
    capture's list is a prefix of the export's ("Server Hello" vs "Server Hello, Certificate,
    Server Key Exchange, Server Hello Done").
 7. A TLS row whose Info starts with a TCP analysis note ("[TCP Window Full] , Application
-   Data") has no ports in the export, so tracelab.normalize cannot read the note from it;
+   Data") has no ports in the export, so tracelab.ingest.normalize_trace cannot read the note from it;
    the capture has it.
 """
 
@@ -38,9 +38,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_snakemake
-from tracelab.packets import (PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel, read_staged,
+from tracelab.core.packets import (PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel, read_staged,
                               table_to_checked_frame)
-from tracelab.validate import validate_trace
+from tracelab.ingest.validate_trace import validate_trace
 
 RESOLVED = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)\.host\.example-hosting\.net$")
 TCP_INFO = re.compile(r"^(?:\[[^\]]*\]\s*)*(\d+)\s+>\s+(\d+)\s+\[([A-Z, ]+)\]"
@@ -59,7 +59,7 @@ def address(name: str) -> str:
 
 @pytest.fixture(scope="module", params=["log4j_scan", "web_browsing"])
 def both(request, tmp_path_factory):
-    """(trace name, capture read by tracelab.capture, export parsed independently)."""
+    """(trace name, capture read by tracelab.ingest.capture.reader, export parsed independently)."""
     name = request.param
     out = tmp_path_factory.mktemp(name)
     validate_trace(trace=name, source=REPO / "data" / f"{name}.pcapng", source_format="pcapng",

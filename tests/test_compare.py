@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from tracelab.compare import _thinned_steps
+from tracelab.compare.compare_traces import _thinned_steps
 
 
 def destinations(trace: str, n: int) -> pd.DataFrame:

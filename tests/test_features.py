@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tracelab import features
-from tracelab.features import (DISTRIBUTION_SCHEMA, FeatureSettings, ValueCounts,
+from tracelab.features import trace_features as features
+from tracelab.features.trace_features import (DISTRIBUTION_SCHEMA, FeatureSettings, ValueCounts,
                                compute_features, quantile_name, trace_features)
 
 SETTINGS = FeatureSettings(quantiles=[0.0, 0.05, 0.25, 0.333, 0.5, 0.75, 0.95, 1.0],

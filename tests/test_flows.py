@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from packet_factory import (REPO, bundled_results, handshake, packet_frame, portless, tcp, udp)
-from tracelab.flows import (FlowModel, FlowSettings, assemble_connections, flows_to_table,
+from tracelab.security.security_connections import (FlowModel, FlowSettings, assemble_connections, flows_to_table,
                             load_packets, read_flows)
 
 C, S = "10.0.0.1", "10.0.0.2"

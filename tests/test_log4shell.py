@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
-from tracelab.flows import FlowSettings, assemble_connections
-from tracelab.log4shell import deobfuscate, http_requests, jndi_indicator, uri_indicators
+from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.log4shell import deobfuscate, http_requests, jndi_indicator, uri_indicators
 
 CALLBACK = {"jndi": True, "jndi_scheme": "ldap", "jndi_host": "198.51.100.7", "jndi_port": 1389}
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracelab.normalize import normalize_table, parse_info
-from tracelab.packets import INFO_FIELDS, TCP_FLAG_BITS, PacketModel, table_to_checked_frame
-from tracelab.wireshark_csv import _parse_time
+from tracelab.ingest.normalize_trace import normalize_table, parse_info
+from tracelab.core.packets import INFO_FIELDS, TCP_FLAG_BITS, PacketModel, table_to_checked_frame
+from tracelab.ingest.wireshark_csv import _parse_time
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from tracelab.compare import compare_traces
-from tracelab.features import trace_features
-from tracelab.normalize import normalize_trace
-from tracelab.safe_text import (figure_text, markdown_cell, spreadsheet_safe,
+from tracelab.compare.compare_traces import compare_traces
+from tracelab.features.trace_features import trace_features
+from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.core.safe_text import (figure_text, markdown_cell, spreadsheet_safe,
                                 spreadsheet_safe_array)
-from tracelab.validate import validate_trace
+from tracelab.ingest.validate_trace import validate_trace
 
 SCRIPT = "<script>alert(1)</script>"
 JNDI_IMG = "${jndi:ldap://x/<img src=x onerror=alert(1)>}"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracelab.synth import COLUMNS, TraceOptions, generate_trace
+from tracelab.synth.wireshark_export import COLUMNS, TraceOptions, generate_trace
 
 # Small chunks, so that even these small traces cross several chunk boundaries.
 SMALL = dict(packets=5000, chunk_rows=1024)
@@ -191,7 +191,7 @@ def test_rejects_bad_options():
 
 
 def test_command_line_writes_trace_and_prints_summary(tmp_path, capsys):
-    from tracelab.synth import main
+    from tracelab.synth.wireshark_export import main
 
     out = tmp_path / "cli.csv.gz"
     assert main(["--packets", "300", "--seed", "3", "--out", str(out), "--arrow", "tshark",
@@ -201,12 +201,12 @@ def test_command_line_writes_trace_and_prints_summary(tmp_path, capsys):
     assert len(_frame(out)) == 300
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tracelab.wireshark_csv") is None,
-                    reason="the Wireshark CSV reader (tracelab.wireshark_csv) is not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("tracelab.ingest.wireshark_csv") is None,
+                    reason="the Wireshark CSV reader (tracelab.ingest.wireshark_csv) is not there yet")
 @pytest.mark.parametrize(("arrow", "time_format"),
                          [("gui", "us"), ("tshark", "ns"), ("gui", "epoch")])
 def test_generated_trace_validates_with_zero_invalid_rows(tmp_path, arrow, time_format):
-    from tracelab.validate import validate_trace
+    from tracelab.ingest.validate_trace import validate_trace
 
     path, summary = _generate(tmp_path, "trace.csv.gz", arrow=arrow, time_format=time_format)
     report = validate_trace(

@@ -1,6 +1,6 @@
 import pytest
 
-from tracelab.traces import TraceSheetError, infer_format, load_trace_sheet
+from tracelab.ingest.sheet import TraceSheetError, infer_format, load_trace_sheet
 
 HEADER = "trace\tpath\tformat\tlabel\ttimezone\tdescription\n"
 

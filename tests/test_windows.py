@@ -12,10 +12,10 @@ import pytest
 
 from packet_factory import (BASE, bundled_results, handshake, packet_frame, portless, tcp,
                             udp)
-from tracelab import windows
-from tracelab.flows import FlowSettings, assemble_connections
-from tracelab.log4shell import http_requests
-from tracelab.windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WindowSettings, feature,
+from tracelab.security import security_windows as windows
+from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.log4shell import http_requests
+from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WindowSettings, feature,
                               window_data, window_matrix)
 
 ISSUE_FEATURES = {"packets_per_s", "bytes_per_s", "mean_length", "std_length", "iat_mean_s",

@@ -1,18 +1,19 @@
 # Helpers and input functions shared by every stage.
-import hashlib
 import math
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from tracelab.traces import TraceSheetError, load_trace_sheet
-from tracelab.validate import READERS
+from tracelab.core.code_version import code_version, module_file
+from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
+from tracelab.ingest.validate_trace import READERS
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema="../tracelab/schemas/config.schema.yaml")
 
 REPO_ROOT = Path(workflow.basedir)
+SCRIPTS_DIR = REPO_ROOT / "workflow" / "scripts"
 PACKAGE_DIR = REPO_ROOT / "workflow" / "tracelab"
 try:
     TRACES = load_trace_sheet(REPO_ROOT / config["traces"], REPO_ROOT)
@@ -39,29 +40,23 @@ def trace_labels():
 
 def final_outputs():
     return [
-        *expand("results/features/{trace}/summary.json", trace=TRACES.index),
-        "results/compare/summary.csv",
-        "results/compare/features.csv",
-        "results/compare/scan_report.md",
+        *expand(rules.trace_features.output.summary, trace=TRACES.index),
+        rules.compare_traces.output.table,
+        rules.security_compare.output.features_csv,
+        rules.security_compare.output.scan_report,
     ]
 
 
-def code_version(*modules):
-    """Digest of the tracelab modules a rule runs, passed as a param so a code change reruns it.
-
-    Snakemake reruns a job when its script changes; the logic lives in the package, so the
-    package modules the job imports are hashed too.
-    """
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update((PACKAGE_DIR / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+def rule_code(rule_name):
+    """The code version of a rule: its script's import closure in the package (see
+    tracelab.core.code_version), so editing a module reruns exactly the rules that import it."""
+    return code_version(SCRIPTS_DIR / f"{rule_name}.py", package_dir=PACKAGE_DIR)
 
 
-def validation_code_version(wildcards):
-    """The validation code of this trace's format only: a pcap fix does not rerun CSV traces."""
-    reader = READERS[trace_row(wildcards)["format"]].removeprefix("tracelab.")
-    return code_version("validate", "validation", "packets", "safe_text", reader)
+def validation_code(wildcards):
+    """validate_trace loads its reader by format at run time: a pcap fix reruns no CSV trace."""
+    reader = module_file(READERS[trace_row(wildcards)["format"]], PACKAGE_DIR)
+    return code_version(SCRIPTS_DIR / "validate_trace.py", reader, package_dir=PACKAGE_DIR)
 
 
 def stable_params(section):

@@ -1,9 +1,7 @@
 rule compare_traces:
     input:
-        summaries=expand("results/features/{trace}/summary.json", trace=TRACES.index),
-        distributions=expand(
-            "results/features/{trace}/distributions.parquet", trace=TRACES.index
-        ),
+        summaries=expand(rules.trace_features.output.summary, trace=TRACES.index),
+        distributions=expand(rules.trace_features.output.distributions, trace=TRACES.index),
     output:
         table=report(
             "results/compare/summary.csv",
@@ -55,7 +53,7 @@ rule compare_traces:
             labels={"figure": "distinct destinations over time"},
         ),
     params:
-        code=code_version("compare", "safe_text"),
+        code=rule_code("compare_traces"),
         traces=list(TRACES.index),
         labels=trace_labels(),
     threads: 1

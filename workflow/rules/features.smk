@@ -1,6 +1,6 @@
 rule trace_features:
     input:
-        packets="results/packets/{trace}.parquet",
+        packets=rules.normalize_trace.output.packets,
     output:
         summary=report(
             "results/features/{trace}/summary.json",
@@ -17,7 +17,7 @@ rule trace_features:
             labels={"trace": "{trace}"},
         ),
     params:
-        code=code_version("features"),
+        code=rule_code("trace_features"),
         settings=stable_params(config["features"]),
     threads: 1
     resources:

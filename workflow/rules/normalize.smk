@@ -1,11 +1,11 @@
 rule normalize_trace:
     input:
-        staged="results/staged/{trace}.arrow",
+        staged=rules.validate_trace.output.staged,
         source=trace_source,
     output:
         packets="results/packets/{trace}.parquet",
     params:
-        code=code_version("normalize", "packets"),
+        code=rule_code("normalize_trace"),
         source_format=lambda wc: trace_row(wc)["format"],
         row_group_rows=config["normalize"]["row_group_rows"],
     threads: 2

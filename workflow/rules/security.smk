@@ -5,12 +5,12 @@
 
 rule security_connections:
     input:
-        packets="results/packets/{trace}.parquet",
+        packets=rules.normalize_trace.output.packets,
     output:
         flows="results/features/{trace}/flows.parquet",
         http="results/features/{trace}/http.parquet",
     params:
-        code=code_version("flows", "log4shell", "packets", "atomic"),
+        code=rule_code("security_connections"),
         settings=stable_params(config["security"]["flows"]),
     threads: 1
     resources:
@@ -29,11 +29,11 @@ rule security_connections:
 
 rule security_hosts:
     input:
-        flows="results/features/{trace}/flows.parquet",
+        flows=rules.security_connections.output.flows,
     output:
         hosts="results/features/{trace}/hosts.parquet",
     params:
-        code=code_version("scan", "flows"),
+        code=rule_code("security_hosts"),
         settings=stable_params(config["security"]["scan"]),
     threads: 1
     resources:
@@ -51,13 +51,13 @@ rule security_hosts:
 
 rule security_windows:
     input:
-        packets="results/packets/{trace}.parquet",
-        flows="results/features/{trace}/flows.parquet",
-        http="results/features/{trace}/http.parquet",
+        packets=rules.normalize_trace.output.packets,
+        flows=rules.security_connections.output.flows,
+        http=rules.security_connections.output.http,
     output:
         windows="results/features/{trace}/windows.parquet",
     params:
-        code=code_version("windows", "scan", "flows"),
+        code=rule_code("security_windows"),
         settings=stable_params(config["security"]["windows"]),
     threads: 1
     resources:
@@ -75,10 +75,10 @@ rule security_windows:
 
 rule security_compare:
     input:
-        windows=expand("results/features/{trace}/windows.parquet", trace=TRACES.index),
-        hosts=expand("results/features/{trace}/hosts.parquet", trace=TRACES.index),
-        flows=expand("results/features/{trace}/flows.parquet", trace=TRACES.index),
-        http=expand("results/features/{trace}/http.parquet", trace=TRACES.index),
+        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
+        hosts=expand(rules.security_hosts.output.hosts, trace=TRACES.index),
+        flows=expand(rules.security_connections.output.flows, trace=TRACES.index),
+        http=expand(rules.security_connections.output.http, trace=TRACES.index),
     output:
         features_csv=report(
             "results/compare/features.csv",
@@ -111,7 +111,7 @@ rule security_compare:
             category="Security",
         ),
     params:
-        code=code_version("separability", "safe_text"),
+        code=rule_code("security_compare"),
         traces=list(TRACES.index),
         labels=trace_labels(),
     threads: 1

@@ -18,7 +18,7 @@ rule validate_trace:
         ),
         staged=temp("results/staged/{trace}.arrow"),
     params:
-        code=validation_code_version,
+        code=validation_code,
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
         settings=stable_params(config["validation"]),

@@ -1,5 +1,5 @@
-from tracelab.compare import compare_traces
-from tracelab.runner import run_stage
+from tracelab.compare.compare_traces import compare_traces
+from tracelab.core.runner import run_stage
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
-from tracelab.normalize import normalize_trace
-from tracelab.runner import run_stage
+from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.core.runner import run_stage
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
-from tracelab.runner import run_stage
-from tracelab.separability import compare_security
+from tracelab.core.runner import run_stage
+from tracelab.compare.security_compare import compare_security
 
 run_stage(
     snakemake,

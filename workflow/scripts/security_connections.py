@@ -1,5 +1,5 @@
-from tracelab.flows import write_connections
-from tracelab.runner import run_stage
+from tracelab.security.security_connections import write_connections
+from tracelab.core.runner import run_stage
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
-from tracelab.runner import run_stage
-from tracelab.windows import write_windows
+from tracelab.core.runner import run_stage
+from tracelab.security.security_windows import write_windows
 
 run_stage(
     snakemake,

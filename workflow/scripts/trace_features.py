@@ -1,5 +1,5 @@
-from tracelab.features import trace_features
-from tracelab.runner import run_stage
+from tracelab.features.trace_features import trace_features
+from tracelab.core.runner import run_stage
 
 run_stage(
     snakemake,

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import capture_protocols as protocols
-from .atomic import atomic_path
-from .packets import INFO_FIELDS, STAGED_BASE, StagedWriter
-from .validation import (InvalidRows, ValidationReport, ValidationSettings,
+from tracelab.ingest.capture import protocols as protocols
+from tracelab.core.atomic import atomic_path
+from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
+from tracelab.ingest.report import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
 log = logging.getLogger(__name__)

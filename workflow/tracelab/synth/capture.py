@@ -26,7 +26,7 @@ from pathlib import Path
 import dpkt
 import numpy as np
 
-from .atomic import atomic_path
+from tracelab.core.atomic import atomic_path
 
 NS = 1_000_000_000
 DEFAULT_START_NS = 1_795_852_800 * NS          # 2026-11-28T08:00:00Z

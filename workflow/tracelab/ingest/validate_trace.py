@@ -15,14 +15,14 @@ import importlib
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_path
-from .errors import TraceInputError
-from .validation import InvalidRows, ValidationReport, ValidationSettings
+from tracelab.core.atomic import atomic_path
+from tracelab.core.errors import TraceInputError
+from tracelab.ingest.report import InvalidRows, ValidationReport, ValidationSettings
 
 READERS = {
-    "wireshark_csv": "tracelab.wireshark_csv",
-    "pcap": "tracelab.capture",
-    "pcapng": "tracelab.capture",
+    "wireshark_csv": "tracelab.ingest.wireshark_csv",
+    "pcap": "tracelab.ingest.capture.reader",
+    "pcapng": "tracelab.ingest.capture.reader",
 }
 
 

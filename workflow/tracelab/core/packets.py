@@ -19,7 +19,7 @@ import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from tracelab.core.atomic import atomic_path
 
 DICT_STRING = pa_arrow.dictionary(pa_arrow.int32(), pa_arrow.string())
 TIMESTAMP = pa_arrow.timestamp("ns", tz="UTC")

@@ -13,7 +13,7 @@ import jsonschema
 import pandas as pd
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "traces.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "traces.schema.yaml"
 COLUMNS = ["trace", "path", "format", "label", "timezone", "description"]
 FORMAT_BY_SUFFIX = {
     ".csv": "wireshark_csv",

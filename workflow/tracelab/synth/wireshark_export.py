@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from .atomic import atomic_path
+from tracelab.core.atomic import atomic_path
 
 COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
 ARROWS = {"gui": "  >  ", "tshark": " \u2192 "}

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .atomic import atomic_path, write_json
-from .errors import TraceInputError
-from .safe_text import spreadsheet_safe_array
+from tracelab.core.atomic import atomic_path, write_json
+from tracelab.core.errors import TraceInputError
+from tracelab.core.safe_text import spreadsheet_safe_array
 
 EXAMPLES_PER_CHECK = 5
 

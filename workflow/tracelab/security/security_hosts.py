@@ -33,9 +33,9 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
 
-from .atomic import write_parquet
-from .flows import read_flows
-from .packets import DICT_STRING, TIMESTAMP
+from tracelab.core.atomic import write_parquet
+from tracelab.security.security_connections import read_flows
+from tracelab.core.packets import DICT_STRING, TIMESTAMP
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import pandas as pd
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from .atomic import write_parquet
-from .flows import read_flows
-from .packets import read_packets
-from .scan import attempts, failed_attempts
+from tracelab.core.atomic import write_parquet
+from tracelab.security.security_connections import read_flows
+from tracelab.core.packets import read_packets
+from tracelab.security.security_hosts import attempts, failed_attempts
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from .atomic import atomic_path, write_text  # noqa: E402
-from .flows import ZEEK_CONN_STATES  # noqa: E402
-from .safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe  # noqa: E402
+from tracelab.core.atomic import atomic_path, write_text  # noqa: E402
+from tracelab.security.security_connections import ZEEK_CONN_STATES  # noqa: E402
+from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe  # noqa: E402
 
 log = logging.getLogger(__name__)
 

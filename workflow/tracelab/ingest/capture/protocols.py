@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .packets import DICT_STRING, null_if_empty
+from tracelab.core.packets import DICT_STRING, null_if_empty
 
 # INFO_FIELDS this module supplies (the normalization stage leaves them as they are).
 HEADER_FIELDS = ("src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win",

@@ -25,9 +25,9 @@ import pyarrow.csv as pacsv
 from isal import igzip_threaded, isal_zlib
 from pandera.errors import SchemaErrors
 
-from .atomic import atomic_path
-from .packets import STAGED_BASE, TIMESTAMP, StagedWriter, arrow_column, null_if_empty
-from .validation import (InvalidRows, ValidationReport, ValidationSettings,
+from tracelab.core.atomic import atomic_path
+from tracelab.core.packets import STAGED_BASE, TIMESTAMP, StagedWriter, arrow_column, null_if_empty
+from tracelab.ingest.report import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
 log = logging.getLogger(__name__)

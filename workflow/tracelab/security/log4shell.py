@@ -30,7 +30,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
 
-from .packets import DICT_STRING, TIMESTAMP
+from tracelab.core.packets import DICT_STRING, TIMESTAMP
 
 KNOWN_SCHEMES = ("ldap", "ldaps", "rmi", "dns", "iiop", "corba", "nds", "nis", "http", "https")
 # Longest text examined; request lines are far shorter, and it bounds the work per URI.

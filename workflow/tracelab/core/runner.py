@@ -6,7 +6,7 @@ import logging
 import sys
 import traceback
 
-from .errors import TraceInputError
+from tracelab.core.errors import TraceInputError
 
 log = logging.getLogger("tracelab")
 

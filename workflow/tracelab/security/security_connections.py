@@ -43,8 +43,8 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from .atomic import write_parquet
-from .packets import DICT_STRING, TCP_FLAG_BITS, TIMESTAMP, read_packets
+from tracelab.core.atomic import write_parquet
+from tracelab.core.packets import DICT_STRING, TCP_FLAG_BITS, TIMESTAMP, read_packets
 
 log = logging.getLogger(__name__)
 
@@ -623,7 +623,7 @@ def read_flows(path) -> pd.DataFrame:
 def write_connections(*, trace: str, packets_path, flows_path, http_path,
                       settings: dict) -> dict:
     """Stage: flows.parquet and http.parquet of one trace (both need each packet's connection)."""
-    from .log4shell import HttpModel, http_requests, http_to_table
+    from tracelab.security.log4shell import HttpModel, http_requests, http_to_table
 
     flow_settings = FlowSettings(**settings)
     packets = load_packets(packets_path)

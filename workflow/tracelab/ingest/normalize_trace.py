@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel,
+from tracelab.core.packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel,
                       PacketWriter, null_if_empty, open_staged, read_staged, sha256_of,
                       table_to_checked_frame)
 

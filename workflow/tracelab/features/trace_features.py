@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import write_json, write_parquet
+from tracelab.core.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 

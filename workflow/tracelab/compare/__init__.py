@@ -1,0 +1,1 @@
+"""Across traces: the trace comparison and the security comparison (tables and figures)."""

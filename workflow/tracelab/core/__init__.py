@@ -1,0 +1,1 @@
+"""What every stage shares: table declarations, config defaults, atomic writers, errors, safe text."""

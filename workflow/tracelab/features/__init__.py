@@ -1,0 +1,1 @@
+"""Stage 3: per-trace summary and distributions of the packet table."""

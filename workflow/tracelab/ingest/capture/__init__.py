@@ -1,0 +1,1 @@
+"""pcap/pcapng captures: record framing (reader), header decoding and Wireshark-style TCP analysis."""

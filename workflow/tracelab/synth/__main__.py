@@ -1,0 +1,3 @@
+from tracelab.synth.wireshark_export import main
+
+raise SystemExit(main())
