@@ -38,8 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_snakemake
-from tracelab.core.packets import (PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel, read_staged,
-                              table_to_checked_frame)
+from tracelab.core.packets import PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS, read_staged
 from tracelab.ingest.validate_trace import validate_trace
 
 RESOLVED = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)\.host\.example-hosting\.net$")
@@ -195,7 +194,7 @@ def test_through_the_pipeline(workflow_copy):
               for form in ("log4j_scan", "log4j_scan_pcap")}
     for table in tables.values():
         assert table.schema.remove_metadata() == PACKET_SCHEMA
-        PacketModel.to_schema().validate(table_to_checked_frame(table))
+        PACKETS.check(table)
     export, capture = (tables[f].to_pandas() for f in ("log4j_scan", "log4j_scan_pcap"))
     assert len(export) == len(capture)
     assert Counter(export["protocol"].astype(str)) == Counter(capture["protocol"].astype(str))

@@ -1,9 +1,9 @@
 """The normalized packet table: one row a packet, the same schema whatever the source format.
 
-`results/packets/{trace}.parquet` follows PACKET_SCHEMA. Readers produce a *staged* table
+`results/packets/{trace}.parquet` is declared by PACKETS. Readers produce a *staged* table
 (`STAGED_BASE` columns, plus any of INFO_FIELDS they can read straight from headers); the
 normalization stage fills the remaining INFO_FIELDS by parsing `info`, adds `t_rel_s`, checks
-the result with `PacketModel` and writes it with `PacketWriter`.
+each row group against PACKETS and writes it with `PacketWriter`.
 """
 
 from __future__ import annotations
@@ -11,61 +11,73 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
-
-import pandas as pd
-import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pandera.pandas import Check
+
 from tracelab.core.atomic import atomic_path
+from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 
-DICT_STRING = pa_arrow.dictionary(pa_arrow.int32(), pa_arrow.string())
-TIMESTAMP = pa_arrow.timestamp("ns", tz="UTC")
+PORT_CHECK = Check.in_range(0, 65535)
 
-# Columns every reader supplies, in order.
-STAGED_BASE = pa_arrow.schema([
-    ("frame", pa_arrow.int64()),
-    ("ts", TIMESTAMP),
-    ("src", pa_arrow.string()),
-    ("dst", pa_arrow.string()),
-    ("protocol", pa_arrow.string()),
-    ("length", pa_arrow.int64()),
-    ("info", pa_arrow.string()),
+PACKETS = Table("packets", "results/packets/{trace}.parquet", (
+    "One row a packet, in the order of the source (a Wireshark CSV export or a pcap/pcapng "
+    "capture), the same columns whatever the format. Zstd, row groups of "
+    "`normalize.row_group_rows`, file metadata `tracelab.source_path`, `tracelab.source_sha256`."), [
+    Column("frame", pa_arrow.int64(), "Frame number: the export's `No.`, a capture's record "
+           "number.", checks=[Check.gt(0)]),
+    Column("ts", TIMESTAMP, "When the packet was captured.", unit="ns"),
+    Column("t_rel_s", pa_arrow.float64(), "Seconds since the trace's first packet.", unit="s"),
+    Column("src", DICT_STRING, "Source: IP address, a resolved name, or a MAC address for "
+           "non-IP frames."),
+    Column("dst", DICT_STRING, "Destination, as `src`."),
+    Column("protocol", DICT_STRING, "Highest protocol, as Wireshark names it (TCP, HTTP, "
+           "TLSv1.3, DNS, ...)."),
+    Column("length", pa_arrow.int64(), "Frame length on the wire.", unit="bytes",
+           checks=[Check.gt(0)]),
+    Column("info", pa_arrow.string(), "Wireshark's Info column (empty for captures).",
+           nullable=True),
+    Column("src_port", pa_arrow.int32(), "Source port (TCP/UDP).", nullable=True,
+           checks=[PORT_CHECK]),
+    Column("dst_port", pa_arrow.int32(), "Destination port (TCP/UDP).", nullable=True,
+           checks=[PORT_CHECK]),
+    Column("tcp_flags", pa_arrow.int16(), "TCP flags as in the header: FIN 0x01, SYN 0x02, "
+           "RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80, AE 0x100.",
+           nullable=True, checks=[Check.in_range(0, 0x1FF)]),
+    Column("tcp_seq", pa_arrow.int64(), "Sequence number, relative to the connection's first "
+           "(as Wireshark shows it).", nullable=True, checks=[Check.ge(0)]),
+    Column("tcp_ack", pa_arrow.int64(), "Acknowledgement number, relative.", nullable=True,
+           checks=[Check.ge(0)]),
+    Column("tcp_win", pa_arrow.int64(), "Receive window, scaled.", unit="bytes", nullable=True,
+           checks=[Check.ge(0)]),
+    Column("tcp_len", pa_arrow.int64(), "TCP segment payload length.", unit="bytes",
+           nullable=True, checks=[Check.ge(0)]),
+    Column("tcp_analysis", pa_arrow.string(), "Wireshark's TCP analysis notes, e.g. "
+           "`TCP Retransmission`.", nullable=True),
+    Column("http_method", DICT_STRING, "HTTP request method.", nullable=True),
+    Column("http_uri", pa_arrow.string(), "HTTP request URI (a prefix where the capture's snap "
+           "length cut it).", nullable=True),
+    Column("http_version", DICT_STRING, "HTTP version of a request or response line.",
+           nullable=True),
+    Column("http_status", pa_arrow.int16(), "HTTP response status code.", nullable=True,
+           checks=[Check.in_range(100, 999)]),
+    Column("dns_query", pa_arrow.string(), "DNS query name.", nullable=True),
+    Column("tls_message", pa_arrow.string(), "TLS messages of the record(s), as Wireshark's "
+           "Info lists them.", nullable=True),
 ])
+PACKET_SCHEMA = PACKETS.schema
+
+# Columns every reader supplies, in order (text as plain strings; normalization encodes them).
+STAGED_BASE = pa_arrow.schema([
+    pa_arrow.field(name, pa_arrow.string() if PACKETS.column(name).type == DICT_STRING
+                   else PACKETS.column(name).type)
+    for name in ("frame", "ts", "src", "dst", "protocol", "length", "info")])
 
 # Fields that come from the Info column of an export, or from the headers of a capture.
-INFO_FIELDS = pa_arrow.schema([
-    ("src_port", pa_arrow.int32()),
-    ("dst_port", pa_arrow.int32()),
-    ("tcp_flags", pa_arrow.int16()),
-    ("tcp_seq", pa_arrow.int64()),
-    ("tcp_ack", pa_arrow.int64()),
-    ("tcp_win", pa_arrow.int64()),
-    ("tcp_len", pa_arrow.int64()),
-    ("tcp_analysis", pa_arrow.string()),
-    ("http_method", DICT_STRING),
-    ("http_uri", pa_arrow.string()),
-    ("http_version", DICT_STRING),
-    ("http_status", pa_arrow.int16()),
-    ("dns_query", pa_arrow.string()),
-    ("tls_message", pa_arrow.string()),
-])
-
-PACKET_SCHEMA = pa_arrow.schema(
-    [
-        STAGED_BASE.field("frame"),
-        STAGED_BASE.field("ts"),
-        pa_arrow.field("t_rel_s", pa_arrow.float64()),
-        pa_arrow.field("src", DICT_STRING),
-        pa_arrow.field("dst", DICT_STRING),
-        pa_arrow.field("protocol", DICT_STRING),
-        STAGED_BASE.field("length"),
-        STAGED_BASE.field("info"),
-    ]
-    + list(INFO_FIELDS)
-)
+INFO_FIELDS = pa_arrow.schema(PACKET_SCHEMA.field(name) for name in PACKETS.names[
+    PACKETS.names.index("src_port"):])
 
 # Columns written with min/max statistics: the ones readers skip row groups by (time, frame,
 # length, ports); trace_features takes each row group's earliest timestamp from them.
@@ -84,50 +96,6 @@ def null_if_empty(text):
     an empty export field, or a regex group that took no part."""
     empty = pc.equal(pc.binary_length(text), 0)  # text or bytes
     return pc.if_else(empty, None, text) if pc.any(empty).as_py() else text
-
-
-def arrow_column(type_: pa_arrow.DataType):
-    """A column checked as the Arrow type it is written with (pandas holds it without a copy)."""
-    return Annotated[pd.ArrowDtype, type_]
-
-
-PORT_RANGE = {"min_value": 0, "max_value": 65535}
-
-
-class PacketModel(pa.DataFrameModel):
-    """Checks on the normalized table, run on every row group before it is written.
-
-    Ranges as one in_range check rather than ge + le: pandera copies a nullable column without
-    its nulls before each check, a large part of the model's time.
-    """
-
-    frame: arrow_column(pa_arrow.int64()) = pa.Field(gt=0, nullable=False)
-    ts: arrow_column(TIMESTAMP) = pa.Field(nullable=False)
-    t_rel_s: arrow_column(pa_arrow.float64()) = pa.Field(nullable=False)
-    src: arrow_column(DICT_STRING) = pa.Field(nullable=False)
-    dst: arrow_column(DICT_STRING) = pa.Field(nullable=False)
-    protocol: arrow_column(DICT_STRING) = pa.Field(nullable=False)
-    length: arrow_column(pa_arrow.int64()) = pa.Field(gt=0, nullable=False)
-    src_port: arrow_column(pa_arrow.int32()) = pa.Field(in_range=PORT_RANGE, nullable=True)
-    dst_port: arrow_column(pa_arrow.int32()) = pa.Field(in_range=PORT_RANGE, nullable=True)
-    tcp_flags: arrow_column(pa_arrow.int16()) = pa.Field(
-        in_range={"min_value": 0, "max_value": 0x1FF}, nullable=True)
-    tcp_seq: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
-    tcp_ack: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
-    tcp_win: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
-    tcp_len: arrow_column(pa_arrow.int64()) = pa.Field(ge=0, nullable=True)
-    http_status: arrow_column(pa_arrow.int16()) = pa.Field(
-        in_range={"min_value": 100, "max_value": 999}, nullable=True)
-
-    class Config:
-        strict = False
-        coerce = False
-
-
-def table_to_checked_frame(table: pa_arrow.Table) -> pd.DataFrame:
-    """The columns of `table` that PacketModel checks, as Arrow-backed pandas (no copy)."""
-    columns = [c for c in PacketModel.to_schema().columns if c in table.column_names]
-    return table.select(columns).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:

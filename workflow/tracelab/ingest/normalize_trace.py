@@ -2,7 +2,7 @@
 
 Fields a reader did not supply are parsed out of `info` with Arrow's regex kernels (RE2), one
 pass per protocol family, never a Python loop over packets. The result is checked with
-packets.PacketModel per row group and written with zstd and the source's SHA-256.
+the PACKETS declaration per row group and written with zstd and the source's SHA-256.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracelab.core.packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, TCP_FLAG_BITS, PacketModel,
-                      PacketWriter, null_if_empty, open_staged, read_staged, sha256_of,
-                      table_to_checked_frame)
+from tracelab.core.packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS,
+                                   PacketWriter, null_if_empty, open_staged, read_staged,
+                                   sha256_of)
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,11 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     first_ts_ns = pc.min(ts).cast(pa.int64()).as_py() if len(ts) else 0
     missing = [f.name for f in INFO_FIELDS if f.name not in staged.schema.names]
     log.info("%s: %d staged rows; parsing %s from Info", trace, len(ts), missing or "nothing")
-    schema = PacketModel.to_schema()
     workers = max(threads, 1)
 
     def prepare(rows: pa.Table) -> pa.Table:
         table = normalize_table(rows, first_ts_ns)
-        schema.validate(table_to_checked_frame(table), lazy=True, inplace=True)
+        PACKETS.check(table)
         return table
 
     # Row groups are prepared on `threads` threads, one each (Arrow's kernels release the GIL),

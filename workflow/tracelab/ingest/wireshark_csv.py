@@ -26,7 +26,8 @@ from isal import igzip_threaded, isal_zlib
 from pandera.errors import SchemaErrors
 
 from tracelab.core.atomic import atomic_path
-from tracelab.core.packets import STAGED_BASE, TIMESTAMP, StagedWriter, arrow_column, null_if_empty
+from tracelab.core.packets import PACKETS, STAGED_BASE, StagedWriter, null_if_empty
+from tracelab.core.tables import TIMESTAMP
 from tracelab.ingest.report import (InvalidRows, ValidationReport, ValidationSettings,
                          count_time_backwards)
 
@@ -89,24 +90,18 @@ PANDERA_CHECK_NAMES = {
 
 
 def export_row_model(settings: ValidationSettings) -> pa.DataFrameSchema:
-    """Row checks of an export, with the length range from config."""
-
-    class ExportRowModel(pa.DataFrameModel):
-        frame: arrow_column(pa_arrow.int64()) = pa.Field(nullable=False, gt=0)
-        ts: arrow_column(TIMESTAMP) = pa.Field(nullable=False)
-        # Empty (or blank) text is read as missing: see _text.
-        src: arrow_column(pa_arrow.string()) = pa.Field(nullable=False)
-        dst: arrow_column(pa_arrow.string()) = pa.Field(nullable=False)
-        protocol: arrow_column(pa_arrow.string()) = pa.Field(nullable=False)
-        length: arrow_column(pa_arrow.int64()) = pa.Field(
-            nullable=False, in_range={"min_value": settings.length_min,
-                                      "max_value": settings.length_max})
-
-        class Config:
-            coerce = False
-            strict = False
-
-    return ExportRowModel.to_schema()
+    """Row checks of an export: the packet table's declared checks on the staged columns
+    (empty or blank text is read as missing: see _text), with the length range from config."""
+    length_range = pa.Check.in_range(settings.length_min, settings.length_max)
+    columns = {}
+    for field in STAGED_BASE:
+        if field.name == "info":
+            continue
+        declared = PACKETS.column(field.name)
+        checks = [length_range] if field.name == "length" else list(declared.checks)
+        columns[field.name] = pa.Column(pd.ArrowDtype(field.type), checks=checks,
+                                        nullable=declared.nullable)
+    return pa.DataFrameSchema(columns, strict=False)
 
 
 class _Header:
