@@ -1,5 +1,15 @@
 # tracelab: packet traces -> validated tables, security features, comparisons.
-# Run with `snakemake --cores 4`; traces are listed in config/traces.tsv.
+# Run with `snakemake --cores 4`; traces are listed in config/traces.tsv (config/README.md).
+#
+# results/
+#   validation/{trace}.json, .invalid.csv   validate_trace: checks, counts, rejected rows
+#   packets/{trace}.parquet                  normalize_trace: one row a packet
+#   features/{trace}/                        trace_features: summary.json, distributions.parquet
+#                                            security_connections: flows, http, conn.log
+#                                            security_hosts: hosts; security_windows: windows
+#   compare/                                 compare_traces, security_compare: tables, figures
+#   logs/, benchmarks/                       every job's log and timing
+# Every table's columns are documented in docs/tables.md.
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -2,7 +2,7 @@
 
 Like Zeek's `type Info: record` with a `##` comment per field, one `Table` is at once the Arrow
 schema a table is written with, the pandera schema it is checked against before it is written,
-its reader, and its documentation (docs/tables.md, made by `python -m tracelab.core.tables`).
+its reader, and its documentation (docs/tables.md, made by `python -m tracelab.core.docs`).
 
     FLOWS = Table("flows", "results/features/{trace}/flows.parquet", "One row a connection.", [
         Column("uid", pa.string(), "Connection id, unique across traces.", unique=True),
@@ -160,10 +160,5 @@ def declared_tables() -> list[Table]:
 
 def tables_markdown() -> str:
     body = "\n".join(table.markdown() for table in declared_tables())
-    return ("# Output tables\n\nMade by `python -m tracelab.core.tables > docs/tables.md` from the "
-            "declarations in the package (`tracelab.core.tables.Table`); do not edit by hand.\n\n"
-            + body)
-
-
-if __name__ == "__main__":
-    print(tables_markdown(), end="")
+    return ("# Output tables\n\nMade by `python -m tracelab.core.docs` from the declarations in "
+            "the package (`tracelab.core.tables.Table`); do not edit by hand.\n\n" + body)
