@@ -53,6 +53,9 @@ FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 MAX_ROUNDS = 10_000
 # Placements of the rows propagation leaves undecided in a group, tried one by one at most.
 MAX_COMBINATIONS = 20_000
+# Rows of the largest group solved; a larger one (never seen: groups are bursts of parallel
+# connections between two hosts) is left out and counted as ambiguous.
+MAX_GROUP_ROWS = 2_000
 
 
 @dataclass
@@ -187,38 +190,68 @@ class _Group:
         return candidates
 
     def _subset_rule(self) -> bool:
-        """Drop rows no exact subset of their gap uses; place a row every such subset uses."""
+        """Drop rows no exact subset of their gap uses; place rows every such subset uses
+        (one a gap and pass: placing changes what the gap still misses)."""
         changed = False
-        for gap, rows in self._by_gap().items():
+        for gap, listed in self._by_gap().items():
+            rows = [row for row in listed if row in self.options]  # not placed in this pass
             target = self.missing[gap]
             sizes = [self.payload[row, gap] for row in rows]
             for i, row in enumerate(rows):
                 others = _subset_sums(sizes[:i] + sizes[i + 1:], target)
-                if sizes[i] > target or not (others >> (target - sizes[i])) & 1:
+                if not 0 <= sizes[i] <= target or not (others >> (target - sizes[i])) & 1:
                     self.options[row].discard(gap)
                     changed = True
                 elif not (others >> target) & 1:
                     self._place(row, gap)
-                    return True
+                    changed = True
+                    break
         return changed
+
+    def _single_rule(self) -> bool:
+        """Place the rows left with one gap that still has room for them."""
+        single = [(row, next(iter(gaps))) for row, gaps in self.options.items()
+                  if len(gaps) == 1]
+        placed = 0
+        for row, gap in single:
+            if self.payload[row, gap] <= self.missing[gap]:
+                self._place(row, gap)
+                placed += 1
+        return placed > 0
 
     def _order_rule(self) -> bool:
         """A row cannot go to a gap before (after) one of its direction holding a later
         (earlier) placed row."""
+        bounds = self._frame_bounds()
         changed = False
         for row, gaps in self.options.items():
             for gap in list(gaps):
-                if not self._in_order({**self.placed, row: gap}):
+                direction, start = self.where[gap]
+                if direction not in bounds:
+                    continue
+                starts, latest_before, earliest_after = bounds[direction]
+                before = np.searchsorted(starts, start, side="left")
+                after = np.searchsorted(starts, start, side="right")
+                frame = self.frame[row]
+                if (before > 0 and latest_before[before - 1] > frame) or \
+                        (after < len(starts) and earliest_after[after] < frame):
                     gaps.discard(gap)
                     changed = True
         return changed
 
-    def _single_rule(self) -> bool:
-        for row, gaps in self.options.items():
-            if len(gaps) == 1:
-                self._place(row, next(iter(gaps)))
-                return True
-        return False
+    def _frame_bounds(self) -> dict:
+        """Per direction, the placed rows' gap starts (sorted), the latest frame among rows at
+        or before each, and the earliest frame among rows at or after each."""
+        placed: dict = {}
+        for row, gap in self.placed.items():
+            direction, start = self.where[gap]
+            placed.setdefault(direction, []).append((start, self.frame[row]))
+        bounds = {}
+        for direction, rows in placed.items():
+            starts, frames = (np.array(column) for column in zip(*sorted(rows)))
+            bounds[direction] = (starts, np.maximum.accumulate(frames),
+                                 np.minimum.accumulate(frames[::-1])[::-1])
+        return bounds
 
     def _in_order(self, placement: dict) -> bool:
         """Within each direction, rows of later bytes have later frames."""
@@ -285,6 +318,9 @@ def assign_to_gaps(candidates: pd.DataFrame, gaps: pd.DataFrame) -> tuple[pd.Dat
     chosen = [candidates[candidates["group"].isin(simple)]]
     ambiguous: set = set()
     for _, part in candidates[~candidates["group"].isin(simple)].groupby("group"):
+        if part["row"].nunique() > MAX_GROUP_ROWS:
+            ambiguous |= set(part["row"])
+            continue
         decided, unsure = _Group.of(part, gaps).solve(MAX_ROUNDS, MAX_COMBINATIONS)
         keys = pd.MultiIndex.from_arrays([part["row"], part["gap"]])
         chosen.append(part[keys.isin(list(decided.items()))])
