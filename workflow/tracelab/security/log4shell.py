@@ -17,6 +17,8 @@ environment, fetched or evaluated:
    empty, `${date:'j'}` is j); any other lookup (`${env:X}`, `${sys:k}`, `${::-x}`, unknown
    prefixes) is taken to yield null, so its default applies, and without a default it stays as
    written: its value is unknown here (`${env:USER}` exfiltrates a value) and never looked up.
+   The exceptions always have a value: `${java:version}` and the other `java:` keys, and
+   `hostName` and `contextName`, configuration properties any lookup falls back to.
 
 In the result, a `${jndi:...}` lookup (its prefix case-insensitive in ASCII, as Log4j lowercases
 it with Locale.US) is the indicator: its scheme, and for network schemes the callback host:port
