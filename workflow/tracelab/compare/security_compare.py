@@ -268,8 +268,11 @@ def _evidence(host) -> list[str]:
                      f"hosts on port {int(host.address_scan_port)} within one interval from "
                      f"{host.address_scan_at}")
     if host.port_scan:
-        found.append(f"port scan: failed attempts to {host.port_scan_ports} distinct ports on "
-                     f"{host.port_scan_host} within one interval from {host.port_scan_at}")
+        scanned = [entry.rpartition(":") for entry in str(host.port_scan_hosts).split(";")]
+        found.append(f"port scan of {len(scanned)} host{'s' if len(scanned) > 1 else ''} "
+                     "(distinct ports with failed attempts within one interval): "
+                     + ", ".join(f"{name} ({ports} ports)" for name, _, ports in scanned)
+                     + f"; the interval with the most began {host.port_scan_at}")
     if host.trw_verdict == "scanner":
         found.append(f"TRW: scanner after {host.trw_observed} first contacts "
                      f"({host.trw_failures} failed, {host.trw_successes} answered), "

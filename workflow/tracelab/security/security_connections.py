@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import write_parquet
 from tracelab.core.packets import DICT_STRING, TCP_FLAG_BITS, TIMESTAMP, read_packets
+from tracelab.security.attach import attach_portless
 
 log = logging.getLogger(__name__)
 
@@ -203,127 +204,10 @@ def _flow_boundaries(key, ts, flags, is_tcp, settings: FlowSettings) -> np.ndarr
     return np.cumsum(boundary | _starts(chunk)) - 1
 
 
-def _sequence_gaps(ported: pd.DataFrame) -> pd.DataFrame:
-    """Stretches of a TCP direction's sequence space that no ported packet accounts for.
-
-    Evidence of how far a sender got: its own packets (exactly: seq + len + SYN + FIN after
-    each) and its peer's ACK numbers (a lower bound). Where evidence goes beyond everything
-    seen before, the missing bytes were carried by rows without ports sent after the sender's
-    last own packet and before that evidence. RSTs carry no trustworthy numbers (Zeek ignores
-    them too). Rows: gap, flow, is_orig (of the sender), src_code/dst_code (sender, receiver),
-    frame_start, frame_end (exclusive bounds), bytes.
-    """
-    flags = ported["flags"].to_numpy()
-    usable = ported["is_tcp"].to_numpy() & ((flags & RST) == 0)
-    own = ported[usable & ported["seq"].notna().to_numpy()]
-    own_flags = own["flags"].to_numpy()
-    step = own["len"].fillna(0).to_numpy() + ((own_flags & SYN) != 0) + ((own_flags & FIN) != 0)
-    acks = ported[usable & ((flags & ACK) != 0) & ported["ack"].notna().to_numpy()]
-    events = pd.concat([
-        pd.DataFrame({"flow": own["flow"], "is_orig": own["is_orig"], "frame": own["frame"],
-                      "own": True, "start": own["seq"], "end": own["seq"] + step}),
-        pd.DataFrame({"flow": acks["flow"], "is_orig": ~acks["is_orig"], "frame": acks["frame"],
-                      "own": False, "start": acks["ack"], "end": acks["ack"]}),
-    ], ignore_index=True).sort_values(["flow", "is_orig", "frame"], kind="stable")
-    direction = [events["flow"], events["is_orig"]]
-    events["reached_before"] = events["end"].groupby(direction).cummax().groupby(
-        direction).shift(1)
-    events["frame_start"] = events["frame"].where(events["own"]).groupby(direction).ffill() \
-        .groupby(direction).shift(1).fillna(0)
-    gaps = events[events["start"] > events["reached_before"]].rename(
-        columns={"frame": "frame_end"})
-    gaps = gaps.assign(bytes=gaps["start"] - gaps["reached_before"],
-                       gap=np.arange(len(gaps)))
-    # The sender's and receiver's addresses, from the flow's originator and responder.
-    first = ported.drop_duplicates("flow").set_index("flow")
-    orig_code = np.where(first["is_orig"], first["src_code"], first["dst_code"])
-    resp_code = np.where(first["is_orig"], first["dst_code"], first["src_code"])
-    orig_code = pd.Series(orig_code, index=first.index).reindex(gaps["flow"]).to_numpy()
-    resp_code = pd.Series(resp_code, index=first.index).reindex(gaps["flow"]).to_numpy()
-    gaps["src_code"] = np.where(gaps["is_orig"], orig_code, resp_code)
-    gaps["dst_code"] = np.where(gaps["is_orig"], resp_code, orig_code)
-    return gaps[["gap", "flow", "is_orig", "src_code", "dst_code", "frame_start", "frame_end",
-                 "bytes"]].astype({"src_code": np.int64, "dst_code": np.int64,
-                                   "frame_start": np.int64, "frame_end": np.int64})
-
-
-def _gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 256):
-    """(row, gap) pairs where the gap, of the row's directed address pair, encloses its frame.
-
-    Joined through frame buckets (each gap listed once per bucket it spans), so the join never
-    grows with the square of a busy address pair's rows.
-    """
-    first = gaps["frame_start"].to_numpy() // bucket_frames
-    last = gaps["frame_end"].to_numpy() // bucket_frames
-    spans = gaps.loc[gaps.index.repeat(last - first + 1)]
-    spans = spans.assign(bucket=np.repeat(first, last - first + 1)
-                         + spans.groupby(level=0).cumcount().to_numpy())
-    keyed = rows.assign(bucket=rows["frame"].to_numpy() // bucket_frames)
-    pairs = keyed.merge(spans, on=["src_code", "dst_code", "bucket"])
-    inside = (pairs["frame"] > pairs["frame_start"]) & (pairs["frame"] < pairs["frame_end"])
-    return pairs[inside].drop(columns="bucket")
-
-
-def _assign_to_gaps(candidates: pd.DataFrame, gaps: pd.DataFrame,
-                    max_rounds: int = 32) -> pd.DataFrame:
-    """Choose one gap a row: a row goes where its payload still fits.
-
-    Rounds of constraint propagation: a row that fits exactly one enclosing gap goes there and
-    uses up its bytes. A row still ambiguous takes a gap it fits, preferring one it fills
-    exactly, then the narrowest (parallel connections exchanging records of the same sizes,
-    e.g. simultaneous TLS handshakes, stay ambiguous: the export has nothing to tell them apart).
-    """
-    remaining = gaps.set_index("gap")["bytes"].astype(np.float64)
-    chosen = []
-    open_rows = candidates
-    for _ in range(max_rounds):
-        fits = open_rows[open_rows["payload"] <= open_rows["gap"].map(remaining)]
-        options = fits.groupby("row")["gap"].transform("size")
-        sure = fits[options == 1]
-        if sure.empty:
-            break
-        chosen.append(sure)
-        used = sure.groupby("gap")["payload"].sum()
-        remaining = remaining.sub(used, fill_value=0).clip(lower=0)
-        open_rows = open_rows[~open_rows["row"].isin(sure["row"])]
-    if not open_rows.empty:
-        fit = open_rows["payload"] <= open_rows["gap"].map(remaining)
-        exact = open_rows["payload"] == open_rows["gap"].map(remaining)
-        ranked = open_rows.assign(
-            miss=~fit, inexact=~exact, span=open_rows["frame_end"] - open_rows["frame_start"])
-        chosen.append(ranked.sort_values(["row", "miss", "inexact", "span"], kind="stable")
-                      .drop_duplicates("row"))
-    if not chosen:
-        return candidates.iloc[:0]
-    return pd.concat(chosen, ignore_index=True)
-
-
 def _attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> pd.DataFrame:
-    """Each portless row's flow and direction.
-
-    `rows` (row, src_code, dst_code, t, frame, length) are the portless rows; `ported` the
-    rows already in flows (also flow, is_orig, is_tcp, flags, seq, ack, len). First choice: a
-    sequence gap of the same directed address pair enclosing the row that its payload fits
-    (see `_assign_to_gaps`). Otherwise the connection of the nearest packet of the same directed
-    pair within the idle timeout, before the row if there is one.
-    """
-    by = ["src_code", "dst_code"]
-    overhead = (ported["length"] - ported["len"]).groupby(ported["flow"]).min()
-    gaps = _sequence_gaps(ported)
-    candidates = _gap_candidates(rows, gaps)
-    candidates = candidates.assign(payload=(candidates["length"] - candidates["flow"].map(
-        overhead)).fillna(0).clip(lower=0))
-    found = [_assign_to_gaps(candidates, gaps)]
-    pending = rows[~rows["row"].isin(found[0]["row"])]
-    packets = ported[[*by, "t", "flow", "is_orig"]].sort_values("t", kind="stable")
-    for direction in ("backward", "forward"):
-        merged = pd.merge_asof(pending.sort_values("t", kind="stable"), packets, on="t", by=by,
-                               direction=direction, tolerance=idle_ns)
-        hit = merged["flow"].notna()
-        found.append(merged[hit])
-        pending = pending[~pending["row"].isin(merged.loc[hit, "row"])]
-    columns = {"row": np.int64, "flow": np.int64, "is_orig": bool}
-    return pd.concat([f[list(columns)] for f in found], ignore_index=True).astype(columns)
+    """Each portless row's flow and direction (row, flow, is_orig), for the rows whose
+    connection the evidence decides: see `tracelab.security.attach`."""
+    return attach_portless(rows, ported, idle_ns).attached
 
 
 def _history(flow, is_orig, flags, known_flags, payload, is_tcp, retransmitted, zero_window,

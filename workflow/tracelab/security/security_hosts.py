@@ -59,6 +59,7 @@ HOST_SCHEMA = pa_arrow.schema([
     ("address_scan_at", TIMESTAMP),
     ("port_scan", pa_arrow.bool_()),
     ("port_scan_host", pa_arrow.string()),
+    ("port_scan_hosts", pa_arrow.string()),
     ("port_scan_ports", pa_arrow.int64()),
     ("port_scan_at", TIMESTAMP),
     ("trw_first_contacts", pa_arrow.int64()),
@@ -153,6 +154,19 @@ def _epoch_counts(failed: pd.DataFrame, group: list[str], counted: str,
     return best.set_index("orig")
 
 
+def _port_scanned_hosts(failed: pd.DataFrame, interval_ns: int, start_ns: int,
+                        threshold: int) -> pd.Series:
+    """Per source, every host its failed attempts reached on at least `threshold` distinct
+    ports within one interval, as "host:ports;host:ports" (most ports first, IPv6 in [])."""
+    epoch = (failed["t"] - start_ns) // interval_ns
+    ports = failed.assign(epoch=epoch).groupby(["orig", "resp", "epoch"], observed=True)[
+        "resp_port"].nunique().groupby(level=["orig", "resp"], observed=True).max()
+    hit = ports[ports >= threshold].rename("ports").reset_index().sort_values(
+        ["orig", "ports", "resp"], ascending=[True, False, True], kind="stable")
+    host = hit["resp"].where(~hit["resp"].str.contains(":", regex=False), "[" + hit["resp"] + "]")
+    return (host + ":" + hit["ports"].astype(str)).groupby(hit["orig"]).agg(";".join)
+
+
 def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     """TRW per source over first-contact outcomes (columns orig, t, success; time order).
 
@@ -219,6 +233,8 @@ def hosts_table(flows: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     hosts["address_scan"] = hosts["address_scan_hosts"] >= settings.address_scan_hosts
     hosts["port_scan_ports"] = port["count"].reindex(hosts.index).fillna(0)
     hosts["port_scan_host"] = port["resp"].reindex(hosts.index)
+    hosts["port_scan_hosts"] = _port_scanned_hosts(
+        failed, interval_ns, start_ns, settings.port_scan_ports).reindex(hosts.index)
     hosts["port_scan_at"] = port["at"].reindex(hosts.index)
     hosts["port_scan"] = hosts["port_scan_ports"] >= settings.port_scan_ports
 
