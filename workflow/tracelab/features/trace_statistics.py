@@ -83,7 +83,8 @@ CONVERSATIONS = Table("conversations", "results/features/{trace}/conversations.p
     "One row a conversation, as Wireshark's Statistics › Conversations: two addresses, or two "
     "address:port endpoints of TCP or UDP; A sent the first frame."), [
     TRACE,
-    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet, name (by A's address), TCP or UDP."),
+    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet or name (of the address that sorts "
+           "first), TCP or UDP."),
     Column("address_a", pa.string(), "Address of A, the sender of the first frame."),
     Column("port_a", pa.int32(), "A's port (TCP, UDP).", nullable=True),
     Column("address_b", pa.string(), "Address of B."),
@@ -215,11 +216,13 @@ class TraceStatistics:
 
     def _add_conversation(self, sender, receiver, t_rel_s: pa.Array, length: pa.Array) -> None:
         """Rows keyed by the pair in a fixed order (low, high), counted per direction; the
-        conversation's type is the sender's."""
-        (src, types, src_port), (dst, _, dst_port) = sender, receiver
+        conversation's type is the low address's (one type a pair, even where an export
+        pairs a name with an address)."""
+        (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
         forward = pc.or_(pc.less(src, dst), pc.and_(
             pc.equal(src, dst), pc.fill_null(pc.less_equal(src_port, dst_port), True)))
         zero, one = _filled(len(length), 0), _filled(len(length), 1)
+        types = pc.if_else(forward, src_type, dst_type)
         rows = pa.table({
             "type": types, "low": pc.if_else(forward, src, dst),
             "low_port": pc.if_else(forward, src_port, dst_port),
