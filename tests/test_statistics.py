@@ -244,8 +244,9 @@ def test_streamed_in_small_batches_equals_pandas_on_the_whole_table(tmp_path, mo
         for r in mine.itertuples():
             a = f"{r.address_a}:{int(r.port_a)}" if ports else r.address_a
             b = f"{r.address_b}:{int(r.port_b)}" if ports else r.address_b
-            got[(r.type if ports else "", a, b)] = (r.packets_a_to_b, r.bytes_a_to_b, r.packets_b_to_a, r.bytes_b_to_a,
-                           r.rel_start_s, r.duration_s)
+            got[(r.type if ports else "", a, b)] = (
+                r.packets_a_to_b, r.bytes_a_to_b, r.packets_b_to_a, r.bytes_b_to_a,
+                r.rel_start_s, r.duration_s)
         assert got == expected_conversations(frame, ports)
 
     assert hierarchy.set_index("path").loc["frame", "frames"] == len(frame)
