@@ -51,6 +51,10 @@ SHOWN_ROWS = 25
 
 IPV4 = r"^\d{1,3}(?:\.\d{1,3}){3}$"
 MAC = r"^[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}$"
+ADDRESS_TYPES = ["IPv4", "IPv6", "Ethernet", "name"]
+ENDPOINT_TYPES = [*ADDRESS_TYPES, "TCP", "UDP"]
+TRANSPORTS = ["tcp", "udp"]
+NO_PORT = -1
 NETWORK_LAYER = {"IPv4": "ip", "IPv6": "ipv6", "Ethernet": None, "name": "ip"}
 # Transport implied by the protocol when a row has neither TCP flags nor ports (an export's
 # HTTP and TLS rows show no ports in Info).
@@ -142,39 +146,57 @@ class Rollup:
         return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
 
 
-def _filled(rows: int, value: int) -> pa.Array:
-    return pa.array(np.full(rows, value, np.int64))
-
-
-def _address_types(addresses: pa.Array) -> pa.Array:
-    """IPv4, IPv6, Ethernet or name, for each address text."""
+def _address_types(addresses: pa.Array) -> np.ndarray:
+    """The code in ADDRESS_TYPES of each address text."""
     is_ipv4 = pc.match_substring_regex(addresses, IPV4)
     is_mac = pc.match_substring_regex(addresses, MAC)
     is_ipv6 = pc.and_(pc.match_substring(addresses, ":"), pc.invert(is_mac))
-    return pc.case_when(pc.make_struct(is_ipv4, is_mac, is_ipv6),
-                        "IPv4", "Ethernet", "IPv6", "name")
+    return np.select([is_ipv4.to_numpy(zero_copy_only=False),
+                      is_mac.to_numpy(zero_copy_only=False),
+                      is_ipv6.to_numpy(zero_copy_only=False)],
+                     [ADDRESS_TYPES.index(name) for name in ("IPv4", "Ethernet", "IPv6")],
+                     ADDRESS_TYPES.index("name")).astype(np.int8)
 
 
-def _typed(column: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """A dictionary column as plain text, and each row's address type (classified once per
-    distinct address of the batch)."""
-    if not pa.types.is_dictionary(column.type):
-        column = pc.dictionary_encode(column)
-    types = pc.take(_address_types(column.dictionary), column.indices)
-    return column.dictionary.take(column.indices), types
+@dataclass
+class Codebook:
+    """One integer code per distinct text (addresses, protocols), so that batches are grouped
+    by integers; each batch's dictionary is looked up once, its rows by index. `kinds` holds
+    each address's type code."""
+
+    codes: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    kinds: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+
+    def encode(self, column: pa.Array) -> np.ndarray:
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        names = column.dictionary.to_pylist()
+        new = [name for name in dict.fromkeys(names) if name not in self.codes]
+        if new:
+            self.codes.update(zip(new, range(len(self.names), len(self.names) + len(new))))
+            self.names += new
+            self.kinds = np.append(self.kinds, _address_types(pa.array(new, pa.string())))
+        mapping = np.fromiter(map(self.codes.__getitem__, names), np.int64, count=len(names))
+        return mapping[column.indices.to_numpy(zero_copy_only=False)]
+
+    def decode(self, codes) -> np.ndarray:
+        return np.asarray(self.names, dtype=object)[np.asarray(codes, np.int64)]
 
 
-def _transport(batch: pa.RecordBatch) -> pa.Array:
-    """tcp where the row has TCP flags, udp where it has ports but no flags, else null."""
-    ported = pc.and_(pc.is_valid(batch.column("src_port")), pc.is_valid(batch.column("dst_port")))
-    return pc.case_when(pc.make_struct(pc.is_valid(batch.column("tcp_flags")), ported),
-                        "tcp", "udp", pa.scalar(None, pa.string()))
+def _ports(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A port column with NO_PORT for null."""
+    return batch.column(name).fill_null(NO_PORT).to_numpy().astype(np.int32)
 
 
 @dataclass
 class TraceStatistics:
-    """The running totals of one trace's endpoints, conversations and protocol paths."""
+    """The running totals of one trace's endpoints, conversations and protocol paths, keyed
+    by integer codes: addresses and protocols (Codebook), types (ENDPOINT_TYPES), transports
+    (TRANSPORTS, -1 for none) and ports (NO_PORT for none)."""
 
+    addresses: Codebook = field(default_factory=Codebook)
+    protocols: Codebook = field(default_factory=Codebook)
     endpoints: Rollup = field(default_factory=lambda: Rollup(
         ["type", "address", "port"], {n: "sum" for n in ("tx_packets", "tx_bytes",
                                                            "rx_packets", "rx_bytes")}))
@@ -186,96 +208,124 @@ class TraceStatistics:
         ["type", "transport", "protocol"], {"frames": "sum", "bytes": "sum"}))
 
     def add(self, batch: pa.RecordBatch) -> None:
-        src, src_type = _typed(batch.column("src"))
-        dst, dst_type = _typed(batch.column("dst"))
-        length = batch.column("length").cast(pa.int64())
-        transport = _transport(batch)
-        self.layers.add(pa.table({"type": src_type, "transport": transport,
-                                  "protocol": batch.column("protocol").cast(pa.string()),
-                                  "frames": _filled(len(length), 1), "bytes": length}))
-        no_port = pa.nulls(len(length), pa.int32())
-        src_port = batch.column("src_port").cast(pa.int32())
-        dst_port = batch.column("dst_port").cast(pa.int32())
-        # TCP or UDP where the row has both ports; null rows are left out of those tables.
-        port_type = pc.if_else(pc.and_(pc.is_valid(src_port), pc.is_valid(dst_port)),
-                               pc.utf8_upper(transport), pa.scalar(None, pa.string()))
+        src = self.addresses.encode(batch.column("src"))
+        dst = self.addresses.encode(batch.column("dst"))
+        src_type, dst_type = self.addresses.kinds[src], self.addresses.kinds[dst]
+        length = batch.column("length").to_numpy().astype(np.int64)
+        t_rel_s = batch.column("t_rel_s").to_numpy()
+        src_port, dst_port = _ports(batch, "src_port"), _ports(batch, "dst_port")
+        ported = (src_port != NO_PORT) & (dst_port != NO_PORT)
+        # tcp where the row has TCP flags, udp where it has ports but no flags, else none.
+        tcp = batch.column("tcp_flags").is_valid().to_numpy(zero_copy_only=False)
+        transport = np.where(tcp, TRANSPORTS.index("tcp"),
+                             np.where(ported, TRANSPORTS.index("udp"), -1)).astype(np.int8)
+        self.layers.add(pa.table({
+            "type": src_type, "transport": transport,
+            "protocol": self.protocols.encode(batch.column("protocol")),
+            "frames": np.ones(len(length), np.int64), "bytes": length}))
+        # TCP or UDP endpoints where the row has both ports; -1: not one.
+        port_type = np.where(ported & (transport >= 0),
+                             ENDPOINT_TYPES.index("TCP") + transport, -1).astype(np.int8)
+        no_port = np.full(len(length), NO_PORT, np.int32)
         for sender, receiver in (((src, src_type, no_port), (dst, dst_type, no_port)),
                                  ((src, port_type, src_port), (dst, port_type, dst_port))):
             self._add_endpoint(sender, length, sent=True)
             self._add_endpoint(receiver, length, sent=False)
-            self._add_conversation(sender, receiver, batch.column("t_rel_s"), length)
+            self._add_conversation(sender, receiver, t_rel_s, length)
 
-    def _add_endpoint(self, end, length: pa.Array, sent: bool) -> None:
+    def _add_endpoint(self, end, length: np.ndarray, sent: bool) -> None:
         address, types, port = end
-        zero, one = _filled(len(length), 0), _filled(len(length), 1)
-        rows = pa.table({"type": types, "address": address, "port": port,
-                         "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
-                         "rx_packets": zero if sent else one,
-                         "rx_bytes": zero if sent else length})
-        self.endpoints.add(rows.filter(pc.is_valid(types)))
+        keep = types >= 0
+        length = length[keep]
+        zero, one = np.zeros(len(length), np.int64), np.ones(len(length), np.int64)
+        self.endpoints.add(pa.table({
+            "type": types[keep], "address": address[keep], "port": port[keep],
+            "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
+            "rx_packets": zero if sent else one, "rx_bytes": zero if sent else length}))
 
-    def _add_conversation(self, sender, receiver, t_rel_s: pa.Array, length: pa.Array) -> None:
+    def _add_conversation(self, sender, receiver, t_rel_s: np.ndarray,
+                          length: np.ndarray) -> None:
         """Rows keyed by the pair in a fixed order (low, high), counted per direction; the
         conversation's type is the low address's (one type a pair, even where an export
         pairs a name with an address)."""
         (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
-        forward = pc.or_(pc.less(src, dst), pc.and_(
-            pc.equal(src, dst), pc.fill_null(pc.less_equal(src_port, dst_port), True)))
-        zero, one = _filled(len(length), 0), _filled(len(length), 1)
-        types = pc.if_else(forward, src_type, dst_type)
-        rows = pa.table({
-            "type": types, "low": pc.if_else(forward, src, dst),
-            "low_port": pc.if_else(forward, src_port, dst_port),
-            "high": pc.if_else(forward, dst, src),
-            "high_port": pc.if_else(forward, dst_port, src_port),
-            "forward_packets": pc.if_else(forward, one, zero),
-            "forward_bytes": pc.if_else(forward, length, zero),
-            "reverse_packets": pc.if_else(forward, zero, one),
-            "reverse_bytes": pc.if_else(forward, zero, length),
-            "first_forward": forward, "start": t_rel_s, "end": t_rel_s})
-        self.conversations.add(rows.filter(pc.is_valid(types)))
+        forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
+        types = np.where(forward, src_type, dst_type)
+        keep = types >= 0
+        forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
+        src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
+        zero = np.zeros(len(length), np.int64)
+        self.conversations.add(pa.table({
+            "type": types[keep],
+            "low": np.where(forward, src, dst), "low_port": np.where(forward, src_port, dst_port),
+            "high": np.where(forward, dst, src), "high_port": np.where(forward, dst_port, src_port),
+            "forward_packets": forward.astype(np.int64),
+            "forward_bytes": np.where(forward, length, zero),
+            "reverse_packets": (~forward).astype(np.int64),
+            "reverse_bytes": np.where(forward, zero, length),
+            "first_forward": forward, "start": t_rel_s, "end": t_rel_s}))
 
     def tables(self, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
-        return (_endpoint_table(self.endpoints.result(), trace),
-                _conversation_table(self.conversations.result(), trace),
-                _hierarchy_table(self.layers.result(), trace))
+        return (self._endpoint_table(trace), self._conversation_table(trace),
+                self._hierarchy_table(trace))
+
+    def _named(self, frame: pd.DataFrame, addresses: list[str], ports: list[str]) -> None:
+        """Codes back to names, in place: types, addresses; NO_PORT as null."""
+        frame["type"] = np.asarray(ENDPOINT_TYPES, dtype=object)[frame["type"]]
+        for column in addresses:
+            frame[column] = self.addresses.decode(frame[column])
+        for column in ports:
+            frame[column] = frame[column].astype("Int32").mask(frame[column] == NO_PORT)
+
+    def _endpoint_table(self, trace: str) -> pa.Table:
+        totals = self.endpoints.result()
+        if totals is None:
+            return ENDPOINTS.schema.empty_table()
+        frame = totals.to_pandas()
+        self._named(frame, ["address"], ["port"])
+        frame["packets"] = frame["tx_packets"] + frame["rx_packets"]
+        frame["bytes"] = frame["tx_bytes"] + frame["rx_bytes"]
+        frame = frame.sort_values(["type", "bytes", "address", "port"],
+                                  ascending=[True, False, True, True], kind="stable")
+        return _with_trace(frame, trace, ENDPOINTS)
+
+    def _conversation_table(self, trace: str) -> pa.Table:
+        totals = self.conversations.result()
+        if totals is None:
+            return CONVERSATIONS.schema.empty_table()
+        frame = totals.to_pandas()
+        self._named(frame, ["low", "high"], ["low_port", "high_port"])
+        low_first = frame["first_forward"].to_numpy(bool)
+        # (A's column, B's column) from (the low side's, the high side's).
+        sides = {("address_a", "address_b"): ("low", "high"),
+                 ("port_a", "port_b"): ("low_port", "high_port"),
+                 ("packets_a_to_b", "packets_b_to_a"): ("forward_packets", "reverse_packets"),
+                 ("bytes_a_to_b", "bytes_b_to_a"): ("forward_bytes", "reverse_bytes")}
+        for (a, b), (low, high) in sides.items():
+            frame[a] = frame[low].where(low_first, frame[high])
+            frame[b] = frame[high].where(low_first, frame[low])
+        frame["packets"] = frame["packets_a_to_b"] + frame["packets_b_to_a"]
+        frame["bytes"] = frame["bytes_a_to_b"] + frame["bytes_b_to_a"]
+        frame["rel_start_s"] = frame["start"]
+        frame["duration_s"] = frame["end"] - frame["start"]
+        frame = frame.sort_values(["type", "rel_start_s", "address_a", "address_b"],
+                                  kind="stable")
+        return _with_trace(frame, trace, CONVERSATIONS)
+
+    def _hierarchy_table(self, trace: str) -> pa.Table:
+        totals = self.layers.result()
+        if totals is None:
+            return PROTOCOL_HIERARCHY.schema.empty_table()
+        frame = totals.to_pandas()
+        frame["path"] = [layer_path(ADDRESS_TYPES[kind], TRANSPORTS[way] if way >= 0 else None,
+                                    self.protocols.names[protocol])
+                         for kind, way, protocol in zip(frame["type"], frame["transport"],
+                                                        frame["protocol"])]
+        return _with_trace(_prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
 
 
 def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
     return table.conform(frame.assign(trace=trace))
-
-
-def _endpoint_table(totals: pa.Table | None, trace: str) -> pa.Table:
-    if totals is None:
-        return ENDPOINTS.schema.empty_table()
-    frame = totals.to_pandas()
-    frame["packets"] = frame["tx_packets"] + frame["rx_packets"]
-    frame["bytes"] = frame["tx_bytes"] + frame["rx_bytes"]
-    frame = frame.sort_values(["type", "bytes", "address", "port"],
-                              ascending=[True, False, True, True], kind="stable")
-    return _with_trace(frame, trace, ENDPOINTS)
-
-
-def _conversation_table(totals: pa.Table | None, trace: str) -> pa.Table:
-    if totals is None:
-        return CONVERSATIONS.schema.empty_table()
-    frame = totals.to_pandas()
-    low_first = frame["first_forward"].to_numpy(bool)
-    sides = {"address": ("low", "high"), "port": ("low_port", "high_port"),
-             "packets": ("forward_packets", "reverse_packets"),
-             "bytes": ("forward_bytes", "reverse_bytes")}
-    for name, (low, high) in sides.items():
-        a, b = frame[low].where(low_first, frame[high]), frame[high].where(low_first, frame[low])
-        if name in ("address", "port"):
-            frame[f"{name}_a"], frame[f"{name}_b"] = a, b
-        else:
-            frame[f"{name}_a_to_b"], frame[f"{name}_b_to_a"] = a, b
-    frame["packets"] = frame["packets_a_to_b"] + frame["packets_b_to_a"]
-    frame["bytes"] = frame["bytes_a_to_b"] + frame["bytes_b_to_a"]
-    frame["rel_start_s"] = frame["start"]
-    frame["duration_s"] = frame["end"] - frame["start"]
-    frame = frame.sort_values(["type", "rel_start_s", "address_a", "address_b"], kind="stable")
-    return _with_trace(frame, trace, CONVERSATIONS)
 
 
 def layer_path(address_type: str, transport: str | None, protocol: str) -> str:
@@ -289,13 +339,8 @@ def layer_path(address_type: str, transport: str | None, protocol: str) -> str:
     return ":".join(layer for layer in layers if layer)
 
 
-def _hierarchy_table(totals: pa.Table | None, trace: str) -> pa.Table:
-    if totals is None:
-        return PROTOCOL_HIERARCHY.schema.empty_table()
-    frame = totals.to_pandas()
-    frame["path"] = [layer_path(row["type"], row["transport"], row["protocol"])
-                     for row in totals.to_pylist()]
-    # A frame counts at its own path and at every prefix of it.
+def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Frames and bytes per path counted at the path and every prefix of it, with shares."""
     prefixes = frame.assign(path=frame["path"].str.split(":").map(
         lambda layers: [":".join(layers[:n]) for n in range(1, len(layers) + 1)])).explode("path")
     nodes = prefixes.groupby("path", sort=True)[["frames", "bytes"]].sum().reset_index()
@@ -304,7 +349,7 @@ def _hierarchy_table(totals: pa.Table | None, trace: str) -> pa.Table:
     total = nodes.loc[nodes["depth"] == 0, ["frames", "bytes"]].sum()
     nodes["frames_share"] = nodes["frames"] / total["frames"]
     nodes["bytes_share"] = nodes["bytes"] / total["bytes"]
-    return _with_trace(nodes, trace, PROTOCOL_HIERARCHY)
+    return nodes
 
 
 def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -320,6 +365,8 @@ def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Ta
 def _summary_rows(summary: dict) -> pd.DataFrame:
     rows = []
     for key, value in summary.items():
+        if key == "trace":
+            continue
         if isinstance(value, dict) and key == "protocol_counts":
             rows.append((key, "; ".join(f"{p} {c:,}" for p, c in value.items())))
         elif isinstance(value, dict):
@@ -362,8 +409,11 @@ def _largest(table: pa.Table, kind: str, columns: list[str]) -> str:
 
 def statistics_html(trace: str, summary: dict, validation: dict, endpoints: pa.Table,
                     conversations: pa.Table, hierarchy: pa.Table) -> str:
-    shown_hierarchy = hierarchy.to_pandas()[["path", "frames", "frames_share", "bytes",
-                                             "bytes_share"]]
+    layers = hierarchy.to_pandas()
+    shown_hierarchy = pd.DataFrame({
+        "layers": layers["path"], "frames": layers["frames"],
+        "% of frames": (100 * layers["frames_share"]).round(2), "bytes": layers["bytes"],
+        "% of bytes": (100 * layers["bytes_share"]).round(2)})
     return "".join([
         heading(2, "Summary"), html_table(_summary_rows(summary)),
         heading(2, "Validation"), _validation_html(validation),
