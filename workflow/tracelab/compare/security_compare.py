@@ -251,9 +251,6 @@ def _fanout_panel(ax, points: pd.DataFrame, style: TraceStyle) -> None:
     for row in _readable_labels(ax, points).itertuples():
         ax.annotate(figure_text(row.source), (row.distinct_dst_hosts, row.failed_ratio),
                     textcoords="offset points", xytext=(5, -11), fontsize=8)
-    sources = f"{len(points):,} source" + ("s" if len(points) != 1 else "")
-    ax.set_title(f"{style.legend}: {sources}", loc="left", fontsize=9,
-                 color=style.color)
 
 
 def fanout_figure(hosts: pd.DataFrame, styles: dict[str, TraceStyle], path) -> None:
@@ -271,6 +268,8 @@ def fanout_figure(hosts: pd.DataFrame, styles: dict[str, TraceStyle], path) -> N
         ax.set_xlim(0.7, right)
         ax.set_ylim(-0.05, 1.1)
         points = data[data["trace"] == trace]
+        sources = f"{len(points):,} source" + ("s" if len(points) != 1 else "")
+        ax.set_title(f"{style.legend}: {sources}", loc="left", fontsize=9, color=style.color)
         if points.empty:
             empty_note(ax, "no source opened a TCP or UDP connection")
         else:
