@@ -269,7 +269,9 @@ def fanout_figure(hosts: pd.DataFrame, styles: dict[str, TraceStyle], path) -> N
         ax.set_ylim(-0.05, 1.1)
         points = data[data["trace"] == trace]
         sources = f"{len(points):,} source" + ("s" if len(points) != 1 else "")
-        ax.set_title(f"{style.legend}: {sources}", loc="left", fontsize=9, color=style.color)
+        flagged = int((points["verdict"] != VERDICT_ORDER[-1]).sum())
+        ax.set_title(f"{style.legend}: {sources}, {flagged:,} flagged", loc="left", fontsize=9,
+                     color=style.color)
         if points.empty:
             empty_note(ax, "no source opened a TCP or UDP connection")
         else:
