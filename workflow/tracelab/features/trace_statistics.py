@@ -122,19 +122,23 @@ PROTOCOL_HIERARCHY = Table(
 @dataclass
 class Rollup:
     """Running totals of grouped rows: each batch's groups wait in a list and are merged
-    into one table once they reach MERGE_ROWS rows. `how` maps a column to its aggregate
-    (sum, min, max, or first: the earliest batch's value, as batches come in file order)."""
+    into one table once they outnumber MERGE_ROWS and the merged table (so each row is merged
+    a bounded number of times on average, however many distinct keys). `how` maps a column to
+    its aggregate (sum, min, max, or first: the earliest batch's value, as batches come in file
+    order)."""
 
     keys: list[str]
     how: dict[str, str]
     parts: list[pa.Table] = field(default_factory=list)
     waiting: int = 0
+    merged: int = 0
 
     def add(self, rows: pa.Table) -> None:
         self.parts.append(self._grouped(rows))
         self.waiting += self.parts[-1].num_rows
-        if self.waiting > MERGE_ROWS:
-            self.parts, self.waiting = [self.result()], 0
+        if self.waiting > max(MERGE_ROWS, self.merged):
+            self.parts = [self.result()]
+            self.waiting, self.merged = 0, self.parts[0].num_rows
 
     def _grouped(self, rows: pa.Table) -> pa.Table:
         # use_threads=False keeps the rows' order, so "first" is the first in file order.
@@ -142,7 +146,7 @@ class Rollup:
         return grouped.select([f"{c}_{h}" for c, h in self.how.items()] + self.keys) \
             .rename_columns([*self.how, *self.keys])
 
-    def result(self) -> pa.Table:
+    def result(self) -> pa.Table | None:
         return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
 
 
