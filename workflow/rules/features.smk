@@ -53,6 +53,8 @@ rule trace_statistics:
         code=rule_code("trace_statistics"),
     threads: 1
     resources:
+        # Grows with distinct endpoints and conversations, not packets: 296 MB peak at 400k
+        # packets (68k endpoints, 67k conversations), 491 MB at 2M (279k, 321k; 61 MB input).
         mem_mb=memory_mb(384, 8),
         runtime=runtime_minutes(10, 1),
     log:
