@@ -100,7 +100,8 @@ def compared(tmp_path_factory):
                        summary_paths=[root / f"{t}.summary.json" for t in sources],
                        distribution_paths=[root / f"{t}.dist.parquet" for t in sources],
                        table_path=outputs["summary.csv"], markdown_path=outputs["summary.md"],
-                       html_path=outputs["summary.html"], rate_bin_s=1.0, iat_cdf_path=outputs["iat.png"], length_cdf_path=outputs["length.png"],
+                       html_path=outputs["summary.html"], rate_bin_s=1.0,
+                       iat_cdf_path=outputs["iat.png"], length_cdf_path=outputs["length.png"],
                        protocols_path=outputs["protocols.png"], rate_path=outputs["rate.png"],
                        destinations_path=outputs["destinations.png"])
     return {"root": root, "sentinel": sentinel, "outputs": outputs, "texts": figure_texts}
