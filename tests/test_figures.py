@@ -149,3 +149,15 @@ def test_fanout_names_only_as_many_sources_as_can_be_read(drawn):
     assert [ax.get_title(loc="left").split(":")[0] for ax in fig.axes if ax.get_visible()] == [
         styles[t].legend for t in TRACES]
     assert "not flagged" in legend_texts(fig) and outside_every_axes(fig)
+
+
+def test_many_protocols_are_folded_into_one_group(drawn):
+    names = [f"P{i}" for i in range(30)]
+    data = pd.DataFrame({"kind": "protocol_count", "key": names * 2, "x": 0.0,
+                         "y": [2.0 ** -i for i in range(30)] * 2,
+                         "trace": ["log4j_scan"] * 30 + ["web_browsing"] * 30})
+    styles = trace_styles(TRACES[:2], LABELS)
+    compare_traces.protocol_figure(data, styles, "protocols.png")
+    ticks = [t.get_text() for t in drawn["protocols.png"].axes[0].get_xticklabels()]
+    assert len(ticks) == compare_traces.MOST_PROTOCOLS
+    assert ticks[0] == "P0" and ticks[-1] == "19 others"

@@ -32,6 +32,8 @@ RATE_PANELS = [("pps", "", "packets per second"), ("bps", "bit/s", "bits per sec
 # Bins drawn per rate panel at most: a longer series is shown in merged bins (about one a
 # pixel); the full series stays in distributions.parquet.
 MOST_DRAWN_BINS = 500
+# Protocols drawn at most, the most frequent in any trace; the rest are summed as one group.
+MOST_PROTOCOLS = 12
 
 
 def summary_table(summaries: list[dict], labels: dict[str, str]) -> pd.DataFrame:
@@ -128,6 +130,10 @@ def protocol_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path) -> 
     shares = counts.pivot_table(index="key", columns="trace", values="y", aggfunc="sum")
     shares = shares / shares.sum()
     shares = shares.loc[shares.max(axis=1).sort_values(ascending=False, kind="stable").index]
+    if len(shares) > MOST_PROTOCOLS:
+        rest = shares.iloc[MOST_PROTOCOLS - 1:]
+        shares = pd.concat([shares.iloc[:MOST_PROTOCOLS - 1], rest.sum(min_count=1).to_frame(
+            f"{len(rest)} others").T])
     fig, axes = new_figure(max(7.0, 1.1 * len(shares) + 3), 5)
     ax = axes[0, 0]
     grouped_bars(ax, shares, styles)
