@@ -278,3 +278,18 @@ def test_statistics_page_shows_text_of_the_trace_as_text(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     for path in ("e.parquet", "c.parquet", "h.parquet"):
         assert set(pq.read_table(tmp_path / path).column("trace").to_pylist()) == {"t"}
+
+
+def test_ports_show_as_written_on_the_page(tmp_path):
+    frame = packet_table(50)
+    frame["src_port"] = frame["src_port"].where(frame["src_port"].isna(), 55514)
+    packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=50)
+    (tmp_path / "summary.json").write_text(json.dumps({"trace": "t", "packets": 50}))
+    (tmp_path / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
+    trace_statistics(trace="t", packets_path=packets, summary_path=tmp_path / "summary.json",
+                     validation_path=tmp_path / "validation.json",
+                     endpoints_path=tmp_path / "e.parquet",
+                     conversations_path=tmp_path / "c.parquet",
+                     hierarchy_path=tmp_path / "h.parquet", html_path=tmp_path / "s.html")
+    page = (tmp_path / "s.html").read_text()
+    assert "<td>55514</td>" in page and "55,514" not in page

@@ -397,9 +397,12 @@ def _validation_html(report: dict) -> str:
 
 def _largest(table: pa.Table, kind: str, columns: list[str]) -> str:
     """The SHOWN_ROWS rows with the most bytes of each type, and how many there are."""
-    frame = table.to_pandas()
+    frame = table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
     if frame.empty:
         return paragraph(f"No {kind}.", note=True)
+    # Ports are names, not quantities: no thousands separator.
+    for port in [column for column in columns if column.startswith("port")]:
+        frame[port] = frame[port].astype("string")
     parts = []
     for type_, part in frame.groupby("type", sort=True, observed=True):
         shown = part.sort_values("bytes", ascending=False, kind="stable").head(SHOWN_ROWS)
