@@ -87,8 +87,8 @@ CONVERSATIONS = Table("conversations", "results/features/{trace}/conversations.p
     "One row a conversation, as Wireshark's Statistics › Conversations: two addresses, or two "
     "address:port endpoints of TCP or UDP; A sent the first frame."), [
     TRACE,
-    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet or name (of the pair's address seen "
-           "first in the trace), TCP or UDP."),
+    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet or name (an address's type; where an "
+           "export pairs a name with an address, that of the one coded first), TCP or UDP."),
     Column("address_a", pa.string(), "Address of A, the sender of the first frame."),
     Column("port_a", pa.int32(), "A's port (TCP, UDP).", nullable=True),
     Column("address_b", pa.string(), "Address of B."),
@@ -249,9 +249,9 @@ class TraceStatistics:
 
     def _add_conversation(self, sender, receiver, t_rel_s: np.ndarray,
                           length: np.ndarray) -> None:
-        """Rows keyed by the pair in a fixed order (low, high: by code, so the address seen
-        first in the trace is low), counted per direction; the conversation's type is the low
-        address's (one type a pair, even where an export pairs a name with an address)."""
+        """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
+        direction; the conversation's type is the low address's (one type a pair, even where
+        an export pairs a name with an address)."""
         (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
         forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
         types = np.where(forward, src_type, dst_type)
