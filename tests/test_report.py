@@ -286,7 +286,8 @@ def test_every_figure_is_shown(page, report):
             app.setView({{content: "img", contentPath: results[path].data_uri, resultPath: path}});
             const started = Date.now();
             (function poll() {{
-                const img = document.querySelector('#app img[src="' + results[path].data_uri + '"]');
+                const img = document.querySelector(
+                    '#app img[src="' + results[path].data_uri + '"]');
                 if (img && img.complete && img.naturalWidth > 0)
                     resolve([img.naturalWidth, img.naturalHeight]);
                 else if (Date.now() - started > 10000) reject(new Error(path + ' not shown'));
@@ -295,6 +296,64 @@ def test_every_figure_is_shown(page, report):
         }})""")
         assert min(size) > 100, (figure, size)
     assert page_problems(browser) == []
+
+
+def rendered_text(browser, session, path):
+    """The text a reader sees when the report shows the HTML result `path`: the report puts
+    it in a frame of its own (a data: URI, another origin), so the text is read in that
+    frame through the DevTools protocol, once its document has loaded."""
+    data_uri = browser.evaluate(session, f"results[{json.dumps(path)}].data_uri")
+    browser.evaluate(session, f"""app.setView({{content: "html", contentPath:
+        results[{json.dumps(path)}].data_uri, resultPath: {json.dumps(path)}}})""")
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        tree = browser.send("Page.getFrameTree", session=session)["frameTree"]
+        frames = [child["frame"]["id"] for child in tree.get("childFrames", [])
+                  if child["frame"]["url"] == data_uri]
+        if frames:
+            world = browser.send("Page.createIsolatedWorld", session=session,
+                                 frameId=frames[0])["executionContextId"]
+            text = browser.send(
+                "Runtime.evaluate", session=session, contextId=world, returnByValue=True,
+                expression="document.readyState === 'complete' ? document.body.innerText : ''",
+            )["result"].get("value")
+            if text:
+                return text
+        time.sleep(0.1)
+    raise AssertionError(f"{path} was not shown")
+
+
+def test_tables_show_their_numbers_in_the_page(page, report):
+    """The trace comparison, each trace's page (summary, validation, statistics), the scan
+    report and the feature table are shown in the page, with the traces' packet counts and
+    durations as text (not as downloads)."""
+    browser, session = page
+    summaries = {
+        trace: json.loads((report / "results" / "features" / trace / "summary.json").read_text())
+        for trace in ("hostile_scan", "web_browsing")
+    }
+    comparison = rendered_text(browser, session, "results/compare/summary.html")
+    for summary in summaries.values():
+        packets, duration = f"{summary['packets']:,}", f"{summary['duration_s']:.4g}"
+        assert packets in comparison and duration in comparison, (packets, duration)
+        trace_page = rendered_text(
+            browser, session, f"results/features/{summary['trace']}/statistics.html")
+        assert packets in trace_page and duration in trace_page, (packets, duration)
+        assert "passed" in trace_page and "Conversations" in trace_page
+    assert "14,328" in comparison  # the bundled browsing trace, counted independently (tshark)
+    scan = rendered_text(browser, session, "results/compare/scan_report.html")
+    assert "198.18.0.2" in scan and "address_scan" in scan
+    assert XSS_MARK in scan  # the hostile URI is shown, as text
+    features = rendered_text(browser, session, "results/compare/features.html")
+    assert "distinct_dst_hosts" in features and "KS D" in features
+    assert page_problems(browser) == []
+
+
+def test_parquet_is_a_download_not_text(page):
+    browser, session = page
+    types = browser.evaluate(session, """Object.fromEntries(Object.keys(results)
+        .filter(p => p.endsWith('.parquet')).map(p => [p, results[p].mime_type]))""")
+    assert types and set(types.values()) == {"application/vnd.apache.parquet"}, types
 
 
 def test_script_in_a_uri_runs_nowhere(page):
@@ -306,12 +365,14 @@ def test_script_in_a_uri_runs_nowhere(page):
         return bytes.includes({json.dumps(XSS_MARK)});
     }})""")
     assert carriers, "the hostile URI is in no result embedded in the report"
-    # Open every result the report shows in the page (HTML in a frame); downloads are not opened.
-    for path in browser.evaluate(
+    # Open every result the report shows in the page (HTML in a frame), each until it has
+    # loaded; downloads are not opened.
+    shown = browser.evaluate(
         session, "Object.keys(results).filter(p => results[p].mime_type === 'text/html')"
-    ):
-        browser.evaluate(session, f"""app.setView({{content: "html",
-            contentPath: results[{json.dumps(path)}].data_uri, resultPath: {json.dumps(path)}}})""")
+    )
+    assert "results/compare/scan_report.html" in shown
+    for path in shown:
+        rendered_text(browser, session, path)
     # Give any script a chance to run, then make sure none did.
     browser.evaluate(session, "new Promise(resolve => setTimeout(resolve, 500))")
     assert page_problems(browser) == []
@@ -322,7 +383,8 @@ def test_script_in_a_trace_label_runs_nowhere(tmp_path_factory):
     params, which Snakemake embeds in a <script> block: it must be refused, or be inert."""
     require_chromium()
     checkout = checkout_with_traces(
-        tmp_path_factory, "label", hostile_label=f"scan</script><script>alert('{XSS_MARK}')</script>"
+        tmp_path_factory, "label",
+        hostile_label=f"scan</script><script>alert('{XSS_MARK}')</script>",
     )
     dry_run = run_snakemake(checkout, "--dry-run", check=False)
     if dry_run.returncode != 0:

@@ -8,6 +8,7 @@ show those strings as text, and nothing from the trace is ever evaluated.
 from __future__ import annotations
 
 import csv
+import html
 import re
 
 import matplotlib
@@ -91,14 +92,15 @@ def compared(tmp_path_factory):
         return original_savefig(figure, *args, **kwargs)
 
     outputs = {name: root / "compare" / name for name in
-               ("summary.csv", "summary.md", "iat.png", "length.png", "protocols.png",
-                "rate.png", "destinations.png")}
+               ("summary.csv", "summary.md", "summary.html", "iat.png", "length.png",
+                "protocols.png", "rate.png", "destinations.png")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Figure, "savefig", recording_savefig)
         compare_traces(traces=list(sources), labels=LABELS,
                        summary_paths=[root / f"{t}.summary.json" for t in sources],
                        distribution_paths=[root / f"{t}.dist.parquet" for t in sources],
                        table_path=outputs["summary.csv"], markdown_path=outputs["summary.md"],
+                       html_path=outputs["summary.html"], rate_bin_s=1.0,
                        iat_cdf_path=outputs["iat.png"], length_cdf_path=outputs["length.png"],
                        protocols_path=outputs["protocols.png"], rate_path=outputs["rate.png"],
                        destinations_path=outputs["destinations.png"])
@@ -124,6 +126,13 @@ def test_markdown_shows_labels_and_protocols_as_text(compared):
     delimiters = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
     assert len(delimiters) == 1, "a pipe from the data split a table cell"
     assert markdown_cell(LABELS["attack"]) in markdown
+
+
+def test_html_shows_labels_and_protocols_as_text(compared):
+    page = compared["outputs"]["summary.html"].read_text()
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert html.escape(LABELS["attack"]) in page
 
 
 def test_csv_neutralizes_formulas_in_text_columns(compared):

@@ -125,7 +125,8 @@ def compare(tmp_path, traces: dict[str, list[dict]], labels: dict[str, str]) -> 
     outputs = {"features_csv": out / "features.csv", "features_md": out / "features.md",
                "separability_png": out / "separability.png", "fanout_png": out / "fanout.png",
                "conn_states_png": out / "conn_states.png",
-               "scan_report_md": out / "scan_report.md"}
+               "scan_report_md": out / "scan_report.md", "features_html": out / "features.html",
+               "scan_report_html": out / "scan_report.html"}
     compare_security(traces=list(traces), labels=labels,
                      **{f"{kind}_paths": [p[kind] for p in paths]
                         for kind in ("windows", "hosts", "flows", "http")}, **outputs)
@@ -142,12 +143,15 @@ def hostile_comparison(tmp_path):
 def test_strings_from_traces_and_config_show_as_text(hostile_comparison):
     report = hostile_comparison["scan_report_md"].read_text()
     features = hostile_comparison["features_md"].read_text()
-    for text in (report, features):
+    for text in (report, features, hostile_comparison["scan_report_html"].read_text(),
+                 hostile_comparison["features_html"].read_text()):
         assert "<script" not in text and "<b>" not in text and "<img" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
     assert "&lt;img src=x onerror=alert(1)&gt;" in report
     assert "/x\\|y" in report
     assert "&lt;b&gt;scan&lt;/b&gt;\\|" in features
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile_comparison["scan_report_html"] \
+        .read_text()
     for row in report.splitlines():
         if row.startswith("| &lt;script"):
             assert row.count(" | ") == 4  # five cells: no pipe from the trace split a cell

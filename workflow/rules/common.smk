@@ -1,5 +1,6 @@
 # Helpers and input functions shared by every stage.
 import math
+import mimetypes
 import re
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from tracelab.ingest.validate_trace import READERS
 
 
 validate(config, schema="../tracelab/schemas/config.schema.yaml")
+
+# `snakemake --report` types each result by its extension: Parquet would be offered as text.
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
 REPO_ROOT = Path(workflow.basedir)
 SCRIPTS_DIR = REPO_ROOT / "workflow" / "scripts"
@@ -41,9 +45,12 @@ def trace_labels():
 def final_outputs():
     return [
         *expand(rules.trace_features.output.summary, trace=TRACES.index),
+        *expand(rules.trace_statistics.output.html, trace=TRACES.index),
         rules.compare_traces.output.table,
         rules.security_compare.output.features_csv,
         rules.security_compare.output.scan_report,
+        rules.security_compare.output.scan_report_html,
+        rules.compare_traces.output.html,
     ]
 
 

@@ -17,6 +17,13 @@ rule compare_traces:
             subcategory="Tables",
             labels={"table": "trace summary", "format": "Markdown"},
         ),
+        html=report(
+            "results/compare/summary.html",
+            caption="../report/compare_summary.rst",
+            category="Comparison",
+            subcategory="Tables",
+            labels={"table": "trace summary", "format": "HTML (shown here)"},
+        ),
         iat_cdf=report(
             "results/compare/iat_cdf.png",
             caption="../report/compare_iat_cdf.rst",
@@ -56,6 +63,7 @@ rule compare_traces:
         code=rule_code("compare_traces"),
         traces=list(TRACES.index),
         labels=trace_labels(),
+        rate_bin_s=config["features"]["rate_bin_s"],
     threads: 1
     resources:
         mem_mb=memory_mb(768, 8),

@@ -31,3 +31,37 @@ rule trace_features:
         "../envs/tracelab.yaml"
     script:
         "../scripts/trace_features.py"
+
+
+rule trace_statistics:
+    input:
+        packets=rules.normalize_trace.output.packets,
+        summary=rules.trace_features.output.summary,
+        validation=rules.validate_trace.output.report,
+    output:
+        endpoints="results/features/{trace}/endpoints.parquet",
+        conversations="results/features/{trace}/conversations.parquet",
+        hierarchy="results/features/{trace}/protocol_hierarchy.parquet",
+        html=report(
+            "results/features/{trace}/statistics.html",
+            caption="../report/trace_statistics.rst",
+            category="Per trace",
+            subcategory="Summaries and statistics",
+            labels={"trace": "{trace}"},
+        ),
+    params:
+        code=rule_code("trace_statistics"),
+    threads: 1
+    resources:
+        # Grows with distinct endpoints and conversations, not packets: 296 MB peak at 400k
+        # packets (68k endpoints, 67k conversations), 491 MB at 2M (279k, 321k; 61 MB input).
+        mem_mb=memory_mb(384, 8),
+        runtime=runtime_minutes(10, 1),
+    log:
+        "results/logs/features/{trace}.statistics.log",
+    benchmark:
+        "results/benchmarks/features/{trace}.statistics.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    script:
+        "../scripts/trace_statistics.py"

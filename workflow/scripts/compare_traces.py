@@ -10,9 +10,11 @@ run_stage(
     distribution_paths=list(snakemake.input.distributions),
     table_path=snakemake.output.table,
     markdown_path=snakemake.output.markdown,
+    html_path=snakemake.output.html,
     iat_cdf_path=snakemake.output.iat_cdf,
     length_cdf_path=snakemake.output.length_cdf,
     protocols_path=snakemake.output.protocols,
     rate_path=snakemake.output.rate,
     destinations_path=snakemake.output.destinations,
+    rate_bin_s=snakemake.params.rate_bin_s,
 )

@@ -1,5 +1,5 @@
-from tracelab.core.runner import run_stage
 from tracelab.compare.security_compare import compare_security
+from tracelab.core.runner import run_stage
 
 run_stage(
     snakemake,
@@ -12,8 +12,10 @@ run_stage(
     http_paths=list(snakemake.input.http),
     features_csv=snakemake.output.features_csv,
     features_md=snakemake.output.features_md,
+    features_html=snakemake.output.features_html,
     separability_png=snakemake.output.separability,
     fanout_png=snakemake.output.fanout,
     conn_states_png=snakemake.output.conn_states,
     scan_report_md=snakemake.output.scan_report,
+    scan_report_html=snakemake.output.scan_report_html,
 )

@@ -1,5 +1,5 @@
-from tracelab.security.security_connections import write_connections
 from tracelab.core.runner import run_stage
+from tracelab.security.security_connections import write_connections
 
 run_stage(
     snakemake,

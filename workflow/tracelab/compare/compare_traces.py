@@ -1,25 +1,39 @@
-"""Stage 4, comparison: every trace's summary side by side, and the notebook's figures made comparable."""
+"""Stage 4, comparison: every trace's summary side by side, and the notebook's figures made
+comparable (one style per trace throughout: tracelab.compare.figures)."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from tracelab.core.atomic import atomic_path, write_text  # noqa: E402
-from tracelab.core.safe_text import figure_text, markdown_table, spreadsheet_safe  # noqa: E402
+from tracelab.compare.figures import (
+    TraceStyle,
+    empty_note,
+    grouped_bars,
+    legend_outside,
+    new_figure,
+    save,
+    set_theme,
+    trace_styles,
+)
+from tracelab.core.atomic import atomic_path, write_text
+from tracelab.core.html_report import html_table, paragraph, write_html
+from tracelab.core.safe_text import markdown_table, spreadsheet_safe
 
 log = logging.getLogger(__name__)
 
-# Fixed for reproducible PNG bytes: no timestamps or software versions in the files.
-PNG_METADATA = {"Software": None}
+# Rate panels: the distributions' kind, its unit, and what the panel shows.
+RATE_PANELS = [("pps", "", "packets per second"), ("bps", "bit/s", "bits per second")]
+# Bins drawn per rate panel at most: a longer series is shown in merged bins (about one a
+# pixel); the full series stays in distributions.parquet.
+MOST_DRAWN_BINS = 500
+# Protocols drawn at most, the most frequent in any trace; the rest are summed as one group.
+MOST_PROTOCOLS = 12
 
 
 def summary_table(summaries: list[dict], labels: dict[str, str]) -> pd.DataFrame:
@@ -41,17 +55,14 @@ def summary_table(summaries: list[dict], labels: dict[str, str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _long_distributions(paths: list[str], traces: list[str], labels: dict[str, str]) -> pd.DataFrame:
-    frames = []
-    for trace, path in zip(traces, paths):
-        frame = pq.read_table(path).to_pandas()
-        frame["trace"] = trace
-        frame["label"] = labels.get(trace, trace)
-        frames.append(frame)
-    data = pd.concat(frames, ignore_index=True)
-    legend = {trace: figure_text(f"{trace} ({labels.get(trace, trace)})") for trace in traces}
-    data["trace (label)"] = data["trace"].map(legend)
-    return data
+def _long_distributions(paths: list[str], traces: list[str]) -> pd.DataFrame:
+    frames = [pq.read_table(path).to_pandas().assign(trace=trace)
+              for trace, path in zip(traces, paths)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _series(data: pd.DataFrame, kind: str, trace: str) -> pd.DataFrame:
+    return data[(data["kind"] == kind) & (data["trace"] == trace)]
 
 
 def _thinned_steps(data: pd.DataFrame, kind: str, most: int = 2000) -> pd.DataFrame:
@@ -66,59 +77,131 @@ def _thinned_steps(data: pd.DataFrame, kind: str, most: int = 2000) -> pd.DataFr
     return data[keep]
 
 
-def _save(fig, path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=PNG_METADATA)
-    plt.close(fig)
+def drawn_bins(start_s: np.ndarray, rate: np.ndarray, bin_s: float,
+               most: int = MOST_DRAWN_BINS) -> tuple[np.ndarray, np.ndarray, float]:
+    """(bin edges, rate per bin, bin width) of a rate series with at most `most` bins: k
+    adjacent bins merged into one whose rate is their mean (the rate over the merged bin; the
+    last one covers only the bins that exist)."""
+    merge = max(1, -(-rate.size // most))
+    if merge > 1:
+        padded = np.append(rate, np.full(-rate.size % merge, np.nan)).reshape(-1, merge)
+        rate = np.nanmean(padded, axis=1)
+    width = bin_s * merge
+    start = start_s[0] if start_s.size else 0.0
+    edges = start + np.arange(rate.size + 1) * width
+    if start_s.size:
+        edges[-1] = min(edges[-1], start_s[-1] + bin_s)
+    return edges, rate, width
 
 
-def _line_figure(data, kind, path, *, title, xlabel, ylabel, log_x=False, step=False,
-                 symlog_y=False):
-    subset = data[data["kind"] == kind]
-    if log_x:
-        subset = subset[subset["x"] > 0]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sns.lineplot(data=subset, x="x", y="y", hue="trace (label)", style="label", ax=ax,
-                 drawstyle="steps-post" if step else "default", errorbar=None, estimator=None,
-                 sort=True)
+def bin_width(series: pd.DataFrame, default_s: float) -> float:
+    """The series' bin width: the spacing of its bin starts (the features stage may choose
+    it per trace), or the configured width when there is one bin."""
+    starts = np.sort(series["x"].to_numpy())
+    return float(np.median(np.diff(starts))) if starts.size > 1 else default_s
+
+
+def _panel_title(ax, style: TraceStyle, text: str) -> None:
+    ax.set_title(f"{style.legend}: {text}", loc="left", fontsize=9, color=style.color)
+
+
+def ecdf_figure(data: pd.DataFrame, kind: str, styles: dict[str, TraceStyle], path, *,
+                title: str, xlabel: str, ylabel: str, log_x: bool = False) -> None:
+    """One ECDF per trace on one axes, drawn in sheet order (a later trace on top)."""
+    fig, axes = new_figure(9, 5)
+    ax = axes[0, 0]
+    for trace, style in styles.items():
+        series = _series(data, kind, trace)
+        if log_x:
+            series = series[series["x"] > 0]
+        ax.step(series["x"], series["y"], where="post", **style.line)
     if log_x:
         ax.set_xscale("log")
-    if symlog_y:
-        # Rates span orders of magnitude between traces; linear below 1 keeps empty seconds.
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_ylim(bottom=0)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02))
     ax.grid(True, which="both", alpha=0.3)
-    _relabel_legend(ax)
-    _save(fig, path)
+    legend_outside(fig, [style.handle(marker=False) for style in styles.values()],
+                   "trace (label)")
+    save(fig, path)
 
 
-def _relabel_legend(ax) -> None:
-    legend = ax.get_legend()
-    if legend is not None:
-        for text in legend.get_texts():
-            text.set_text(figure_text(text.get_text()))
-
-
-def protocol_figure(data: pd.DataFrame, path) -> None:
-    counts = data[data["kind"] == "protocol_count"].copy()
-    counts["share"] = counts["y"] / counts.groupby("trace")["y"].transform("sum")
-    counts["protocol"] = counts["key"].map(figure_text)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    sns.barplot(data=counts, x="trace (label)", y="share", hue="protocol", ax=ax)
+def protocol_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path) -> None:
+    """Share of each trace's packets per protocol: a group per protocol, a bar per trace."""
+    counts = data[data["kind"] == "protocol_count"]
+    shares = counts.pivot_table(index="key", columns="trace", values="y", aggfunc="sum")
+    shares = shares / shares.sum()
+    shares = shares.loc[shares.max(axis=1).sort_values(ascending=False, kind="stable").index]
+    if len(shares) > MOST_PROTOCOLS:
+        rest = shares.iloc[MOST_PROTOCOLS - 1:]
+        shares = pd.concat([shares.iloc[:MOST_PROTOCOLS - 1], rest.sum(min_count=1).to_frame(
+            f"{len(rest)} others").T])
+    fig, axes = new_figure(max(7.0, 1.1 * len(shares) + 3), 5)
+    ax = axes[0, 0]
+    grouped_bars(ax, shares, styles)
     ax.set_title("Protocol share per trace (Wireshark's Protocol column)")
-    ax.set_xlabel("trace (label)")
+    ax.set_xlabel("protocol")
     # Log scale: the rare protocols (a few ICMPv6, TLS handshakes) are the informative ones.
     ax.set_yscale("log")
-    ax.set_ylabel("share of packets (log scale)")
-    _save(fig, path)
+    ax.set_ylabel("share of the trace's packets (log scale)")
+    legend_outside(fig, [style.patch() for style in styles.values()], "trace (label)")
+    save(fig, path)
+
+
+def rate_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path,
+                rate_bin_s: float) -> None:
+    """Small multiples: a row per trace, packets and bits per second side by side, each on
+    its own time and rate scale (traces of very different length or volume stay readable)."""
+    fig, axes = new_figure(11, 1.9 * len(styles) + 0.9, len(styles), len(RATE_PANELS))
+    for row, (trace, style) in zip(axes, styles.items()):
+        for ax, (kind, unit, what) in zip(row, RATE_PANELS):
+            series = _series(data, kind, trace).sort_values("x")
+            if series.empty:
+                empty_note(ax, "no packets")
+                continue
+            edges, rate, width = drawn_bins(series["x"].to_numpy(), series["y"].to_numpy(),
+                                            bin_width(series, rate_bin_s))
+            ax.stairs(rate, edges, fill=True, color=style.color, alpha=0.3)
+            ax.stairs(rate, edges, color=style.color, linewidth=1.2)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_formatter(EngFormatter(unit=unit, sep=" " if unit else ""))
+            _panel_title(ax, style, f"{what} (bins of {width:g} s)")
+    for ax in axes[-1]:
+        ax.set_xlabel("time since the trace's first packet (s)")
+    fig.suptitle("Packet and bit rate over each capture (each panel on its own scales)")
+    save(fig, path)
+
+
+def destinations_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path) -> None:
+    """Small multiples: distinct destinations so far, a row per trace on its own scales."""
+    steps = _thinned_steps(data, "destinations")
+    fig, axes = new_figure(9, 1.7 * len(styles) + 0.9, len(styles), 1)
+    for (ax,), (trace, style) in zip(axes, styles.items()):
+        series = _series(steps, "destinations", trace)
+        if series.empty:
+            empty_note(ax, "no packets")
+            continue
+        ax.step(series["x"], series["y"], where="post", color=style.color, linewidth=1.6)
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        _panel_title(ax, style, f"{int(series['y'].iloc[-1]):,} distinct destinations")
+    axes[-1, 0].set_xlabel("time since the trace's first packet (s)")
+    fig.supylabel("distinct destination addresses so far", fontsize=10)
+    fig.suptitle("Distinct destinations seen over each capture (each panel on its own scales)")
+    save(fig, path)
+
+
+def summary_html(table: pd.DataFrame) -> str:
+    """The trace summary turned sideways: a row per quantity, a column per trace."""
+    sideways = table.set_index("trace").T.rename_axis("quantity").reset_index()
+    return (paragraph("One column per trace, the quantities of each trace's summary.json "
+                      "(units: bytes, seconds, packets or bits per second; iat_ms in "
+                      "milliseconds).", note=True) + html_table(sideways))
 
 
 def compare_traces(*, traces: list[str], labels: dict[str, str], summary_paths: list[str],
-                   distribution_paths: list[str], table_path, markdown_path, iat_cdf_path,
-                   length_cdf_path, protocols_path, rate_path, destinations_path) -> pd.DataFrame:
+                   distribution_paths: list[str], table_path, markdown_path, html_path,
+                   iat_cdf_path, length_cdf_path, protocols_path, rate_path, destinations_path,
+                   rate_bin_s: float) -> pd.DataFrame:
     summaries = []
     for path in summary_paths:
         with open(path, encoding="utf-8") as handle:
@@ -127,22 +210,19 @@ def compare_traces(*, traces: list[str], labels: dict[str, str], summary_paths: 
     with atomic_path(table_path) as tmp:
         spreadsheet_safe(table).to_csv(tmp, index=False)
     write_text(markdown_path, "# Trace comparison\n\n" + markdown_table(table))
+    write_html(html_path, "Trace comparison", summary_html(table))
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    data = _long_distributions(distribution_paths, traces, labels)
-    _line_figure(data, "iat_ecdf", iat_cdf_path, log_x=True,
-                 title="Inter-arrival time, CDF per trace (zero gaps omitted on the log axis)",
-                 xlabel="inter-arrival time (ms, log scale)", ylabel="cumulative share of gaps")
-    _line_figure(data, "length_ecdf", length_cdf_path,
-                 title="Frame length, CDF per trace", xlabel="frame length (bytes)",
-                 ylabel="cumulative share of packets")
-    protocol_figure(data, protocols_path)
-    _line_figure(data, "pps", rate_path, title="Packet rate over the capture", symlog_y=True,
-                 xlabel="time since the trace's first packet (s)",
-                 ylabel="packets per second (symmetric log scale)")
-    _line_figure(_thinned_steps(data, "destinations"), "destinations", destinations_path,
-                 step=True, title="Distinct destinations seen so far",
-                 xlabel="time since the trace's first packet (s)",
-                 ylabel="distinct destination addresses")
+    set_theme()
+    styles = trace_styles(traces, labels)
+    data = _long_distributions(distribution_paths, traces)
+    ecdf_figure(data, "iat_ecdf", styles, iat_cdf_path, log_x=True,
+                title="Inter-arrival time, CDF per trace (zero gaps omitted on the log axis)",
+                xlabel="inter-arrival time (ms, log scale)", ylabel="cumulative share of gaps")
+    ecdf_figure(data, "length_ecdf", styles, length_cdf_path,
+                title="Frame length, CDF per trace", xlabel="frame length (bytes)",
+                ylabel="cumulative share of packets")
+    protocol_figure(data, styles, protocols_path)
+    rate_figure(data, styles, rate_path, rate_bin_s)
+    destinations_figure(data, styles, destinations_path)
     log.info("compared %d traces", len(traces))
     return table

@@ -20,25 +20,38 @@ import itertools
 import json
 import logging
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import seaborn as sns  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from tracelab.core.atomic import atomic_path, write_text  # noqa: E402
-from tracelab.security.security_connections import ZEEK_CONN_STATES  # noqa: E402
-from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe  # noqa: E402
+from tracelab.compare.figures import (
+    TraceStyle,
+    empty_note,
+    grouped_bars,
+    legend_outside,
+    new_figure,
+    save,
+    set_theme,
+    trace_styles,
+)
+from tracelab.core.atomic import atomic_path, write_text
+from tracelab.core.html_report import markdown_html, write_html
+from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe
+from tracelab.security.security_connections import ZEEK_CONN_STATES
 
 log = logging.getLogger(__name__)
 
-PNG_METADATA = {"Software": None}
 ROBUSTNESS_COLOURS = {"behavioural": "#1b9e77", "artefact": "#d95f02"}
 VERDICT_ORDER = ["address/port scan and TRW", "TRW only", "address/port scan only", "not flagged"]
+VERDICT_MARKERS = dict(zip(VERDICT_ORDER, ["X", "^", "s", "o"]))
+# Source names written beside flagged points, per panel at most, and the least distance
+# between two of them (points): more would print over each other on a large scan.
+MOST_LABELS = 6
+LABEL_SPACING_PT = 14
 
 
 def two_sample(a: np.ndarray, b: np.ndarray) -> dict:
@@ -179,35 +192,31 @@ def _features_markdown(table: pd.DataFrame, by_trace: pd.DataFrame, by_label: pd
     return "\n".join(lines)
 
 
-def _save(fig, path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=PNG_METADATA)
-    plt.close(fig)
-
-
 def separability_figure(table: pd.DataFrame, path) -> None:
     """KS D and AUC separation of every feature, for the first comparison, coloured by class."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * max(len(table["feature"].unique()), 4)
-                                            + 1.5), sharey=True)
+    fig, axes = new_figure(12, 0.32 * max(len(table["feature"].unique()), 4) + 1.5, 1, 2,
+                           sharey=True)
     if table.empty:
         fig.suptitle("No comparison: fewer than two traces")
-        _save(fig, path)
+        save(fig, path)
         return
     kind, a, b = table.iloc[0][["comparison", "group_a", "group_b"]]
     first = table[(table["comparison"] == kind) & (table["group_a"] == a)
                   & (table["group_b"] == b)].copy()
     first["feature "] = first["feature"].map(figure_text)
-    for ax, column, label in ((axes[0], "ks_statistic", "Kolmogorov-Smirnov D (0-1)"),
-                              (axes[1], "separation", "ROC AUC, max(AUC, 1 - AUC) (0.5-1)")):
+    for ax, column, label in ((axes[0, 0], "ks_statistic", "Kolmogorov-Smirnov D (0-1)"),
+                              (axes[0, 1], "separation", "ROC AUC, max(AUC, 1 - AUC) (0.5-1)")):
         sns.barplot(data=first, y="feature ", x=column, hue="robustness",
-                    palette=ROBUSTNESS_COLOURS, dodge=False, ax=ax, legend=ax is axes[0])
+                    palette=ROBUSTNESS_COLOURS, dodge=False, ax=ax, legend=False)
         ax.set_xlabel(label)
-        ax.set_ylabel("window feature" if ax is axes[0] else "")
-    axes[1].set_xlim(0.5, 1.0)
-    axes[0].set_xlim(0.0, 1.0)
+        ax.set_ylabel("window feature" if ax is axes[0, 0] else "")
+    axes[0, 1].set_xlim(0.5, 1.0)
+    axes[0, 0].set_xlim(0.0, 1.0)
+    legend_outside(fig, [Patch(facecolor=colour, label=name)
+                         for name, colour in ROBUSTNESS_COLOURS.items()], "robustness")
     fig.suptitle(figure_text(f"How well each window feature separates {kind} {a} from {b} "
-                             f"(sorted by KS D; colour: robustness class)"))
-    _save(fig, path)
+                             f"(sorted by KS D)"))
+    save(fig, path)
 
 
 def _verdict(flagged_by: str) -> str:
@@ -218,47 +227,83 @@ def _verdict(flagged_by: str) -> str:
         VERDICT_ORDER[2] if scan else VERDICT_ORDER[3]
 
 
-def fanout_figure(hosts: pd.DataFrame, path) -> None:
-    """Distinct destinations against failed-attempt ratio, one point a source."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    data = hosts.assign(verdict=hosts["flagged_by"].map(_verdict),
-                        trace_label=[figure_text(f"{t} ({lab})") for t, lab in
-                                     zip(hosts["trace"], hosts["label"])])
-    if data.empty:
-        ax.text(0.5, 0.5, "No source opened a TCP or UDP connection", ha="center",
-                transform=ax.transAxes)
-    else:
-        sns.scatterplot(data=data, x="distinct_dst_hosts", y="failed_ratio", hue="verdict",
-                        hue_order=[v for v in VERDICT_ORDER if v in set(data["verdict"])],
-                        style="trace_label", s=90, ax=ax)
-        for row in data[data["verdict"] != VERDICT_ORDER[3]].itertuples():
-            ax.annotate(figure_text(row.source), (row.distinct_dst_hosts, row.failed_ratio),
-                        textcoords="offset points", xytext=(6, 6), fontsize=8)
-        ax.legend(fontsize=8, loc="center right")
-    ax.set_xscale("log")
-    ax.set_xlim(0.7, np.nanmax(data["distinct_dst_hosts"].to_numpy(np.float64), initial=1.0) * 3)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("distinct destination hosts contacted (count, log scale)")
-    ax.set_ylabel("failed connection attempts (share of attempts)")
-    ax.set_title("Fan-out and failures per source, coloured by scan verdict")
-    _save(fig, path)
+def _readable_labels(ax, points: pd.DataFrame) -> pd.DataFrame:
+    """The flagged points worth a label: largest fan-out first, at most MOST_LABELS, none
+    closer than LABEL_SPACING_PT to one already labelled."""
+    flagged = points[points["verdict"] != VERDICT_ORDER[-1]].sort_values(
+        "distinct_dst_hosts", ascending=False, kind="stable")
+    at = ax.transData.transform(flagged[["distinct_dst_hosts", "failed_ratio"]].to_numpy(
+        np.float64)) * 72 / ax.figure.dpi
+    kept: list[int] = []
+    for index, position in enumerate(at):
+        if len(kept) == MOST_LABELS:
+            break
+        if all(np.hypot(*(position - at[k])) >= LABEL_SPACING_PT for k in kept):
+            kept.append(index)
+    return flagged.iloc[kept]
 
 
-def conn_states_figure(states: pd.DataFrame, path) -> None:
-    """Share of each conn_state among a trace's connections."""
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    order = [s for s in ZEEK_CONN_STATES if s in set(states["conn_state"])]
+def _fanout_panel(ax, points: pd.DataFrame, style: TraceStyle) -> None:
+    for verdict, part in points.groupby("verdict", sort=False):
+        ax.scatter(part["distinct_dst_hosts"], part["failed_ratio"], s=55, alpha=0.75,
+                   marker=VERDICT_MARKERS[verdict], color=style.color, edgecolors="black",
+                   linewidths=0.4)
+    for row in _readable_labels(ax, points).itertuples():
+        ax.annotate(figure_text(row.source), (row.distinct_dst_hosts, row.failed_ratio),
+                    textcoords="offset points", xytext=(5, -11), fontsize=8)
+
+
+def fanout_figure(hosts: pd.DataFrame, styles: dict[str, TraceStyle], path) -> None:
+    """Distinct destinations against failed-attempt ratio, one point a source, a panel a trace
+    (same scales), marker by scan verdict."""
+    columns = min(len(styles), 3)
+    rows = -(-len(styles) // columns)
+    # The same limits in every panel, each with its own tick labels (a panel may have none
+    # below it).
+    fig, axes = new_figure(4.2 * columns + 1.8, 3.6 * rows + 0.6, rows, columns)
+    data = hosts.assign(verdict=hosts["flagged_by"].map(_verdict))
+    right = np.nanmax(data["distinct_dst_hosts"].to_numpy(np.float64), initial=1.0) * 3
+    for ax, (trace, style) in zip(axes.flat, styles.items()):
+        ax.set_xscale("log")
+        ax.set_xlim(0.7, right)
+        ax.set_ylim(-0.05, 1.1)
+        points = data[data["trace"] == trace]
+        sources = f"{len(points):,} source" + ("s" if len(points) != 1 else "")
+        flagged = int((points["verdict"] != VERDICT_ORDER[-1]).sum())
+        ax.set_title(f"{style.legend}: {sources}, {flagged:,} flagged", loc="left", fontsize=9,
+                     color=style.color)
+        if points.empty:
+            empty_note(ax, "no source opened a TCP or UDP connection")
+        else:
+            _fanout_panel(ax, points, style)
+    for ax in axes.flat[len(styles):]:
+        ax.set_visible(False)
+    legend_outside(fig, [Line2D([], [], linestyle="", marker=VERDICT_MARKERS[verdict],
+                                color="dimgray", markersize=7, label=verdict)
+                         for verdict in VERDICT_ORDER], "scan verdict")
+    fig.supxlabel("distinct destination hosts contacted (count, log scale)", fontsize=10)
+    fig.supylabel("failed connection attempts (share of attempts)", fontsize=10)
+    fig.suptitle("Fan-out and failures per source")
+    save(fig, path)
+
+
+def conn_states_figure(states: pd.DataFrame, styles: dict[str, TraceStyle], path) -> None:
+    """Share of each conn_state among a trace's connections: a group per state, a bar per
+    trace in its colour and sheet order."""
+    fig, axes = new_figure(10, 4.5)
+    ax = axes[0, 0]
     if states.empty:
-        ax.text(0.5, 0.5, "No TCP or UDP connection in any trace", ha="center",
-                transform=ax.transAxes)
+        empty_note(ax, "No TCP or UDP connection in any trace")
     else:
-        sns.barplot(data=states, x="conn_state", y="share", hue="trace_label", order=order,
-                    ax=ax)
-        ax.legend(title="trace (label)", fontsize=8)
+        shares = states.pivot_table(index="conn_state", columns="trace", values="share",
+                                    aggfunc="sum")
+        shares = shares.loc[[s for s in ZEEK_CONN_STATES if s in shares.index]]
+        grouped_bars(ax, shares, styles)
     ax.set_xlabel("Zeek conn_state")
     ax.set_ylabel("share of the trace's connections")
     ax.set_title("Connection states per trace (S0: no reply; REJ: rejected; SF: normal)")
-    _save(fig, path)
+    legend_outside(fig, [style.patch() for style in styles.values()], "trace (label)")
+    save(fig, path)
 
 
 def _evidence(host) -> list[str]:
@@ -345,34 +390,41 @@ def _feature_specs(paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame(list(specs.values()))
 
 
+def _without_title(markdown: str) -> str:
+    """A Markdown text without its `# title` line (the HTML page sets its own title)."""
+    first, _, rest = markdown.partition("\n")
+    return rest if first.startswith("# ") else markdown
+
+
 def compare_security(*, traces: list[str], labels: dict[str, str], windows_paths: list[str],
                      hosts_paths: list[str], flows_paths: list[str], http_paths: list[str],
-                     features_csv, features_md, separability_png, fanout_png, conn_states_png,
-                     scan_report_md) -> dict:
+                     features_csv, features_md, features_html, separability_png, fanout_png,
+                     conn_states_png, scan_report_md, scan_report_html) -> dict:
     """Stage: results/compare/ security outputs from every trace's features."""
-    sns.set_theme(style="whitegrid", context="notebook")
+    set_theme()
+    styles = trace_styles(traces, labels)
     features = _feature_specs(windows_paths)
     windows = _read_all(windows_paths, traces, labels)
     table = separability_table(windows, features)
     with atomic_path(features_csv) as tmp:
         spreadsheet_safe(table).to_csv(tmp, index=False)
-    write_text(features_md, _features_markdown(
+    features_text = _features_markdown(
         table, distribution_table(windows, features, "trace"),
         distribution_table(windows, features, "label") if windows["label"].nunique() >= 2
-        else pd.DataFrame(), labels))
+        else pd.DataFrame(), labels)
+    write_text(features_md, features_text)
+    write_html(features_html, "Window features", markdown_html(_without_title(features_text)))
     separability_figure(table, separability_png)
 
     hosts = _read_all(hosts_paths, traces, labels)
-    fanout_figure(hosts, fanout_png)
+    fanout_figure(hosts, styles, fanout_png)
     states = _read_all(flows_paths, traces, labels, columns=["conn_state"])
     states["conn_state"] = states["conn_state"].astype("string")
     shares = states.groupby(["trace", "label", "conn_state"]).size().rename("connections") \
         .reset_index()
     shares["share"] = shares["connections"] / shares.groupby("trace")["connections"].transform(
         "sum")
-    shares["trace_label"] = [figure_text(f"{t} ({lab})") for t, lab in
-                             zip(shares["trace"], shares["label"])]
-    conn_states_figure(shares, conn_states_png)
+    conn_states_figure(shares, styles, conn_states_png)
 
     http = _read_all(http_paths, traces, labels,
                      columns=["frame", "src", "uri", "jndi", "jndi_obfuscated", "jndi_scheme",
@@ -381,7 +433,9 @@ def compare_security(*, traces: list[str], labels: dict[str, str], windows_paths
                         http["jndi_port"].astype("Int64").astype("string").fillna("?"))
     settings = json.loads(pq.read_schema(hosts_paths[0]).metadata[b"tracelab.scan_settings"]) \
         if hosts_paths else {}
-    write_text(scan_report_md, scan_report(hosts, http, settings, traces, labels))
+    report_text = scan_report(hosts, http, settings, traces, labels)
+    write_text(scan_report_md, report_text)
+    write_html(scan_report_html, "Scan report", markdown_html(_without_title(report_text)))
     flagged = hosts[hosts["flagged_by"] != ""]
     log.info("compared %d traces, %d window features; flagged sources: %s", len(traces),
              len(features), list(zip(flagged["trace"], flagged["source"], flagged["flagged_by"])))

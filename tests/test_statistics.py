@@ -1,0 +1,295 @@
+"""Wireshark's Statistics menus as tables (tracelab.features.trace_statistics).
+
+Checked against tshark on the bundled browsing capture and on a synthetic capture with UDP,
+ICMP, ARP and ICMPv6 (endpoints and conversations exactly; the protocol hierarchy up to the
+transport layer), and against pandas on a packet table that is read in many small batches, so
+that the running totals are merged many times.
+"""
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tracelab.core.packets import PACKETS
+from tracelab.features import trace_statistics as statistics
+from tracelab.features.trace_statistics import file_statistics, layer_path, trace_statistics
+from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.ingest.validate_trace import validate_trace
+from tracelab.synth.capture import write_capture
+
+REPO = Path(__file__).resolve().parents[1]
+TSHARK = shutil.which("tshark")
+needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed (apt: tshark)")
+
+
+def tshark(capture: Path, *args: str) -> str:
+    return subprocess.run([TSHARK, "-r", str(capture), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def sections(output: str) -> dict[str, list[str]]:
+    """tshark -z tables by title ('IPv4 Endpoints', 'TCP Conversations', ...): their rows."""
+    found, title = {}, None
+    for line in output.splitlines():
+        if line.startswith("="):
+            title = None
+        elif title is None and line.strip() and not line.startswith(("Filter", " ", "|")):
+            title = line.strip()
+            found[title] = []
+        elif title and line.strip() and not line.startswith(("Filter", " ", "|")):
+            found[title].append(line)
+    return found
+
+
+@pytest.fixture(scope="module", params=["web_browsing.pcapng", "synthetic.pcap"])
+def capture(request, tmp_path_factory):
+    """(capture file, its endpoints, conversations, protocol hierarchy as pandas): the bundled
+    browsing capture, and a synthetic mix with UDP (DNS), ICMP, ARP and ICMPv6."""
+    out = tmp_path_factory.mktemp("capture")
+    if request.param == "synthetic.pcap":
+        source, source_format = out / request.param, "pcap"
+        write_capture(source, 3000, seed=5, flows_per_second=200.0)
+    else:
+        source, source_format = REPO / "data" / request.param, "pcapng"
+    validate_trace(trace="c", source=source, source_format=source_format,
+                   staged_path=out / "staged.arrow", report_path=out / "report.json",
+                   invalid_path=out / "invalid.csv")
+    normalize_trace(trace="c", staged_path=out / "staged.arrow", source=source,
+                    source_format=source_format, packets_path=out / "packets.parquet")
+    tables = file_statistics(out / "packets.parquet", "c")
+    return (source, *(table.to_pandas() for table in tables))
+
+
+@needs_tshark
+def test_endpoints_equal_tsharks(capture):
+    source, endpoints = capture[0], capture[1]
+    tables = sections(tshark(source, "-q", "-z", "endpoints,ip", "-z", "endpoints,ipv6",
+                             "-z", "endpoints,tcp", "-z", "endpoints,udp"))
+    counted = ["packets", "bytes", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes"]
+    for kind in ("IPv4", "IPv6", "TCP", "UDP"):
+        port = kind in ("TCP", "UDP")
+        expected = {}
+        for line in tables.get(f"{kind} Endpoints", []):
+            fields = line.split()
+            key = (fields[0], int(fields[1])) if port else fields[0]
+            expected[key] = [int(v) for v in fields[2 if port else 1:]]
+        ours = endpoints[endpoints["type"] == kind]
+        got = {((a, int(p)) if port else a): [int(row[c]) for c in counted]
+               for a, p, (_, row) in zip(ours["address"], ours["port"], ours.iterrows())}
+        assert got == expected, kind
+    assert len(endpoints) > 4  # something was compared
+
+
+@needs_tshark
+def test_conversations_equal_tsharks(capture):
+    source, conversations = capture[0], capture[2]
+    tables = sections(tshark(source, "-q", "-z", "conv,ip", "-z", "conv,ipv6", "-z", "conv,tcp",
+                             "-z", "conv,udp"))
+    # tshark prints large byte counts rounded (kB); exact bytes come from its per-frame fields.
+    frames = pd.read_csv(io.StringIO(tshark(
+        source, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f", "-E", "header=y",
+        "-e", "frame.len", "-e", "ip.src", "-e", "ip.dst", "-e", "ipv6.src", "-e", "ipv6.dst",
+        "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport", "-e", "udp.dstport")),
+        sep="\t", dtype=str)
+    frames["src"] = frames["ip.src"].fillna(frames["ipv6.src"])
+    frames["dst"] = frames["ip.dst"].fillna(frames["ipv6.dst"])
+    for transport in ("tcp", "udp"):
+        frames[f"src_{transport}"] = frames["src"] + ":" + frames[f"{transport}.srcport"]
+        frames[f"dst_{transport}"] = frames["dst"] + ":" + frames[f"{transport}.dstport"]
+    frames["len"] = frames["frame.len"].astype(int)
+    for kind, columns in (("IPv4", ("src", "dst")), ("IPv6", ("src", "dst")),
+                          ("TCP", ("src_tcp", "dst_tcp")), ("UDP", ("src_udp", "dst_udp"))):
+        directed = frames.groupby(list(columns))["len"].agg(["size", "sum"])
+        ours = conversations[conversations["type"] == kind]
+        port = kind in ("TCP", "UDP")
+        mine = {(f"{r.address_a}:{int(r.port_a)}" if port else r.address_a,
+                 f"{r.address_b}:{int(r.port_b)}" if port else r.address_b): r
+                for r in ours.itertuples()}
+        rows = tables.get(f"{kind} Conversations", [])
+        assert len(mine) == len(rows), kind
+        for line in rows:
+            fields = line.split()
+            a, b, rest = fields[0], fields[2], fields[3:]
+            row = mine[(a, b)]  # the same A: the sender of the first frame
+            assert (row.packets_b_to_a, row.packets_a_to_b, row.packets) == (
+                int(rest[0]), int(rest[3]), int(rest[6]))
+            assert row.rel_start_s == pytest.approx(float(rest[9]), abs=1e-6)
+            assert row.duration_s == pytest.approx(float(rest[10]), abs=1e-4)
+            a_to_b = directed.loc[(a, b)] if (a, b) in directed.index else (0, 0)
+            b_to_a = directed.loc[(b, a)] if (b, a) in directed.index else (0, 0)
+            assert (row.packets_a_to_b, row.bytes_a_to_b) == tuple(a_to_b)
+            assert (row.packets_b_to_a, row.bytes_b_to_a) == tuple(b_to_a)
+    assert len(conversations) > 2
+
+
+@needs_tshark
+def test_protocol_hierarchy_equals_tsharks_up_to_the_transport(capture):
+    source, hierarchy = capture[0], capture[3].set_index("path")
+    expected, stack = {}, []
+    for line in tshark(source, "-q", "-z", "io,phs").splitlines():
+        match = re.match(r"^( *)(\S+)\s+frames:(\d+) bytes:(\d+)$", line)
+        if match:
+            depth = len(match.group(1)) // 2
+            stack[depth:] = [match.group(2)]
+            expected[":".join(["frame", *stack[1:]])] = (int(match.group(3)),
+                                                        int(match.group(4)))
+    # eth (every frame here) is our root, `frame`; Wireshark's layers above the transport
+    # count reassembled segments (see the module docstring), so they are not compared.
+    compared = {path: counts for path, counts in expected.items()
+                if path.count(":") <= 2 and not path.endswith("_ws.short")}
+    ours = {path: tuple(row) for path, row in
+            hierarchy.loc[hierarchy["depth"] <= 2, ["frames", "bytes"]].iterrows()}
+    assert ours == compared
+    assert {"frame:ip:tcp", "frame:ipv6:icmpv6"} <= ours.keys()
+
+
+def test_layer_paths():
+    assert layer_path("IPv4", "tcp", "HTTP") == "frame:ip:tcp:http"
+    assert layer_path("IPv4", None, "HTTP") == "frame:ip:tcp:http"  # an export's HTTP row
+    assert layer_path("IPv4", "tcp", "TLSv1.3") == "frame:ip:tcp:tls"
+    assert layer_path("IPv4", "tcp", "TCP") == "frame:ip:tcp"
+    assert layer_path("IPv4", "udp", "DNS") == "frame:ip:udp:dns"
+    assert layer_path("IPv4", None, "ICMP") == "frame:ip:icmp"
+    assert layer_path("IPv6", None, "ICMPv6") == "frame:ipv6:icmpv6"
+    assert layer_path("Ethernet", None, "ARP") == "frame:arp"
+    assert layer_path("name", "tcp", "HTTP") == "frame:ip:tcp:http"
+
+
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "192.168.1.7", "2001:db8::1", "fe80::2",
+             "aa:bb:cc:dd:ee:01", "host.example.net", "<script>alert(1)</script>"]
+
+
+def packet_table(rows: int, seed: int = 3) -> pd.DataFrame:
+    """Random packets of every kind the statistics tell apart: TCP (flags and ports), UDP
+    (ports only), an export's HTTP row (no ports), ICMP, ARP between MAC addresses, names."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(["TCP", "UDP", "HTTP", "ICMP"], rows, p=[0.55, 0.2, 0.15, 0.1])
+    src = rng.choice(ADDRESSES[:5] + ADDRESSES[6:], rows)
+    dst = rng.choice(ADDRESSES[:5] + ADDRESSES[6:], rows)
+    ported = np.isin(kind, ["TCP", "UDP"])
+    frame = pd.DataFrame({
+        "frame": np.arange(1, rows + 1),
+        "ts": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(rows), "ms"),
+        "src": src, "dst": dst, "protocol": kind,
+        "length": rng.integers(60, 1500, rows),
+        "src_port": pd.array(np.where(ported, rng.choice([80, 443, 5000, 5001], rows), 0),
+                             "Int32"),
+        "dst_port": pd.array(np.where(ported, rng.choice([80, 443, 5000, 5001], rows), 0),
+                             "Int32"),
+        "tcp_flags": pd.array(np.where(kind == "TCP", 0x10, 0), "Int16"),
+    })
+    frame.loc[~ported, ["src_port", "dst_port"]] = pd.NA
+    frame.loc[kind != "TCP", "tcp_flags"] = pd.NA
+    arp = rng.random(rows) < 0.05
+    frame.loc[arp, ["src", "dst", "protocol"]] = ["aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02", "ARP"]
+    frame.loc[arp, ["src_port", "dst_port", "tcp_flags"]] = pd.NA
+    frame["t_rel_s"] = (frame["ts"] - frame["ts"].min()).dt.total_seconds()
+    return frame
+
+
+def write_packets(frame: pd.DataFrame, path: Path, row_group_rows: int) -> Path:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for field in PACKETS.schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(frame), field.type))
+    pq.write_table(PACKETS.conform(table), path, row_group_size=row_group_rows)
+    return path
+
+
+def expected_conversations(frame: pd.DataFrame, ports: bool) -> pd.DataFrame:
+    """pandas on the whole table: per unordered pair (and transport), A the first frame's
+    sender."""
+    if ports:
+        frame = frame.dropna(subset=["src_port", "dst_port"])
+        frame = frame.assign(src=frame["src"] + ":" + frame["src_port"].astype(str),
+                             dst=frame["dst"] + ":" + frame["dst_port"].astype(str))
+    transport = np.where(frame["tcp_flags"].notna(), "TCP", "UDP") if ports else ""
+    pair = [tuple(sorted(p)) for p in zip(frame["src"], frame["dst"])]
+    frame = frame.assign(pair=pair, transport=transport)
+    rows = {}
+    for (_, kind), part in frame.groupby(["pair", "transport"], sort=False):
+        a = part["src"].iloc[0]
+        b = part["dst"].iloc[0]
+        forward = part["src"] == a
+        rows[(kind, a, b)] = (int(forward.sum()), int(part.loc[forward, "length"].sum()),
+                        int((~forward).sum()), int(part.loc[~forward, "length"].sum()),
+                        part["t_rel_s"].min(), part["t_rel_s"].max() - part["t_rel_s"].min())
+    return rows
+
+
+def test_streamed_in_small_batches_equals_pandas_on_the_whole_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(statistics, "BATCH_ROWS", 37)
+    monkeypatch.setattr(statistics, "MERGE_ROWS", 50)
+    frame = packet_table(2000)
+    endpoints, conversations, hierarchy = (t.to_pandas() for t in file_statistics(
+        write_packets(frame, tmp_path / "p.parquet", row_group_rows=300), "t"))
+
+    sent = frame.groupby("src")["length"].agg(["size", "sum"])
+    received = frame.groupby("dst")["length"].agg(["size", "sum"])
+    addresses = endpoints[~endpoints["type"].isin(["TCP", "UDP"])].set_index("address")
+    assert set(addresses.index) == set(frame["src"]) | set(frame["dst"])
+    for address, row in addresses.iterrows():
+        tx = sent.loc[address] if address in sent.index else (0, 0)
+        rx = received.loc[address] if address in received.index else (0, 0)
+        assert (row.tx_packets, row.tx_bytes, row.rx_packets, row.rx_bytes) == (*tx, *rx)
+    assert addresses.loc["10.0.0.1", "type"] == "IPv4"
+    assert addresses.loc["2001:db8::1", "type"] == "IPv6"
+    assert addresses.loc["aa:bb:cc:dd:ee:02", "type"] == "Ethernet"
+    assert addresses.loc["host.example.net", "type"] == "name"
+
+    for ports in (False, True):
+        mine = conversations[conversations["type"].isin(["TCP", "UDP"]) == ports]
+        got = {}
+        for r in mine.itertuples():
+            a = f"{r.address_a}:{int(r.port_a)}" if ports else r.address_a
+            b = f"{r.address_b}:{int(r.port_b)}" if ports else r.address_b
+            got[(r.type if ports else "", a, b)] = (
+                r.packets_a_to_b, r.bytes_a_to_b, r.packets_b_to_a, r.bytes_b_to_a,
+                r.rel_start_s, r.duration_s)
+        assert got == expected_conversations(frame, ports)
+
+    assert hierarchy.set_index("path").loc["frame", "frames"] == len(frame)
+    assert hierarchy.set_index("path").loc["frame:arp", "frames"] == (frame["protocol"] ==
+                                                                      "ARP").sum()
+    assert hierarchy["frames_share"].max() == 1.0
+
+
+def test_statistics_page_shows_text_of_the_trace_as_text(tmp_path):
+    frame = packet_table(300)
+    frame.loc[0, "src"] = ADDRESSES[-1]
+    packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=100)
+    (tmp_path / "summary.json").write_text(json.dumps({"trace": "t", "packets": 300}))
+    (tmp_path / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
+    trace_statistics(trace="t", packets_path=packets, summary_path=tmp_path / "summary.json",
+                     validation_path=tmp_path / "validation.json",
+                     endpoints_path=tmp_path / "e.parquet",
+                     conversations_path=tmp_path / "c.parquet",
+                     hierarchy_path=tmp_path / "h.parquet", html_path=tmp_path / "s.html")
+    page = (tmp_path / "s.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for path in ("e.parquet", "c.parquet", "h.parquet"):
+        assert set(pq.read_table(tmp_path / path).column("trace").to_pylist()) == {"t"}
+
+
+def test_ports_show_as_written_on_the_page(tmp_path):
+    frame = packet_table(50)
+    frame["src_port"] = frame["src_port"].where(frame["src_port"].isna(), 55514)
+    packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=50)
+    (tmp_path / "summary.json").write_text(json.dumps({"trace": "t", "packets": 50}))
+    (tmp_path / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
+    trace_statistics(trace="t", packets_path=packets, summary_path=tmp_path / "summary.json",
+                     validation_path=tmp_path / "validation.json",
+                     endpoints_path=tmp_path / "e.parquet",
+                     conversations_path=tmp_path / "c.parquet",
+                     hierarchy_path=tmp_path / "h.parquet", html_path=tmp_path / "s.html")
+    page = (tmp_path / "s.html").read_text()
+    assert "<td>55514</td>" in page and "55,514" not in page

@@ -1,0 +1,464 @@
+"""Wireshark's Statistics menus as tables, per trace: Endpoints, Conversations, Protocol Hierarchy.
+
+The packet table is read one row group at a time in batches; each batch is grouped with
+pyarrow and merged into running totals, so memory holds one row per distinct endpoint,
+conversation and protocol path, never one per packet. Wireshark's meanings:
+
+- Bytes are frame lengths on the wire (`length`), as in every Wireshark statistic.
+- Endpoints (Statistics › Endpoints): every address, with the frames it sent (tx) and received
+  (rx); a TCP or UDP endpoint is an address and a port. `type` is the address family: IPv4,
+  IPv6, Ethernet (a MAC address: the packet table has one only for non-IP frames) or `name`
+  (an export shows addresses resolved to names); TCP or UDP for the port endpoints.
+- Conversations (Statistics › Conversations): frames between two addresses (IPv4, IPv6, ...)
+  or two address:port endpoints (TCP, UDP), both directions. A is the sender of the
+  conversation's first frame in file order. `rel_start_s` is that frame's time since the
+  trace's first packet; `duration_s` the span to its last frame.
+- Protocol hierarchy (Statistics › Protocol Hierarchy): frames and bytes per layer path such as
+  `frame:ip:tcp:http`; a frame counts at its own path and every prefix of it. An
+  approximation, from the packet table's columns rather than a dissector: the network layer
+  comes from the source address (IPv4 `ip`, IPv6 `ipv6`, a MAC address none, a resolved name
+  `ip`); the transport is `tcp` where the row has TCP flags, `udp` where it has ports but no
+  flags, else implied by the protocol (HTTP, TLS: tcp; DNS, QUIC...: udp); the last layer is
+  the Protocol column (TLSv1.2 and other TLS/SSL versions as `tls`). The root is `frame`,
+  whatever the link layer. Up to the transport, the counts equal Wireshark's; above it
+  Wireshark counts every segment of a reassembled message and shows `data` and `_ws.short`,
+  while the Protocol column names the segment where a message starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tracelab.core.html_report import heading, html_table, paragraph, write_html
+from tracelab.core.tables import DICT_STRING, Column, Table
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port", "tcp_flags"]
+BATCH_ROWS = 1 << 16
+# Grouped rows that wait before they are merged into the running totals.
+MERGE_ROWS = 1 << 18
+# Rows of each endpoint and conversation type shown in the HTML page (largest by bytes).
+SHOWN_ROWS = 25
+
+IPV4 = r"^\d{1,3}(?:\.\d{1,3}){3}$"
+MAC = r"^[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}$"
+ADDRESS_TYPES = ["IPv4", "IPv6", "Ethernet", "name"]
+ENDPOINT_TYPES = [*ADDRESS_TYPES, "TCP", "UDP"]
+TRANSPORTS = ["tcp", "udp"]
+NO_PORT = -1
+NETWORK_LAYER = {"IPv4": "ip", "IPv6": "ipv6", "Ethernet": None, "name": "ip"}
+# Transport implied by the protocol when a row has neither TCP flags nor ports (an export's
+# HTTP and TLS rows show no ports in Info).
+IMPLIED_TRANSPORT = {"http": "tcp", "tls": "tcp", "dns": "udp", "mdns": "udp", "llmnr": "udp",
+                     "nbns": "udp", "ssdp": "udp", "quic": "udp", "dhcp": "udp", "ntp": "udp",
+                     "snmp": "udp"}
+
+COUNTS = [
+    Column("packets", pa.int64(), "Frames, both directions.", unit="frames"),
+    Column("bytes", pa.int64(), "Frame bytes, both directions.", unit="bytes"),
+]
+TRACE = Column("trace", DICT_STRING, "Trace name from the sheet.")
+
+ENDPOINTS = Table("endpoints", "results/features/{trace}/endpoints.parquet", (
+    "One row an endpoint, as Wireshark's Statistics › Endpoints: an address, or an address "
+    "and a TCP/UDP port."), [
+    TRACE,
+    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet (MAC address of a non-IP frame), name "
+           "(an address the export shows resolved), TCP or UDP (address and port)."),
+    Column("address", pa.string(), "The address (or name)."),
+    Column("port", pa.int32(), "The port, for TCP and UDP endpoints.", nullable=True),
+    *COUNTS,
+    Column("tx_packets", pa.int64(), "Frames it sent.", unit="frames"),
+    Column("tx_bytes", pa.int64(), "Frame bytes it sent.", unit="bytes"),
+    Column("rx_packets", pa.int64(), "Frames it received.", unit="frames"),
+    Column("rx_bytes", pa.int64(), "Frame bytes it received.", unit="bytes"),
+])
+
+CONVERSATIONS = Table("conversations", "results/features/{trace}/conversations.parquet", (
+    "One row a conversation, as Wireshark's Statistics › Conversations: two addresses, or two "
+    "address:port endpoints of TCP or UDP; A sent the first frame."), [
+    TRACE,
+    Column("type", DICT_STRING, "IPv4, IPv6, Ethernet or name (an address's type; where an "
+           "export pairs a name with an address, that of the one coded first), TCP or UDP."),
+    Column("address_a", pa.string(), "Address of A, the sender of the first frame."),
+    Column("port_a", pa.int32(), "A's port (TCP, UDP).", nullable=True),
+    Column("address_b", pa.string(), "Address of B."),
+    Column("port_b", pa.int32(), "B's port (TCP, UDP).", nullable=True),
+    *COUNTS,
+    Column("packets_a_to_b", pa.int64(), "Frames from A to B.", unit="frames"),
+    Column("bytes_a_to_b", pa.int64(), "Frame bytes from A to B.", unit="bytes"),
+    Column("packets_b_to_a", pa.int64(), "Frames from B to A.", unit="frames"),
+    Column("bytes_b_to_a", pa.int64(), "Frame bytes from B to A.", unit="bytes"),
+    Column("rel_start_s", pa.float64(), "First frame, since the trace's first packet.",
+           unit="s"),
+    Column("duration_s", pa.float64(), "From the first frame to the last.", unit="s"),
+])
+
+PROTOCOL_HIERARCHY = Table(
+    "protocol_hierarchy", "results/features/{trace}/protocol_hierarchy.parquet", (
+        "One row a protocol layer path, as Wireshark's Statistics › Protocol Hierarchy; a "
+        "frame counts at its path and every prefix (approximated from the Protocol, port and "
+        "flag columns: see tracelab.features.trace_statistics)."), [
+        TRACE,
+        Column("path", pa.string(), "Layers from the root, e.g. `frame:ip:tcp:http`."),
+        Column("protocol", pa.string(), "The path's last layer."),
+        Column("depth", pa.int32(), "Layers below the root (frame: 0)."),
+        Column("frames", pa.int64(), "Frames at this path or under it.", unit="frames"),
+        Column("bytes", pa.int64(), "Their frame bytes.", unit="bytes"),
+        Column("frames_share", pa.float64(), "Share of the trace's frames (0-1)."),
+        Column("bytes_share", pa.float64(), "Share of the trace's bytes (0-1)."),
+    ])
+
+
+@dataclass
+class Rollup:
+    """Running totals of grouped rows: each batch's groups wait in a list and are merged
+    into one table once they outnumber MERGE_ROWS and the merged table (so each row is merged
+    a bounded number of times on average, however many distinct keys). `how` maps a column to
+    its aggregate (sum, min, max, or first: the earliest batch's value, as batches come in file
+    order)."""
+
+    keys: list[str]
+    how: dict[str, str]
+    parts: list[pa.Table] = field(default_factory=list)
+    waiting: int = 0
+    merged: int = 0
+
+    def add(self, rows: pa.Table) -> None:
+        self.parts.append(self._grouped(rows))
+        self.waiting += self.parts[-1].num_rows
+        if self.waiting > max(MERGE_ROWS, self.merged):
+            self.parts = [self.result()]
+            self.waiting, self.merged = 0, self.parts[0].num_rows
+
+    def _grouped(self, rows: pa.Table) -> pa.Table:
+        # use_threads=False keeps the rows' order, so "first" is the first in file order.
+        grouped = rows.group_by(self.keys, use_threads=False).aggregate(list(self.how.items()))
+        return grouped.select([f"{c}_{h}" for c, h in self.how.items()] + self.keys) \
+            .rename_columns([*self.how, *self.keys])
+
+    def result(self) -> pa.Table | None:
+        return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
+
+
+def _address_types(addresses: pa.Array) -> np.ndarray:
+    """The code in ADDRESS_TYPES of each address text."""
+    is_ipv4 = pc.match_substring_regex(addresses, IPV4)
+    is_mac = pc.match_substring_regex(addresses, MAC)
+    is_ipv6 = pc.and_(pc.match_substring(addresses, ":"), pc.invert(is_mac))
+    return np.select([is_ipv4.to_numpy(zero_copy_only=False),
+                      is_mac.to_numpy(zero_copy_only=False),
+                      is_ipv6.to_numpy(zero_copy_only=False)],
+                     [ADDRESS_TYPES.index(name) for name in ("IPv4", "Ethernet", "IPv6")],
+                     ADDRESS_TYPES.index("name")).astype(np.int8)
+
+
+@dataclass
+class Codebook:
+    """One integer code per distinct text (addresses, protocols), so that batches are grouped
+    by integers; each batch's dictionary is looked up once, its rows by index. `kinds` holds
+    each address's type code."""
+
+    codes: dict[str, int] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    kinds: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+
+    def encode(self, column: pa.Array) -> np.ndarray:
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        names = column.dictionary.to_pylist()
+        new = [name for name in dict.fromkeys(names) if name not in self.codes]
+        if new:
+            self.codes.update(zip(new, range(len(self.names), len(self.names) + len(new))))
+            self.names += new
+            self.kinds = np.append(self.kinds, _address_types(pa.array(new, pa.string())))
+        mapping = np.fromiter(map(self.codes.__getitem__, names), np.int64, count=len(names))
+        return mapping[column.indices.to_numpy(zero_copy_only=False)]
+
+    def decode(self, codes) -> np.ndarray:
+        return np.asarray(self.names, dtype=object)[np.asarray(codes, np.int64)]
+
+
+def _ports(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A port column with NO_PORT for null."""
+    return batch.column(name).fill_null(NO_PORT).to_numpy().astype(np.int32)
+
+
+@dataclass
+class TraceStatistics:
+    """The running totals of one trace's endpoints, conversations and protocol paths, keyed
+    by integer codes: addresses and protocols (Codebook), types (ENDPOINT_TYPES), transports
+    (TRANSPORTS, -1 for none) and ports (NO_PORT for none)."""
+
+    addresses: Codebook = field(default_factory=Codebook)
+    protocols: Codebook = field(default_factory=Codebook)
+    endpoints: Rollup = field(default_factory=lambda: Rollup(
+        ["type", "address", "port"], {n: "sum" for n in ("tx_packets", "tx_bytes",
+                                                           "rx_packets", "rx_bytes")}))
+    conversations: Rollup = field(default_factory=lambda: Rollup(
+        ["type", "low", "low_port", "high", "high_port"],
+        {"forward_packets": "sum", "forward_bytes": "sum", "reverse_packets": "sum",
+         "reverse_bytes": "sum", "first_forward": "first", "start": "min", "end": "max"}))
+    layers: Rollup = field(default_factory=lambda: Rollup(
+        ["type", "transport", "protocol"], {"frames": "sum", "bytes": "sum"}))
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        src = self.addresses.encode(batch.column("src"))
+        dst = self.addresses.encode(batch.column("dst"))
+        src_type, dst_type = self.addresses.kinds[src], self.addresses.kinds[dst]
+        length = batch.column("length").to_numpy().astype(np.int64)
+        t_rel_s = batch.column("t_rel_s").to_numpy()
+        src_port, dst_port = _ports(batch, "src_port"), _ports(batch, "dst_port")
+        ported = (src_port != NO_PORT) & (dst_port != NO_PORT)
+        # tcp where the row has TCP flags, udp where it has ports but no flags, else none.
+        tcp = batch.column("tcp_flags").is_valid().to_numpy(zero_copy_only=False)
+        transport = np.where(tcp, TRANSPORTS.index("tcp"),
+                             np.where(ported, TRANSPORTS.index("udp"), -1)).astype(np.int8)
+        self.layers.add(pa.table({
+            "type": src_type, "transport": transport,
+            "protocol": self.protocols.encode(batch.column("protocol")),
+            "frames": np.ones(len(length), np.int64), "bytes": length}))
+        # TCP or UDP endpoints where the row has both ports; -1: not one.
+        port_type = np.where(ported & (transport >= 0),
+                             ENDPOINT_TYPES.index("TCP") + transport, -1).astype(np.int8)
+        no_port = np.full(len(length), NO_PORT, np.int32)
+        for sender, receiver in (((src, src_type, no_port), (dst, dst_type, no_port)),
+                                 ((src, port_type, src_port), (dst, port_type, dst_port))):
+            self._add_endpoint(sender, length, sent=True)
+            self._add_endpoint(receiver, length, sent=False)
+            self._add_conversation(sender, receiver, t_rel_s, length)
+
+    def _add_endpoint(self, end, length: np.ndarray, sent: bool) -> None:
+        address, types, port = end
+        keep = types >= 0
+        length = length[keep]
+        zero, one = np.zeros(len(length), np.int64), np.ones(len(length), np.int64)
+        self.endpoints.add(pa.table({
+            "type": types[keep], "address": address[keep], "port": port[keep],
+            "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
+            "rx_packets": zero if sent else one, "rx_bytes": zero if sent else length}))
+
+    def _add_conversation(self, sender, receiver, t_rel_s: np.ndarray,
+                          length: np.ndarray) -> None:
+        """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
+        direction; the conversation's type is the low address's (one type a pair, even where
+        an export pairs a name with an address)."""
+        (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
+        forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
+        types = np.where(forward, src_type, dst_type)
+        keep = types >= 0
+        forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
+        src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
+        zero = np.zeros(len(length), np.int64)
+        self.conversations.add(pa.table({
+            "type": types[keep],
+            "low": np.where(forward, src, dst), "low_port": np.where(forward, src_port, dst_port),
+            "high": np.where(forward, dst, src), "high_port": np.where(forward, dst_port, src_port),
+            "forward_packets": forward.astype(np.int64),
+            "forward_bytes": np.where(forward, length, zero),
+            "reverse_packets": (~forward).astype(np.int64),
+            "reverse_bytes": np.where(forward, zero, length),
+            "first_forward": forward, "start": t_rel_s, "end": t_rel_s}))
+
+    def tables(self, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+        return (self._endpoint_table(trace), self._conversation_table(trace),
+                self._hierarchy_table(trace))
+
+    def _named(self, frame: pd.DataFrame, addresses: list[str], ports: list[str]) -> None:
+        """Codes back to names, in place: types, addresses; NO_PORT as null."""
+        frame["type"] = np.asarray(ENDPOINT_TYPES, dtype=object)[frame["type"]]
+        for column in addresses:
+            frame[column] = self.addresses.decode(frame[column])
+        for column in ports:
+            frame[column] = frame[column].astype("Int32").mask(frame[column] == NO_PORT)
+
+    def _endpoint_table(self, trace: str) -> pa.Table:
+        totals = self.endpoints.result()
+        if totals is None:
+            return ENDPOINTS.schema.empty_table()
+        frame = totals.to_pandas()
+        self._named(frame, ["address"], ["port"])
+        frame["packets"] = frame["tx_packets"] + frame["rx_packets"]
+        frame["bytes"] = frame["tx_bytes"] + frame["rx_bytes"]
+        frame = frame.sort_values(["type", "bytes", "address", "port"],
+                                  ascending=[True, False, True, True], kind="stable")
+        return _with_trace(frame, trace, ENDPOINTS)
+
+    def _conversation_table(self, trace: str) -> pa.Table:
+        totals = self.conversations.result()
+        if totals is None:
+            return CONVERSATIONS.schema.empty_table()
+        frame = totals.to_pandas()
+        self._named(frame, ["low", "high"], ["low_port", "high_port"])
+        low_first = frame["first_forward"].to_numpy(bool)
+        # (A's column, B's column) from (the low side's, the high side's).
+        sides = {("address_a", "address_b"): ("low", "high"),
+                 ("port_a", "port_b"): ("low_port", "high_port"),
+                 ("packets_a_to_b", "packets_b_to_a"): ("forward_packets", "reverse_packets"),
+                 ("bytes_a_to_b", "bytes_b_to_a"): ("forward_bytes", "reverse_bytes")}
+        for (a, b), (low, high) in sides.items():
+            frame[a] = frame[low].where(low_first, frame[high])
+            frame[b] = frame[high].where(low_first, frame[low])
+        frame["packets"] = frame["packets_a_to_b"] + frame["packets_b_to_a"]
+        frame["bytes"] = frame["bytes_a_to_b"] + frame["bytes_b_to_a"]
+        frame["rel_start_s"] = frame["start"]
+        frame["duration_s"] = frame["end"] - frame["start"]
+        frame = frame.sort_values(["type", "rel_start_s", "address_a", "address_b"],
+                                  kind="stable")
+        return _with_trace(frame, trace, CONVERSATIONS)
+
+    def _hierarchy_table(self, trace: str) -> pa.Table:
+        totals = self.layers.result()
+        if totals is None:
+            return PROTOCOL_HIERARCHY.schema.empty_table()
+        frame = totals.to_pandas()
+        frame["path"] = [layer_path(ADDRESS_TYPES[kind], TRANSPORTS[way] if way >= 0 else None,
+                                    self.protocols.names[protocol])
+                         for kind, way, protocol in zip(frame["type"], frame["transport"],
+                                                        frame["protocol"])]
+        return _with_trace(_prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
+
+
+def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
+    return table.conform(frame.assign(trace=trace))
+
+
+def layer_path(address_type: str, transport: str | None, protocol: str) -> str:
+    """The approximate protocol layer path of a frame (see the module docstring)."""
+    name = protocol.lower()
+    if name.startswith(("tls", "ssl")):
+        name = "tls"
+    transport = transport or IMPLIED_TRANSPORT.get(name)
+    layers = ["frame", NETWORK_LAYER[address_type], transport,
+              None if name in ("tcp", "udp") else name]
+    return ":".join(layer for layer in layers if layer)
+
+
+def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Frames and bytes per path counted at the path and every prefix of it, with shares."""
+    prefixes = frame.assign(path=frame["path"].str.split(":").map(
+        lambda layers: [":".join(layers[:n]) for n in range(1, len(layers) + 1)])).explode("path")
+    nodes = prefixes.groupby("path", sort=True)[["frames", "bytes"]].sum().reset_index()
+    nodes["protocol"] = nodes["path"].str.rsplit(":", n=1).str[-1]
+    nodes["depth"] = nodes["path"].str.count(":")
+    total = nodes.loc[nodes["depth"] == 0, ["frames", "bytes"]].sum()
+    nodes["frames_share"] = nodes["frames"] / total["frames"]
+    nodes["bytes_share"] = nodes["bytes"] / total["bytes"]
+    return nodes
+
+
+def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Endpoints, conversations and protocol hierarchy of a packet file, streamed."""
+    packets = pq.ParquetFile(packets_path)
+    statistics = TraceStatistics()
+    for batch in packets.iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS):
+        if batch.num_rows:
+            statistics.add(batch)
+    return statistics.tables(trace)
+
+
+def _summary_rows(summary: dict) -> pd.DataFrame:
+    rows = []
+    for key, value in summary.items():
+        if key == "trace":
+            continue
+        if isinstance(value, dict) and key == "protocol_counts":
+            rows.append((key, "; ".join(f"{p} {c:,}" for p, c in value.items())))
+        elif isinstance(value, dict):
+            rows += [(f"{key.removesuffix('_quantiles')} {name}", v) for name, v in value.items()]
+        else:
+            rows.append((key, value))
+    return pd.DataFrame(rows, columns=["quantity", "value"])
+
+
+def _validation_html(report: dict) -> str:
+    counts = pd.DataFrame([(key, report.get(key)) for key in (
+        "status", "format", "rows_read", "rows_valid", "rows_invalid", "invalid_fraction",
+        "max_invalid_fraction")], columns=["quantity", "value"])
+    failed = pd.DataFrame([(name, check.get("description", ""), check.get("failures", 0))
+                           for name, check in report.get("checks", {}).items()
+                           if check.get("failures")], columns=["check", "what", "failures"])
+    parts = [html_table(counts)]
+    parts += [paragraph(f"Structural error: {error}") for error in report.get(
+        "structural_errors", [])]
+    parts.append(html_table(failed) if not failed.empty else
+                 paragraph("Every check passed on every row.", note=True))
+    return "".join(parts)
+
+
+def _largest(table: pa.Table, kind: str, columns: list[str]) -> str:
+    """The SHOWN_ROWS rows with the most bytes of each type, and how many there are."""
+    frame = table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+    if frame.empty:
+        return paragraph(f"No {kind}.", note=True)
+    # Ports are names, not quantities: no thousands separator.
+    for port in [column for column in columns if column.startswith("port")]:
+        frame[port] = frame[port].astype("string")
+    parts = []
+    for type_, part in frame.groupby("type", sort=True, observed=True):
+        shown = part.sort_values("bytes", ascending=False, kind="stable").head(SHOWN_ROWS)
+        parts.append(heading(3, f"{type_} {kind}: {len(part):,}"))
+        if len(part) > len(shown):
+            parts.append(paragraph(f"The {len(shown)} with the most bytes; all {len(part):,} "
+                                   f"in {kind}.parquet.", note=True))
+        parts.append(html_table(shown[columns].dropna(axis=1, how="all")))
+    return "".join(parts)
+
+
+def statistics_html(trace: str, summary: dict, validation: dict, endpoints: pa.Table,
+                    conversations: pa.Table, hierarchy: pa.Table) -> str:
+    layers = hierarchy.to_pandas()
+    shown_hierarchy = pd.DataFrame({
+        "layers": layers["path"], "frames": layers["frames"],
+        "% of frames": (100 * layers["frames_share"]).round(2), "bytes": layers["bytes"],
+        "% of bytes": (100 * layers["bytes_share"]).round(2)})
+    return "".join([
+        heading(2, "Summary"), html_table(_summary_rows(summary)),
+        heading(2, "Validation"), _validation_html(validation),
+        heading(2, "Protocol hierarchy"),
+        paragraph("Frames and bytes (frame lengths) per layer path; a frame counts at its "
+                  "path and every shorter one. Derived from the Protocol, port and TCP flag "
+                  "columns: up to the transport layer as Wireshark counts, above it the "
+                  "frames where a message starts.", note=True),
+        html_table(shown_hierarchy),
+        heading(2, "Endpoints"),
+        paragraph("Frames and bytes each address sent (tx) and received (rx); TCP and UDP "
+                  "endpoints are address and port.", note=True),
+        _largest(endpoints, "endpoints", ["address", "port", "packets", "bytes", "tx_packets",
+                                          "tx_bytes", "rx_packets", "rx_bytes"]),
+        heading(2, "Conversations"),
+        paragraph("Frames and bytes between two addresses (or address:port pairs), each "
+                  "direction; A sent the first frame; start in seconds since the trace's "
+                  "first packet.", note=True),
+        _largest(conversations, "conversations",
+                 ["address_a", "port_a", "address_b", "port_b", "packets", "bytes",
+                  "packets_a_to_b", "bytes_a_to_b", "packets_b_to_a", "bytes_b_to_a",
+                  "rel_start_s", "duration_s"]),
+    ])
+
+
+def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,
+                     endpoints_path, conversations_path, hierarchy_path, html_path) -> dict:
+    """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page."""
+    endpoints, conversations, hierarchy = file_statistics(packets_path, trace)
+    ENDPOINTS.write(endpoints, endpoints_path, {"trace": trace})
+    CONVERSATIONS.write(conversations, conversations_path, {"trace": trace})
+    PROTOCOL_HIERARCHY.write(hierarchy, hierarchy_path, {"trace": trace})
+    with open(summary_path, encoding="utf-8") as handle:
+        summary = json.load(handle)
+    with open(validation_path, encoding="utf-8") as handle:
+        validation = json.load(handle)
+    write_html(html_path, f"Trace {trace}", statistics_html(
+        trace, summary, validation, endpoints, conversations, hierarchy))
+    log.info("%s: %d endpoints, %d conversations, %d protocol paths", trace,
+             endpoints.num_rows, conversations.num_rows, hierarchy.num_rows)
+    return {"endpoints": endpoints.num_rows, "conversations": conversations.num_rows}
