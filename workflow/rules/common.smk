@@ -3,14 +3,16 @@ import math
 import re
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from tracelab.core.code_version import code_version, module_file
+from tracelab.core.config import ConfigError, check_config
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
 from tracelab.ingest.validate_trace import READERS
 
 
-validate(config, schema="../tracelab/schemas/config.schema.yaml")
+try:
+    config.update(check_config(config, source=" and ".join(map(str, workflow.configfiles)) or "config"))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 REPO_ROOT = Path(workflow.basedir)
 SCRIPTS_DIR = REPO_ROOT / "workflow" / "scripts"
