@@ -42,7 +42,7 @@ class Workspace:
 
 def source_format_of(path: Path) -> str:
     """The format the file's content shows, else its name's; else wireshark_csv, whose reader
-    then says what is wrong with the file (empty, UTF-16, not text...)."""
+    then says what is wrong with the file (empty, UTF-16, not text, a folder...)."""
     found = content_format(path) if path.is_file() else None
     return found or infer_format(str(path)) or "wireshark_csv"
 
@@ -50,6 +50,8 @@ def source_format_of(path: Path) -> str:
 def _normalized(path, timezone: str, source_format: str | None, work: Workspace) -> dict:
     """Validate and normalize `path` into `work`; return the validation report."""
     path = Path(path)
+    if not path.exists():  # checked here: the capture reader expects an existing file
+        raise TraceInputError(path, "readable", "no such file")
     source_format = source_format or source_format_of(path)
     trace = trace_name_for(path)
     try:

@@ -150,16 +150,16 @@ def command_add(args) -> int:
     row = new_row(args, root, sheet)
     text = sheet_path.read_text(encoding="utf-8")
     text += "" if text.endswith("\n") else "\n"
-    header = text.split("\n", 1)[0].removesuffix("\r").lstrip("\ufeff").split("\t")
-    header = [name.strip() for name in header]
+    header = sheet.attrs["header"]
     kept = {column: row[column] if column in header else "" for column in COLUMNS}
     line = text.count("\n") + 1
     checked = check_sheet(pd.concat([sheet, pd.DataFrame([{**kept, "line": line}])]),
                           f"trace sheet {sheet_path}", root)
+    # Written as checked: with the format, label and time zone the sheet would default to.
+    added = {**checked.loc[row["trace"]].to_dict(), "path": row["path"]}
     with atomic_path(sheet_path) as tmp:
-        tmp.write_text(text + "\t".join(kept[column] for column in header) + "\n",
+        tmp.write_text(text + "\t".join(added[column] for column in header) + "\n",
                        encoding="utf-8")
-    added = checked.loc[row["trace"]]
     print(f"added trace {added['trace']!r} ({added['format']}, label {added['label']!r}) to "
           f"{sheet_path}, line {line}")
     return 0
@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="tracelab", description="Packet traces to validated tables, security features "
         "and comparisons.")
-    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = main.add_subparsers(dest="command", required=True)
 
     inspect_ = commands.add_parser(
         "inspect", help="summarize one trace file (CSV export or capture), without Snakemake",
@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--name", help="trace name (default: from the file name)")
     add.add_argument("--label", help="short class name such as scan or normal "
                                      "(default: the trace name)")
-    add.add_argument("--timezone", default="UTC",
+    add.add_argument("--timezone", default="",
                      help="IANA zone of a CSV export's local clock (default UTC)")
     add.add_argument("--description", default="", help="one line about the trace")
     add.add_argument("--sheet", help="the trace sheet (default: `traces` of config/config.yaml)")

@@ -54,7 +54,7 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.started
-        line = f"{self.what}: {rows:,} rows in {elapsed:.0f} s ({rows / elapsed:,.0f} rows/s)"
+        line = f"{self.what}: {rows:,} rows in {elapsed:.1f} s ({rows / elapsed:,.0f} rows/s)"
         share = self._share(rows, bytes_done)
         if share:
             line += f", {share:.0%} done, about {elapsed * (1 - share) / share:.0f} s left"

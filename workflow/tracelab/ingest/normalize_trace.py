@@ -153,7 +153,7 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
                       trace=trace, source_format=source_format) as writer, \
             ThreadPoolExecutor(max_workers=workers) as pool:
         in_flight: deque = deque()
-        for rows in Progress(f"{trace}: normalized", total_rows=len(ts)).track(
+        for rows in Progress(f"{trace}: normalizing", total_rows=len(ts)).track(
                 _row_groups(staged, row_group_rows)):
             in_flight.append(pool.submit(prepare, rows))
             if len(in_flight) > workers:

@@ -95,7 +95,8 @@ def content_format(path) -> str | None:
 
 def read_sheet(sheet_path) -> pd.DataFrame:
     """The sheet's rows as text (every column present, fields stripped), with their line
-    numbers in `line`; raises TraceSheetError on a file that is not a tab-separated table."""
+    numbers in `line` and the file's columns in `.attrs["header"]`; raises TraceSheetError on a
+    file that is not a tab-separated table."""
     where = f"trace sheet {sheet_path}"
     try:
         text = Path(sheet_path).read_text(encoding="utf-8-sig")
@@ -125,7 +126,9 @@ def read_sheet(sheet_path) -> pd.DataFrame:
                 f"{where}: the sheet is tab-separated; line {number} has {len(fields)} "
                 f"field{'s' if len(fields) != 1 else ''}, the header {len(header)}")
         rows.append({**dict.fromkeys(COLUMNS, ""), **dict(zip(header, fields)), "line": number})
-    return pd.DataFrame(rows, columns=[*COLUMNS, "line"])
+    sheet = pd.DataFrame(rows, columns=[*COLUMNS, "line"])
+    sheet.attrs["header"] = header
+    return sheet
 
 
 def load_trace_sheet(sheet_path, root) -> pd.DataFrame:
@@ -136,7 +139,8 @@ def load_trace_sheet(sheet_path, root) -> pd.DataFrame:
 def check_sheet(sheet: pd.DataFrame, where: str, root) -> pd.DataFrame:
     """Check every row of `sheet` (as read_sheet gives it); return the rows indexed by trace,
     with `path` made absolute and format, label and timezone filled in."""
-    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
+    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
     seen: dict[str, int] = {}
     rows = []
     for row in sheet.to_dict("records"):
@@ -168,7 +172,7 @@ def check_sheet(sheet: pd.DataFrame, where: str, root) -> pd.DataFrame:
             raise TraceSheetError(
                 f"{here}: field 'format': {fmt!r}, but the file holds {CONTENT_NAMES[found]}; "
                 f"set the format to {found}")
-        timezone = row["timezone"] or "UTC"
+        timezone = row["timezone"] or schema["properties"]["timezone"]["default"]
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
