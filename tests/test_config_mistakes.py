@@ -10,9 +10,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow
-from tracelab.core.config import ConfigError, check_config, load_schema, with_defaults
+from tracelab.core.config import ConfigError, check_config, config_schema, with_defaults
 from tracelab.ingest.sheet import SCHEMA_PATH as SHEET_SCHEMA_PATH
 
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -45,36 +44,36 @@ def _gzipped_capture_as_csv(workdir):
 CASES = {
     "misspelt_section": (
         _config_edit("\nvalidation:", "\nvalidaton:"),
-        "config/config.yaml: unknown key(s) 'validaton'; known keys: features, normalize, "
-        "progress_interval_s, security, traces, validation"),
+        ("config/config.yaml: unknown key(s) 'validaton'; known keys: features, normalize, "
+         "progress_interval_s, security, traces, validation")),
     "misspelt_nested_key": (
         _config_edit("theta1: 0.2", "theta_1: 0.2"),
-        "config/config.yaml: unknown key(s) in security.scan.trw 'theta_1'; known keys: "
-        "detection_probability, false_positive_probability, theta0, theta1"),
+        ("config/config.yaml: unknown key(s) in security.scan.trw 'theta_1'; known keys: "
+         "detection_probability, false_positive_probability, theta0, theta1")),
     "theta0_below_theta1": (
         _config_edit("theta0: 0.8", "theta0: 0.1"),
-        "config/config.yaml: security.scan.trw.theta1 (0.2) must be below "
-        "security.scan.trw.theta0 (0.1): a scanner's first contacts must be answered less often"),
+        ("config/config.yaml: security.scan.trw.theta1 (0.2) must be below "
+         "security.scan.trw.theta0 (0.1): a scanner's first contacts must be answered less often")),
     "length_min_above_max": (
         _config_edit("length_min: 14", "length_min: 300000"),
-        "config/config.yaml: validation.length_min (300000) must be at most "
-        "validation.length_max (262144): no frame length could be valid"),
+        ("config/config.yaml: validation.length_min (300000) must be at most "
+         "validation.length_max (262144): no frame length could be valid")),
     "pd_below_pf": (
         _config_edit("detection_probability: 0.99", "detection_probability: 0.005"),
-        "config/config.yaml: security.scan.trw.false_positive_probability (0.01) must be below "
-        "security.scan.trw.detection_probability (0.005)"),
+        ("config/config.yaml: security.scan.trw.false_positive_probability (0.01) must be below "
+         "security.scan.trw.detection_probability (0.005)")),
     "space_separated_row": (
         _sheet_row("extra data/web_browsing.csv.gz wireshark_csv normal UTC"),
-        f"config/traces.tsv: the sheet is tab-separated; line {SHEET_LINES + 1} has 1 field, "
-        f"the header 6"),
+        (f"config/traces.tsv: the sheet is tab-separated; line {SHEET_LINES + 1} has 1 field, "
+         f"the header 6")),
     "pcapng_listed_as_csv": (
         _sheet_row("cap\tdata/log4j_scan.pcapng\twireshark_csv\tscan\tUTC\t"),
-        f"config/traces.tsv, line {SHEET_LINES + 1} (trace 'cap'): field 'format': "
-        f"'wireshark_csv', but the file holds a pcapng capture; set the format to pcapng"),
+        (f"config/traces.tsv, line {SHEET_LINES + 1} (trace 'cap'): field 'format': "
+         f"'wireshark_csv', but the file holds a pcapng capture; set the format to pcapng")),
     "gzipped_pcapng_named_csv": (
         _gzipped_capture_as_csv,
-        f"config/traces.tsv, line {SHEET_LINES + 1} (trace 'cap'): field 'format': "
-        f"'wireshark_csv', but the file holds a pcapng capture"),
+        (f"config/traces.tsv, line {SHEET_LINES + 1} (trace 'cap'): field 'format': "
+         f"'wireshark_csv', but the file holds a pcapng capture")),
 }
 
 
@@ -144,7 +143,7 @@ def _properties(schema: dict, prefix=""):
         yield from _properties(spec, f"{prefix}{key}.")
 
 
-@pytest.mark.parametrize("schema", [load_schema(), yaml.safe_load(SHEET_SCHEMA_PATH.read_text())],
+@pytest.mark.parametrize("schema", [config_schema(), yaml.safe_load(SHEET_SCHEMA_PATH.read_text())],
                          ids=["config", "traces"])
 def test_every_key_has_a_description_and_every_optional_one_a_default(schema):
     assert schema.get("description")
@@ -155,5 +154,5 @@ def test_every_key_has_a_description_and_every_optional_one_a_default(schema):
 
 
 def test_config_yaml_shows_exactly_the_schemas_defaults():
-    assert with_defaults({"traces": CONFIG["traces"]}, load_schema()) == CONFIG
+    assert with_defaults("", {"traces": CONFIG["traces"]}) == CONFIG
 

@@ -7,7 +7,6 @@ import logging
 import re
 
 import pytest
-
 from conftest import run_snakemake
 from tracelab.core import progress
 from tracelab.core.progress import Progress
@@ -52,8 +51,8 @@ def test_time_left_from_the_rows_when_the_total_is_known(lines):
     tracker = Progress("t: normalizing", total_rows=1000, clock=clock, interval_s=2)
     clock.now += 8
     tracker.update(rows=800)
-    assert lines() == ["t: normalizing: 800 rows in 8.0 s (100 rows/s), 80% done, "
-                       "about 2 s left"]
+    assert lines() == [("t: normalizing: 800 rows in 8.0 s (100 rows/s), 80% done, "
+                        "about 2 s left")]
 
 
 def test_track_passes_the_batches_through_and_counts_their_rows(lines):

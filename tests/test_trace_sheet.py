@@ -1,9 +1,13 @@
 import gzip
 
 import pytest
-
-from tracelab.ingest.sheet import (TraceSheetError, content_format, infer_format, load_trace_sheet,
-                                   trace_name_for)
+from tracelab.ingest.sheet import (
+    TraceSheetError,
+    content_format,
+    infer_format,
+    load_trace_sheet,
+    trace_name_for,
+)
 
 HEADER = "trace\tpath\tformat\tlabel\ttimezone\tdescription\n"
 

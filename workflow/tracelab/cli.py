@@ -21,8 +21,15 @@ from tracelab.api import inspect
 from tracelab.core.atomic import atomic_path
 from tracelab.core.config import ConfigError, check_config
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.sheet import (COLUMNS, CONTENT_NAMES, TraceSheetError, check_sheet,
-                                   content_format, read_sheet, trace_name_for)
+from tracelab.ingest.sheet import (
+    COLUMNS,
+    CONTENT_NAMES,
+    TraceSheetError,
+    check_sheet,
+    content_format,
+    read_sheet,
+    trace_name_for,
+)
 
 CONFIG_FILE = Path("config/config.yaml")
 REPORT = "results/report.html"
@@ -80,8 +87,8 @@ def summary_lines(path: str, found: dict) -> list[tuple[str, str]]:
         ("Average packet rate", f"{summary['mean_pps']:,.2f} packets/s"),
         ("Data byte rate", f"{summary['mean_bps'] / 8:,.2f} bytes/s"),
         ("Data bit rate", f"{summary['mean_bps']:,.2f} bits/s"),
-        ("Sources, destinations", f"{summary['unique_sources']}, "
-                                  f"{summary['unique_destinations']} distinct addresses"),
+        ("Distinct sources", _number(summary["unique_sources"])),
+        ("Distinct destinations", _number(summary["unique_destinations"])),
         ("Protocols", ", ".join(f"{name} {_number(count)} ({count / packets:.1%})"
                                 for name, count in protocols.items()) or "none"),
     ]

@@ -43,8 +43,7 @@ class TraceSheetError(ValueError):
 def infer_format(path: str) -> str | None:
     """Format from the file name, looking through a trailing .gz."""
     name = Path(path).name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
+    name = name.removesuffix(".gz")
     return FORMAT_BY_SUFFIX.get(Path(name).suffix)
 
 
