@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -181,6 +183,22 @@ def test_run_passes_options_and_targets_to_snakemake(workflow_copy):
     output = result.stdout + result.stderr
     assert "This was a dry-run" in output and "normalize_trace" in output
     assert "trace_features" not in output
+
+
+def test_jobs_run_the_checkouts_package_whatever_copy_is_installed(workflow_copy, tmp_path):
+    """The code versions hash the checkout's modules, so the jobs must run those, also when
+    another copy comes first on the path (a non-editable `pip install .`, or none at all in a
+    `--sdm conda` environment)."""
+    other = shutil.copytree(REPO / "workflow/tracelab", tmp_path / "installed/tracelab")
+    runner = workflow_copy / "workflow/tracelab/core/runner.py"
+    runner.write_text(runner.read_text().replace('"%s: started"', '"%s: started (checkout)"'))
+    env = {**os.environ, "PYTHONPATH": str(other.parent)}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1",
+                             "results/validation/log4j_scan.json"], cwd=workflow_copy, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workflow_copy / "results/logs/validate/log4j_scan.log").read_text()
+    assert "validate_trace trace=log4j_scan: started (checkout)" in log
 
 
 # --- Python ---------------------------------------------------------------------------------
