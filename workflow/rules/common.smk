@@ -12,8 +12,10 @@ REPO_ROOT = Path(workflow.basedir)
 SCRIPTS_DIR = REPO_ROOT / "workflow" / "scripts"
 PACKAGE_DIR = REPO_ROOT / "workflow" / "tracelab"
 sys.path.insert(0, str(PACKAGE_DIR.parent))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")])
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")])
+    )
 )
 
 from tracelab.core.code_version import code_version, module_file
