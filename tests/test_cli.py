@@ -220,6 +220,13 @@ def test_read_a_bad_file_raises_the_clear_error(tmp_path):
     assert str(error.value).startswith(f"{tmp_path / 'missing.pcap'}: check 'readable' failed")
 
 
+def test_read_with_an_unknown_time_zone_names_it():
+    import tracelab
+    with pytest.raises(TraceInputError, match=r"check 'timezone' failed: unknown IANA time zone "
+                                              r"'Mars/Olympus'"):
+        tracelab.read(CSV, timezone="Mars/Olympus")
+
+
 def test_read_warns_about_rows_left_out(tmp_path):
     import tracelab
     rows = [(n, f"2026-11-28 08:00:00.{n:06d}", "a", "b", "TCP", "0" if n == 7 else "60", "x")

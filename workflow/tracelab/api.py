@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from tracelab.core.errors import TraceInputError
 from tracelab.features.trace_features import trace_features
 from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.ingest.sheet import content_format, infer_format, trace_name_for
+from tracelab.ingest.sheet import content_format, infer_format, is_time_zone, trace_name_for
 from tracelab.ingest.validate_trace import validate_trace
 
 
@@ -52,6 +52,8 @@ def _normalized(path, timezone: str, source_format: str | None, work: Workspace)
     path = Path(path)
     if not path.exists():  # checked here: the capture reader expects an existing file
         raise TraceInputError(path, "readable", "no such file")
+    if not is_time_zone(timezone):
+        raise TraceInputError(path, "timezone", f"unknown IANA time zone {timezone!r}")
     source_format = source_format or source_format_of(path)
     trace = trace_name_for(path)
     try:

@@ -57,6 +57,15 @@ def trace_name_for(path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-") or "trace"
 
 
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone (Europe/Berlin, UTC)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _head(path: Path) -> bytes:
     """The file's first HEAD_BYTES, gunzipped if it starts with the gzip magic (b"" if that
     much cannot be read: the reader then says what is wrong)."""
@@ -172,11 +181,8 @@ def check_sheet(sheet: pd.DataFrame, where: str, root) -> pd.DataFrame:
                 f"{here}: field 'format': {fmt!r}, but the file holds {CONTENT_NAMES[found]}; "
                 f"set the format to {found}")
         timezone = row["timezone"] or schema["properties"]["timezone"]["default"]
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise TraceSheetError(
-                f"{here}: field 'timezone': unknown IANA time zone {timezone!r}") from None
+        if not is_time_zone(timezone):
+            raise TraceSheetError(f"{here}: field 'timezone': unknown IANA time zone {timezone!r}")
         rows.append({**row, "path": str(path), "format": fmt, "timezone": timezone,
                      "label": row["label"] or name, "line": line})
     if not rows:
