@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from conftest import REPO, run_snakemake, write_export
+
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import PACKET_SCHEMA
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 from conftest import REPO, copy_workflow
+
 from tracelab.core.config import ConfigError, check_config, config_schema, with_defaults
 from tracelab.ingest.sheet import SCHEMA_PATH as SHEET_SCHEMA_PATH
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 from conftest import run_snakemake
+
 from tracelab.core import progress
 from tracelab.core.progress import Progress
 

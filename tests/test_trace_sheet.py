@@ -1,6 +1,7 @@
 import gzip
 
 import pytest
+
 from tracelab.ingest.sheet import (
     TraceSheetError,
     content_format,
@@ -63,7 +64,8 @@ def test_bad_rows_named_in_one_line(trace_file, row, message):
 
 def test_duplicate_names_point_to_first_use(trace_file):
     rows = [("a", "a.csv.gz", "", "", "", "")] * 2
-    with pytest.raises(TraceSheetError, match=r"line 3 .*duplicate trace name, first used on line 2"):
+    with pytest.raises(TraceSheetError,
+                       match=r"line 3 .*duplicate trace name, first used on line 2"):
         load_trace_sheet(sheet(trace_file, *rows), trace_file)
 
 
