@@ -1,24 +1,38 @@
 # Helpers and input functions shared by every stage.
 import math
 import mimetypes
+import os
 import re
+import sys
 from pathlib import Path
-
-from snakemake.utils import validate
-
-from tracelab.core.code_version import code_version, module_file
-from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
-from tracelab.ingest.validate_trace import READERS
-
-
-validate(config, schema="../tracelab/schemas/config.schema.yaml")
 
 # `snakemake --report` types each result by its extension: Parquet would be offered as text.
 mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
 
+# The workflow and its jobs import tracelab from this checkout, whatever copy is installed: the
+# rules' code versions hash this checkout's modules, and a `--sdm conda` environment holds only
+# the dependencies (workflow/envs/tracelab.yaml).
 REPO_ROOT = Path(workflow.basedir)
 SCRIPTS_DIR = REPO_ROOT / "workflow" / "scripts"
 PACKAGE_DIR = REPO_ROOT / "workflow" / "tracelab"
+sys.path.insert(0, str(PACKAGE_DIR.parent))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [str(PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")])
+    )
+)
+
+from tracelab.core.code_version import code_version, module_file
+from tracelab.core.config import ConfigError, check_config
+from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
+from tracelab.ingest.validate_trace import READERS
+
+CONFIG_SOURCE = " and ".join(map(str, workflow.configfiles)) or "config"
+try:
+    config.update(check_config(config, source=CONFIG_SOURCE))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
 try:
     TRACES = load_trace_sheet(REPO_ROOT / config["traces"], REPO_ROOT)
 except TraceSheetError as error:

@@ -1,17 +1,21 @@
-"""Configuration defaults, declared once: in the JSON schema of config/config.yaml.
+"""Configuration defaults and checks, declared once: in the JSON schema of config/config.yaml,
+and the cross-field RULES below.
 
 Every key of `tracelab/schemas/config.schema.yaml` has a `description` and, where optional, a
-`default`. Snakemake fills the defaults into `config` when it validates it; code called outside
-Snakemake (tests, the command line, notebooks) takes the same defaults from here, so a settings
+`default`. The workflow (workflow/rules/common.smk) and the command line check a config with
+`check_config`, which fills in the defaults, so a mistake gets the same one line from both; code
+called outside Snakemake (tests, notebooks) takes the same defaults from here, so a settings
 dataclass declares its fields and types but never a default of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 CONFIG_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -59,3 +63,70 @@ def settings(cls, section: str, values: dict | None = None):
         else:
             flat[key] = value
     return cls(**{key: value for key, value in flat.items() if key in names})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ordered:
+    """A cross-field rule: the value at `lower` must be below the one at `upper` (or equal,
+    unless `strict`), because of `why`."""
+    lower: str
+    upper: str
+    strict: bool
+    why: str
+
+    def problem(self, config: dict) -> str | None:
+        low, high = lookup(config, self.lower), lookup(config, self.upper)
+        if low < high or (low == high and not self.strict):
+            return None
+        relation = "below" if self.strict else "at most"
+        return f"{self.lower} ({low}) must be {relation} {self.upper} ({high}): {self.why}"
+
+
+RULES = [
+    Ordered("validation.length_min", "validation.length_max", strict=False,
+            why="no frame length could be valid"),
+    Ordered("security.scan.trw.theta1", "security.scan.trw.theta0", strict=True,
+            why="a scanner's first contacts must be answered less often than a benign "
+                "source's, or the random walk runs backwards"),
+    Ordered("security.scan.trw.false_positive_probability",
+            "security.scan.trw.detection_probability", strict=True,
+            why="the scanner threshold P_D / P_F must be above 1"),
+]
+
+
+def lookup(config: dict, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def _schema_problem(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        section = f"in {where} " if where else ""
+        return (f"unknown key(s) {section}{', '.join(map(repr, unknown))}; "
+                f"known keys: {', '.join(known)}")
+    meaning = error.schema.get("description") if isinstance(error.schema, dict) else None
+    key = f"key {where!r}: " if where else ""
+    return key + error.message + (f" ({meaning})" if meaning and where else "")
+
+
+def check_config(config: dict, source: str = "config") -> dict:
+    """The config with the schema's defaults filled in; raises ConfigError naming `source`, the
+    key and the check that failed (the schema's first, then the cross-field RULES)."""
+    validator = jsonschema.Draft202012Validator(config_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"{source}: {_schema_problem(error)}")
+    filled = with_defaults("", config)
+    for rule in RULES:
+        problem = rule.problem(filled)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+    return filled

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 
+from tracelab.core import progress
 from tracelab.core.errors import TraceInputError
 
 log = logging.getLogger("tracelab")
 
 
 def run_stage(snakemake, stage, **kwargs):
-    """Call `stage(**kwargs)`, logging to the job's log; bad input exits 1 with one clear line."""
+    """Call `stage(**kwargs)`, logging to the job's log; bad input exits 1 with one clear line.
+
+    The log opens with a line naming the job and closes with its wall time, with progress
+    lines in between (every progress_interval_s of the config) while a long stage runs.
+    """
     handler = logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    progress.set_interval(snakemake.config["progress_interval_s"])
+    job = " ".join([snakemake.rule, *(f"{k}={v}" for k, v in snakemake.wildcards.items())])
+    log.info("%s: started", job)
+    started = time.monotonic()
     try:
-        return stage(**kwargs)
+        result = stage(**kwargs)
     except TraceInputError as error:
         log.error("%s", error)
         print(f"tracelab: error: {error}", file=sys.stderr)
@@ -25,3 +35,5 @@ def run_stage(snakemake, stage, **kwargs):
     except Exception:
         log.error("unexpected failure:\n%s", traceback.format_exc())
         raise
+    log.info("%s: finished in %.1f s", job, time.monotonic() - started)
+    return result

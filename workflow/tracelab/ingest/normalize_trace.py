@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from tracelab.core.packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS,
                                    PacketWriter, null_if_empty, open_staged, read_staged,
                                    sha256_of)
+from tracelab.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
                       trace=trace, source_format=source_format) as writer, \
             ThreadPoolExecutor(max_workers=workers) as pool:
         in_flight: deque = deque()
-        for rows in _row_groups(staged, row_group_rows):
+        for rows in Progress(f"{trace}: normalizing", total_rows=len(ts)).track(
+                _row_groups(staged, row_group_rows)):
             in_flight.append(pool.submit(prepare, rows))
             if len(in_flight) > workers:
                 writer.write(in_flight.popleft().result())

@@ -1,0 +1,257 @@
+"""The command line through its real interface (`python -m tracelab` in a subprocess, as the
+installed `tracelab` script runs it), and the one-call Python functions."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import warnings
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import REPO, run_snakemake, write_export
+
+from tracelab.core.errors import TraceInputError
+from tracelab.core.packets import PACKET_SCHEMA
+
+CSV = REPO / "data/log4j_scan.csv.gz"
+PCAPNG = REPO / "data/log4j_scan.pcapng"
+
+
+def tracelab(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracelab", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def fields(output: str) -> dict[str, str]:
+    """`Name: value` lines of the summary."""
+    return {name: value.strip() for name, value in
+            (line.split(":", 1) for line in output.splitlines())}
+
+
+@pytest.fixture(scope="module")
+def raw_export() -> pd.DataFrame:
+    """The bundled export as pandas reads it: the independent account of the packets."""
+    frame = pd.read_csv(CSV)
+    frame["Time"] = pd.to_datetime(frame["Time"])
+    return frame
+
+
+def test_pyproject_declares_the_tracelab_script():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"tracelab": "tracelab.cli:main"}
+    assert any(dep.startswith("pygments==") for dep in project["dependencies"])
+
+
+def test_inspect_a_csv_export_matches_pandas_on_the_raw_file(tmp_path, raw_export):
+    result = tracelab("inspect", CSV, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = fields(result.stdout)
+    duration = (raw_export["Time"].max() - raw_export["Time"].min()).total_seconds()
+    data_bytes = int(raw_export["Length"].sum())
+    assert found["File format"] == "wireshark_csv"
+    assert found["Validation"] == f"passed ({len(raw_export):,} of {len(raw_export):,} rows valid)"
+    assert found["Number of packets"] == f"{len(raw_export):,}"
+    assert found["First packet time"].startswith(
+        raw_export["Time"].min().strftime("%Y-%m-%dT%H:%M:%S.%f"))
+    assert found["Last packet time"].startswith(
+        raw_export["Time"].max().strftime("%Y-%m-%dT%H:%M:%S.%f"))
+    assert found["Capture duration"] == f"{duration:,.6f} seconds"
+    assert found["Data size"] == f"{data_bytes:,} bytes"
+    assert found["Average packet size"] == f"{data_bytes / len(raw_export):,.2f} bytes"
+    assert found["Average packet rate"] == f"{len(raw_export) / duration:,.2f} packets/s"
+    assert found["Data byte rate"] == f"{data_bytes / duration:,.2f} bytes/s"
+    assert found["Data bit rate"] == f"{8 * data_bytes / duration:,.2f} bits/s"
+    counts = raw_export["Protocol"].value_counts()
+    assert found["Protocols"] == ", ".join(
+        f"{name} {count:,} ({count / len(raw_export):.1%})" for name, count in counts.items())
+    assert list(tmp_path.iterdir()) == []  # worked in a temporary folder of its own
+
+
+def test_inspect_the_capture_of_the_same_traffic(tmp_path, raw_export):
+    found = fields(tracelab("inspect", PCAPNG, cwd=tmp_path).stdout)
+    assert found["File format"] == "pcapng"
+    assert found["Number of packets"] == f"{len(raw_export):,}"
+    assert found["Data size"] == f"{int(raw_export['Length'].sum()):,} bytes"
+
+
+def test_inspect_json(tmp_path, raw_export):
+    result = tracelab("inspect", "--json", CSV, cwd=tmp_path)
+    found = json.loads(result.stdout)
+    assert found["validation"]["status"] == "passed"
+    assert found["summary"]["packets"] == len(raw_export)
+
+
+def test_inspect_a_bad_file_says_what_failed_in_one_line(tmp_path):
+    bad = write_export(tmp_path / "bad.csv", [(1, "2026-11-28 08:00:00", "a", "b", "TCP", "0",
+                                              "x")])
+    result = tracelab("inspect", bad, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"tracelab inspect: error: {bad}")
+    assert "check 'zero valid rows' failed" in result.stderr
+    assert result.stderr.count("\n") == 1 and "full report" not in result.stderr
+
+
+def test_python_m_tracelab_without_a_command_shows_usage(tmp_path):
+    result = tracelab(cwd=tmp_path)
+    assert result.returncode == 2 and "inspect" in result.stderr and "add" in result.stderr
+
+
+# --- add ------------------------------------------------------------------------------------
+
+def sheet_lines(workdir) -> list[str]:
+    return (workdir / "config/traces.tsv").read_text().splitlines()
+
+
+def test_add_appends_a_checked_row_that_the_workflow_accepts(workflow_copy):
+    capture = workflow_copy / "data/lab capture.pcapng.gz"
+    capture.write_bytes(gzip.compress(PCAPNG.read_bytes()))
+    before = sheet_lines(workflow_copy)
+    result = tracelab("add", capture, "--label", "scan", cwd=workflow_copy / "data")
+    assert result.returncode == 0, result.stderr
+    assert sheet_lines(workflow_copy) == [
+        *before, "lab_capture\tdata/lab capture.pcapng.gz\tpcapng\tscan\tUTC\t"]
+    assert f"line {len(before) + 1}" in result.stdout
+    dry = run_snakemake(workflow_copy, "-n", "results/features/lab_capture/summary.json")
+    assert "validate_trace" in dry.stdout
+
+
+def test_add_an_export_outside_the_checkout_keeps_an_absolute_path(workflow_copy, tmp_path):
+    export = write_export(tmp_path / "ext.txt", [(1, "2026-11-28 08:00:00", "a", "b", "TCP", "60",
+                                                 "x")], gz=True)
+    result = tracelab("add", export, "--name", "outside", "--timezone", "Europe/Berlin",
+                      "--description", "an export named .txt", cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr
+    assert sheet_lines(workflow_copy)[-1] == \
+        f"outside\t{export}\twireshark_csv\toutside\tEurope/Berlin\tan export named .txt"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data/log4j_scan.pcapng", "--name", "log4j_scan"],
+     "trace 'log4j_scan' is already in the sheet (line 2); choose another name with --name"),
+    (["data/log4j_scan.pcapng", "--name", "again"],
+     "data/log4j_scan.pcapng is already in the sheet as trace 'log4j_scan_pcap' (line 4)"),
+    (["config/config.yaml", "--name", "x", "--timezone", "Mars/Olympus"],
+     "field 'timezone': unknown IANA time zone 'Mars/Olympus'"),
+    (["config/config.yaml", "--name", "../x"], "field 'trace': '../x' does not match"),
+    (["missing.csv"], "missing.csv: no such file"),
+    (["Snakefile.bin"], "Snakefile.bin: its first bytes show neither a a pcap capture"),
+])
+def test_add_refuses_with_one_line_and_leaves_the_sheet_alone(workflow_copy, args, message):
+    (workflow_copy / "Snakefile.bin").write_bytes(bytes(range(256)))
+    before = (workflow_copy / "config/traces.tsv").read_bytes()
+    result = tracelab("add", *args, cwd=workflow_copy)
+    assert result.returncode == 1
+    assert result.stderr.startswith("tracelab add: error: ") and message in result.stderr, \
+        result.stderr
+    assert result.stderr.count("\n") == 1
+    assert (workflow_copy / "config/traces.tsv").read_bytes() == before
+
+
+def test_commands_outside_a_checkout_say_where_to_run_them(tmp_path):
+    result = tracelab("run", "-n", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (f"tracelab run: error: {tmp_path} is not inside a tracelab checkout "
+                             f"(no folder with a Snakefile and config/config.yaml); run this "
+                             f"command there\n")
+
+
+# --- run, report ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_run_then_report(workflow_copy):
+    run = tracelab("run", cwd=workflow_copy / "config")  # from a subfolder of the checkout
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (workflow_copy / "results/compare/summary.csv").exists()
+    assert "Provided cores: " in run.stderr
+    report = tracelab("report", cwd=workflow_copy)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (workflow_copy / "results/report.html").read_text()
+    assert "<html" in page.lower() and "log4j_scan" in page
+
+
+def test_run_passes_options_and_targets_to_snakemake(workflow_copy):
+    result = tracelab("run", "-n", "--cores", "1", "results/packets/web_browsing.parquet",
+                      cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "This was a dry-run" in output and "normalize_trace" in output
+    assert "trace_features" not in output
+
+
+def test_jobs_run_the_checkouts_package_whatever_copy_is_installed(workflow_copy, tmp_path):
+    """The code versions hash the checkout's modules, so the jobs must run those, also when
+    another copy comes first on the path (a non-editable `pip install .`, or none at all in a
+    `--sdm conda` environment)."""
+    other = shutil.copytree(REPO / "workflow/tracelab", tmp_path / "installed/tracelab")
+    runner = workflow_copy / "workflow/tracelab/core/runner.py"
+    runner.write_text(runner.read_text().replace('"%s: started"', '"%s: started (checkout)"'))
+    env = {**os.environ, "PYTHONPATH": str(other.parent)}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1",
+                             "results/validation/log4j_scan.json"], cwd=workflow_copy, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workflow_copy / "results/logs/validate/log4j_scan.log").read_text()
+    assert "validate_trace trace=log4j_scan: started (checkout)" in log
+
+
+# --- Python ---------------------------------------------------------------------------------
+
+def test_read_gives_the_packet_table_of_one_file(raw_export):
+    import tracelab
+    for path in (CSV, PCAPNG):
+        table = tracelab.read(path)
+        assert isinstance(table, pa.Table)
+        assert table.schema.remove_metadata() == PACKET_SCHEMA
+        assert table.num_rows == len(raw_export)
+    assert tracelab.read(CSV).column("length").to_pylist() == raw_export["Length"].tolist()
+
+
+def test_read_a_bad_file_raises_the_clear_error(tmp_path):
+    import tracelab
+    with pytest.raises(TraceInputError) as error:
+        tracelab.read(tmp_path / "missing.pcap")
+    assert str(error.value).startswith(f"{tmp_path / 'missing.pcap'}: check 'readable' failed")
+
+
+def test_read_with_an_unknown_time_zone_names_it():
+    import tracelab
+    with pytest.raises(TraceInputError, match=r"check 'timezone' failed: unknown IANA time zone "
+                                              r"'Mars/Olympus'"):
+        tracelab.read(CSV, timezone="Mars/Olympus")
+
+
+def test_read_warns_about_rows_left_out(tmp_path):
+    import tracelab
+    rows = [(n, f"2026-11-28 08:00:00.{n:06d}", "a", "b", "TCP", "0" if n == 7 else "60", "x")
+            for n in range(1, 201)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = tracelab.read(write_export(tmp_path / "t.csv", rows))
+    assert table.num_rows == 199
+    assert [str(w.message) for w in caught] == [
+        (f"{tmp_path / 't.csv'}: 1 of 200 rows failed validation and are left out "
+         f"(passed_with_invalid_rows)")]
+
+
+def test_import_tracelab_stays_light():
+    code = ("import sys, tracelab; heavy = {'pyarrow', 'pandas', 'numpy', 'snakemake'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_inspect_needs_no_snakemake():
+    code = (f"import sys, tracelab; tracelab.inspect({str(CSV)!r}); "
+            f"print('snakemake' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.stdout.strip() == "False", result.stderr

@@ -1,0 +1,95 @@
+"""Progress lines of long jobs: at most one per interval, with rows, rate, elapsed and time left;
+and every job's log opens with a start line and closes with its wall time."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from conftest import run_snakemake
+
+from tracelab.core import progress
+from tracelab.core.progress import Progress
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def lines(caplog):
+    caplog.set_level(logging.INFO, logger="tracelab.progress")
+    return lambda: [record.getMessage() for record in caplog.records]
+
+
+def test_at_most_one_line_per_interval(lines):
+    clock = FakeClock()
+    tracker = Progress("t: reading", clock=clock, interval_s=5)
+    for second in range(1, 13):
+        clock.now = 100.0 + second
+        tracker.update(rows=1000 * second)
+    # Lines at 5 and 10 s only.
+    assert lines() == ["t: reading: 5,000 rows in 5.0 s (1,000 rows/s)",
+                       "t: reading: 10,000 rows in 10.0 s (1,000 rows/s)"]
+
+
+def test_time_left_from_the_bytes_read(lines):
+    clock = FakeClock()
+    tracker = Progress("t: validating", total_bytes=4_000_000, clock=clock, interval_s=5)
+    clock.now += 10
+    tracker.update(rows=250, bytes_done=1_000_000)
+    # A quarter of the input in 10 s: 30 s to go, whatever the rows say.
+    assert lines() == ["t: validating: 250 rows in 10.0 s (25 rows/s), 25% done, about 30 s left"]
+
+
+def test_time_left_from_the_rows_when_the_total_is_known(lines):
+    clock = FakeClock()
+    tracker = Progress("t: normalizing", total_rows=1000, clock=clock, interval_s=2)
+    clock.now += 8
+    tracker.update(rows=800)
+    assert lines() == [("t: normalizing: 800 rows in 8.0 s (100 rows/s), 80% done, "
+                        "about 2 s left")]
+
+
+def test_track_passes_the_batches_through_and_counts_their_rows(lines):
+    clock = FakeClock()
+    tracker = Progress("t: x", clock=clock, interval_s=1)
+    batches = [[0] * 10, [0] * 20, [0] * 30]
+
+    def ticking():
+        for batch in batches:
+            clock.now += 1
+            yield batch
+
+    assert list(tracker.track(ticking())) == batches
+    assert [re.match(r"t: x: (\d+) rows", line).group(1) for line in lines()] == \
+        ["10", "30", "60"]
+
+
+def test_silent_until_the_job_sets_the_interval(lines, monkeypatch):
+    monkeypatch.setattr(progress, "SETTINGS", progress.ProgressSettings())
+    clock = FakeClock()
+    tracker = Progress("t", clock=clock)
+    clock.now += 1e6
+    tracker.update(rows=1)
+    assert lines() == []
+    progress.set_interval(3)
+    assert Progress("t").interval_s == 3
+
+
+def test_job_logs_have_start_progress_and_end_lines(workflow_copy):
+    run_snakemake(workflow_copy, "--cores", "1", "results/packets/log4j_scan.parquet",
+                  "--config", "progress_interval_s=1e-9")
+    logs = workflow_copy / "results/logs"
+    validate = (logs / "validate/log4j_scan.log").read_text().splitlines()
+    assert validate[0].endswith("tracelab: validate_trace trace=log4j_scan: started")
+    assert re.search(r"tracelab: validate_trace trace=log4j_scan: finished in [\d.]+ s$",
+                     validate[-1])
+    normalize = (logs / "normalize/log4j_scan.log").read_text()
+    assert re.search(r"tracelab.progress: log4j_scan: normalizing: 1,586 rows in [\d.]+ s "
+                     r"\([\d,]+ rows/s\), 100% done", normalize), normalize
