@@ -35,8 +35,14 @@ from pandera.errors import SchemaErrors
 from tracelab.core.atomic import AtomicPath
 from tracelab.core.packets import PACKETS, STAGED_BASE, StagedWriter, null_if_empty
 from tracelab.core.tables import TIMESTAMP
-from tracelab.ingest.report import (TIME_RANGE_NS, TIME_RANGE_TEXT, InvalidRows, TimeOrder,
-                                    ValidationReport, ValidationSettings)
+from tracelab.ingest.report import (
+    TIME_RANGE_NS,
+    TIME_RANGE_TEXT,
+    InvalidRows,
+    TimeOrder,
+    ValidationReport,
+    ValidationSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +184,7 @@ def _read_head(source: Path) -> tuple[bytes, bytes, str | None]:
             return first_line, handle.read(4096), None
         inflate, head, damage = zlib.decompressobj(wbits=31), b"", None
         while b"\n" not in head and len(head) < HEADER_MAX_BYTES:
-            compressed = handle.read(1 << 16)
+            compressed = handle.read(4096)  # small: zlib gives nothing of a piece it fails on
             try:
                 head += inflate.decompress(compressed, HEADER_MAX_BYTES - len(head))
             except zlib.error as error:
@@ -194,12 +200,15 @@ class _Inflated:
     """The gunzipped bytes of a file, inflated by ISA-L on a thread of its own while the CSV is
     parsed and checked (10M packets: 1.2 s instead of Arrow's zlib stream's 3.0 s).
 
-    Every byte that inflates is handed on, up to the point where the stream breaks off (file cut
-    short, corrupt data): then `damage` says what happened. Concatenated gzip members are read
+    Every byte that inflates is handed on, up to the point where the stream breaks off (a file
+    cut short: every byte before the cut; corrupt data: every byte of the pieces before the one
+    holding it): then `damage` says what happened. Concatenated gzip members are read
     one after the other, as gzip does.
     """
 
-    CHUNK = 1 << 20
+    # Compressed bytes read at once. Inflating a piece that holds corrupt data gives nothing of
+    # it, so the rows inflated from its start to the damage are lost (with the rest of the file).
+    CHUNK = 1 << 18
     OUT_MAX = 1 << 23  # bytes inflated per call: bounded, whatever the ratio
 
     def __init__(self, source: Path):
@@ -1029,7 +1038,7 @@ class _RowReader:
 
     def stopped(self, error: Exception) -> None:
         last = self.lines.last
-        detail = _clip(str(error))
+        detail = self.stream.damage or _clip(str(error))
         if "straddl" in detail:
             detail = (f"the record starting at line {last + 1} does not fit in "
                       f"validation.batch_bytes ({self.settings.batch_bytes} bytes): raise it, "
