@@ -258,7 +258,7 @@ class _Inflated:
 class _Plain:
     """The bytes of an uncompressed file, in the same interface as _Inflated."""
 
-    CHUNK = 1 << 22
+    CHUNK = 1 << 23
 
     def __init__(self, source: Path):
         self.damage: str | None = None
@@ -272,21 +272,23 @@ class _Plain:
 
 
 class ExportBytes:
-    """The export's bytes as pyarrow's CSV reader reads them (a file object): whole lines of
-    valid UTF-8 only.
+    """The export's bytes as pyarrow's CSV reader reads them (a file object): valid UTF-8 only,
+    and ending where the last whole line ends.
 
     A byte that is not UTF-8 is passed on as the text `\\xNN` (Python's backslashreplace) and
     its line is noted in `bad_utf8_lines`, so the row is rejected, with its true line, instead
     of stopping the read. A last line that the file does not finish is held back as `cut` (at
     line `cut_line`): where the gzip stream breaks off, or, in a quoted export, a last line not
-    ending in a quote.
+    ending in a quote. Chunks are passed on as they come (no copy), one chunk behind the source,
+    since only the last one is split.
     """
 
     def __init__(self, source: Path, *, quoted: bool):
         self._source = _Inflated(source) if _is_gzip(source) else _Plain(source)
         self._quoted = quoted
-        self._ready = bytearray()
-        self._partial = b""
+        self._held: bytes | None = None  # the latest chunk: the last one?
+        self._carry = b""  # a character that the held chunk's end cut in two
+        self._ready: list[memoryview] = []
         self._ended = False
         self.lines_passed = 0  # line breaks handed on so far
         self.bad_utf8_lines: list[int] = []
@@ -299,56 +301,86 @@ class ExportBytes:
         return self._source.damage
 
     def read(self, size: int = -1) -> bytes:
-        while not self._ended and (size < 0 or len(self._ready) < size):
-            self._take(self._source.read())
-        size = len(self._ready) if size < 0 else size
-        data = bytes(self._ready[:size])
-        del self._ready[:size]
-        return data
+        while not self._ready and not self._ended:
+            self._advance()
+        if not self._ready:
+            return b""
+        first = self._ready[0]
+        if size < 0 or len(first) <= size:
+            self._ready.pop(0)
+            return first.obj if len(first) == len(first.obj) else bytes(first)
+        self._ready[0] = first[size:]
+        return bytes(first[:size])
 
-    def _take(self, chunk: bytes) -> None:
-        data = self._partial + chunk
-        if not chunk:
-            self._ended = True
-            self._partial = b""
-            if self.damage is not None or (self._quoted and data and
-                                           not data.rstrip(b"\r").endswith(b'"')):
-                self.cut, self.cut_line = data, self.lines_passed + 1
-                return
-            whole = data
+    def _advance(self) -> None:
+        chunk = self._source.read()
+        if chunk:
+            held, self._held = self._held, chunk
+            if held is not None:
+                self._pass_on(held, last=False)
+            return
+        self._ended = True
+        data, self._carry = self._carry + (self._held or b""), b""
+        end = data.rfind(b"\n") + 1
+        whole, partial = data[:end], data[end:]
+        if self.damage is not None or (self._quoted and partial and
+                                       not partial.rstrip(b"\r").endswith(b'"')):
+            self._pass_on(whole, last=True)
+            self.cut, self.cut_line = partial, self.lines_passed + 1
         else:
-            end = data.rfind(b"\n") + 1
-            whole, self._partial = data[:end], data[end:]
-        self._ready += self._valid_utf8(whole)
-        self.lines_passed += whole.count(b"\n")
+            self._pass_on(data, last=True)
 
-    def _valid_utf8(self, whole: bytes) -> bytes:
-        """`whole` (whole lines) with every byte that is not UTF-8 as `\\xNN`, its line noted."""
+    def _pass_on(self, data: bytes, *, last: bool) -> None:
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if not last:
+            split = len(data) - _incomplete_character(data)
+            data, self._carry = data[:split], data[split:]
+        if not data.isascii():
+            data = self._valid_utf8(data)
+        self.lines_passed += data.count(b"\n")
+        if data:
+            self._ready.append(memoryview(data))
+
+    def _valid_utf8(self, data: bytes) -> bytes:
+        """`data` with every byte that is not UTF-8 as `\\xNN`, its line noted."""
         try:
-            whole.decode("utf-8")
-            return whole
+            data.decode("utf-8")
+            return data
         except UnicodeDecodeError as error:
             first = error.start
         repaired, start = [], 0
         while first is not None:
-            line_start = whole.rfind(b"\n", 0, first) + 1
-            line_end = whole.find(b"\n", first)
-            line_end = len(whole) if line_end < 0 else line_end + 1
-            self.bad_utf8_lines.append(self.lines_passed + 1 + whole.count(b"\n", 0, line_start))
-            repaired += [whole[start:line_start],
-                         whole[line_start:line_end].decode("utf-8", errors="backslashreplace")
+            line_start = data.rfind(b"\n", 0, first) + 1
+            line_end = data.find(b"\n", first)
+            line_end = len(data) if line_end < 0 else line_end + 1
+            self.bad_utf8_lines.append(self.lines_passed + 1 + data.count(b"\n", 0, line_start))
+            repaired += [data[start:line_start],
+                         data[line_start:line_end].decode("utf-8", errors="backslashreplace")
                          .encode("utf-8")]
             start, first = line_end, None
             try:
-                whole[start:].decode("utf-8")
+                data[start:].decode("utf-8")
             except UnicodeDecodeError as error:
                 first = start + error.start
-        repaired.append(whole[start:])
+        repaired.append(data[start:])
         return b"".join(repaired)
 
     def close(self) -> None:
         self._source.close()
         self.closed = True
+
+
+def _incomplete_character(data: bytes) -> int:
+    """How many bytes at the end of `data` begin a UTF-8 character that the next chunk ends."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return 0
+        if byte >= 0xC0:  # a lead byte: how long its character is
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if length > back else 0
+    return 0
 
 
 @dataclass
@@ -711,32 +743,54 @@ def _rows_holding(bad_lines: np.ndarray, start: np.ndarray, end: np.ndarray) -> 
 KEY_COLUMNS = ["ts", "length", "src", "dst", "protocol", "info"]
 
 
-def _duplicate_of(rows: pa_arrow.Table, lines: np.ndarray, recent: pa_arrow.Table) -> np.ndarray:
-    """For each of `rows` (KEY_COLUMNS), the line of the nearest earlier exact copy among the
-    DUPLICATE_LOOKBACK rows before it (`recent`, then `rows`), or 0.
+def _duplicate_of(keys: pa_arrow.Table, candidate: np.ndarray, lines: np.ndarray,
+                  recent: pa_arrow.Table) -> np.ndarray:
+    """For each `candidate` row of a batch (`keys`: its KEY_COLUMNS), the line of the nearest
+    earlier exact copy among the DUPLICATE_LOOKBACK candidates before it (those of the batch
+    before it in `recent` first), or 0.
 
-    Copies share their time, so each lag compares the int64 times first and the text only of
-    the few pairs whose times (and lengths) are equal.
+    Copies share their time: the rows are sorted by time (nearly sorted already, so this is
+    quick), and only rows in runs of equal times are paired and their text compared.
     """
-    keys = pa_arrow.concat_tables([recent.select(KEY_COLUMNS), rows])
-    all_lines = np.concatenate([recent.column("line").to_numpy(), lines])
-    ts = keys.column("ts").cast(pa_arrow.int64()).to_numpy()
-    length = keys.column("length").to_numpy()
-    earlier_line = np.zeros(keys.num_rows, dtype=np.int64)
     first_new = recent.num_rows
-    for lag in range(1, min(DUPLICATE_LOOKBACK, keys.num_rows - 1) + 1):
-        same = (ts[lag:] == ts[:-lag]) & (length[lag:] == length[:-lag])
-        later = np.flatnonzero(same) + lag
-        later = later[(later >= first_new) & (earlier_line[later] == 0)]
-        if not later.size:
+    ts = np.concatenate([recent.column("ts").cast(pa_arrow.int64()).to_numpy(),
+                         keys.column("ts").cast(pa_arrow.int64()).to_numpy()[candidate]])
+    length = np.concatenate([recent.column("length").to_numpy(),
+                             keys.column("length").to_numpy()[candidate]])
+    earlier_line = np.zeros(candidate.size, dtype=np.int64)
+    order = np.argsort(ts, kind="stable")
+    in_run = np.flatnonzero(ts[order][1:] == ts[order][:-1])
+    if not in_run.size:
+        return earlier_line
+    members = order[np.union1d(in_run, in_run + 1)]  # by time, then position
+    later, earlier = [], []
+    for step in range(1, min(DUPLICATE_LOOKBACK, members.size - 1) + 1):
+        a, b = members[step:], members[:-step]
+        pair = (ts[a] == ts[b]) & (a - b <= DUPLICATE_LOOKBACK) & (length[a] == length[b]) & \
+            (a >= first_new)
+        later.append(a[pair])
+        earlier.append(b[pair])
+    later, earlier = np.concatenate(later), np.concatenate(earlier)
+    copy = np.zeros(later.size, dtype=bool)
+    later_rows = keys.take(candidate[later - first_new])
+    for in_batch in (True, False):
+        group = (earlier >= first_new) == in_batch
+        if not group.any():
             continue
-        copy = np.ones(later.size, dtype=bool)
+        earlier_rows = keys.take(candidate[earlier[group] - first_new]) if in_batch \
+            else recent.take(earlier[group])
+        same = np.ones(int(group.sum()), dtype=bool)
         for name in ("src", "dst", "protocol", "info"):
-            column = keys.column(name)
-            copy &= pc.fill_null(pc.equal(column.take(later), column.take(later - lag)),
+            same &= pc.fill_null(pc.equal(later_rows.column(name).filter(group),
+                                          earlier_rows.column(name)),
                                  False).to_numpy(zero_copy_only=False)
-        earlier_line[later[copy]] = all_lines[later[copy] - lag]
-    return earlier_line[first_new:]
+        copy[group] = same
+    later, earlier = later[copy], earlier[copy]
+    nearest = np.lexsort((-earlier, later))  # per row, the nearest copy first
+    found, first = np.unique(later[nearest], return_index=True)
+    all_lines = np.concatenate([recent.column("line").to_numpy(), lines[candidate]])
+    earlier_line[found - first_new] = all_lines[earlier[nearest][first]]
+    return earlier_line
 
 
 @dataclass
@@ -815,8 +869,8 @@ def _check_batch(batch: _TypedBatch, lines: _BatchLines, bad_utf8_lines: np.ndar
     rejector.reject("No. increasing", np.flatnonzero(candidate & (frames <= previous_max)))
 
     candidate = np.flatnonzero(~rejector.invalid)
-    rows = typed.take(candidate).append_column("info", raw.column("Info").take(candidate))
-    earlier = _duplicate_of(rows.select(KEY_COLUMNS), lines.start[candidate], state.recent)
+    keys = typed.append_column("info", raw.column("Info")).select(KEY_COLUMNS)
+    earlier = _duplicate_of(keys, candidate, lines.start, state.recent)
     copies = np.flatnonzero(earlier)
     rejector.reject("duplicate", candidate[copies],
                     details=np.array([f"duplicate of line {n}" for n in earlier[copies]],
