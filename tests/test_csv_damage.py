@@ -14,7 +14,7 @@ import zlib
 import pytest
 from test_bad_inputs import assert_clean, export, packet, packets, read_invalid, validate
 from tracelab.core.packets import read_staged
-from tracelab.ingest.wireshark_csv import _Inflated
+from tracelab.ingest.wireshark_csv import _Inflated, _Plain
 
 COLUMNS = 7
 
@@ -136,3 +136,22 @@ def test_a_corrupt_gzip_stream_keeps_the_rows_before_the_damage(tmp_path):
     whole = zlib.decompressobj(wbits=31).decompress(bytes(data[:piece_start])).count(b"\n") - 1
     frames = read_staged(run.paths["staged_path"]).column("frame").to_pylist()
     assert whole > 10_000 and frames[:whole] == list(range(1, whole + 1))
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_characters_and_lines_cut_by_chunk_ends(tmp_path, monkeypatch, gzipped):
+    """Chunks of a few bytes cut "→" (3 bytes) and lines everywhere: nothing changes."""
+    monkeypatch.setattr(_Plain, "CHUNK", 7)
+    monkeypatch.setattr(_Inflated, "CHUNK", 5)
+    monkeypatch.setattr(_Inflated, "OUT_MAX", 11)
+    rows = [packet(n, info=f"{40000 + n} → 80 [SYN] Seq=0 Win=64240 Len=0 ünïcödé")
+            for n in range(1, 301)]
+    lines = export(rows).split(b"\n")
+    lines[50] = lines[50].replace("ü".encode(), b"\xfc")  # Latin-1, line 51
+    data = b"\n".join(lines)
+    source = gzip.compress(data, mtime=0) if gzipped else data
+    run = validate(tmp_path, source, name="t.csv.gz" if gzipped else "t.csv")
+    invalid = assert_clean(run, {"utf8": 1})
+    assert invalid.column("location").to_pylist() == ["line 51"]
+    info = read_staged(run.paths["staged_path"]).column("info").to_pylist()
+    assert info == [r[6] for r in rows[:49] + rows[50:]]

@@ -289,6 +289,7 @@ class ExportBytes:
         self._held: bytes | None = None  # the latest chunk: the last one?
         self._carry = b""  # a character that the held chunk's end cut in two
         self._ready: list[memoryview] = []
+        self._ready_bytes = 0
         self._ended = False
         self.lines_passed = 0  # line breaks handed on so far
         self.bad_utf8_lines: list[int] = []
@@ -301,16 +302,26 @@ class ExportBytes:
         return self._source.damage
 
     def read(self, size: int = -1) -> bytes:
-        while not self._ready and not self._ended:
+        """`size` bytes (all if negative), fewer only at the end: pyarrow's reader wants whole
+        blocks (it looks for the header in the first). A chunk is handed on uncopied when it is
+        just what was asked."""
+        while not self._ended and (size < 0 or self._ready_bytes < size):
             self._advance()
-        if not self._ready:
-            return b""
-        first = self._ready[0]
-        if size < 0 or len(first) <= size:
-            self._ready.pop(0)
-            return first.obj if len(first) == len(first.obj) else bytes(first)
-        self._ready[0] = first[size:]
-        return bytes(first[:size])
+        need = self._ready_bytes if size < 0 else min(size, self._ready_bytes)
+        self._ready_bytes -= need
+        parts = []
+        while need:
+            first = self._ready[0]
+            if len(first) <= need:
+                parts.append(self._ready.pop(0))
+                need -= len(first)
+            else:
+                parts.append(first[:need])
+                self._ready[0] = first[need:]
+                need = 0
+        if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
+            return parts[0].obj
+        return b"".join(parts)
 
     def _advance(self) -> None:
         chunk = self._source.read()
@@ -341,6 +352,7 @@ class ExportBytes:
         self.lines_passed += data.count(b"\n")
         if data:
             self._ready.append(memoryview(data))
+            self._ready_bytes += len(data)
 
     def _valid_utf8(self, data: bytes) -> bytes:
         """`data` with every byte that is not UTF-8 as `\\xNN`, its line noted."""
