@@ -130,7 +130,7 @@ def test_a_corrupt_gzip_stream_keeps_the_rows_before_the_damage(tmp_path):
     assert run.error is None, str(run.error)
     assert run.report["checks"]["complete"]["failures"] == 1
     reasons = read_invalid(run.paths["invalid_path"]).column("reason").to_pylist()
-    assert [r for r in reasons if r.startswith("complete")][0].count("corrupt gzip data") == 1
+    assert "corrupt gzip data" in next(r for r in reasons if r.startswith("complete"))
     # Every row inflated (by zlib, independently) from the pieces before the damaged one is kept.
     piece_start = damage - damage % _Inflated.CHUNK
     whole = zlib.decompressobj(wbits=31).decompress(bytes(data[:piece_start])).count(b"\n") - 1

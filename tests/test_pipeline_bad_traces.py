@@ -35,8 +35,8 @@ BAD = {
     "garbage_gz": ("garbage.csv.gz",
                    r", line 1: check 'readable' failed: cannot read the file: corrupt gzip .*"),
     "renamed": ("renamed.csv", r", line 1, field 'No\.': check 'columns' failed: .*'Frame#'.*"),
-    "many_bad": ("many_bad.csv", r", line 6, field 'Length': check 'max_invalid_fraction' "
-                                 r"failed: 10 of 200 rows invalid .*"),
+    "many_bad": ("many_bad.csv", (r", line 6, field 'Length': check 'max_invalid_fraction' "
+                                  r"failed: 10 of 200 rows invalid .*")),
 }
 
 def _export(rows, header=HEADER) -> bytes:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from pandera.pandas import Check
 
 from tracelab.core.atomic import AtomicPath

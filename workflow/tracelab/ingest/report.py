@@ -116,10 +116,10 @@ class ValidationReport:
                        else "no rows after the header", where)
         elif fraction > self.settings.max_invalid_fraction:
             where, first = self._first_failure(failed_checks)
-            problem = ("max_invalid_fraction",
-                       f"{self.rows_invalid} of {self.rows_read} rows invalid "
-                       f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
-                       f"failed checks: {_counts(failed_checks)}{first}", where)
+            detail = (f"{self.rows_invalid} of {self.rows_read} rows invalid "
+                      f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
+                      f"failed checks: {_counts(failed_checks)}{first}")
+            problem = ("max_invalid_fraction", detail, where)
         status = "failed" if problem else ("passed_with_invalid_rows" if self.rows_invalid
                                            else "passed")
         data = self.to_dict(status)

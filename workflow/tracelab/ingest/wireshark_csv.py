@@ -42,13 +42,12 @@ from tracelab.ingest.report import (
     TimeOrder,
     ValidationReport,
     ValidationSettings,
+    time_out_of_range,
 )
 
 log = logging.getLogger(__name__)
 
 RAW_COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
-INTERNAL_NAMES = {"No.": "frame", "Time": "ts", "Source": "src", "Destination": "dst",
-                  "Protocol": "protocol", "Length": "length", "Info": "info"}
 
 # Other spellings of the seven headers: tshark field names and localized GUI titles.
 HEADER_ALIASES = {
@@ -659,12 +658,10 @@ def _typed_batch(batch: pa_arrow.RecordBatch, row_schema: pa.DataFrameSchema,
         "length": _integer(raw.column("Length").combine_chunks()),
     })
     failures = _pandera_failures(typed.to_pandas(types_mapper=pd.ArrowDtype), row_schema)
-    ts_ns = pc.cast(times.ts, pa_arrow.int64())
-    out_of_range = pc.or_(pc.less(ts_ns, TIME_RANGE_NS[0]),
-                          pc.greater_equal(ts_ns, TIME_RANGE_NS[1]))
+    # Unparseable times (null) fail "Time parseable" only.
+    ts_ns = pc.fill_null(pc.cast(times.ts, pa_arrow.int64()), TIME_RANGE_NS[0]).to_numpy()
     failures["Time exists"] = times.nonexistent
-    failures["Time in range"] = np.flatnonzero(
-        pc.fill_null(out_of_range, False).to_numpy(zero_copy_only=False))
+    failures["Time in range"] = np.flatnonzero(time_out_of_range(ts_ns))
     return _TypedBatch(raw, typed, times, failures)
 
 
@@ -753,6 +750,9 @@ def _rows_holding(bad_lines: np.ndarray, start: np.ndarray, end: np.ndarray) -> 
 
 
 KEY_COLUMNS = ["ts", "length", "src", "dst", "protocol", "info"]
+# The rows the next batch's duplicate check looks back at: their keys and lines.
+RECENT_SCHEMA = pa_arrow.schema([STAGED_BASE.field(name) for name in KEY_COLUMNS] +
+                                [("line", pa_arrow.int64())])
 
 
 def _duplicate_of(keys: pa_arrow.Table, candidate: np.ndarray, lines: np.ndarray,
@@ -815,11 +815,7 @@ class _StreamState:
         default_factory=lambda: {"absolute": 0, "epoch_seconds": 0})
     time_order: TimeOrder = field(default_factory=TimeOrder)
     fall_back: _FallBack = field(default_factory=_FallBack)
-    recent: pa_arrow.Table = field(default_factory=lambda: pa_arrow.table(
-        {"ts": pa_arrow.array([], TIMESTAMP), "length": pa_arrow.array([], pa_arrow.int64()),
-         **{name: pa_arrow.array([], pa_arrow.string())
-            for name in ("src", "dst", "protocol", "info")},
-         "line": pa_arrow.array([], pa_arrow.int64())}))
+    recent: pa_arrow.Table = field(default_factory=RECENT_SCHEMA.empty_table)
     small_epoch_times: int = 0  # epoch times before 1970-01-02: relative times, most likely
 
     def remember(self, kept: pa_arrow.Table, lines: np.ndarray) -> None:
@@ -868,9 +864,9 @@ def _check_batch(batch: _TypedBatch, lines: _BatchLines, bad_utf8_lines: np.ndar
                              state.fall_back.resolve(batch.times))
     for check, rows in batch.failures.items():
         rejector.reject(check, rows)
-    if batch.times.formats["epoch_seconds"] and "Time in range" in batch.failures:
-        small = pc.less(pc.cast(typed.column("ts"), pa_arrow.int64()), TIME_RANGE_NS[0])
-        state.small_epoch_times += int(pc.sum(pc.fill_null(small, False)).as_py() or 0)
+    if batch.times.formats["epoch_seconds"] and not batch.times.formats["absolute"]:
+        state.small_epoch_times += int(np.sum(
+            typed.column("ts").cast(pa_arrow.int64()).to_numpy() < TIME_RANGE_NS[0]))
 
     # No. strictly increasing over the rows kept so far (gaps are normal after a filter).
     frames = pc.fill_null(typed.column("frame"), -1).to_numpy()
@@ -1003,6 +999,8 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     finally:
         invalid.close()
     report.notes.update(state.notes())
+    log.info("%s: %d rows read, %d kept, %d rejected", source, report.rows_read,
+             report.rows_valid, report.rows_invalid)
 
 
 def _read_header(source: Path, report: ValidationReport) -> _Header | None:
