@@ -1,7 +1,8 @@
 """Reader for Wireshark CSV exports (GUI "Export Packet Dissections > As CSV", or tshark -T fields).
 
 Streams the file with pyarrow's CSV reader, types each batch with Arrow kernels, checks it with
-the pandera model `ExportRowModel` (lazily, so every failure of a batch is collected at once),
+the pandera row model (`export_row_model`, lazily, so every failure of a batch is collected at
+once) and the checks that need the rows before it (`_StreamState`),
 and sends rejected rows verbatim to the invalid-rows file. Valid rows go to the staged file
 (packets.StagedWriter: Arrow IPC, read once by normalization).
 
@@ -882,24 +883,44 @@ class _Outputs:
 def _check_batch(batch: _TypedBatch, lines: _BatchLines, bad_utf8_lines: np.ndarray,
                  state: _StreamState, out: _Outputs) -> None:
     """Reject a typed batch's invalid rows and stage the others, in file order after all the
-    rows before them (No. increasing, duplicates and the time order need those)."""
-    raw, typed = batch.raw, batch.typed
-    out.report.rows_read += raw.num_rows
-    rejector = _RowRejector(lines.start, raw, out.report)
+    rows before them (local times, No. increasing, duplicates and the time order need those)."""
+    out.report.rows_read += batch.raw.num_rows
+    rejector = _RowRejector(lines.start, batch.raw, out.report)
+    typed = _row_checks(batch, lines, bad_utf8_lines, state, rejector)
+    _order_checks(typed, batch.raw, lines, state, rejector)
+    keep = ~rejector.invalid
+    out.invalid.write(rejector.invalid_table())
+    out.report.rows_invalid += int((~keep).sum())
+    out.report.rows_valid += int(keep.sum())
+    if keep.any():
+        _stage_kept(typed.append_column("info", batch.raw.column("Info")).filter(
+            pa_arrow.array(keep)), lines.start[keep], state, out)
+
+
+def _row_checks(batch: _TypedBatch, lines: _BatchLines, bad_utf8_lines: np.ndarray,
+                state: _StreamState, rejector: _RowRejector) -> pa_arrow.Table:
+    """Reject the rows failing a check of their own; return the typed rows with each local time
+    of a repeated hour read as the sequence says."""
     bad_rows = _rows_holding(bad_utf8_lines, lines.start, lines.end)
     bad_rows = bad_rows[bad_rows >= 0]
-    rejector.reject("utf8", bad_rows, fields=_escaped_field(raw, bad_rows))
-    for key, count in batch.times.formats.items():
-        state.time_formats[key] += count
-    typed = typed.set_column(typed.schema.get_field_index("ts"), "ts",
-                             state.fall_back.resolve(batch.times))
+    rejector.reject("utf8", bad_rows, fields=_escaped_field(batch.raw, bad_rows))
     for check, rows in batch.failures.items():
         rejector.reject(check, rows)
-    if batch.times.formats["epoch_seconds"] and not batch.times.formats["absolute"]:
+    formats = batch.times.formats
+    for key, count in formats.items():
+        state.time_formats[key] += count
+    if formats["epoch_seconds"] and not formats["absolute"]:
         state.small_epoch_times += int(np.sum(
-            typed.column("ts").cast(pa_arrow.int64()).to_numpy() < TIME_RANGE_NS[0]))
+            batch.times.ts.cast(pa_arrow.int64()).to_numpy(zero_copy_only=False)
+            < TIME_RANGE_NS[0]))
+    return batch.typed.set_column(batch.typed.schema.get_field_index("ts"), "ts",
+                                  state.fall_back.resolve(batch.times))
 
-    # No. strictly increasing over the rows kept so far (gaps are normal after a filter).
+
+def _order_checks(typed: pa_arrow.Table, raw: pa_arrow.Table, lines: _BatchLines,
+                  state: _StreamState, rejector: _RowRejector) -> None:
+    """Reject, among the rows left, those that break the order of the rows kept before them:
+    No. not increasing (gaps are normal after a display filter), exact copies."""
     frames = pc.fill_null(typed.column("frame"), -1).to_numpy()
     candidate = ~rejector.invalid
     running = np.maximum.accumulate(np.where(candidate, frames, -1))
@@ -915,19 +936,13 @@ def _check_batch(batch: _TypedBatch, lines: _BatchLines, bad_utf8_lines: np.ndar
                     details=np.array([f"duplicate of line {n}" for n in earlier[copies]],
                                      dtype=object))
 
-    keep = ~rejector.invalid
-    out.invalid.write(rejector.invalid_table())
-    out.report.rows_invalid += int((~keep).sum())
-    out.report.rows_valid += int(keep.sum())
-    if not keep.any():
-        return
-    kept = typed.filter(pa_arrow.array(keep)).append_column(
-        "info", raw.column("Info").filter(pa_arrow.array(keep)))
-    kept_lines = lines.start[keep]
+
+def _stage_kept(kept: pa_arrow.Table, kept_lines: np.ndarray, state: _StreamState,
+                out: _Outputs) -> None:
     state.time_order.update(kept.column("ts").cast(pa_arrow.int64()).to_numpy(),
                             lambda i: {"line": int(kept_lines[i])})
     state.remember(kept, kept_lines)
-    state.last_frame = int(frames[keep].max())
+    state.last_frame = int(pc.max(kept.column("frame")).as_py())
     out.staged.write_table(kept.select(STAGED_BASE.names).cast(STAGED_BASE))
 
 
