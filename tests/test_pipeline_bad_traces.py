@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import zlib
 
 import pyarrow.csv as pacsv
 import pytest
@@ -31,11 +32,11 @@ GOOD = [line.split("\t")[0] for line in
 # trace -> (its file, a pattern of its one error line between the file name and the report).
 # One of each kind of stop (the file, its header, the rows); test_bad_inputs has every case.
 BAD = {
-    "truncated": ("truncated.csv.gz",
-                  r", line \d+: check 'readable' failed: reading stopped after line \d+: .*"),
+    "garbage_gz": ("garbage.csv.gz",
+                   r", line 1: check 'readable' failed: cannot read the file: corrupt gzip .*"),
     "renamed": ("renamed.csv", r", line 1, field 'No\.': check 'columns' failed: .*'Frame#'.*"),
-    "many_bad": ("many_bad.csv", r", line 6, field 'Length': check 'max_invalid_fraction' "
-                                 r"failed: 10 of 200 rows invalid .*"),
+    "many_bad": ("many_bad.csv", (r", line 6, field 'Length': check 'max_invalid_fraction' "
+                                  r"failed: 10 of 200 rows invalid .*")),
 }
 
 def _export(rows, header=HEADER) -> bytes:
@@ -55,6 +56,8 @@ def bad_run(tmp_path_factory):
     data = workdir / "data"
     whole = gzip.compress(_export(_rows(3000)), mtime=0)
     (data / "truncated.csv.gz").write_bytes(whole[: len(whole) // 2])
+    (data / "garbage.csv.gz").write_bytes(b"\x1f\x8b" + bytes((i * 131 + 7) % 256
+                                                               for i in range(4096)))
     (data / "renamed.csv").write_bytes(_export(_rows(50), header=["Frame#", *HEADER[1:]]))
     (data / "many_bad.csv").write_bytes(
         _export(_rows(200, length=lambda n: "0" if n % 20 == 5 else "66")))
@@ -63,7 +66,8 @@ def bad_run(tmp_path_factory):
     sheet = workdir / "config/traces.tsv"
     lines = sheet.read_text().splitlines()
     lines += [f"{name}\tdata/{file}\t\tbad\tUTC\t" for name, (file, _) in BAD.items()]
-    lines += ["one_bad_row\tdata/one_bad_row.csv\t\tnormal\tUTC\t"]
+    lines += ["one_bad_row\tdata/one_bad_row.csv\t\tnormal\tUTC\t",
+              "truncated\tdata/truncated.csv.gz\t\tnormal\tUTC\t"]
     sheet.write_text("\n".join(lines) + "\n")
     traces = [line.split("\t")[0] for line in lines[1:]]
     targets = [f"results/features/{trace}/summary.json" for trace in traces]
@@ -112,7 +116,7 @@ def test_rejected_rows_of_the_failed_trace_are_kept(bad_run):
     assert set(kept.column("reason").to_pylist()) == {"Length in range"}
 
 
-@pytest.mark.parametrize("trace", [*GOOD, "one_bad_row"])
+@pytest.mark.parametrize("trace", [*GOOD, "one_bad_row", "truncated"])
 def test_good_traces_finish_validation_normalization_and_features(bad_run, trace):
     workdir, _ = bad_run
     summary = json.loads((workdir / f"results/features/{trace}/summary.json").read_text())
@@ -130,6 +134,17 @@ def test_a_trace_with_one_bad_row_goes_on_without_it(bad_run):
     invalid = pacsv.read_csv(workdir / "results/validation/one_bad_row.invalid.csv")
     assert invalid.column("location").to_pylist() == ["line 322"]
     assert invalid.column("Length").to_pylist() == ["x"]
+
+
+def test_a_truncated_gzip_export_goes_on_with_its_whole_rows(bad_run):
+    workdir, _ = bad_run
+    inflated = zlib.decompressobj(wbits=31).decompress(
+        (workdir / "data/truncated.csv.gz").read_bytes())
+    whole_rows = inflated.count(b"\n") - 1
+    report = json.loads((workdir / "results/validation/truncated.json").read_text())
+    assert (report["status"], report["rows_valid"]) == ("passed_with_invalid_rows", whole_rows)
+    invalid = pacsv.read_csv(workdir / "results/validation/truncated.invalid.csv")
+    assert invalid.column("location").to_pylist() == [f"line {whole_rows + 2}"]
 
 
 def test_the_comparison_waits_for_every_trace(bad_run):

@@ -70,13 +70,13 @@ def test_invalid_rows_kept_aside_with_line_and_reason(tmp_path):
     assert checks["Time parseable"]["failures"] == 1
     assert checks["Time parseable"]["examples"][0]["line"] == 4
     assert checks["Source non-empty"]["failures"] == 1
-    assert checks["Length integer"]["failures"] == 1
+    assert checks["Length in range"]["failures"] == 1  # -5 is an integer, out of range
     # The third bad row is valid on its own; it is accepted once the row before it fell out.
     assert checks["No. increasing"]["failures"] == 0
     rejected = invalid_rows(paths)
     assert rejected["location"].tolist() == ["line 4", "line 5"]
     assert rejected["Time"].tolist() == ["yesterday", "2021-12-15 15:35:00.238100"]
-    assert "Source non-empty" in rejected["reason"][1] and "Length integer" in rejected["reason"][1]
+    assert "Source non-empty" in rejected["reason"][1] and "Length in range" in rejected["reason"][1]
     assert read_staged(paths["staged_path"]).num_rows == 4
 
 

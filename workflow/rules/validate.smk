@@ -1,3 +1,11 @@
+from tracelab.core.fingerprint import content_fingerprint
+
+
+def source_fingerprint(wildcards):
+    """The source's content hash: a file replaced with an older mtime still reruns its trace."""
+    return content_fingerprint(trace_source(wildcards), ".snakemake/tracelab/fingerprints")
+
+
 rule validate_trace:
     input:
         source=trace_source,
@@ -19,6 +27,7 @@ rule validate_trace:
         staged=temp("results/staged/{trace}.arrow"),
     params:
         code=validation_code,
+        source_fingerprint=source_fingerprint,
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
         settings=stable_params(config["validation"]),

@@ -18,25 +18,54 @@ os.umask(_UMASK)
 OUTPUT_MODE = 0o666 & ~_UMASK
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path in the target's folder; rename it onto `path` only on success.
+class AtomicPath:
+    """A temporary sibling `tmp` of `path`: `commit()` renames it onto `path`, `discard()`
+    removes it. Used as a context manager (`with AtomicPath(p) as tmp:`), it commits when the
+    block ends normally and discards when it raises, unless one of the two was called already.
 
     A temporary left by a killed run of the same output is removed first: one job owns an
     output, so no other writer can be using it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, OUTPUT_MODE)
-        os.replace(tmp, path)
-    finally:
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.settled = False
+
+    def commit(self) -> None:
+        os.chmod(self.tmp, OUTPUT_MODE)
+        os.replace(self.tmp, self.path)
+        self.settled = True
+
+    def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(self.tmp)
+        self.settled = True
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.settled:
+            return False
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
+        else:
+            self.discard()
+        return False
+
+
+# The usual spelling at call sites: `with atomic_path(path) as tmp:`.
+atomic_path = AtomicPath
 
 
 def _remove_stale_temporaries(path: Path) -> None:

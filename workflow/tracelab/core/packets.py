@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from pandera.pandas import Check
 
-from tracelab.core.atomic import atomic_path
+from tracelab.core.atomic import AtomicPath
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 
 PORT_CHECK = Check.in_range(0, 65535)
@@ -175,8 +175,8 @@ class PacketWriter:
         for key, value in (extra_metadata or {}).items():
             metadata[f"tracelab.{key}".encode()] = str(value).encode()
         self.schema = PACKET_SCHEMA.with_metadata(metadata)
-        self._atomic = atomic_path(path)
-        self._tmp = self._atomic.__enter__()
+        self._output = AtomicPath(path)
+        self._tmp = self._output.tmp
         # Dictionary pages only for the dictionary columns (one of every distinct Info string
         # costs more than it saves). Batches of 64k rows: 15% faster to write than 1k.
         self._writer = pq.ParquetWriter(
@@ -192,9 +192,9 @@ class PacketWriter:
     def close(self, ok: bool = True) -> None:
         self._writer.close()
         if ok:
-            self._atomic.__exit__(None, None, None)
+            self._output.commit()
         else:
-            self._atomic.__exit__(RuntimeError, RuntimeError(), None)
+            self._output.discard()
 
     def __enter__(self):
         return self

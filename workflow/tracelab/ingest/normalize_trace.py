@@ -15,9 +15,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracelab.core.packets import (DICT_STRING, INFO_FIELDS, PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS,
-                                   PacketWriter, null_if_empty, open_staged, read_staged,
-                                   sha256_of)
+from tracelab.core.packets import (
+    DICT_STRING,
+    INFO_FIELDS,
+    PACKET_SCHEMA,
+    PACKETS,
+    TCP_FLAG_BITS,
+    PacketWriter,
+    null_if_empty,
+    open_staged,
+    read_staged,
+    sha256_of,
+)
 from tracelab.core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -114,6 +123,15 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     }
 
 
+def seconds_since(ts_ns: pa.Array, first_ts_ns: int) -> pa.Array:
+    """Seconds from `first_ts_ns` to each of `ts_ns` (int64 ns): the difference is exact
+    (checked int64), then rounded once to the nearest double. Up to 2**53 ns (104 days) that
+    double holds every ns; beyond, it holds what a double can (a strict cast would refuse).
+    """
+    elapsed_ns = pc.subtract_checked(ts_ns, first_ts_ns)
+    return pc.divide(pc.cast(elapsed_ns, pa.float64(), safe=False), 1e9)
+
+
 def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
     """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s)."""
     columns = {name: staged.column(name).combine_chunks() for name in staged.column_names}
@@ -121,7 +139,7 @@ def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
         if columns[name].type != DICT_STRING:
             columns[name] = pc.dictionary_encode(columns[name])
     ts_ns = pc.cast(columns["ts"], pa.int64())
-    columns["t_rel_s"] = pc.divide(pc.cast(pc.subtract(ts_ns, first_ts_ns), pa.float64()), 1e9)
+    columns["t_rel_s"] = seconds_since(ts_ns, first_ts_ns)
     missing = [field.name for field in INFO_FIELDS if field.name not in columns]
     if missing:
         parsed = parse_info(columns["info"], columns["protocol"])

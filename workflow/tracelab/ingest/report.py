@@ -14,11 +14,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from tracelab.core.atomic import atomic_path, write_json
+from tracelab.core.atomic import AtomicPath, write_json
 from tracelab.core.errors import TraceInputError
 from tracelab.core.safe_text import spreadsheet_safe_array
 
 EXAMPLES_PER_CHECK = 5
+
+# Times a packet can have, as ns since the epoch: from 1970-01-02 (epoch 0 and the small numbers
+# after it are a clock never set, or Wireshark's seconds since the beginning of the capture) to
+# the end of 2099 (a wrong year). Fixed dates: never the day the pipeline runs.
+TIME_RANGE_NS = (86_400 * 10**9, 4_102_444_800 * 10**9)
+TIME_RANGE_TEXT = "1970-01-02 00:00:00 <= Time < 2100-01-01 00:00:00 UTC"
+# A forward jump: the latest time so far moves on by more than JUMP_FACTOR times the trace's
+# median step, and by at least JUMP_MIN_NS (an hour).
+JUMP_FACTOR = 10_000
+JUMP_MIN_NS = 3_600 * 10**9
+
+
+def time_out_of_range(ts_ns: np.ndarray) -> np.ndarray:
+    """Which timestamps (ns since the epoch) no packet can have: see TIME_RANGE_NS."""
+    return (ts_ns < TIME_RANGE_NS[0]) | (ts_ns >= TIME_RANGE_NS[1])
 
 
 @dataclass
@@ -101,10 +116,10 @@ class ValidationReport:
                        else "no rows after the header", where)
         elif fraction > self.settings.max_invalid_fraction:
             where, first = self._first_failure(failed_checks)
-            problem = ("max_invalid_fraction",
-                       f"{self.rows_invalid} of {self.rows_read} rows invalid "
-                       f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
-                       f"failed checks: {_counts(failed_checks)}{first}", where)
+            detail = (f"{self.rows_invalid} of {self.rows_read} rows invalid "
+                      f"({fraction:.2%} > {self.settings.max_invalid_fraction:.2%}); "
+                      f"failed checks: {_counts(failed_checks)}{first}")
+            problem = ("max_invalid_fraction", detail, where)
         status = "failed" if problem else ("passed_with_invalid_rows" if self.rows_invalid
                                            else "passed")
         data = self.to_dict(status)
@@ -146,9 +161,8 @@ class InvalidRows:
     def __init__(self, path, raw_columns: list[str]):
         self.columns = ["location", "reason", *raw_columns]
         self.schema = pa.schema([(name, pa.string()) for name in self.columns])
-        self._atomic = atomic_path(path)
-        self._tmp = self._atomic.__enter__()
-        self._writer = pacsv.CSVWriter(self._tmp, self.schema,
+        self._output = AtomicPath(path)
+        self._writer = pacsv.CSVWriter(self._output.tmp, self.schema,
                                        write_options=pacsv.WriteOptions(quoting_style="all_valid"))
         self.rows = 0
 
@@ -162,7 +176,10 @@ class InvalidRows:
 
     def close(self, ok: bool = True) -> None:
         self._writer.close()
-        self._atomic.__exit__(*((None, None, None) if ok else (RuntimeError, RuntimeError(), None)))
+        if ok:
+            self._output.commit()
+        else:
+            self._output.discard()
 
 
 def count_time_backwards(ts_ns: np.ndarray, last_ts: int | None, backwards: dict,
@@ -183,3 +200,58 @@ def count_time_backwards(ts_ns: np.ndarray, last_ts: int | None, backwards: dict
             for i in went_back[:room])
     top = int(running[-1])
     return top if last_ts is None else max(top, last_ts)
+
+
+class TimeOrder:
+    """Timestamps of the kept rows in file order: how often they go backwards, and the forward
+    jumps far beyond the trace's usual steps (a row with a wrong year, a capture paused for days).
+
+    A step is how far a row moves the latest timestamp so far on (0 when it does not). The steps
+    are counted in a histogram of powers of two (bounded whatever the trace's length); the steps
+    of at least JUMP_MIN_NS are kept exactly, since the jump threshold depends on the median step
+    and is known only at the end.
+    """
+
+    def __init__(self):
+        self.last_ts: int | None = None
+        self.backwards = {"count": 0, "examples": []}
+        self._step_bins = np.zeros(65, dtype=np.int64)
+        self._long_steps: list[np.ndarray] = []
+        self._long_where: list[dict] = []
+
+    def update(self, ts_ns: np.ndarray, where) -> None:
+        """Add the timestamps of one batch of kept rows; `where(i)` locates row i."""
+        before = self.last_ts
+        self.last_ts = count_time_backwards(ts_ns, before, self.backwards, where)
+        running = np.maximum.accumulate(ts_ns)
+        if before is not None:
+            running = np.maximum(running, before)
+        previous = np.concatenate([[running[0] if before is None else before], running[:-1]])
+        steps = running - previous
+        self._step_bins += np.bincount(np.frexp(steps.astype(np.float64) + 1.0)[1],
+                                       minlength=65)[:65]
+        long = np.flatnonzero(steps >= JUMP_MIN_NS)
+        if long.size:
+            self._long_steps.append(steps[long])
+            self._long_where.extend(where(int(i)) for i in long)
+
+    def notes(self) -> dict:
+        """The report's `time_backwards` and `time_jumps`."""
+        steps = int(self._step_bins.sum())
+        median_bin = int(np.searchsorted(np.cumsum(self._step_bins), (steps + 1) // 2)) \
+            if steps else 0
+        usual_ns = (1 << median_bin) - 1  # the upper end of the median step's bin
+        threshold = max(JUMP_FACTOR * usual_ns, JUMP_MIN_NS)
+        long = np.concatenate(self._long_steps) if self._long_steps else np.zeros(0, np.int64)
+        jumps = np.flatnonzero(long > threshold)
+        largest = jumps[np.argsort(-long[jumps], kind="stable")][:EXAMPLES_PER_CHECK]
+        return {
+            "time_backwards": self.backwards,
+            "time_jumps": {
+                "count": int(jumps.size),
+                "median_step_s_at_most": usual_ns / 1e9,
+                "threshold_s": threshold / 1e9,
+                "examples": [{**self._long_where[i], "by_s": int(long[i]) / 1e9}
+                             for i in largest],
+            },
+        }
