@@ -9,6 +9,7 @@ rule security_connections:
     output:
         flows="results/features/{trace}/flows.parquet",
         http="results/features/{trace}/http.parquet",
+        conn_log="results/features/{trace}/conn.log",
     params:
         code=rule_code("security_connections"),
         settings=stable_params(config["security"]["flows"]),
