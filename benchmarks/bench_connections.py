@@ -52,8 +52,14 @@ def packet_table(packets: int, work: Path) -> Path:
 
 
 def _child(spec: dict) -> None:
+    import dataclasses
+
+    from tracelab.security import security_connections
     from tracelab.security.security_connections import write_connections
 
+    # older code (for before/after figures): only the settings its FlowSettings knows
+    names = {field.name for field in dataclasses.fields(security_connections.FlowSettings)}
+    spec["settings"] = {k: v for k, v in spec["settings"].items() if k in names}
     kwargs = dict(trace="synth", packets_path=spec["packets"], flows_path=spec["out"] + "/flows.parquet",
                   http_path=spec["out"] + "/http.parquet", settings=spec["settings"])
     if "conn_log_path" in inspect.signature(write_connections).parameters:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,6 +15,7 @@ from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
 from tracelab.security.http import HTTP
 from tracelab.security.security_connections import (FLOWS, assemble_connections, flow_settings,
                                                     write_connections)
+from tracelab.security.zeek_log import string_text, time_text
 
 C, S = "10.0.0.1", "10.0.0.2"
 
@@ -201,3 +203,11 @@ def test_every_table_has_the_trace_column(tmp_path):
     assert http.column("uid").to_pylist()[0] in set(flows.column("uid").to_pylist())
     assert flows.schema.equals(FLOWS.schema, check_metadata=False)
     assert http.schema.equals(HTTP.schema, check_metadata=False)
+
+
+def test_zeek_text_escapes_separators_and_markers_as_zeek_does():
+    values = pa.array(["a\tb", "-", "", None, "x\\y", "(empty)", "ok"])
+    assert string_text(values).to_pylist() == [
+        "a\\x09b", "\\x2d", "(empty)", "-", "x\\x5cy", "\\x28empty)", "ok"]
+    assert time_text(pa.array([1_767_268_800_123_456_789, None])).to_pylist() == [
+        "1767268800.123457", "-"]

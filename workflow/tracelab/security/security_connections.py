@@ -260,7 +260,6 @@ class _Packets:
 
     @classmethod
     def of(cls, table: pa.Table) -> _Packets:
-        table = table.unify_dictionaries().combine_chunks()
         src_names, src = _dictionary(table.column("src"))
         dst_names, dst = _dictionary(table.column("dst"))
         addresses = pd.Index(src_names).union(pd.Index(dst_names))
@@ -277,16 +276,24 @@ class _Packets:
             seq=_floats(table.column("tcp_seq")), ack=_floats(table.column("tcp_ack")),
             tcp_len=_floats(table.column("tcp_len")), window=_floats(table.column("tcp_win")),
             retransmission=pc.fill_null(pc.match_substring(
-                table.column("tcp_analysis"), "Retransmission"), False).to_numpy(),
+                table.column("tcp_analysis"), "Retransmission"), False).to_numpy(
+                    zero_copy_only=False),
             protocols=protocols, protocol=protocol)
 
     @property
     def is_tcp(self) -> np.ndarray:
         return self.known_flags & self.ported
 
+    def pair(self, rows: np.ndarray) -> np.ndarray:
+        """A number for the unordered address pair of each of `rows`."""
+        low = np.minimum(self.src[rows], self.dst[rows])
+        return low * len(self.addresses) + np.maximum(self.src[rows], self.dst[rows])
+
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A dictionary or string column as (distinct values, each row's code)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.unify_dictionaries()
     array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
@@ -538,7 +545,9 @@ def _attach(packets: _Packets, member: _Membership, settings: FlowSettings) -> N
     portless = np.flatnonzero(~packets.ported & transport_like[packets.protocol])
     if not len(portless):
         return
+    # Only connections between two hosts that exchanged port-less rows can take one.
     rows = np.flatnonzero(member.flow_of >= 0)
+    rows = rows[np.isin(packets.pair(rows), packets.pair(portless))]
     rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
 
     def frame_of(index):
@@ -886,36 +895,38 @@ def _aggregate(packets: _Packets, member: _Membership, trace: str):
     return flows.iloc[order].reset_index(drop=True), rank
 
 
-def conn_log_fields(flows: pd.DataFrame) -> list[pd.Series]:
-    """conn.log's fields of each flow as Zeek text. As Zeek's conn.log does, duration and the
-    payload byte counts are left unset for a connection of no duration, and an empty history
-    or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
-    timed = flows["duration_s"].to_numpy() > 0
-    first_ns = flows["first_ts"].astype("datetime64[ns, UTC]").astype("int64")
-    last_ns = flows["last_ts"].astype("datetime64[ns, UTC]").astype("int64")
+def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
+    """conn.log's fields of each flow (a FLOWS table) as Zeek text. As Zeek's conn.log does,
+    duration and the payload byte counts are left unset for a connection of no duration, and
+    an empty history or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
+    flows = flows.combine_chunks()
+    timed = pc.greater(flows.column("duration_s"), 0)
+    first_ns = flows.column("first_ts").cast(pa.int64())
+    last_ns = flows.column("last_ts").cast(pa.int64())
+    service = pc.utf8_lower(flows.column("service"))
+    for wireshark, zeek in ZEEK_SERVICE_NAMES.items():
+        service = pc.replace_substring_regex(service, rf"\b{wireshark}\b", zeek)
+    history = flows.column("history")
     text = {
         "first_ts": time_text(first_ns),
-        "duration_s": interval_text((last_ns - first_ns).where(timed)),
-        "service": string_text(flows["service"].astype("string").str.lower().str.split(",")
-                               .map(lambda names: ",".join(ZEEK_SERVICE_NAMES.get(n, n)
-                                                           for n in names),
-                                    na_action="ignore")),
-        "history": string_text(flows["history"].astype("string").replace("", pd.NA)),
+        "duration_s": interval_text(pc.if_else(timed, pc.subtract(last_ns, first_ns), None)),
+        "service": string_text(service),
+        "history": string_text(pc.if_else(pc.equal(history, ""), None, history)),
     }
     fields = []
     for field, column in CONN_LOG_FIELDS:
         if column is None:
-            fields.append(unset(len(flows)))
+            fields.append(unset(flows.num_rows))
         elif column in text:
             fields.append(text[column])
+        elif column in ("orig_bytes", "resp_bytes"):
+            fields.append(count_text(pc.if_else(timed, flows.column(column), None)))
         elif field.type in ("count", "port"):
-            values = flows[column].astype("Int64")
-            if column in ("orig_bytes", "resp_bytes"):
-                values = values.where(timed)
-            fields.append(count_text(values))
+            fields.append(count_text(flows.column(column)))
         else:
-            fields.append(string_text(flows[column]))
-    return [field.reset_index(drop=True) for field in fields]
+            fields.append(string_text(flows.column(column)))
+    return [field.combine_chunks() if isinstance(field, pa.ChunkedArray) else field
+            for field in fields]
 
 
 class _TableAppender:
@@ -926,9 +937,12 @@ class _TableAppender:
         self.writer = pq.ParquetWriter(path, table.schema, compression="zstd")
         self.rows = 0
 
-    def write(self, part: pd.DataFrame) -> None:
-        self.writer.write_table(self.table.check(self.table.conform(part)))
-        self.rows += len(part)
+    def write(self, part: pd.DataFrame) -> pa.Table:
+        """Conform, check and append `part`; returns it as written."""
+        table = self.table.check(self.table.conform(part))
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+        return table
 
     def close(self, metadata: dict) -> None:
         self.writer.add_key_value_metadata(
@@ -973,13 +987,11 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_l
             prefix=".partitions-", dir=Path(flows_path).parent)))
         flows_out = _TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)))
         http_out = _TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)))
-        conn_log = stack.enter_context(
-            stack.enter_context(atomic_path(conn_log_path)).open("w", encoding="utf-8"))
+        conn_log = stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb"))
         zeek = ZeekLogWriter(conn_log, "conn", [field for field, _ in CONN_LOG_FIELDS], opened)
         for packets in _partition_tables(packets_path, flow_settings_, scratch):
             connections = assemble_connections(packets, flow_settings_, trace)
-            flows_out.write(connections.flows)
-            zeek.write(conn_log_fields(connections.flows))
+            zeek.write(conn_log_fields(flows_out.write(connections.flows)))
             is_http = pc.or_(packets.column("http_method").is_valid(),
                              packets.column("http_status").is_valid()).to_numpy()
             http_rows = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
