@@ -60,10 +60,11 @@ def _child(spec: dict) -> None:
     # older code (for before/after figures): only the settings its FlowSettings knows
     names = {field.name for field in dataclasses.fields(security_connections.FlowSettings)}
     spec["settings"] = {k: v for k, v in spec["settings"].items() if k in names}
-    kwargs = dict(trace="synth", packets_path=spec["packets"], flows_path=spec["out"] + "/flows.parquet",
-                  http_path=spec["out"] + "/http.parquet", settings=spec["settings"])
+    out = spec["out"]
+    kwargs = {"trace": "synth", "packets_path": spec["packets"], "settings": spec["settings"],
+              "flows_path": f"{out}/flows.parquet", "http_path": f"{out}/http.parquet"}
     if "conn_log_path" in inspect.signature(write_connections).parameters:
-        kwargs["conn_log_path"] = spec["out"] + "/conn.log"
+        kwargs["conn_log_path"] = f"{out}/conn.log"
     started, cpu = time.perf_counter(), time.process_time()
     write_connections(**kwargs)
     print(json.dumps({"seconds": time.perf_counter() - started,

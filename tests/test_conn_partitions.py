@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from packet_factory import bundled_results
 from tracelab.security.http import HTTP
 from tracelab.security.partitions import partition_count, partition_of

@@ -11,7 +11,6 @@ import subprocess
 
 import pandas as pd
 import pytest
-
 from packet_factory import REPO
 from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.ingest.validate_trace import validate_trace

@@ -10,11 +10,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
 from tracelab.security.http import HTTP
-from tracelab.security.security_connections import (FLOWS, assemble_connections, flow_settings,
-                                                    write_connections)
+from tracelab.security.security_connections import (
+    FLOWS,
+    assemble_connections,
+    flow_settings,
+    write_connections,
+)
 from tracelab.security.zeek_log import string_text, time_text
 
 C, S = "10.0.0.1", "10.0.0.2"

@@ -665,8 +665,10 @@ class _FlowRows:
                    zero_window=zero_window)
 
 
-# History letters by code (0: none), in Zeek's order of checks.
-_LETTERS = np.array(list(" IQHSFRDA"))
+# History letters by code (0: none; 1-8 in Zeek's order of checks), the originator's in upper
+# case and the responder's in lower case; then T, W and the flip mark.
+_LETTERS = np.array([list(" IQHSFRDATW^"), list(" iqhsfrdatw^")])
+T_CODE, W_CODE, FLIP_CODE = 9, 10, 11
 
 
 def _history(rows: _FlowRows, flipped: np.ndarray) -> np.ndarray:
@@ -681,9 +683,9 @@ def _history(rows: _FlowRows, flipped: np.ndarray) -> np.ndarray:
     lettered = np.flatnonzero(code > 0)
     key = (rows.flow[lettered] * 2 + rows.orig[lettered]) * 16 + code[lettered]
     first = lettered[np.unique(key, return_index=True)[1]]
-    events = [(rows.flow[first], first * 3, _LETTERS[code[first]], rows.orig[first])]
-    for slot, (letter, happened) in enumerate((("T", rows.retransmitted),
-                                               ("W", rows.zero_window)), start=1):
+    events = [(rows.flow[first], first * 3, code[first], rows.orig[first])]
+    for slot, (letter, happened) in enumerate(((T_CODE, rows.retransmitted),
+                                               (W_CODE, rows.zero_window)), start=1):
         hits = np.flatnonzero(happened)
         side = rows.flow[hits] * 2 + rows.orig[hits]
         by_side = np.argsort(side, kind="stable")
@@ -694,12 +696,12 @@ def _history(rows: _FlowRows, flipped: np.ndarray) -> np.ndarray:
         events.append((rows.flow[kept], kept * 3 + slot, np.full(len(kept), letter),
                        rows.orig[kept]))
     flips = np.flatnonzero(flipped)
-    events.append((flips, np.full(len(flips), -1), np.full(len(flips), "^"),
+    events.append((flips, np.full(len(flips), -1), np.full(len(flips), FLIP_CODE),
                    np.ones(len(flips), bool)))
     flow, order, letters, orig = (np.concatenate(parts) for parts in zip(*events))
-    letters = np.where(orig, letters, np.char.lower(letters.astype("U1")))
     sort = np.lexsort((order, flow))
-    return _concat_per_flow(flow[sort], letters[sort], len(flipped))
+    chars = _LETTERS[(~orig[sort]).astype(np.int64), letters[sort]]
+    return _concat_per_flow(flow[sort], chars, len(flipped))
 
 
 def _endpoint_state(pre, rst, fin, rst_order, fin_order, peer_fin):
@@ -817,9 +819,9 @@ UID_DIGITS = 17  # 62**17 > 2**96
 UID_KEYS = ("tracelab-uid-hi:", "tracelab-uid-lo:")
 
 
-def connection_uids(keys: pd.Series) -> np.ndarray:
+def connection_uids(keys: pa.Array) -> np.ndarray:
     """Zeek-style uids, 'C' and 17 base62 digits of 96 bits of SipHash of each key's text."""
-    text = np.asarray(keys.to_numpy(object), dtype=object)
+    text = keys.to_numpy(zero_copy_only=False).astype(object)
     high, low = (pd.util.hash_array(text, hash_key=key, categorize=False) for key in UID_KEYS)
     limbs = [high >> np.uint64(32), high & np.uint64(0xFFFFFFFF), low >> np.uint64(32)]
     digits = np.empty((len(text), UID_DIGITS + 1), np.uint8)
@@ -865,15 +867,17 @@ def _aggregate(packets: _Packets, member: _Membership, trace: str):
     resp_port = np.where(flipped, packets.src_port[first], packets.dst_port[first])
     proto = np.where(flow_is_tcp, "tcp", "udp")
     address = packets.addresses
-    keys = (trace + "|" + pd.Series(proto, dtype="string") + "|" + address[orig] + "|"
-            + orig_port.astype(str) + "|" + address[resp] + "|" + resp_port.astype(str) + "|"
-            + first_ts.astype(str))
+    # A connection's key: trace, protocol, endpoints and first packet's time.
+    keys = pc.binary_join_element_wise(
+        pa.repeat(pa.scalar(trace), n_flows), pa.array(proto),
+        *(pa.array(values).cast(pa.string()) for values in (
+            address[orig], orig_port, address[resp], resp_port, first_ts)), "|")
     flows = pd.DataFrame({
-        "trace": trace, "uid": connection_uids(pd.Series(keys)), "proto": proto,
+        "trace": trace, "uid": connection_uids(keys), "proto": proto,
         "orig": address[orig], "orig_port": orig_port.astype(np.int32),
         "resp": address[resp], "resp_port": resp_port.astype(np.int32),
-        "first_ts": pd.to_datetime(first_ts, utc=True),
-        "last_ts": pd.to_datetime(last_ts, utc=True),
+        "first_ts": pd.DatetimeIndex(first_ts.astype("datetime64[ns]")).tz_localize("UTC"),
+        "last_ts": pd.DatetimeIndex(last_ts.astype("datetime64[ns]")).tz_localize("UTC"),
         "duration_s": (last_ts - first_ts) / 1e9,
         "service": _services(packets, rows, flow, n_flows),
         "orig_bytes": orig_bytes.payload, "resp_bytes": resp_bytes.payload,
