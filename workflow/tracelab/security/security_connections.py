@@ -64,7 +64,8 @@ import json
 import logging
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,7 @@ class _Packets:
     dst_port: np.ndarray
     known_flags: np.ndarray
     flags: np.ndarray
+    is_tcp: np.ndarray
     seq: np.ndarray
     ack: np.ndarray
     tcp_len: np.ndarray
@@ -264,25 +266,21 @@ class _Packets:
         dst_names, dst = _dictionary(table.column("dst"))
         addresses = pd.Index(src_names).union(pd.Index(dst_names))
         protocols, protocol = _dictionary(table.column("protocol"))
+        ported = _valid(table.column("src_port")) & _valid(table.column("dst_port"))
+        known_flags = _valid(table.column("tcp_flags"))
         return cls(
             frame=_integers(table.column("frame")), t=_integers(table.column("ts")),
             length=_integers(table.column("length")), addresses=addresses.to_numpy(object),
             src=addresses.get_indexer(src_names)[src], dst=addresses.get_indexer(dst_names)[dst],
-            ported=_valid(table.column("src_port")) & _valid(table.column("dst_port")),
-            src_port=_integers(table.column("src_port")),
-            dst_port=_integers(table.column("dst_port")),
-            known_flags=_valid(table.column("tcp_flags")),
-            flags=_integers(table.column("tcp_flags")),
+            ported=ported, src_port=_integers(table.column("src_port")),
+            dst_port=_integers(table.column("dst_port")), known_flags=known_flags,
+            flags=_integers(table.column("tcp_flags")), is_tcp=known_flags & ported,
             seq=_floats(table.column("tcp_seq")), ack=_floats(table.column("tcp_ack")),
             tcp_len=_floats(table.column("tcp_len")), window=_floats(table.column("tcp_win")),
             retransmission=pc.fill_null(pc.match_substring(
                 table.column("tcp_analysis"), "Retransmission"), False).to_numpy(
                     zero_copy_only=False),
             protocols=protocols, protocol=protocol)
-
-    @property
-    def is_tcp(self) -> np.ndarray:
-        return self.known_flags & self.ported
 
     def pair(self, rows: np.ndarray) -> np.ndarray:
         """A number for the unordered address pair of each of `rows`."""
@@ -318,7 +316,7 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def load_packets(path) -> pa.Table:
-    """The packet columns connections need (the whole table: for tests and small traces)."""
+    """The packet columns connections need, the whole table at once."""
     return pq.read_table(path, columns=PACKET_COLUMNS)
 
 
@@ -538,6 +536,14 @@ def _membership(packets: _Packets, settings: FlowSettings) -> _Membership:
     return _Membership(flow_of, is_orig, first_row, flipped)
 
 
+def _row_frame(packets: _Packets, index: np.ndarray) -> pd.DataFrame:
+    """The rows `index` in the frame `_attach_portless` takes (indexed by row number)."""
+    return pd.DataFrame({
+        "row": index, "src_code": packets.src[index], "dst_code": packets.dst[index],
+        "t": packets.t[index], "frame": packets.frame[index], "length": packets.length[index]},
+        index=index)
+
+
 def _attach(packets: _Packets, member: _Membership, settings: FlowSettings) -> None:
     """Rows without ports (not below the transport layer) join a connection of their pair."""
     transport_like = ~pd.Series(packets.protocols, dtype="string").str.match(
@@ -549,18 +555,12 @@ def _attach(packets: _Packets, member: _Membership, settings: FlowSettings) -> N
     rows = np.flatnonzero(member.flow_of >= 0)
     rows = rows[np.isin(packets.pair(rows), packets.pair(portless))]
     rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
-
-    def frame_of(index):
-        return pd.DataFrame({
-            "row": index, "src_code": packets.src[index], "dst_code": packets.dst[index],
-            "t": packets.t[index], "frame": packets.frame[index],
-            "length": packets.length[index]}, index=index)
-
-    ported = frame_of(rows).assign(
+    ported = _row_frame(packets, rows).assign(
         flow=member.flow_of[rows], is_orig=member.is_orig[rows], is_tcp=packets.is_tcp[rows],
         flags=packets.flags[rows], seq=packets.seq[rows], ack=packets.ack[rows],
         len=packets.tcp_len[rows])
-    attached = _attach_portless(frame_of(portless), ported, int(settings.idle_timeout_s * 1e9))
+    attached = _attach_portless(_row_frame(packets, portless), ported,
+                                int(settings.idle_timeout_s * 1e9))
     member.flow_of[attached["row"].to_numpy()] = attached["flow"].to_numpy()
     member.is_orig[attached["row"].to_numpy()] = attached["is_orig"].to_numpy()
 
@@ -577,8 +577,6 @@ def assemble_connections(packets: pa.Table | pd.DataFrame, settings: FlowSetting
     inside = member.flow_of >= 0
     counts = np.bincount(arrays.protocol[~inside], minlength=len(arrays.protocols))
     left_out = {str(arrays.protocols[code]): int(counts[code]) for code in np.flatnonzero(counts)}
-    if left_out:
-        log.info("rows in no connection, by protocol: %s", left_out)
     flows, rank = _aggregate(arrays, member, trace)
     packet_flow = np.append(rank, -1)[member.flow_of]
     return Connections(flows=flows, packet_flow=packet_flow,
@@ -918,19 +916,19 @@ def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
         "history": string_text(pc.if_else(pc.equal(history, ""), None, history)),
     }
     fields = []
-    for field, column in CONN_LOG_FIELDS:
+    for log_field, column in CONN_LOG_FIELDS:
         if column is None:
             fields.append(unset(flows.num_rows))
         elif column in text:
             fields.append(text[column])
         elif column in ("orig_bytes", "resp_bytes"):
             fields.append(count_text(pc.if_else(timed, flows.column(column), None)))
-        elif field.type in ("count", "port"):
+        elif log_field.type in ("count", "port"):
             fields.append(count_text(flows.column(column)))
         else:
             fields.append(string_text(flows.column(column)))
-    return [field.combine_chunks() if isinstance(field, pa.ChunkedArray) else field
-            for field in fields]
+    return [values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+            for values in fields]
 
 
 class _TableAppender:
@@ -978,37 +976,51 @@ def _trace_span(packets_path) -> tuple[str, str]:
     return tuple(pd.Timestamp(t).strftime("%Y-%m-%d-%H-%M-%S") for t in (min(times), max(times)))
 
 
+@dataclass
+class _Outputs:
+    """The stage's three outputs, appended to partition by partition, and what it counts."""
+
+    flows: _TableAppender
+    http: _TableAppender
+    conn_log: ZeekLogWriter
+    trace: str
+    left_out: Counter = field(default_factory=Counter)
+    states: Counter = field(default_factory=Counter)
+
+    def write(self, packets: pa.Table, connections: Connections) -> None:
+        self.conn_log.write(conn_log_fields(self.flows.write(connections.flows)))
+        is_http = pc.or_(packets.column("http_method").is_valid(),
+                         packets.column("http_status").is_valid()).to_numpy()
+        requests = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
+        self.http.write(http.http_requests(requests, connections.packet_uid[is_http],
+                                           self.trace))
+        self.left_out.update(connections.left_out)
+        self.states.update(connections.flows["conn_state"].value_counts().to_dict())
+
+
 def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_log_path,
                       settings: dict) -> dict:
     """Stage: flows.parquet, http.parquet (both need each packet's connection) and conn.log of
     one trace, one partition of the packet table at a time."""
     flow_settings_ = flow_settings(settings)
     opened, closed = _trace_span(packets_path)
-    left_out, states = {}, {}
     Path(flows_path).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix=".partitions-", dir=Path(flows_path).parent)))
-        flows_out = _TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)))
-        http_out = _TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)))
         conn_log = stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb"))
-        zeek = ZeekLogWriter(conn_log, "conn", [field for field, _ in CONN_LOG_FIELDS], opened)
+        out = _Outputs(
+            flows=_TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path))),
+            http=_TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path))),
+            conn_log=ZeekLogWriter(conn_log, "conn", [f for f, _ in CONN_LOG_FIELDS], opened),
+            trace=trace)
         for packets in _partition_tables(packets_path, flow_settings_, scratch):
-            connections = assemble_connections(packets, flow_settings_, trace)
-            zeek.write(conn_log_fields(flows_out.write(connections.flows)))
-            is_http = pc.or_(packets.column("http_method").is_valid(),
-                             packets.column("http_status").is_valid()).to_numpy()
-            http_rows = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
-            http_out.write(http.http_requests(http_rows, connections.packet_uid[is_http], trace))
-            for name, count in connections.left_out.items():
-                left_out[name] = left_out.get(name, 0) + count
-            for state, count in connections.flows["conn_state"].value_counts().items():
-                states[state] = states.get(state, 0) + int(count)
-        zeek.close(closed)
-        flows_out.close({"trace": trace, "flow_settings": json.dumps(asdict(flow_settings_)),
-                         "rows_in_no_connection": json.dumps(left_out)})
-        http_out.close({"trace": trace})
+            out.write(packets, assemble_connections(packets, flow_settings_, trace))
+        out.conn_log.close(closed)
+        out.flows.close({"trace": trace, "flow_settings": json.dumps(asdict(flow_settings_)),
+                         "rows_in_no_connection": json.dumps(dict(out.left_out))})
+        out.http.close({"trace": trace})
         conn_log.close()
-    log.info("%s: %d connections (%s), %d HTTP requests", trace, flows_out.rows, states,
-             http_out.rows)
-    return {"connections": flows_out.rows, "http_requests": http_out.rows}
+    log.info("%s: %d connections (%s), %d HTTP requests; rows in no connection, by protocol: %s",
+             trace, out.flows.rows, dict(out.states), out.http.rows, dict(out.left_out))
+    return {"connections": out.flows.rows, "http_requests": out.http.rows}
