@@ -52,7 +52,7 @@ is counted.
 Memory: the packet table is split by address pair (`tracelab.security.partitions`) into
 partitions of about `partition_packets` packets, made into connections one at a time; the
 tables are the same whatever the number of partitions (rows in partition order, by first
-packet within one). A uid is Zeek-style ('C' and base62 of 96 bits), a hash of the trace name,
+packet within one). A uid is Zeek-style ('C' and 17 base62 digits), a hash of the trace name,
 the connection's endpoints and its first packet's time: unique across traces, the same on
 every rerun and for any partitioning.
 """
@@ -812,19 +812,21 @@ def _services(packets: _Packets, rows: np.ndarray, flow: np.ndarray, n_flows: in
 
 UID_ALPHABET = np.frombuffer(
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)
-UID_DIGITS = 17  # 62**17 > 2**96
+UID_DIGITS = 17  # the lowest 17 base62 digits of a 128-bit hash: about 101 bits
 # SipHash keys (16 bytes each) of the two 64-bit halves of a uid's hash.
 UID_KEYS = ("tracelab-uid-hi:", "tracelab-uid-lo:")
 
 
 def connection_uids(keys: pa.Array) -> np.ndarray:
-    """Zeek-style uids, 'C' and 17 base62 digits of 96 bits of SipHash of each key's text."""
+    """Zeek-style uids: 'C' and the lowest 17 base62 digits of a 128-bit hash (two SipHashes)
+    of each key's text; Zeek's are 'C' and base62 of 96 random bits."""
     text = keys.to_numpy(zero_copy_only=False).astype(object)
     high, low = (pd.util.hash_array(text, hash_key=key, categorize=False) for key in UID_KEYS)
-    limbs = [high >> np.uint64(32), high & np.uint64(0xFFFFFFFF), low >> np.uint64(32)]
+    mask = np.uint64(0xFFFFFFFF)
+    limbs = [high >> np.uint64(32), high & mask, low >> np.uint64(32), low & mask]
     digits = np.empty((len(text), UID_DIGITS + 1), np.uint8)
     digits[:, 0] = ord("C")
-    for place in range(UID_DIGITS, 0, -1):  # long division of the 96-bit number by 62
+    for place in range(UID_DIGITS, 0, -1):  # long division of the 128-bit number by 62
         remainder = np.zeros(len(text), np.uint64)
         for index, limb in enumerate(limbs):
             value = (remainder << np.uint64(32)) | limb
