@@ -934,11 +934,13 @@ def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
 
 
 class _TableAppender:
-    """Appends checked parts of a declared table to one Parquet file (zstd)."""
+    """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
+    metadata: known at the start in the Arrow schema, found on the way in the file's."""
 
-    def __init__(self, table: Table, path: Path):
+    def __init__(self, table: Table, path: Path, metadata: dict):
         self.table = table
-        self.writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, table.schema.with_metadata(_tracelab(metadata)),
+                                       compression="zstd")
         self.rows = 0
 
     def write(self, part: pd.DataFrame) -> pa.Table:
@@ -949,9 +951,12 @@ class _TableAppender:
         return table
 
     def close(self, metadata: dict) -> None:
-        self.writer.add_key_value_metadata(
-            {f"tracelab.{key}": str(value) for key, value in metadata.items()})
+        self.writer.add_key_value_metadata(_tracelab(metadata))
         self.writer.close()
+
+
+def _tracelab(metadata: dict) -> dict[str, str]:
+    return {f"tracelab.{key}": str(value) for key, value in metadata.items()}
 
 
 def _partition_tables(packets_path, settings: FlowSettings, scratch: Path):
@@ -1012,16 +1017,17 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_l
             prefix=".partitions-", dir=Path(flows_path).parent)))
         conn_log = stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb"))
         out = _Outputs(
-            flows=_TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path))),
-            http=_TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path))),
+            flows=_TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)), {
+                "trace": trace, "flow_settings": json.dumps(asdict(flow_settings_))}),
+            http=_TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)),
+                                {"trace": trace}),
             conn_log=ZeekLogWriter(conn_log, "conn", [f for f, _ in CONN_LOG_FIELDS], opened),
             trace=trace)
         for packets in _partition_tables(packets_path, flow_settings_, scratch):
             out.write(packets, assemble_connections(packets, flow_settings_, trace))
         out.conn_log.close(closed)
-        out.flows.close({"trace": trace, "flow_settings": json.dumps(asdict(flow_settings_)),
-                         "rows_in_no_connection": json.dumps(dict(out.left_out))})
-        out.http.close({"trace": trace})
+        out.flows.close({"rows_in_no_connection": json.dumps(dict(out.left_out))})
+        out.http.close({})
         conn_log.close()
     log.info("%s: %d connections (%s), %d HTTP requests; rows in no connection, by protocol: %s",
              trace, out.flows.rows, dict(out.states), out.http.rows, dict(out.left_out))
