@@ -12,7 +12,7 @@ from tracelab.ingest.validate_trace import validate_trace
 from tracelab.security import security_connections
 from tracelab.security.attach import attach_portless
 from tracelab.security.security_connections import (
-    FlowSettings,
+    flow_settings,
     assemble_connections,
     load_packets,
 )
@@ -33,7 +33,7 @@ def two_parallel_requests(first: int, second: int) -> list[dict]:
 
 
 def test_records_of_different_sizes_join_the_connection_whose_gap_they_fill():
-    result = assemble_connections(packet_frame(two_parallel_requests(93, 180)), FlowSettings())
+    result = assemble_connections(packet_frame(two_parallel_requests(93, 180)), flow_settings(), "t")
     flows = result.flows.set_index("orig_port")
     assert result.packet_uid[6] == flows.loc[41000, "uid"]
     assert result.packet_uid[7] == flows.loc[41001, "uid"]
@@ -42,8 +42,8 @@ def test_records_of_different_sizes_join_the_connection_whose_gap_they_fill():
 
 def test_records_of_equal_sizes_in_parallel_connections_are_left_out_and_counted():
     """Either connection's ACK accounts for either row: the export cannot tell them apart."""
-    result = assemble_connections(packet_frame(two_parallel_requests(93, 93)), FlowSettings())
-    assert result.packet_uid[6] == result.packet_uid[7] == -1
+    result = assemble_connections(packet_frame(two_parallel_requests(93, 93)), flow_settings(), "t")
+    assert result.packet_flow[6] == result.packet_flow[7] == -1
     assert result.left_out == {"TLSv1.2": 2}
 
 
@@ -55,7 +55,7 @@ def test_stream_order_decides_between_records_of_equal_size():
             tcp(0.025, S, 443, C, 41000, "A", seq=1, ack=94),
             portless(0.030, C, S, "TLSv1.2", payload=93),
             tcp(0.035, S, 443, C, 41001, "A", seq=1, ack=94)]
-    result = assemble_connections(packet_frame(rows), FlowSettings())
+    result = assemble_connections(packet_frame(rows), flow_settings(), "t")
     flows = result.flows.set_index("orig_port")
     assert (result.packet_uid[6], result.packet_uid[8]) == \
         (flows.loc[41000, "uid"], flows.loc[41001, "uid"])
@@ -69,7 +69,7 @@ def test_attachment_reports_the_ambiguous_rows(monkeypatch):
         return seen[-1].attached
 
     monkeypatch.setattr(security_connections, "_attach_portless", keep)
-    assemble_connections(packet_frame(two_parallel_requests(93, 93)), FlowSettings())
+    assemble_connections(packet_frame(two_parallel_requests(93, 93)), flow_settings(), "t")
     assert seen[0].attached.empty and seen[0].ambiguous_rows.tolist() == [6, 7]
 
 
@@ -88,14 +88,14 @@ def test_bundled_browsing_rows_without_ports_are_right_or_counted(tmp_path):
     Before, 37 joined a wrong connection. Now none does: 653 join their true connection and
     55 are left out and counted, each with a twin of the same size and direction to the same
     server among them (parallel handshakes whose records can swap)."""
-    packets = load_packets(bundled_results() / "packets/web_browsing.parquet")
-    result = assemble_connections(packets, FlowSettings())
+    packets = load_packets(bundled_results() / "packets/web_browsing.parquet").to_pandas()
+    result = assemble_connections(packets, flow_settings(), "t")
     flows = result.flows.set_index("uid")
     truth = capture_ports("web_browsing", tmp_path)
-    rows = packets.assign(uid=result.packet_uid, is_orig=result.packet_is_orig)
+    rows = packets.assign(uid=result.packet_flow, is_orig=result.packet_is_orig)
     rows = rows[rows["src_port"].isna() & ~rows["protocol"].isin(["ICMPv6"])]
     attached = rows[rows["uid"] >= 0]
-    flow = flows.loc[attached["uid"]]
+    flow = flows.iloc[attached["uid"]]
     sport = np.where(attached["is_orig"], flow["orig_port"], flow["resp_port"])
     dport = np.where(attached["is_orig"], flow["resp_port"], flow["orig_port"])
     right = (truth.loc[attached["frame"], "src_port"].to_numpy() == sport) & \

@@ -9,16 +9,19 @@ import dpkt
 import numpy as np
 import pandas as pd
 import pytest
-
-from packet_factory import (REPO, bundled_results, handshake, packet_frame, portless, tcp, udp)
-from tracelab.security.security_connections import (FlowModel, FlowSettings, assemble_connections, flows_to_table,
-                            load_packets, read_flows)
+from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp, udp
+from tracelab.security.security_connections import (
+    FLOWS,
+    assemble_connections,
+    flow_settings,
+    load_packets,
+)
 
 C, S = "10.0.0.1", "10.0.0.2"
 
 
 def connections(rows, **settings):
-    return assemble_connections(packet_frame(rows), FlowSettings(**settings))
+    return assemble_connections(packet_frame(rows), flow_settings(settings), "test")
 
 
 def only_flow(rows, **settings) -> pd.Series:
@@ -75,8 +78,9 @@ def test_udp_states_depend_on_a_reply():
 
 
 HISTORY_CASES = {
-    # originator sent the SYN-ACK (its SYN was not captured): H, then the responder's ACK
-    "H": ([tcp(0, S, 80, C, 40000, "SA", ack=1), tcp(0.01, C, 40000, S, 80, "A", seq=1)],
+    # originator sent the SYN-ACK (its SYN was not captured) between two ports that are not
+    # likely server ports, so Zeek keeps the roles: H, then the responder's ACK
+    "H": ([tcp(0, S, 40001, C, 40000, "SA", ack=1), tcp(0.01, C, 40000, S, 40001, "A", seq=1)],
           "Ha"),
     # simultaneous open: the responder's SYN without ACK is a lowercase s
     "s": ([tcp(0, C, 40000, S, 80, "S"), tcp(0.01, S, 80, C, 40000, "S")], "Ss"),
@@ -136,8 +140,9 @@ def test_fin_exchange_then_reset_stays_a_normal_close():
 def test_counts_bytes_payload_and_timing():
     flow = only_flow(closed_both_ways())
     assert (flow["orig_pkts"], flow["resp_pkts"]) == (5, 4)
-    assert (flow["orig_payload"], flow["resp_payload"]) == (100, 200)
-    assert flow["orig_bytes"] == 5 * 66 + 100 and flow["resp_bytes"] == 4 * 66 + 200
+    assert (flow["orig_bytes"], flow["resp_bytes"], flow["missed_bytes"]) == (100, 200, 0)
+    assert flow["orig_frame_bytes"] == 5 * 66 + 100 and flow["resp_frame_bytes"] == 4 * 66 + 200
+    assert (flow["orig_ip_bytes"], flow["resp_ip_bytes"]) == (5 * 52 + 100, 4 * 52 + 200)
     assert flow["duration_s"] == pytest.approx(0.06)
     assert (flow["iat_min_s"], flow["iat_max_s"]) == pytest.approx((0.001, 0.01))
     assert flow["iat_mean_s"] == pytest.approx(0.06 / 8)
@@ -180,7 +185,7 @@ def test_rows_without_ports_join_the_connection_whose_sequence_gap_they_fill():
     flows = result.flows.set_index("orig_port")
     get_row = 7
     assert result.packet_uid[get_row] == flows.loc[41001, "uid"]
-    assert (flows.loc[41001, "orig_payload"], flows.loc[41000, "orig_payload"]) == (100, 0)
+    assert (flows.loc[41001, "orig_bytes"], flows.loc[41000, "orig_bytes"]) == (100, 0)
     assert flows.loc[41001, "history"] == "ShADaF"
     assert flows.loc[41001, "service"] == "HTTP" and pd.isna(flows.loc[41000, "service"])
     assert flows["attached_pkts"].to_dict() == {41000: 0, 41001: 1}
@@ -191,7 +196,7 @@ def test_rows_without_ports_and_without_a_gap_join_the_nearest_connection_of_the
             portless(0.5, C, S, "QUIC", payload=30),
             udp(0.6, S, 443, C, 5000)]
     result = connections(rows)
-    assert result.packet_uid.tolist() == [0, 0, 0]
+    assert result.packet_flow.tolist() == [0, 0, 0]
     assert result.flows.loc[0, "orig_pkts"] == 2
 
 
@@ -200,7 +205,7 @@ def test_rows_outside_any_connection_are_counted_not_attached():
             portless(0.01, S, C, "ICMP", payload=28),
             portless(0.02, "10.0.0.7", "10.0.0.8", "HTTP", payload=50)]
     result = connections(rows)
-    assert result.packet_uid.tolist() == [0, 0, 0, -1, -1]
+    assert result.packet_flow.tolist() == [0, 0, 0, -1, -1]
     assert result.left_out == {"ICMP": 1, "HTTP": 1}
 
 
@@ -208,17 +213,16 @@ def test_rows_outside_any_connection_are_counted_not_attached():
                                   [portless(0, C, S, "HTTP", http_method="GET")]])
 def test_a_trace_without_connections_gives_an_empty_valid_table(rows):
     result = connections(rows)
-    FlowModel.validate(result.flows)
-    assert flows_to_table(result.flows).num_rows == 0
-    assert result.packet_uid.tolist() == [-1] * len(rows)
+    assert FLOWS.check(FLOWS.conform(result.flows)).num_rows == 0
+    assert result.packet_flow.tolist() == [-1] * len(rows)
 
 
 def test_uids_follow_the_first_packet():
     rows = [tcp(0, C, 40002, S, 80, "S"), tcp(0.1, C, 40001, S, 80, "S"),
             tcp(0.2, C, 40002, S, 80, "S", analysis="TCP Retransmission")]
     flows = connections(rows).flows
-    assert flows[["uid", "orig_port", "orig_pkts"]].values.tolist() == [[0, 40002, 2],
-                                                                       [1, 40001, 1]]
+    assert flows[["orig_port", "orig_pkts"]].values.tolist() == [[40002, 2], [40001, 1]]
+    assert flows["uid"].nunique() == 2
 
 
 # ---- the bundled traces ------------------------------------------------------------------
@@ -241,7 +245,7 @@ def test_bundled_scan_connections_match_the_export():
     answered = sum(replies.get(t) == "SYN, ACK" for t in tuples)
     rejected = sum(replies.get(t) == "RST, ACK" for t in tuples)
 
-    flows = read_flows(bundled_results() / "features/log4j_scan/flows.parquet")
+    flows = FLOWS.read_pandas(bundled_results() / "features/log4j_scan/flows.parquet")
     states = flows["conn_state"].astype(str).value_counts().to_dict()
     assert len(flows) == len(tuples)
     assert states.get("REJ", 0) == rejected
@@ -267,12 +271,12 @@ def test_bundled_rows_without_ports_land_in_their_true_connection(trace):
     (HTTP, TLS, reassembled segments) must be attached to the connection with those ports, and
     none to another (ambiguous rows are left out: tests/test_attach.py)."""
     packets = load_packets(bundled_results() / f"packets/{trace}.parquet")
-    result = assemble_connections(packets, FlowSettings())
+    result = assemble_connections(packets, flow_settings(), trace)
     flows = result.flows.set_index("uid")
     truth = pcapng_ports(trace)
-    rows = packets.assign(uid=result.packet_uid, is_orig=result.packet_is_orig)
+    rows = packets.to_pandas().assign(uid=result.packet_uid, is_orig=result.packet_is_orig)
     rows = rows[rows["src_port"].isna() & rows["frame"].isin(truth.index)]
-    attached = rows[rows["uid"] >= 0]
+    attached = rows[rows["uid"].notna()]
     flow = flows.loc[attached["uid"]]
     sport = np.where(attached["is_orig"], flow["orig_port"], flow["resp_port"])
     dport = np.where(attached["is_orig"], flow["resp_port"], flow["orig_port"])
@@ -286,7 +290,7 @@ def test_bundled_browsing_connections_all_close_normally():
     export = csv_export("web_browsing")
     syns = export["Info"].str.contains(r"\[SYN\] Seq=0", regex=True) & \
         ~export["Info"].str.startswith("[TCP Retransmission]")
-    flows = read_flows(bundled_results() / "features/web_browsing/flows.parquet")
+    flows = FLOWS.read_pandas(bundled_results() / "features/web_browsing/flows.parquet")
     assert len(flows) == syns.sum()
     assert set(flows["conn_state"].astype(str)) == {"SF"}
     assert flows["history"].map(lambda h: re.fullmatch(r"ShA[ADadWFf]*", h) is not None).all()

@@ -9,16 +9,16 @@ import csv
 import pandas as pd
 import pytest
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+from tracelab.security.http import http_requests
 from tracelab.security.log4shell import (
     MAX_ESCAPE_LAYERS,
     MAX_LOOKUP_ROUNDS,
     deobfuscate,
-    http_requests,
     jndi_indicator,
     unwrap,
     uri_indicators,
 )
-from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.security_connections import assemble_connections, flow_settings
 
 CORPUS = REPO / "tests/data/log4shell_corpus.tsv"
 
@@ -187,15 +187,16 @@ def test_requests_are_matched_to_their_responses_in_order():
             portless(0.06, "10.0.0.8", "10.0.0.9", "HTTP", http_method="GET",
                      http_uri="/nowhere/${jndi:ldap://cb:13", http_version=None)]
     packets = packet_frame(rows)
-    connection = assemble_connections(packets, FlowSettings())
-    http = http_requests(packets, connection.packet_uid)
+    connection = assemble_connections(packets, flow_settings(), "t")
+    http = http_requests(packets, connection.packet_uid, "t")
     assert http["uri"].tolist() == ["/first", "/missing", "/unanswered",
                                     "/nowhere/${jndi:ldap://cb:13"]
     assert http["uri_truncated"].tolist() == [False, False, False, True]
     assert pd.isna(http["jndi_port"].iloc[3]) and http["jndi_host"].iloc[3] == "cb"
     assert http["status"].tolist()[:2] == [200, 404]
     assert http["status"].isna().tolist()[2:] == [True, True]
-    assert http["uid"].tolist()[:3] == [0, 0, 0] and pd.isna(http["uid"].iloc[3])
+    assert http["uid"].tolist()[:3] == [connection.flows["uid"][0]] * 3
+    assert pd.isna(http["uid"].iloc[3])
 
 
 def test_bundled_scan_requests_all_carry_the_callback():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from packet_factory import REPO, bundled_results, handshake, packet_frame, tcp
-from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.security_connections import assemble_connections, flow_settings
 from tracelab.security.security_hosts import ScanSettings, hosts_table, threshold_random_walk
 
 SCANNER = "10.9.9.9"
@@ -68,7 +68,7 @@ def test_trw_rejects_parameters_without_meaning():
 
 
 def hosts_from(rows, settings: ScanSettings = PAPER) -> pd.DataFrame:
-    flows = assemble_connections(packet_frame(rows), FlowSettings()).flows
+    flows = assemble_connections(packet_frame(rows), flow_settings(), "t").flows
     return hosts_table(flows, settings).set_index("source")
 
 

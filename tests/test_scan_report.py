@@ -7,7 +7,7 @@ import functools
 import pandas as pd
 from packet_factory import packet_frame, tcp
 from tracelab.compare.security_compare import scan_report
-from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.security_connections import assemble_connections, flow_settings
 from tracelab.security.security_hosts import ScanSettings, hosts_table
 
 SCANNER = "10.9.9.9"
@@ -28,7 +28,7 @@ def sweep(ports: int = 50) -> list[dict]:
 
 @functools.cache
 def sweep_hosts() -> pd.DataFrame:
-    flows = assemble_connections(packet_frame(sweep()), FlowSettings()).flows
+    flows = assemble_connections(packet_frame(sweep()), flow_settings(), "t").flows
     return hosts_table(flows, ScanSettings())
 
 

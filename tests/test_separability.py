@@ -112,7 +112,8 @@ def run_stages(tmp_path, name, rows) -> dict:
     paths = {kind: tmp_path / f"{name}.{kind}.parquet"
              for kind in ("flows", "http", "hosts", "windows")}
     write_connections(trace=name, packets_path=packets, flows_path=paths["flows"],
-                      http_path=paths["http"], settings={})
+                      http_path=paths["http"], conn_log_path=tmp_path / f"{name}.conn.log",
+                      settings={})
     write_hosts(trace=name, flows_path=paths["flows"], hosts_path=paths["hosts"], settings={})
     write_windows(trace=name, packets_path=packets, flows_path=paths["flows"],
                   http_path=paths["http"], windows_path=paths["windows"], settings={})

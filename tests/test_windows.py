@@ -13,8 +13,8 @@ import pytest
 from packet_factory import (BASE, bundled_results, handshake, packet_frame, portless, tcp,
                             udp)
 from tracelab.security import security_windows as windows
-from tracelab.security.security_connections import FlowSettings, assemble_connections
-from tracelab.security.log4shell import http_requests
+from tracelab.security.security_connections import assemble_connections, flow_settings
+from tracelab.security.http import http_requests
 from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WindowSettings, feature,
                               window_data, window_matrix)
 
@@ -48,8 +48,8 @@ def test_registry_refuses_duplicates_and_unknown_classes():
 
 def build(rows, window_s=10.0, min_coverage=0.5):
     packets = packet_frame(rows)
-    connections = assemble_connections(packets, FlowSettings())
-    http = http_requests(packets, connections.packet_uid)
+    connections = assemble_connections(packets, flow_settings(), "t")
+    http = http_requests(packets, connections.packet_uid, "t")
     data = window_data(packets, connections.flows, http,
                        WindowSettings(window_s=window_s, min_coverage=min_coverage))
     return data, window_matrix(data).set_index("window")

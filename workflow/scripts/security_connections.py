@@ -8,5 +8,6 @@ run_stage(
     packets_path=snakemake.input.packets,
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,
+    conn_log_path=snakemake.output.conn_log,
     settings=snakemake.params.settings,
 )

@@ -1,4 +1,4 @@
-"""HTTP requests and Log4Shell (CVE-2021-44228) indicators in their URIs.
+"""Log4Shell (CVE-2021-44228) indicators in request URIs (the HTTP table: security/http.py).
 
 Log4j 2 resolves `${prefix:name}` lookups in logged text; `${jndi:ldap://host:port/x}` makes it
 fetch and run code from `host`. Scanners hide the string from filters with lookups that resolve
@@ -41,10 +41,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-import pyarrow as pa_arrow
-
-from tracelab.core.packets import DICT_STRING, TIMESTAMP
 
 # Longest text examined (1 MiB): request lines are far shorter; the work per text is linear.
 MAX_URI_CHARS = 1 << 20
@@ -76,42 +72,6 @@ JNDI = re.compile(
     rf"(?P<rest>(?:[^{{}}\s$]+|{UNRESOLVED}|\$){{0,4096}})\}}?",
     re.IGNORECASE | re.ASCII)
 PERCENT_ESCAPE = r"%[0-9A-Fa-f]{2}"
-
-HTTP_SCHEMA = pa_arrow.schema([
-    ("frame", pa_arrow.int64()),
-    ("ts", TIMESTAMP),
-    ("uid", pa_arrow.int64()),
-    ("src", DICT_STRING),
-    ("dst", DICT_STRING),
-    ("method", DICT_STRING),
-    ("uri", pa_arrow.string()),
-    ("uri_length", pa_arrow.int64()),
-    ("uri_truncated", pa_arrow.bool_()),
-    ("percent_encoded_share", pa_arrow.float64()),
-    ("status", pa_arrow.int16()),
-    ("lookups", pa_arrow.int64()),
-    ("jndi", pa_arrow.bool_()),
-    ("jndi_obfuscated", pa_arrow.bool_()),
-    ("jndi_scheme", DICT_STRING),
-    ("jndi_host", pa_arrow.string()),
-    ("jndi_port", pa_arrow.int32()),
-    ("jndi_lookup", pa_arrow.string()),
-])
-
-
-class HttpModel(pa.DataFrameModel):
-    """Checks on http.parquet before it is written."""
-
-    frame: pd.Int64Dtype = pa.Field(gt=0, unique=True)
-    uri_length: pd.Int64Dtype = pa.Field(ge=0)
-    percent_encoded_share: float = pa.Field(ge=0, le=1)
-    status: pd.Int16Dtype = pa.Field(ge=100, le=999, nullable=True)
-    jndi: bool
-    jndi_port: pd.Int32Dtype = pa.Field(ge=0, le=65535, nullable=True)
-
-    class Config:
-        strict = False
-        coerce = False
 
 
 INDICATOR_COLUMNS = ("jndi", "jndi_obfuscated", "jndi_scheme", "jndi_host",
@@ -345,41 +305,3 @@ def uri_indicators(uris: pd.Series, truncated: pd.Series | None = None) -> pd.Da
         result[column] = per_uri[column].astype("string")
     result["jndi_port"] = pd.array(per_uri["jndi_port"], dtype="Int32")
     return result
-
-
-def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray) -> pd.DataFrame:
-    """One row an HTTP request, with its connection's uid and the status of its response.
-
-    Within a connection the n-th response answers the n-th request (HTTP/1.1 keeps order).
-    A request line without an HTTP version was cut short by the capture's snap length.
-    """
-    packets = packets.assign(uid=packet_uid)
-    is_request = packets["http_method"].notna()
-    requests = packets[is_request].sort_values(["ts", "frame"], kind="stable")
-    responses = packets[packets["http_status"].notna() & (packets["uid"] >= 0)].sort_values(
-        ["ts", "frame"], kind="stable")
-    requests = requests.assign(nth=requests.groupby("uid").cumcount())
-    responses = responses.assign(nth=responses.groupby("uid").cumcount())
-    status = responses.set_index(["uid", "nth"])["http_status"]
-    where = pd.MultiIndex.from_arrays([requests["uid"], requests["nth"]])
-    matched = status.reindex(where).to_numpy()
-    answered = requests["uid"].to_numpy() >= 0
-    table = pd.DataFrame({
-        "frame": requests["frame"].astype("Int64").to_numpy(),
-        "ts": requests["ts"].to_numpy(),
-        "uid": pd.array(np.where(answered, requests["uid"], pd.NA), dtype="Int64"),
-        "src": requests["src"].astype("string").to_numpy(),
-        "dst": requests["dst"].astype("string").to_numpy(),
-        "method": requests["http_method"].astype("string").to_numpy(),
-        "uri": requests["http_uri"].astype("string").to_numpy(),
-        "status": pd.array(np.where(answered, matched, np.nan), dtype="Float64").round()
-        .astype("Int16"),
-    })
-    table["ts"] = pd.to_datetime(table["ts"], utc=True)
-    indicators = uri_indicators(table["uri"],
-                                pd.Series(requests["http_version"].isna().to_numpy()))
-    return pd.concat([table, indicators], axis=1)[HTTP_SCHEMA.names]
-
-
-def http_to_table(http: pd.DataFrame) -> pa_arrow.Table:
-    return pa_arrow.Table.from_pandas(http, preserve_index=False).cast(HTTP_SCHEMA)

@@ -34,7 +34,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from tracelab.core.atomic import write_parquet
-from tracelab.security.security_connections import read_flows
+from tracelab.security.security_connections import FLOWS
 from tracelab.core.packets import DICT_STRING, TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def attempts(flows: pd.DataFrame) -> pd.Series:
 
 def failed_attempts(flows: pd.DataFrame) -> pd.Series:
     """Attempts that failed, by Zeek's scan.zeek standard (see the module docstring)."""
-    no_payload = (flows["orig_payload"].fillna(0) == 0) & (flows["resp_payload"].fillna(0) == 0)
+    no_payload = (flows["orig_bytes"] == 0) & (flows["resp_bytes"] == 0)
     failed = flows["conn_state"].isin(FAILED_STATES) | (
         (flows["conn_state"] == "RSTO") & no_payload)
     return attempts(flows) & failed
@@ -267,7 +267,7 @@ def hosts_table(flows: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
 def write_hosts(*, trace: str, flows_path, hosts_path, settings: dict) -> dict:
     """Stage: results/features/{trace}/hosts.parquet from flows.parquet."""
     scan_settings = ScanSettings.from_config(settings)
-    hosts = hosts_table(read_flows(flows_path), scan_settings)
+    hosts = hosts_table(FLOWS.read_pandas(flows_path), scan_settings)
     HostModel.validate(hosts, lazy=True)
     table = pa_arrow.Table.from_pandas(hosts, preserve_index=False).cast(HOST_SCHEMA)
     write_parquet(table, hosts_path, {"trace": trace,

@@ -32,7 +32,7 @@ import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import write_parquet
-from tracelab.security.security_connections import read_flows
+from tracelab.security.security_connections import FLOWS
 from tracelab.core.packets import read_packets
 from tracelab.security.security_hosts import attempts, failed_attempts
 
@@ -375,7 +375,7 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
     """Stage: results/features/{trace}/windows.parquet."""
     window_settings = WindowSettings(**settings)
     packets = read_packets(packets_path, columns=PACKET_COLUMNS).to_pandas()
-    flows = read_flows(flows_path)
+    flows = FLOWS.read_pandas(flows_path)
     http = pq.read_table(http_path).to_pandas(types_mapper={
         pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.int16(): pd.Int16Dtype()}.get)
     data = window_data(packets, flows, http, window_settings)

@@ -1,0 +1,55 @@
+"""The connection stage in partitions: the same tables whatever the partition size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from packet_factory import bundled_results
+from tracelab.security.http import HTTP
+from tracelab.security.partitions import partition_count, partition_of
+from tracelab.security.security_connections import FLOWS, write_connections
+
+
+def test_partition_of_is_symmetric_in_range_and_independent_of_the_dictionary():
+    src = pa.array(["10.0.0.1", "10.0.0.2", "fe80::1", "10.0.0.1"])
+    dst = pa.array(["10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.3"])
+    forward = partition_of(src, dst, 7)
+    assert np.array_equal(forward, partition_of(dst, src, 7))
+    assert forward[0] == forward[1] and ((forward >= 0) & (forward < 7)).all()
+    encoded = partition_of(src.dictionary_encode(), pa.chunked_array([dst[:2], dst[2:]]), 7)
+    assert np.array_equal(forward, encoded)
+    assert partition_of(src, dst, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_partition_count_follows_the_partition_size():
+    assert [partition_count(n, 1000) for n in (0, 1, 1000, 1001, 10_000)] == [1, 1, 1, 2, 10]
+
+
+def run(packets, out, partition_packets: int) -> dict:
+    paths = {"flows_path": out / "flows.parquet", "http_path": out / "http.parquet",
+             "conn_log_path": out / "conn.log"}
+    write_connections(trace="t", packets_path=packets, settings={
+        "partition_packets": partition_packets}, **paths)
+    return paths
+
+
+def sorted_table(path, table, key: str) -> pa.Table:
+    data = table.read(path)
+    return data.sort_by(key).replace_schema_metadata(None).unify_dictionaries()
+
+
+@pytest.mark.parametrize("trace", ["log4j_scan", "web_browsing"])
+def test_bundled_tables_are_the_same_in_tiny_partitions(trace, tmp_path):
+    packets = bundled_results() / f"packets/{trace}.parquet"
+    whole = run(packets, tmp_path / "whole", 10_000_000)
+    parted = run(packets, tmp_path / "parted", 100)
+    flows = sorted_table(whole["flows_path"], FLOWS, "uid")
+    assert flows.num_rows > 0
+    assert flows.to_pandas().equals(sorted_table(parted["flows_path"], FLOWS, "uid").to_pandas())
+    http = sorted_table(whole["http_path"], HTTP, "frame")
+    assert http.to_pandas().equals(sorted_table(parted["http_path"], HTTP, "frame").to_pandas())
+    lines = [sorted(path.read_text().splitlines()) for path in
+             (whole["conn_log_path"], parted["conn_log_path"])]
+    assert lines[0] == lines[1]
+    assert not list((tmp_path / "parted").glob(".partitions-*"))

@@ -1,0 +1,94 @@
+"""A packet table split into partitions that can each be made into connections on their own.
+
+Every packet goes to the partition of its *unordered address pair* (`partition_of`): all
+packets of a connection, in both directions, and every port-less row of a CSV export between
+the same two hosts (which joins a connection of that pair) land in the same partition, whatever
+the number of partitions. A stage that works connection by connection then holds one partition
+at a time: its memory is bounded by the partition size chosen, not by the trace's length (a
+single pair of hosts is never split, so one pair carrying most of a trace makes one large
+partition). The same routing can place the packets of a shard of a trace on a cluster node.
+
+The partitions are Arrow IPC streams (lz4) in a temporary folder; the packet table is read row
+group by row group, only the columns asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+# Fibonacci hashing's multiplier (2^64 / golden ratio): spreads the summed address hashes.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def address_hash(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each address's text, the same in every process, row group and
+    dictionary (pandas' SipHash with its fixed key); a dictionary array is hashed once per
+    distinct value."""
+    if isinstance(addresses, pa.ChunkedArray):
+        parts = [address_hash(chunk) for chunk in addresses.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    if pa.types.is_dictionary(addresses.type):
+        values = address_hash(addresses.dictionary)
+        return values[pc.fill_null(addresses.indices, 0).to_numpy(zero_copy_only=False)]
+    text = np.asarray(addresses.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+    return pd.util.hash_array(text, categorize=False)
+
+
+def partition_of(src, dst, n: int) -> np.ndarray:
+    """Partition (0..n-1) of each packet, from its unordered pair of addresses (Arrow string or
+    dictionary arrays): the same for both directions and for any row group."""
+    pair = address_hash(src) + address_hash(dst)  # wraps around: symmetric, order-free
+    return ((pair * _MIX) >> np.uint64(32)).astype(np.int64) % n
+
+
+def partition_count(packets: int, partition_packets: int) -> int:
+    """Partitions for a table of `packets` rows, each about `partition_packets` rows."""
+    return max(1, math.ceil(packets / partition_packets))
+
+
+@dataclass
+class Partitions:
+    """The partition files of one packet table."""
+
+    paths: list[Path]
+
+    def tables(self):
+        """Each partition as one Arrow table, in partition order (one in memory at a time)."""
+        for path in self.paths:
+            with pa.OSFile(str(path)) as source:
+                yield pa.ipc.open_stream(source).read_all()
+
+
+def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> Partitions:
+    """Route the packet table's rows (`columns` only) into `n` partition files in `directory`,
+    row group by row group."""
+    parquet = pq.ParquetFile(packets_path)
+    schema = parquet.schema_arrow
+    schema = pa.schema([schema.field(name) for name in columns])
+    paths = [directory / f"partition-{index:05d}.arrows" for index in range(n)]
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    sinks = [pa.OSFile(str(path), "wb") for path in paths]
+    writers = [pa.ipc.new_stream(sink, schema, options=options) for sink in sinks]
+    try:
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=columns)
+            part = partition_of(table.column("src"), table.column("dst"), n)
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(n + 1))
+            routed = table.take(order)
+            for index in np.flatnonzero(np.diff(bounds)):
+                writers[index].write_table(
+                    routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+    finally:
+        for writer, sink in zip(writers, sinks):
+            writer.close()
+            sink.close()
+    return Partitions(paths)

@@ -1,0 +1,123 @@
+"""Zeek's ASCII log format (the default writer, `LogAscii`), so `zeek-cut` and Zeek log readers
+open tracelab's logs.
+
+A log is a header of `#` lines, then one line a record, fields separated by a tab:
+
+    #separator \\x09
+    #set_separator	,
+    #empty_field	(empty)
+    #unset_field	-
+    #path	conn
+    #open	2026-01-01-12-00-00
+    #fields	ts	uid	id.orig_h	...
+    #types	time	string	addr	...
+    1767268800.000000	CAbc...	10.0.0.1	...
+    #close	2026-01-01-12-05-00
+
+Times are seconds since the epoch with 6 decimals, intervals seconds with 6 decimals, counts
+and ports decimal; an unset field is `-`, an empty string `(empty)`. In strings a tab, newline,
+backslash or any other non-printable byte is written `\\xNN`, and a whole field that would read
+as `-` or `(empty)` has its first character escaped, as Zeek does. `#open` and `#close` give
+times of the data (the first and last packet of the trace), not of the run, so a rerun writes
+the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SEPARATOR = "\t"
+SET_SEPARATOR = ","
+EMPTY_FIELD = "(empty)"
+UNSET_FIELD = "-"
+# Bytes a string field writes as \xNN: control characters and the backslash.
+_NEEDS_ESCAPE = r"[\x00-\x1f\x7f\\]"
+
+
+@dataclass(frozen=True)
+class LogField:
+    """One field of a log: Zeek's name and type."""
+
+    name: str
+    type: str
+
+
+def time_text(ns: pa.Array) -> pa.Array:
+    """Nanoseconds since the epoch (int64, null: unset) as Zeek's `time`: seconds, 6 decimals."""
+    return _six_decimals(ns)
+
+
+def interval_text(ns: pa.Array) -> pa.Array:
+    """A duration in nanoseconds (int64, null: unset) as Zeek's `interval`."""
+    return _six_decimals(ns)
+
+
+def _six_decimals(ns: pa.Array) -> pa.Array:
+    micro = pc.divide(pc.add(ns, 500), 1000)  # integer division, rounded to the microsecond
+    seconds = pc.divide(micro, 1_000_000)
+    fraction = pc.subtract(micro, pc.multiply(seconds, 1_000_000))
+    text = pc.binary_join_element_wise(
+        pc.cast(seconds, pa.string()), pc.utf8_lpad(pc.cast(fraction, pa.string()), 6, "0"), ".")
+    return pc.fill_null(text, UNSET_FIELD)
+
+
+def count_text(values: pa.Array) -> pa.Array:
+    """Integers (null: unset) as Zeek's `count`/`port`."""
+    return pc.fill_null(pc.cast(values, pa.string()), UNSET_FIELD)
+
+
+def string_text(values: pa.Array) -> pa.Array:
+    """Text (null: unset) as Zeek's `string`/`addr`/`enum`: escaped, `(empty)` for ""."""
+    text = pc.cast(values, pa.string())
+    if pc.any(pc.match_substring_regex(text, _NEEDS_ESCAPE)).as_py():
+        text = pa.array([_escape(value) for value in text.to_pylist()], pa.string())
+    # a value that would read as a marker: its first character escaped
+    for marker in (UNSET_FIELD, EMPTY_FIELD):
+        text = pc.if_else(pc.equal(text, marker), _escape_first(marker), text)
+    text = pc.if_else(pc.equal(text, ""), EMPTY_FIELD, text)
+    return pc.fill_null(text, UNSET_FIELD)
+
+
+def _escape(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or c in "\x7f\\" else c for c in text)
+
+
+def _escape_first(text: str) -> str:
+    return f"\\x{ord(text[0]):02x}{text[1:]}"
+
+
+def unset(rows: int) -> pa.Array:
+    return pa.repeat(pa.scalar(UNSET_FIELD), rows)
+
+
+class ZeekLogWriter:
+    """Writes one Zeek ASCII log to an open text handle: header, record lines, `#close`."""
+
+    def __init__(self, handle, path: str, fields: list[LogField], open_text: str):
+        """`handle`: a file opened for writing bytes."""
+        self.handle = handle
+        self.fields = fields
+        handle.write("".join(f"{line}\n" for line in (
+            "#separator \\x09", f"#set_separator{SEPARATOR}{SET_SEPARATOR}",
+            f"#empty_field{SEPARATOR}{EMPTY_FIELD}", f"#unset_field{SEPARATOR}{UNSET_FIELD}",
+            f"#path{SEPARATOR}{path}", f"#open{SEPARATOR}{open_text}",
+            SEPARATOR.join(["#fields", *(f.name for f in fields)]),
+            SEPARATOR.join(["#types", *(f.type for f in fields)]))).encode())
+
+    def write(self, fields: list[pa.Array]) -> None:
+        """Records whose fields (already Zeek text, one array a field, in order) are given."""
+        if not len(fields[0]):
+            return
+        lines = pc.binary_join_element_wise(*fields, SEPARATOR)
+        lines = pc.binary_join_element_wise(lines, pa.repeat(pa.scalar("\n"), len(lines)), "")
+        # a computed array starts at offset 0: its data buffer holds the lines back to back
+        size = pc.sum(pc.binary_length(lines)).as_py()
+        self.handle.write(memoryview(lines.buffers()[2])[:size])
+
+    def close(self, close_text: str) -> None:
+        self.handle.write(f"#close{SEPARATOR}{close_text}\n".encode())
