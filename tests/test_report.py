@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-quic", "--remote-debugging-pipe",
 )
-CATEGORIES = {"Validation", "Per trace", "Comparison", "Security"}
+CATEGORIES = {"Validation", "Per trace", "Comparison", "Security", "Robust features"}
 # Script in a request URI: a <script> element, an event handler, and a way out of the <script>
 # blocks in which the report keeps its data. Any of them running opens an alert dialog.
 XSS_MARK = "tracelab-xss"

@@ -44,6 +44,8 @@ def final_outputs():
         rules.compare_traces.output.table,
         rules.security_compare.output.features_csv,
         rules.security_compare.output.scan_report,
+        rules.robustness_separation.output.table,
+        rules.robustness_transfer.output.table,
     ]
 
 
