@@ -13,7 +13,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from packet_factory import REPO, handshake, packet_table, tcp
 from tracelab.robustness.perturbations import PERTURBATIONS
 from tracelab.robustness.robustness_invariance import write_invariance

@@ -6,9 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-
-from tracelab.robustness.bootstrap import (job_rng, ks_statistic, moving_block_indices,
-                                           percentile_interval, roc_auc)
+from tracelab.robustness.bootstrap import (
+    job_rng,
+    ks_statistic,
+    moving_block_indices,
+    percentile_interval,
+    roc_auc,
+)
 from tracelab.robustness.invariance import match_windows, within_traces
 
 

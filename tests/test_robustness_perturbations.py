@@ -8,10 +8,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
-
 from packet_factory import BASE, REPO, handshake, packet_table, portless, tcp, udp
 from tracelab.robustness.bootstrap import job_rng
-from tracelab.robustness.perturbations import PERTURBATIONS, PerturbationContext, perturbation
+from tracelab.robustness.perturbations import (
+    PERTURBATIONS,
+    PerturbationContext,
+    perturbation,
+)
 from tracelab.robustness.robustness_windows import perturbation_record
 
 CLIENT, SERVER = "198.18.0.2", "198.18.1.47"

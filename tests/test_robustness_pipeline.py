@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import copy_workflow, planned_jobs, run_snakemake
 from tracelab.robustness.perturbations import PERTURBATIONS
 from tracelab.security.security_windows import FEATURES

@@ -45,6 +45,17 @@ rule robustness_windows:
         http=temp("results/robustness/{trace}/{perturbation}/http.parquet"),
         windows="results/robustness/{trace}/{perturbation}/windows.parquet",
         record="results/robustness/{trace}/{perturbation}/perturbation.json",
+    log:
+        "results/logs/robustness/windows/{trace}.{perturbation}.log",
+    benchmark:
+        "results/benchmarks/robustness/windows/{trace}.{perturbation}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        # security_connections dominates (its slope).
+        mem_mb=memory_mb(512, 28),
+        runtime=runtime_minutes(10, 6),
     params:
         code=rule_code("robustness_windows"),
         perturbation_settings=lambda wc: stable_params(
@@ -55,17 +66,6 @@ rule robustness_windows:
         settings=stable_params(
             {key: config["security"][key] for key in ("flows", "windows")}
         ),
-    threads: 1
-    resources:
-        # security_connections dominates (its slope).
-        mem_mb=memory_mb(512, 28),
-        runtime=runtime_minutes(10, 6),
-    log:
-        "results/logs/robustness/windows/{trace}.{perturbation}.log",
-    benchmark:
-        "results/benchmarks/robustness/windows/{trace}.{perturbation}.tsv"
-    conda:
-        "../envs/tracelab.yaml"
     script:
         "../scripts/robustness_windows.py"
 
@@ -115,6 +115,16 @@ rule robustness_invariance:
             subcategory="Invariance",
             labels={"figure": "feature x perturbation"},
         ),
+    log:
+        "results/logs/robustness/invariance.log",
+    benchmark:
+        "results/benchmarks/robustness/invariance.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(512, 4),
+        runtime=runtime_minutes(15, 1),
     params:
         code=rule_code("robustness_invariance"),
         traces=list(TRACES.index),
@@ -124,16 +134,6 @@ rule robustness_invariance:
         settings=stable_params(
             {key: ROBUSTNESS[key] for key in ("seed", "invariance", "bootstrap")}
         ),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
-    log:
-        "results/logs/robustness/invariance.log",
-    benchmark:
-        "results/benchmarks/robustness/invariance.tsv"
-    conda:
-        "../envs/tracelab.yaml"
     script:
         "../scripts/robustness_invariance.py"
 
@@ -165,21 +165,21 @@ rule robustness_separation:
             subcategory="Separation",
             labels={"figure": "AUC with intervals"},
         ),
-    params:
-        code=rule_code("robustness_separation"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
-        settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap")}),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
     log:
         "results/logs/robustness/separation.log",
     benchmark:
         "results/benchmarks/robustness/separation.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(512, 4),
+        runtime=runtime_minutes(15, 1),
+    params:
+        code=rule_code("robustness_separation"),
+        traces=list(TRACES.index),
+        labels=trace_labels(),
+        settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap")}),
     script:
         "../scripts/robustness_separation.py"
 
@@ -211,6 +211,16 @@ rule robustness_transfer:
             subcategory="Transfer",
             labels={"figure": "accuracy per left-out trace"},
         ),
+    log:
+        "results/logs/robustness/transfer.log",
+    benchmark:
+        "results/benchmarks/robustness/transfer.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(768, 4),
+        runtime=runtime_minutes(15, 1),
     params:
         code=rule_code("robustness_transfer"),
         traces=list(TRACES.index),
@@ -218,15 +228,5 @@ rule robustness_transfer:
         settings=stable_params(
             {key: ROBUSTNESS[key] for key in ("seed", "bootstrap", "transfer")}
         ),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(768, 4),
-        runtime=runtime_minutes(15, 1),
-    log:
-        "results/logs/robustness/transfer.log",
-    benchmark:
-        "results/benchmarks/robustness/transfer.tsv"
-    conda:
-        "../envs/tracelab.yaml"
     script:
         "../scripts/robustness_transfer.py"

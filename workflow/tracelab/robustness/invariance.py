@@ -6,9 +6,10 @@ undoing the perturbation's time offset), so a cut is compared with the part of t
 kept, not with the whole. For a feature and a perturbation, each trace's matched pairs give
 two samples, original and perturbed, and their KS D: the largest change, over every threshold,
 of the share of the trace's windows above it; D is averaged over the traces, weighted by their
-windows (a perturbation acts on one capture at a time: pooling traces could hide a change). A window where the feature is undefined counts as
-a value below all others (a perturbation that makes a feature undefined moves it), and a value
-that moved by at most `relative_tolerance` counts as unmoved.
+windows (a perturbation acts on one capture at a time: pooling traces could hide a change).
+A window where the feature is undefined counts as a value below all others (a perturbation
+that makes a feature undefined moves it), and a value that moved by at most
+`relative_tolerance` counts as unmoved.
 
 The interval is a moving-block bootstrap of the pairs (blocks of consecutive windows within a
 trace, the same windows on both sides). A feature is *behavioural* when the upper end of the
@@ -153,10 +154,12 @@ def measured_classes(table: pd.DataFrame, declared: pd.Series,
         rows.append({"feature": feature, "measured": ARTEFACT if moved else BEHAVIOURAL,
                      "moved_most_by": worst["perturbation"], "ks_d": worst["ks_d"],
                      "ks_low": worst["ks_low"], "ks_high": worst["ks_high"],
+                     "windows": worst["windows"], "captures": worst["captures"],
                      "moving": ", ".join(measured.loc[measured["ks_high"] > settings.max_ks_d,
                                                       "perturbation"])})
     classes = pd.DataFrame(rows, columns=["feature", "measured", "moved_most_by", "ks_d",
-                                          "ks_low", "ks_high", "moving"]).set_index("feature")
+                                          "ks_low", "ks_high", "windows", "captures",
+                                          "moving"]).set_index("feature")
     classes.insert(0, "declared", declared.reindex(classes.index))
     classes["agrees"] = classes["declared"] == classes["measured"]
     return classes.reset_index()

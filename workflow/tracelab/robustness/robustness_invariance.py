@@ -69,6 +69,9 @@ def classes_table(classes: pd.DataFrame, specs: pd.DataFrame) -> pd.DataFrame:
         "moved most by": shown["moved_most_by"].fillna(""),
         "KS D [interval]": [with_interval(d, lo, hi) for d, lo, hi in
                             zip(shown["ks_d"], shown["ks_low"], shown["ks_high"])],
+        "windows (captures) compared": [
+            "" if pd.isna(w) else f"{int(w)} ({int(c)})"
+            for w, c in zip(shown["windows"], shown["captures"])],
         "moved by (upper end above the threshold)": shown["moving"].fillna(""),
         "why declared so": shown["reason"]}).reset_index(drop=True)
 
@@ -133,9 +136,12 @@ def write_invariance(*, traces: list[str], windows_paths: list[str], variants: l
     shown = classes_table(classes, specs)
     windows = sum(len(read_windows(path)) for path in windows_paths)
     skipped = f" Export-format pairs skipped: {'; '.join(skipped_pairs)}." if skipped_pairs else ""
-    caption = (f"{len(traces)} captures, {windows} original windows; each perturbation's KS D "
-               f"compares the matched windows it names in results/robustness/invariance.csv. "
-               f"Behavioural: the upper end of the {bootstrap.confidence:.0%} block-bootstrap "
+    caption = (f"{len(traces)} captures, {windows} original windows. KS D compares each "
+               f"trace's windows with the matching windows of its perturbed copy, averaged "
+               f"over the traces; the windows and captures compared are given per row (for the "
+               f"perturbation that moves the feature most) and per perturbation in "
+               f"invariance.csv and the figure. Behavioural: the upper end of the "
+               f"{bootstrap.confidence:.0%} block-bootstrap "
                f"interval of KS D is at most {invariance.max_ks_d} under every perturbation "
                f"({', '.join(pairs)}). Rows where the measured class disagrees with the "
                f"declared one are marked and come first.{skipped}")

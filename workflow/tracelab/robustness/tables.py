@@ -2,8 +2,8 @@
 
 Tables are written as CSV to download and compute with (cells a spreadsheet would run as
 formulas defused), and, as shown, as Markdown to read on GitHub and HTML (escaped) that the
-Snakemake report shows in the page. Each carries a title and a caption saying how many windows and captures are
-behind it.
+Snakemake report shows in the page. Each carries a title and a caption saying how many windows
+and captures are behind it.
 """
 
 from __future__ import annotations
