@@ -152,7 +152,9 @@ def measured_classes(table: pd.DataFrame, declared: pd.Series,
         worst = measured.sort_values(["ks_high", "ks_d"], ascending=False, kind="stable").iloc[0]
         moved = worst["ks_high"] > settings.max_ks_d
         rows.append({"feature": feature, "measured": ARTEFACT if moved else BEHAVIOURAL,
-                     "moved_most_by": worst["perturbation"], "ks_d": worst["ks_d"],
+                     # Nothing to name where no perturbation moved a single window.
+                     "moved_most_by": worst["perturbation"] if worst["ks_high"] > 0 else "",
+                     "ks_d": worst["ks_d"],
                      "ks_low": worst["ks_low"], "ks_high": worst["ks_high"],
                      "windows": worst["windows"], "captures": worst["captures"],
                      "moving": ", ".join(measured.loc[measured["ks_high"] > settings.max_ks_d,

@@ -144,7 +144,10 @@ def write_separation(*, traces: list[str], labels: dict[str, str], windows_paths
                f"{bootstrap.confidence:.0%} moving-block bootstrap interval (runs of "
                f"{bootstrap.block_windows} consecutive windows of a trace, "
                f"{bootstrap.resamples} resamples). Windows and distinct captures on each side "
-               f"are in the last two columns. All traces: {sides(windows)}.")
+               f"are in the last two columns. All traces: {sides(windows)}. Resampling "
+               f"windows cannot show how another capture would differ: with one capture on a "
+               f"side, a perfect score keeps an interval of zero width (the transfer table "
+               f"tests that).")
     write_tables(shown_table(table), markdown=table_md, html_path=table_html,
                  title="Separation with uncertainty", caption=caption)
     separation_figure(table, windows, bootstrap.confidence, figure_png)

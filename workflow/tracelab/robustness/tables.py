@@ -60,9 +60,14 @@ def with_interval(value, low, high) -> str:
     return f"{number(value)} [{number(low)}, {number(high)}]"
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def sides(windows: pd.DataFrame) -> str:
     """"N windows from M captures" of a set of windows."""
-    return f"{len(windows)} windows from {windows['trace'].nunique()} captures"
+    captures = windows["trace"].nunique()
+    return f"{counted(len(windows), 'window')} from {counted(captures, 'capture')}"
 
 
 def write_csv(frame: pd.DataFrame, path) -> None:
