@@ -4,8 +4,9 @@ Every perturbation is one small function registered with `@perturbation(name, de
 adding one is adding a function here (and its name to `robustness.perturbations` in the
 config). A function receives a trace's normalized packet table (PACKET_SCHEMA) and a
 `PerturbationContext` (its own generator, its settings from `robustness.parameters.<name>`, and
-the window stage's window length and coverage) and returns the packet table as another recording of the same traffic would
-have given it: it changes how and when the traffic was recorded, never what the hosts did.
+the window stage's window length and coverage) and returns the packet table as another
+recording of the same traffic would have given it: it changes how and when the traffic was
+recorded, never what the hosts did.
 
 Rows keep their `frame` numbers and their order, and are never added, so the stage can tell
 which packets a perturbation kept and what it changed. Cuts keep whole windows of the trace's

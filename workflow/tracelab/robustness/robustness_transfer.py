@@ -167,7 +167,8 @@ def write_transfer(*, traces: list[str], labels: dict[str, str], windows_paths: 
                f"of every other trace ({sides(windows)} in all), per feature set and model. "
                f"Accuracy: share of the left-out trace's windows given its label; AUC where "
                f"both labels are scored (the pooled rows). Intervals: {bootstrap.confidence:.0%} "
-               f"moving-block bootstrap over the scored windows.")
+               f"moving-block bootstrap over the scored windows (within captures: the spread "
+               f"between left-out captures is the uncertainty that matters).")
     write_tables(shown_table(table), markdown=table_md, html_path=table_html,
                  title="Does a detector transfer to an unseen capture?", caption=caption)
     transfer_figure(table, windows, bootstrap.confidence, figure_png)

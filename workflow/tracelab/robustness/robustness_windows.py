@@ -3,9 +3,9 @@
 The perturbed packet table goes through the security stages' own functions (connections, then
 windows), each through its files, as the original trace does; the packet, connection and HTTP
 tables are temporary. One job does the three steps: a job of its own for each would start
-three interpreters, each for a fraction of a second of work on the bundled traces. The record says which
-packets the perturbation kept, the time offset it applied (so its windows can be matched to
-the original windows they cover) and how many values of each column it changed.
+three interpreters, each for a fraction of a second of work on the bundled traces. The record
+says which packets the perturbation kept, the time offset it applied (so its windows can be
+matched to the original windows they cover) and how many values of each column it changed.
 """
 
 from __future__ import annotations
