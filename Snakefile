@@ -27,6 +27,7 @@ include: "workflow/rules/normalize.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/security.smk"
+include: "workflow/rules/robustness.smk"
 
 
 rule all:

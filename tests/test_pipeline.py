@@ -70,7 +70,11 @@ def test_bundled_outputs_exist(bundled_run):
 
 
 def assert_one_trace_and_the_comparison(jobs: dict[str, int]) -> None:
-    """One trace's chain (each per-trace rule once) and the comparison, nothing else twice."""
+    """One trace's chain (each per-trace rule once, its perturbed copies once per perturbation)
+    and the comparison, nothing else twice."""
+    perturbations = yaml.safe_load((REPO / "config/config.yaml").read_text())["robustness"][
+        "perturbations"]
+    assert jobs.pop("robustness_windows") == len(perturbations), jobs
     assert all(jobs.get(rule) == 1 for rule in PER_TRACE_RULES), jobs
     assert jobs.get("compare_traces") == 1
     assert max(jobs.values()) == 1, jobs

@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-quic", "--remote-debugging-pipe",
 )
-CATEGORIES = {"Validation", "Per trace", "Comparison", "Security"}
+CATEGORIES = {"Validation", "Per trace", "Comparison", "Security", "Robust features"}
 # Script in a request URI: a <script> element, an event handler, and a way out of the <script>
 # blocks in which the report keeps its data. Any of them running opens an alert dialog.
 XSS_MARK = "tracelab-xss"
@@ -237,7 +237,8 @@ def page_problems(browser):
             problems.append(f"console.{params['type']}: {params['args']}")
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             problems.append(f"log: {params['entry']}")
-        elif method == "Network.loadingFailed":
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            # A canceled load is a frame replaced by the next view opened, not a failure.
             problems.append(f"load failed: {params}")
         elif method == "Page.javascriptDialogOpening":
             problems.append(f"a script ran and opened a dialog: {params['message']!r}")

@@ -65,6 +65,8 @@ def final_outputs():
         rules.security_compare.output.scan_report,
         rules.security_compare.output.scan_report_html,
         rules.compare_traces.output.html,
+        rules.robustness_separation.output.table,
+        rules.robustness_transfer.output.table,
     ]
 
 

@@ -1,0 +1,175 @@
+"""The robustness experiment on synthetic traces with a planted artefact: every scan recorded at
+03:00 and every normal trace at 15:00, scans short and normal traces long, and one scan recorded
+at 15:00 for as long as the normal traces. The measured class must call the hour of day and the
+capture size artefacts and the fan-out behavioural, and the artefact-only detector must fail on
+the scan recorded at another hour, while the behavioural one does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from packet_factory import REPO, handshake, packet_table, tcp
+from tracelab.robustness.perturbations import PERTURBATIONS
+from tracelab.robustness.robustness_invariance import write_invariance
+from tracelab.robustness.robustness_separation import write_separation
+from tracelab.robustness.robustness_transfer import POOLED, write_transfer
+from tracelab.robustness.robustness_windows import write_variant
+from tracelab.security.security_connections import write_connections
+from tracelab.security.security_windows import write_windows
+
+CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
+SCANNER, CLIENT = "198.18.0.2", "198.18.0.3"
+SERVERS = [f"198.18.5.{k}" for k in range(1, 6)]
+HOUR_S = 3600
+# Offsets from packet_factory.BASE (12:00 UTC): 03:00 and 15:00.
+AT_03, AT_15 = -9 * HOUR_S, 3 * HOUR_S
+TRACES = {  # name: (label, start, seconds)
+    "scan_a": ("scan", AT_03, 60), "scan_b": ("scan", AT_03 + 86400, 70),
+    "normal_a": ("normal", AT_15, 150), "normal_b": ("normal", AT_15 + 86400, 160),
+    "scan_late": ("scan", AT_15 + 2 * 86400, 160),
+}
+
+
+def scan_rows(rng, start: float, seconds: float) -> list[dict]:
+    """A SYN sweep on port 8443, about 20 probes a second; closed hosts answer RST-ACK."""
+    rows = []
+    t = start
+    while t < start + seconds:
+        host = f"10.{rng.integers(1, 250)}.{rng.integers(0, 256)}.{rng.integers(1, 255)}"
+        port = int(rng.integers(32768, 61000))
+        rows.append(tcp(t, SCANNER, port, host, 8443, "S"))
+        if rng.random() < 0.5:
+            rows.append(tcp(t + 0.001, host, 8443, SCANNER, port, "RA", seq=0, ack=1))
+        t += rng.exponential(0.05)
+    return rows
+
+
+def browsing_rows(rng, start: float, seconds: float) -> list[dict]:
+    """Page loads from five servers, about two connections a second, each a full exchange."""
+    rows = []
+    t = start
+    while t < start + seconds:
+        server, port = SERVERS[rng.integers(0, 5)], int(rng.integers(32768, 61000))
+        rows += handshake(t, CLIENT, port, server, 443)
+        rows += [tcp(t + 0.01, CLIENT, port, server, 443, "PA", seq=1, ack=1, payload=300),
+                 tcp(t + 0.03, server, 443, CLIENT, port, "PA", seq=1, ack=301, payload=1400),
+                 tcp(t + 0.04, server, 443, CLIENT, port, "PA", seq=1401, ack=301, payload=1400),
+                 tcp(t + 0.05, CLIENT, port, server, 443, "FA", seq=301, ack=2801),
+                 tcp(t + 0.06, server, 443, CLIENT, port, "FA", seq=2801, ack=302),
+                 tcp(t + 0.07, CLIENT, port, server, 443, "A", seq=302, ack=2802)]
+        t += rng.exponential(0.5)
+    return sorted(rows, key=lambda row: row["t"])
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Every trace, its perturbed copies and the three comparison stages, run in-process."""
+    root = tmp_path_factory.mktemp("robustness")
+    security, robustness = CONFIG["security"], CONFIG["robustness"]
+    rng = np.random.default_rng(14)
+    variants, windows_paths = [], []
+    for trace, (label, start, seconds) in TRACES.items():
+        make = scan_rows if label == "scan" else browsing_rows
+        folder = root / trace
+        folder.mkdir()
+        pq.write_table(packet_table(make(rng, start, seconds)), folder / "packets.parquet")
+        paths = {name: folder / f"{name}.parquet" for name in ("packets", "flows", "http")}
+        write_connections(trace=trace, packets_path=paths["packets"], flows_path=paths["flows"],
+                          http_path=paths["http"], settings=security["flows"])
+        windows_paths.append(str(folder / "windows.parquet"))
+        write_windows(trace=trace, packets_path=paths["packets"], flows_path=paths["flows"],
+                      http_path=paths["http"], windows_path=windows_paths[-1],
+                      settings=security["windows"])
+        for name in PERTURBATIONS:
+            out = folder / name
+            write_variant(trace=trace, perturbation=name, packets_path=paths["packets"],
+                          perturbed_path=out / "packets.parquet", flows_path=out / "flows.parquet",
+                          http_path=out / "http.parquet", windows_path=out / "windows.parquet",
+                          record_path=out / "perturbation.json",
+                          params=robustness["parameters"].get(name, {}), seed=14,
+                          settings=security)
+            variants.append([trace, name])
+    out = root / "results"
+    settings = {key: robustness[key] for key in ("seed", "invariance", "bootstrap", "transfer")}
+    write_invariance(
+        traces=list(TRACES), windows_paths=windows_paths, variants=variants,
+        variant_windows_paths=[str(root / t / p / "windows.parquet") for t, p in variants],
+        record_paths=[str(root / t / p / "perturbation.json") for t, p in variants],
+        format_pairs={}, skipped_pairs=[], settings=settings,
+        table_csv=str(out / "invariance.csv"), classes_csv=str(out / "classes.csv"),
+        classes_md=out / "classes.md", classes_html=out / "classes.html",
+        perturbations_md=out / "perturbations.md", perturbations_html=out / "perturbations.html",
+        heatmap_png=out / "invariance.png")
+    labels = {trace: spec[0] for trace, spec in TRACES.items()}
+    for stage, name in ((write_separation, "separation"), (write_transfer, "transfer")):
+        stage(traces=list(TRACES), labels=labels, windows_paths=windows_paths,
+              classes_csv=str(out / "classes.csv"), settings=settings,
+              table_csv=str(out / f"{name}.csv"), table_md=out / f"{name}.md",
+              table_html=out / f"{name}.html", figure_png=out / f"{name}.png")
+    return out
+
+
+def test_the_planted_artefacts_are_measured_as_artefacts(experiment):
+    classes = pd.read_csv(experiment / "classes.csv").set_index("feature")
+    assert classes.at["hour_of_day_utc", "measured"] == "artefact"
+    assert classes.at["hour_of_day_utc", "moved_most_by"] == "hour_shift"
+    assert classes.at["capture_packets", "measured"] == "artefact"
+    assert set(classes.at["capture_packets", "moving"].split(", ")) >= {"first_half",
+                                                                       "second_half"}
+    assert classes.at["mean_src_port", "moving"] == "ephemeral_ports"
+    for fanout in ("distinct_dst_hosts", "max_fanout_per_source", "failed_connection_ratio"):
+        assert classes.at[fanout, "measured"] == "behavioural", classes.loc[fanout].to_dict()
+        assert classes.at[fanout, "ks_high"] <= CONFIG["robustness"]["invariance"]["max_ks_d"]
+
+
+def test_invariance_table_has_every_feature_and_perturbation_with_counts(experiment):
+    table = pd.read_csv(experiment / "invariance.csv")
+    assert set(table["perturbation"]) == set(PERTURBATIONS)
+    assert (table.groupby("perturbation")["captures"].max() == len(TRACES)).all()
+    assert ((table["ks_low"] <= table["ks_d"] + 1e-12)
+            & (table["ks_d"] <= table["ks_high"] + 1e-12)).all()
+    hour = table[(table["feature"] == "hour_of_day_utc") & (table["perturbation"] == "hour_shift")]
+    # Within each trace every window moves past every original one, though pooled over the
+    # traces the 12-hour shift only swaps 03:00 and 15:00.
+    assert hour["ks_d"].item() == pytest.approx(1.0)
+    assert hour["moved"].item() == hour["windows"].item()
+    untouched = table[(table["feature"] == "distinct_dst_hosts")
+                      & (table["perturbation"] == "hour_shift")]
+    assert untouched[["ks_d", "ks_low", "ks_high", "moved"]].to_numpy().tolist() == [[0, 0, 0, 0]]
+    html = (experiment / "classes.html").read_text()
+    assert "hour_of_day_utc" in html and "windows" in html
+
+
+def test_artefact_features_fail_on_a_capture_recorded_at_another_hour(experiment):
+    transfer = pd.read_csv(experiment / "transfer.csv")
+    late = transfer[transfer["left_out"] == "scan_late"].set_index(["model", "feature_set"])
+    for model in ("logistic regression", "random forest"):
+        assert late.at[(model, "artefact (measured)"), "accuracy"] <= 0.1
+        assert late.at[(model, "behavioural (measured)"), "accuracy"] >= 0.9
+        assert late.at[(model, "artefact (declared)"), "accuracy"] <= 0.1
+    pooled = transfer[transfer["left_out"] == POOLED].set_index(["model", "feature_set"])
+    assert pooled.at[("random forest", "behavioural (measured)"), "auc"] >= 0.9
+    assert (transfer["accuracy_low"] <= transfer["accuracy_high"]).all()
+
+
+def test_separation_rows_name_windows_and_captures_per_side(experiment):
+    table = pd.read_csv(experiment / "separation.csv")
+    labels = table[table["comparison"] == "label"]
+    assert set(labels["captures_a"]) == {2} and set(labels["captures_b"]) == {3}
+    hour = labels.set_index("feature").loc["hour_of_day_utc"]
+    # The late scan overlaps the normal traces' hour: the hour separates less than perfectly,
+    # and the interval says how sure that is.
+    assert hour["ks_low"] <= hour["ks_d"] <= hour["ks_high"] and hour["ks_d"] < 1.0
+    assert "windows from" in (experiment / "separation.md").read_text()
+
+
+def test_records_say_what_each_perturbation_changed(experiment):
+    record = json.loads((experiment.parent / "scan_a" / "ephemeral_ports" /
+                         "perturbation.json").read_text())
+    assert record["changed"]["src_port"] > 0 and record["changed"]["ts"] == 0
+    assert record["packets_in"] == record["packets_out"]

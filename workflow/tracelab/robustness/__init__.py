@@ -1,0 +1,1 @@
+"""Which window features survive a change of recording conditions (issue 14)."""

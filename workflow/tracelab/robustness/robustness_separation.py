@@ -1,0 +1,156 @@
+"""Stage: how well each window feature separates the labels, with block-bootstrap intervals
+(results/robustness/separation.*).
+
+The same comparisons and statistics as results/compare/features.csv (KS D, ROC AUC of group b
+over group a, windows where a feature is undefined left out), each with a percentile interval
+from the moving-block bootstrap: every trace's windows resampled in runs of consecutive
+windows, so a burst that spans several windows counts once, not once a window. Every row names
+the windows and distinct captures on each side: two captures of one label are two
+observations of its behaviour, not two hundred.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from tracelab.compare.security_compare import comparisons
+from tracelab.core.safe_text import figure_text
+from tracelab.robustness.bootstrap import (
+    job_rng,
+    ks_statistic,
+    moving_block_indices,
+    percentile_interval,
+    roc_auc,
+)
+from tracelab.robustness.invariance import BootstrapSettings
+from tracelab.robustness.tables import (
+    CLASS_COLOURS,
+    read_traces,
+    save_figure,
+    sides,
+    with_interval,
+    write_csv,
+    write_tables,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _side(windows: pd.DataFrame, features: list[str], resamples: np.ndarray) -> tuple:
+    """A side's windows (traces in order) as the data row and the resampled rows."""
+    values = windows[features].to_numpy(np.float64)
+    return values, values[resamples]
+
+
+def separation_table(windows: pd.DataFrame, classes: pd.DataFrame, bootstrap: BootstrapSettings,
+                     rng: np.random.Generator) -> pd.DataFrame:
+    """One row a (comparison, feature): KS D and AUC with intervals, windows and captures."""
+    features = classes["feature"].tolist()
+    rows = []
+    for kind, a, b in comparisons(windows):
+        side_a = windows[windows[kind] == a]
+        side_b = windows[windows[kind] == b]
+        lengths = {name: part.groupby("trace", sort=False).size().tolist()
+                   for name, part in (("a", side_a), ("b", side_b))}
+        values_a, resampled_a = _side(side_a, features, moving_block_indices(
+            lengths["a"], bootstrap.block_windows, bootstrap.resamples, rng))
+        values_b, resampled_b = _side(side_b, features, moving_block_indices(
+            lengths["b"], bootstrap.block_windows, bootstrap.resamples, rng))
+        for column, spec in enumerate(classes.itertuples()):
+            ks = ks_statistic(resampled_a[:, :, column], resampled_b[:, :, column])
+            auc = roc_auc(resampled_a[:, :, column], resampled_b[:, :, column])
+            point_a, point_b = values_a[:, column], values_b[:, column]
+            rows.append({
+                "comparison": kind, "group_a": a, "group_b": b, "feature": spec.feature,
+                "declared": spec.declared, "measured": spec.measured,
+                "ks_d": float(ks_statistic(point_a, point_b)[0]),
+                **dict(zip(("ks_low", "ks_high"), percentile_interval(ks, bootstrap.confidence))),
+                "auc": float(roc_auc(point_a, point_b)[0]),
+                **dict(zip(("auc_low", "auc_high"),
+                           percentile_interval(auc, bootstrap.confidence))),
+                "windows_a": int((~np.isnan(point_a)).sum()),
+                "captures_a": side_a["trace"].nunique(),
+                "windows_b": int((~np.isnan(point_b)).sum()),
+                "captures_b": side_b["trace"].nunique()})
+    return pd.DataFrame(rows)
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    ordered = table.sort_values(["comparison", "group_a", "group_b", "ks_d", "feature"],
+                                ascending=[True, True, True, False, True], kind="stable")
+    return pd.DataFrame({
+        "comparison": [f"{k} {a} (a) vs {b} (b)" for k, a, b in
+                       zip(ordered["comparison"], ordered["group_a"], ordered["group_b"])],
+        "feature": ordered["feature"], "declared": ordered["declared"],
+        "measured": ordered["measured"],
+        "KS D [interval]": [with_interval(*v) for v in
+                            zip(ordered["ks_d"], ordered["ks_low"], ordered["ks_high"])],
+        "AUC [interval]": [with_interval(*v) for v in
+                           zip(ordered["auc"], ordered["auc_low"], ordered["auc_high"])],
+        "windows (captures) a": [f"{w} ({c})" for w, c in
+                                 zip(ordered["windows_a"], ordered["captures_a"])],
+        "windows (captures) b": [f"{w} ({c})" for w, c in
+                                 zip(ordered["windows_b"], ordered["captures_b"])]})
+
+
+def separation_figure(table: pd.DataFrame, windows: pd.DataFrame, confidence: float,
+                      path) -> None:
+    """AUC with its interval per feature, for the first comparison, coloured by measured class."""
+    fig = Figure(figsize=(9, 0.3 * max(table["feature"].nunique(), 4) + 2))
+    ax = fig.subplots()
+    if table.empty:
+        ax.text(0.5, 0.5, "No comparison: fewer than two traces", ha="center",
+                transform=ax.transAxes)
+        save_figure(fig, path)
+        return
+    kind, a, b = table.iloc[0][["comparison", "group_a", "group_b"]]
+    first = table[(table["comparison"] == kind) & (table["group_a"] == a)
+                  & (table["group_b"] == b)].sort_values("auc", kind="stable")
+    positions = np.arange(len(first))
+    for measured, part in first.groupby("measured"):
+        at = positions[first["measured"].to_numpy() == measured]
+        ax.errorbar(part["auc"], at, xerr=[part["auc"] - part["auc_low"],
+                                           part["auc_high"] - part["auc"]],
+                    fmt="o", color=CLASS_COLOURS.get(measured, "grey"), capsize=3,
+                    label=f"measured {measured}")
+    ax.set_yticks(positions, [figure_text(f"{f} (declared {d})") for f, d in
+                              zip(first["feature"], first["declared"])])
+    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(f"ROC AUC of the feature for {b} over {a}, with its {confidence:.0%} "
+                  "block-bootstrap interval (0.5 = chance)")
+    ax.legend(loc="lower right", fontsize=8)
+    in_a, in_b = windows[windows[kind] == a], windows[windows[kind] == b]
+    ax.set_title(figure_text(f"{kind} {a}: {sides(in_a)}; {b}: {sides(in_b)}"), fontsize=10)
+    save_figure(fig, path)
+
+
+def write_separation(*, traces: list[str], labels: dict[str, str], windows_paths: list[str],
+                     classes_csv, settings: dict, table_csv, table_md, table_html,
+                     figure_png) -> dict:
+    """Stage: results/robustness/separation.{csv,md,html,png}."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    bootstrap = BootstrapSettings(**settings["bootstrap"])
+    classes = pd.read_csv(classes_csv)
+    windows = read_traces(windows_paths, traces, labels)
+    table = separation_table(windows, classes, bootstrap, job_rng(settings["seed"], "separation"))
+    write_csv(table, table_csv)
+    caption = (f"KS D and ROC AUC (group b over group a) of every window feature, each with its "
+               f"{bootstrap.confidence:.0%} moving-block bootstrap interval (runs of "
+               f"{bootstrap.block_windows} consecutive windows of a trace, "
+               f"{bootstrap.resamples} resamples). Windows and distinct captures on each side "
+               f"are in the last two columns. All traces: {sides(windows)}. Resampling "
+               f"windows cannot show how another capture would differ: with one capture on a "
+               f"side, a perfect score keeps an interval of zero width (the transfer table "
+               f"tests that).")
+    write_tables(shown_table(table), markdown=table_md, html_path=table_html,
+                 title="Separation with uncertainty", caption=caption)
+    separation_figure(table, windows, bootstrap.confidence, figure_png)
+    log.info("%d comparisons x %d features", table[["comparison", "group_a", "group_b"]]
+             .drop_duplicates().shape[0] if len(table) else 0, len(classes))
+    return {"rows": len(table)}
