@@ -17,13 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from tracelab.ingest.capture import reader as capture
-from tracelab.synth.capture import Interface, write_capture
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
+from tracelab.ingest.capture import reader as capture
+from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.ingest.validate_trace import validate_trace
+from tracelab.synth.capture import Interface, write_capture
 
 REPO = Path(__file__).resolve().parents[1]
 NS = 10**9
@@ -85,7 +84,7 @@ def reference_records(path) -> list[dict]:
             base = len(interfaces)
         length = struct.unpack_from(order + "I", raw, pos + 4)[0]
         if kind == 1:
-            linktype, _, snaplen = struct.unpack_from(order + "HHI", raw, pos + 8)
+            linktype, _, _snaplen = struct.unpack_from(order + "HHI", raw, pos + 8)
             resolution, offset_s, opt = 6, 0, pos + 16
             while opt < pos + length - 4:
                 code, size = struct.unpack_from(order + "HH", raw, opt)
@@ -304,7 +303,7 @@ def test_timestamp_resolution_and_offset_are_applied_exactly(tmp_path):
         blocks.append(_epb(number, units, packet))
     path = tmp_path / "clocks.pcapng"
     path.write_bytes(b"".join(blocks))
-    table, report, error = stage(path, tmp_path)
+    table, _report, error = stage(path, tmp_path)
     assert error is None
     assert table["ts"].astype("int64").tolist() == [expected for *_, expected in cases]
 
@@ -685,7 +684,7 @@ def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
     struct.pack_into("<I", raw, overrun["offset"] + 20, len(overrun["data"]) + 64)
     struct.pack_into("<I", raw, overrun["offset"] + 24, len(overrun["data"]) + 64)
     path.write_bytes(raw)
-    table, report, error = stage(path, tmp_path)
+    _table, report, error = stage(path, tmp_path)
     assert report["checks"]["known interface"]["examples"][0]["record"] == 11
     assert report["checks"]["packet within block"]["examples"][0]["offset"] == overrun["offset"]
     assert report["rows_invalid"] == 2 and error is None
@@ -696,7 +695,7 @@ def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
     length = struct.unpack_from("<I", raw, block["offset"] + 4)[0]
     struct.pack_into("<I", raw, block["offset"] + length - 4, length + 4)   # trailer differs
     damaged.write_bytes(raw)
-    table, report, error = stage(damaged, tmp_path, "damaged")
+    _table, report, error = stage(damaged, tmp_path, "damaged")
     assert error is not None and error.check == "block structure"
     assert report["structural_errors"][0]["offset"] == block["offset"]
     assert report["structural_errors"][0]["record"] == 301
@@ -726,7 +725,7 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
     raw = bytearray(path.read_bytes())
     struct.pack_into("<I", raw, 16, 60)                                  # snap length 60
     path.write_bytes(raw)
-    table, report, error = stage(path, tmp_path)
+    _table, report, error = stage(path, tmp_path)
     assert error is not None and error.check == "max_invalid_fraction"
     assert report["checks"]["captured <= snap length"]["failures"] == report["rows_invalid"]
 
@@ -735,15 +734,15 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
 
 def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
     """The buffer-level string scatter and the counting unique are shortcuts: same results."""
-    from tracelab.ingest.capture import protocols
+    from tracelab.ingest.capture import decode
 
     values = pa.array(["a", None, "", "dd", "eee"]).slice(1)    # an offset, a null, an empty
     rows = np.array([0, 3, 4, 8])
     index = np.full(10, -1)
     index[rows] = np.arange(len(rows))
     expected = values.take(pa.array(index, mask=index < 0))
-    assert protocols._scatter(10, rows, values, pa.string()).equals(expected)
+    assert decode._scatter(10, rows, values, pa.string()).equals(expected)
     for ints in (np.array([5, -1, 5, 65535, -3]), np.array([7]), np.zeros(0, dtype=np.int64),
                  np.array([0, 1 << 40, 0])):
-        got, want = protocols._distinct(ints), np.unique(ints, return_counts=True)
+        got, want = decode._distinct(ints), np.unique(ints, return_counts=True)
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))

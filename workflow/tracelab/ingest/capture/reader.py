@@ -4,7 +4,7 @@ The one inherently sequential step is framing: each record's length says where t
 begins. That loop does the least possible per record (append the offset, add the length read
 through a memoryview); everything else is vectorised per batch of `settings.batch_bytes`
 bytes: record headers are gathered from the batch's bytes with numpy, checked, and the
-packets decoded by `capture_protocols` into Arrow columns, written as one staged batch.
+packets decoded by `decode` into Arrow columns, written as one staged batch.
 
 Checks (record index = 1-based position among the packet records, offsets in the
 uncompressed capture):
@@ -30,11 +30,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tracelab.ingest.capture import protocols as protocols
 from tracelab.core.atomic import atomic_path
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
-from tracelab.ingest.report import (InvalidRows, ValidationReport, ValidationSettings,
-                         count_time_backwards)
+from tracelab.ingest.capture import decode
+from tracelab.ingest.report import (
+    InvalidRows,
+    ValidationReport,
+    ValidationSettings,
+    count_time_backwards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ class Interface:
 
     def describe(self) -> dict:
         return {"linktype": self.linktype,
-                "link": protocols.LINKTYPE_NAMES.get(self.linktype, f"linktype {self.linktype}"),
+                "link": decode.LINKTYPE_NAMES.get(self.linktype, f"linktype {self.linktype}"),
                 "snaplen": self.snaplen,
                 "timestamp_resolution_ns": self.mul / self.div,
                 **({"timestamp_offset_s": self.offset_ns // 10**9} if self.offset_ns else {})}
@@ -116,6 +120,10 @@ class Records:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def place(self, i: int) -> dict:
+        """Where record i of the batch is in the capture."""
+        return {"record": int(self.index[i]), "offset": int(self.offset[i])}
 
 
 @dataclass
@@ -270,7 +278,7 @@ class PcapReader(_Reader):
         if not offsets:
             return None, 0
         at = np.array(offsets, dtype=np.int64)
-        data = protocols.padded(buffer)
+        data = decode.padded(buffer)
         captured = _u32(data, at + 8, self.big)
         absurd = np.flatnonzero(captured > self.max_captured)
         if absurd.size:
@@ -398,7 +406,7 @@ class PcapngReader(_Reader):
 
     def _frame(self, buffer: bytes):
         end = len(buffer)
-        data = protocols.padded(buffer)
+        data = decode.padded(buffer)
         parts = []              # per run of one section: packet blocks and their context
         packets = 0
         pos = 0
@@ -579,7 +587,7 @@ def open_capture(source: Path, batch_bytes: int, max_captured: int) -> _Reader:
 def staged_schema() -> pa.Schema:
     """STAGED_BASE and every INFO_FIELDS column a capture's headers give."""
     return pa.schema(list(STAGED_BASE) + [f for f in INFO_FIELDS
-                                          if f.name in protocols.HEADER_FIELDS])
+                                          if f.name in decode.HEADER_FIELDS])
 
 
 def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationReport,
@@ -600,7 +608,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         report.notes["timezone"] = (f"capture timestamps are absolute (UTC); the sheet's "
                                     f"timezone {timezone} is not applied")
     schema = staged_schema()
-    decoder = protocols.Decoder()
+    decoder = decode.Decoder()
     backwards = {"count": 0, "examples": []}
     snapped = 0
     last_ts = None
@@ -616,9 +624,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 if not keep.any():
                     continue
                 kept = records if keep.all() else _take(records, keep)
-                last_ts = count_time_backwards(
-                    kept.ts_ns, last_ts, backwards,
-                    lambda i: {"record": int(kept.index[i]), "offset": int(kept.offset[i])})
+                last_ts = count_time_backwards(kept.ts_ns, last_ts, backwards, kept.place)
                 snapped += int((kept.captured < kept.original).sum())
                 linktype = np.array([i.linktype for i in reader.interfaces],
                                     dtype=np.int64)[kept.interface]
