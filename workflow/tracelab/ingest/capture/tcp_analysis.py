@@ -397,6 +397,24 @@ class _Batch:
         return (self.rev_lastack - self.base_fwd) & LOW32
 
 
+    @cached_property
+    def syn_ts(self) -> np.ndarray:
+        """The time of the instance's latest SYN (without ACK) so far (-1: none)."""
+        last = grouped.last_before((self.syn & ~self.has_ack)[:, None], self.istart,
+                                   inclusive=True)[:, 0]
+        return np.where(last >= 0, self.s.ts_ns[np.maximum(last, 0)], self.st["syn_ts"])
+
+    @cached_property
+    def first_rtt(self) -> np.ndarray:
+        """The instance's first RTT as known at each row (-1: not yet): from its latest SYN
+        to the first ACK (without SYN) after it, as Wireshark's ts_first_rtt."""
+        m = len(self.d)
+        ack = self.has_ack & ~self.syn & (self.syn_ts >= 0)
+        first = grouped.group_first(ack, self.istart)
+        at = np.minimum(first, m - 1)
+        measured = np.where(first <= self.rows, self.s.ts_ns[at] - self.syn_ts[at], -1)
+        return np.where(self.st["rtt"] >= 0, self.st["rtt"], measured)
+
 @dataclass
 class _NextSeq:
     """Wireshark's nextseq of each row's side before the row, and when it last rose; the
@@ -541,30 +559,40 @@ def _fast_retransmission(b: _Batch, not_advanced: np.ndarray, dupacks: _DupAcks)
     rev_dupacks = b.earlier(dupacks.count, "dupacks", b.other, b.at_o)
     rev_lastack_ts = b.earlier(b.s.ts_ns, "lastack_ts", b.other, b.at_o)
     return not_advanced & (rev_dupacks >= 2) & (b.rev_lastack >= 0) & \
-        (b.rev_lastack_rel == b.rel_seq) & (b.s.ts_ns - rev_lastack_ts < FAST_RETRANSMISSION_NS)
+        (b.rev_lastack_rel == b.rel_seq) & _within(b.s.ts_ns - rev_lastack_ts,
+                                                   FAST_RETRANSMISSION_NS)
+
+
+def _within(elapsed: np.ndarray, limit) -> np.ndarray:
+    """elapsed < limit as Wireshark compares times (unsigned: a packet stamped before the
+    reference, reordered by the capture, is not within any limit)."""
+    return (elapsed >= 0) & (elapsed < limit)
 
 
 def _out_of_order(b: _Batch, n: _NextSeq, not_advanced: np.ndarray) -> np.ndarray:
-    """Within the first RTT (3 ms if unknown) of nextseq's last rise, and not ending at it."""
-    threshold = np.where(b.st["rtt"] >= 0, b.st["rtt"], OOO_THRESHOLD_NS)
-    return not_advanced & (b.s.ts_ns - n.nextseq_ts < threshold) & \
-        (n.nextseq != b.rel_seq + b.s.seglen)
+    """Within the first RTT (3 ms if unknown) of nextseq's last rise, and not ending at it
+    (SYN and FIN count one)."""
+    threshold = np.where(b.first_rtt > 0, b.first_rtt, OOO_THRESHOLD_NS)
+    return not_advanced & _within(b.s.ts_ns - n.nextseq_ts, threshold) & \
+        (n.nextseq != b.rel_seq + b.s.seglen + b.synfin)
 
 
 def _spurious_retransmission(b: _Batch) -> np.ndarray:
-    """Data the other side has already acknowledged."""
-    return (b.s.seglen > 0) & (b.rev_lastack > 0) & \
-        ((b.rel_seq + b.s.seglen) <= b.rev_lastack_rel)
+    """Data the other side has already acknowledged: seq + len at or before its latest ack,
+    in sequence space (modulo 2**32, as Wireshark's LE_SEQ)."""
+    behind = (b.rev_lastack_rel - b.rel_seq - b.s.seglen) & LOW32
+    return (b.s.seglen > 0) & (b.rev_lastack > 0) & (behind < 1 << 31)
 
 
 def _retransmissions(b: _Batch, n: _NextSeq, keepalive, dupacks: _DupAcks) -> dict:
     """Segments with data (or SYN/FIN), keep-alives aside, go through Wireshark's checks in
-    order; the first that holds names the segment."""
+    order (tcp_analyze_sequence_number, Wireshark 3.6 on): the first that holds names the
+    segment. Data already acknowledged is a spurious retransmission whatever its timing."""
     remaining = ((b.s.seglen > 0) | (b.synfin > 0)) & ~keepalive
     not_advanced = _not_advanced(b, n)
-    checks = {"fast_retransmission": _fast_retransmission(b, not_advanced, dupacks),
+    checks = {"spurious_retransmission": _spurious_retransmission(b),
+              "fast_retransmission": _fast_retransmission(b, not_advanced, dupacks),
               "out_of_order": _out_of_order(b, n, not_advanced),
-              "spurious_retransmission": _spurious_retransmission(b),
               "retransmission": not_advanced}
     found = {}
     for name, holds in checks.items():
@@ -602,20 +630,7 @@ def _state_after(b: _Batch, n: _NextSeq, keepalive: np.ndarray, dupacks: _DupAck
                          ("zwp", n.zwp)):
         state[name] = np.where(last_at_end >= 0, values[np.maximum(last_at_end, 0)],
                                b.st[name][ends])
-    return {**state, **_handshake_rtt(b)}
-
-
-def _handshake_rtt(b: _Batch) -> dict:
-    """The time of each instance's latest SYN, and its first RTT (SYN to SYN-ACK), which
-    Wireshark uses as the out-of-order threshold."""
-    m, ends = len(b.d), b.ends
-    last_syn = grouped.last_before((b.syn & ~b.has_ack)[:, None], b.istart, inclusive=True)[:, 0]
-    syn_ts = np.where(last_syn >= 0, b.s.ts_ns[np.maximum(last_syn, 0)], b.st["syn_ts"])
-    synack = b.syn & b.has_ack & (syn_ts >= 0)
-    first_synack = np.where(b.st["rtt"] >= 0, m, grouped.group_first(synack, b.istart))[ends]
-    at = np.minimum(first_synack, m - 1)
-    return {"syn_ts": syn_ts[ends],
-            "rtt": np.where(first_synack < m, b.s.ts_ns[at] - syn_ts[at], b.st["rtt"][ends])}
+    return {**state, "syn_ts": b.syn_ts[ends], "rtt": b.first_rtt[ends]}
 
 
 def _analysis_text(found: dict, dupacks: _DupAcks, m: int) -> tuple[np.ndarray, pa.Array]:
