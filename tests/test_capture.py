@@ -650,7 +650,7 @@ def test_impossible_lengths_are_rejected_per_record(tmp_path):
     assert checks["captured <= original"]["examples"][0]["offset"] == bigger["offset"]
     assert checks["length in range"]["examples"][0] == {
         "record": second, "offset": huge["offset"], "captured_len": len(huge["data"]),
-        "orig_len": 10**7, "snaplen": 500, "interface": 0}
+        "orig_len": 10**7, "snaplen": 500, "interface": 0, "linktype": 1}
     assert checks["captured <= snap length"]["failures"] == len(big)
     assert report["rows_invalid"] == 2 + len(big)
     assert first not in table["frame"].tolist() and second not in table["frame"].tolist()
@@ -746,3 +746,29 @@ def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
                  np.array([0, 1 << 40, 0])):
         got, want = decode._distinct(ints), np.unique(ints, return_counts=True)
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
+def test_packets_of_a_link_type_not_decoded_are_rejected_and_named(tmp_path):
+    """An 802.11 (105) or USER0 (147) interface: its packets would have no addresses."""
+    frame = bytes(ether(ipv4(udp(5000, 6000, bytes(20)), 17)))
+    wifi = write_frames(tmp_path / "wifi.pcap", [frame] * 4, linktype=105)
+    table, report, error = stage(wifi, tmp_path, "wifi")
+    assert error is not None and error.check == "zero valid rows"
+    assert "supported link type=4" in str(error)
+    assert report["checks"]["supported link type"]["examples"][0]["linktype"] == 105
+    assert report["unsupported_link_types"] == {"105": 4}
+
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idbs = [_block(1, struct.pack("<HHI", linktype, 0, 0)) for linktype in (1, 147)]
+    packets = [_epb(k % 2, T0 * NS + k, frame) for k in range(10)]
+    mixed = tmp_path / "mixed.pcapng"
+    mixed.write_bytes(shb + b"".join(idbs) + b"".join(packets))
+    table, report, error = stage(mixed, tmp_path, "mixed", max_invalid_fraction=0.5)
+    assert error is None and report["status"] == "passed_with_invalid_rows"
+    assert table["frame"].tolist() == [1, 3, 5, 7, 9]
+    assert table["src"].tolist() == ["198.18.0.1"] * 5
+    assert report["checks"]["supported link type"]["failures"] == 5
+    assert report["unsupported_link_types"] == {"147": 5}
+    rejected = invalid_rows(tmp_path, "mixed")
+    assert rejected["reason"].unique().tolist() == ["supported link type"]
+    assert rejected["linktype"].unique().tolist() == ["147"]

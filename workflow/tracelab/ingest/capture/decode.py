@@ -28,6 +28,7 @@ HEADER_FIELDS = ("src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp
                  "tcp_len", "tcp_analysis", "http_method", "http_uri", "http_version",
                  "http_status", "dns_query", "tls_message")
 
+# The link types decoded (tcpdump's LINKTYPE_ names); frames of any other are not decoded.
 LINKTYPE_NAMES = {0: "NULL", 1: "EN10MB", 12: "RAW", 14: "RAW", 101: "RAW", 108: "LOOP",
                   113: "LINUX_SLL", 228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2"}
 ETHERNET, NULL, LOOP, SLL, SLL2 = 1, 0, 108, 113, 276

@@ -15,7 +15,7 @@ uncompressed capture):
 - per record (the record is rejected, reading goes on): captured length above the original
   length, above the interface's snap length, original length outside
   validation.length_min..length_max, pcapng packet data overrunning its block, unknown
-  interface.
+  interface, a link type the decoder does not know (its packets would have no addresses).
 - a capture cut short (a plain file cut, a gzip stream cut or damaged, as Wireshark says "cut
   short in the middle of a packet"): every whole record before the cut is read; a record cut
   in the middle is rejected ("record complete"), any other cut (a pcapng block without
@@ -86,6 +86,8 @@ CHECKS = {
                        "(validation.length_min..length_max)",
     "packet within block": "pcapng: the packet data fits inside its block",
     "known interface": "pcapng: the packet names an interface described before it",
+    "supported link type": "the interface's link type is one the reader decodes: "
+                           + ", ".join(sorted(set(decode.LINKTYPE_NAMES.values()))),
 }
 
 
@@ -714,7 +716,11 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     """Apply the per-record checks; write the rejected records; return the rows to keep."""
     snaplen = np.array([i.snaplen for i in reader.interfaces] + [0], dtype=np.int64)[
         records.interface]
+    linktype = np.array([i.linktype for i in reader.interfaces] + [-1],
+                        dtype=np.int64)[records.interface]
+    unsupported = (records.interface >= 0) & ~np.isin(linktype, list(decode.LINKTYPE_NAMES))
     failures = {
+        "supported link type": unsupported,
         "known interface": records.interface < 0,
         "packet within block": records.captured > records.room,
         "captured <= original": records.captured > records.original,
@@ -724,18 +730,20 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     }
     if not any(failed.any() for failed in failures.values()):
         return np.ones(len(records), dtype=bool)   # the usual case: no reasons to build
+    if unsupported.any():
+        counts = report.notes.setdefault("unsupported_link_types", {})
+        for value, count in zip(*np.unique(linktype[unsupported], return_counts=True)):
+            counts[str(value)] = counts.get(str(value), 0) + int(count)
     reasons = np.full(len(records), "", dtype=object)
     for check, failed in failures.items():
         rows = np.flatnonzero(failed)
         if not rows.size:
             continue
         reasons[rows] = np.where(reasons[rows] == "", check, reasons[rows] + "; " + check)
-        report.fail(check, rows.size, [_example(records, int(i), snaplen[i]) for i in rows[:5]],
-                    CHECKS[check])
+        report.fail(check, rows.size, [_example(records, int(i), snaplen[i], linktype[i])
+                                       for i in rows[:5]], CHECKS[check])
     rejected = reasons != ""
     if rejected.any():
-        linktype = np.array([i.linktype for i in reader.interfaces] + [-1],
-                            dtype=np.int64)[records.interface]
         rows = np.flatnonzero(rejected)
         sink.write(pa.table({
             "location": [f"record {records.index[i]} at byte offset {records.offset[i]}"
@@ -752,10 +760,11 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     return ~rejected
 
 
-def _example(records: Records, i: int, snaplen) -> dict:
+def _example(records: Records, i: int, snaplen, linktype) -> dict:
     return {"record": int(records.index[i]), "offset": int(records.offset[i]),
             "captured_len": int(records.captured[i]), "orig_len": int(records.original[i]),
-            "snaplen": int(snaplen), "interface": int(records.interface[i])}
+            "snaplen": int(snaplen), "interface": int(records.interface[i]),
+            "linktype": int(linktype)}
 
 
 def _report_cut(reader: _Reader, report: ValidationReport, sink: InvalidRows) -> None:
