@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -178,8 +179,10 @@ class Names:
         return self.codes[name]
 
     def column(self, codes: np.ndarray) -> pa.Array:
+        # (A copy of the list: the thread decoding the next batch may add names meanwhile.)
         return pa.DictionaryArray.from_arrays(
-            pa.array(codes, pa.int32()), pa.array(self.names, pa.string())).cast(pa.string())
+            pa.array(codes, pa.int32()), pa.array(list(self.names), pa.string())
+        ).cast(pa.string())
 
 
 def _strings(flat: np.ndarray, offsets: np.ndarray, rows: int) -> pa.Array:
@@ -265,8 +268,22 @@ def _spread(n: int, rows: np.ndarray, values: np.ndarray, type_: pa.DataType,
     return pa.array(full, mask=~present, type=type_)
 
 
+@dataclass
+class Headers:
+    """A batch decoded but for its TCP conversations, which need the batches in order."""
+
+    n: int
+    columns: dict
+    protocol: np.ndarray        # protocol codes (-1: none)
+    tcp_rows: np.ndarray
+    segments: Segments
+    tls: dict                   # _tls_records of the rows starting with a TLS record
+
+
 class Decoder:
-    """Decodes batch after batch of one capture; TCP conversations carry over between them."""
+    """Decodes batch after batch of one capture, in two steps: `headers` of any batch (it may
+    run for one batch while `conversations` runs for the one before, on another thread), then
+    `conversations`, in batch order (TCP conversations carry over between batches)."""
 
     def __init__(self):
         self.protocols = Names()
@@ -277,12 +294,18 @@ class Decoder:
         self.udp_ports = np.full(1 << 16, -1, dtype=np.int64)
         for port, name in UDP_PORT_NAMES.items():
             self.udp_ports[port] = self.protocols.code(name)
+        # TLS version names, registered here: `conversations` uses them and only `headers`
+        # adds names.
+        self.tls_codes = {version: self.protocols.code(name)
+                          for version, name in TLS_VERSION_NAMES.items()}
+        self.tls_unknown = self.protocols.code("TLS")
 
     def notes(self) -> dict:
         return {**self.counts, "tcp_conversations": self.tcp.conversations,
                 "tcp_port_reuses": self.tcp.reuses}
 
-    def decode(self, data, start, captured, original, linktype, ts_ns, frame) -> dict:
+    def headers(self, data, start, captured, original, linktype, ts_ns, frame) -> Headers:
+        """Every column but the TCP analysis's and the TLS version's of one batch."""
         n = len(start)
         packet = Bytes(data, start, captured)
         for value, count in zip(*_distinct(linktype)):
@@ -365,38 +388,46 @@ class Decoder:
                                             flags[tcp_rows])
         server_version = np.zeros(n, dtype=np.int64)
         server_version[tls_rows] = tls["server_version"]
-        conv = self.tcp.update(Segments(
+        segments = Segments(
             key=net["key"][tcp_rows], family=net["family"][tcp_rows],
             src_port=src_port[tcp_rows], dst_port=dst_port[tcp_rows],
             seq=tcp_packet.u32(tcp_l4 + 4), ack=tcp_packet.u32(tcp_l4 + 8),
             flags=flags[tcp_rows], window=tcp_packet.u16(tcp_l4 + 14),
             seglen=np.where(sane, tcp_len, 0)[tcp_rows], window_shift=window_shift,
             ts_ns=ts_ns[tcp_rows], frame=frame[tcp_rows],
-            server_version=server_version[tcp_rows]))
+            server_version=server_version[tcp_rows])
         columns["tcp_flags"] = _column(flags, tcp, pa.int16())
-        columns["tcp_seq"] = _spread(n, tcp_rows, conv.seq, pa.int64())
-        columns["tcp_ack"] = _spread(n, tcp_rows, conv.ack, pa.int64(), conv.has_ack)
-        columns["tcp_win"] = _spread(n, tcp_rows, conv.window, pa.int64())
         columns["tcp_len"] = _column(np.where(sane, tcp_len, 0), sane, pa.int64())
-        columns["tcp_analysis"] = _scatter(n, tcp_rows[conv.analysis_rows], conv.analysis,
-                                           pa.string())
-
-        if len(tls_rows):
-            session = np.zeros(n, dtype=np.int64)
-            session[tcp_rows] = conv.tls_version
-            version = np.where(session[tls_rows] > 0, session[tls_rows],
-                               tls["record_version"])
-            codes = np.array([self.protocols.code(TLS_VERSION_NAMES.get(int(v), "TLS"))
-                              for v in np.unique(version)])
-            app[tls_rows] = codes[np.searchsorted(np.unique(version), version)]
         columns["tls_message"] = _scatter(n, tls_rows, tls["message"], pa.string())
-
-        protocol = np.where(app >= 0, app, protocol)
-        columns["protocol"] = self.protocols.column(protocol)
         if not http:
             for name, type_ in (("http_method", DICT_STRING), ("http_uri", pa.string()),
                                 ("http_version", DICT_STRING), ("http_status", pa.int16())):
                 columns[name] = pa.nulls(n, type_)
+        return Headers(n=n, columns=columns, protocol=np.where(app >= 0, app, protocol),
+                       tcp_rows=tcp_rows, segments=segments, tls=tls)
+
+    def conversations(self, headers: Headers) -> dict:
+        """The batch's columns, with the TCP analysis's and the TLS version's."""
+        n, tcp_rows, tls, columns = headers.n, headers.tcp_rows, headers.tls, headers.columns
+        conv = self.tcp.update(headers.segments)
+        columns["tcp_seq"] = _spread(n, tcp_rows, conv.seq, pa.int64())
+        columns["tcp_ack"] = _spread(n, tcp_rows, conv.ack, pa.int64(), conv.has_ack)
+        columns["tcp_win"] = _spread(n, tcp_rows, conv.window, pa.int64())
+        columns["tcp_analysis"] = _scatter(n, tcp_rows[conv.analysis_rows], conv.analysis,
+                                           pa.string())
+        protocol = headers.protocol
+        tls_rows = tls["rows"]
+        if len(tls_rows):
+            # The version the TLS session settled on, else the record's own.
+            session = np.zeros(n, dtype=np.int64)
+            session[tcp_rows] = conv.tls_version
+            version = np.where(session[tls_rows] > 0, session[tls_rows],
+                               tls["record_version"])
+            versions, which = np.unique(version, return_inverse=True)
+            codes = np.array([self.tls_codes.get(int(v), self.tls_unknown) for v in versions])
+            protocol = protocol.copy()
+            protocol[tls_rows] = codes[which.ravel()]
+        columns["protocol"] = self.protocols.column(protocol)
         return columns
 
     def _http(self, packet: Bytes, candidates, payload, visible, app, columns) -> bool:

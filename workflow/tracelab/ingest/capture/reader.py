@@ -30,6 +30,8 @@ import logging
 import struct
 import sys
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -665,7 +667,8 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     sink = InvalidRows(invalid_path, RAW_COLUMNS)
     try:
         with atomic_path(staged_path) as tmp, \
-                StagedWriter(tmp, schema) as writer:
+                StagedWriter(tmp, schema) as writer, \
+                _Pipeline(decoder, writer, schema) as pipeline:
             for records in reader.batches():
                 keep = _check_records(records, reader, report, sink, settings)
                 report.rows_read += len(records)
@@ -678,18 +681,8 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 snapped += int((kept.captured < kept.original).sum())
                 linktype = np.array([i.linktype for i in reader.interfaces],
                                     dtype=np.int64)[kept.interface]
-                columns = decoder.decode(kept.data, kept.start, kept.captured, kept.original,
-                                         linktype, kept.ts_ns, kept.index)
-                table = pa.table({
-                    "frame": pa.array(kept.index, pa.int64()),
-                    "ts": pa.array(kept.ts_ns, pa.int64()).cast(STAGED_BASE.field("ts").type),
-                    "length": pa.array(kept.original, pa.int64()),
-                    "info": pa.StringArray.from_buffers(
-                        len(kept), pa.py_buffer(np.zeros(len(kept) + 1, dtype=np.int32)),
-                        pa.py_buffer(b"")),
-                    **columns,
-                })
-                writer.write_table(table.select(schema.names).cast(schema))
+                pipeline.put(kept, linktype)
+            pipeline.finish()
             _report_cut(reader, report, sink)
     except CaptureDamaged as damage:
         report.structural(damage.check, damage.detail, **damage.where)
@@ -702,6 +695,59 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     log.info("%s: %d records read, %d kept, %d rejected, %d cut by the snap length; "
              "%d timestamps went backwards", source, report.rows_read, report.rows_valid,
              report.rows_invalid, snapped, backwards["count"])
+
+
+class _Pipeline:
+    """Batches decoded on two threads, in capture order: one batch's headers while the TCP
+    conversations of the batch before are analysed (numpy, pandas and Arrow release the GIL
+    in their kernels), while StagedWriter's thread writes the batch before that, and this
+    thread frames the next. At most a few batches are in flight."""
+
+    def __init__(self, decoder: decode.Decoder, writer: StagedWriter, schema: pa.Schema):
+        self.decoder = decoder
+        self.writer = writer
+        self.schema = schema
+        self._headers = ThreadPoolExecutor(max_workers=1)
+        self._conversations = ThreadPoolExecutor(max_workers=1)
+        self._decoding: deque = deque()      # (records, future headers), oldest first
+        self._analysing: deque = deque()     # future tables, oldest first
+
+    def put(self, records: Records, linktype: np.ndarray) -> None:
+        self._decoding.append((records, self._headers.submit(
+            self.decoder.headers, records.data, records.start, records.captured,
+            records.original, linktype, records.ts_ns, records.index)))
+        self._advance(in_flight=1)
+
+    def finish(self) -> None:
+        self._advance(in_flight=0)
+
+    def _advance(self, in_flight: int) -> None:
+        while len(self._decoding) > in_flight:
+            records, headers = self._decoding.popleft()
+            self._analysing.append(self._conversations.submit(self._table, records,
+                                                              headers.result()))
+        while len(self._analysing) > in_flight:
+            self.writer.write_table(self._analysing.popleft().result())
+
+    def _table(self, records: Records, headers: decode.Headers) -> pa.Table:
+        n = len(records)
+        table = pa.table({
+            "frame": pa.array(records.index, pa.int64()),
+            "ts": pa.array(records.ts_ns, pa.int64()).cast(STAGED_BASE.field("ts").type),
+            "length": pa.array(records.original, pa.int64()),
+            "info": pa.StringArray.from_buffers(
+                n, pa.py_buffer(np.zeros(n + 1, dtype=np.int32)), pa.py_buffer(b"")),
+            **self.decoder.conversations(headers),
+        })
+        return table.select(self.schema.names).cast(self.schema)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for pool in (self._headers, self._conversations):
+            pool.shutdown(cancel_futures=True)
+        return False
 
 
 def _take(records: Records, keep: np.ndarray) -> Records:

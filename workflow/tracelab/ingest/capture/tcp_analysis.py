@@ -244,6 +244,30 @@ def _rule_base(group_start, d, seq, ack, flags) -> dict:
             "group_start": group_start}
 
 
+class _Carried:
+    """Each instance's state from earlier batches: per instance (`at_end`, the instances in
+    batch order), spread over the instance's rows on first use (`rows`), or read for the
+    few rows that need it (`pick`: rows without an earlier row of their side in the batch)."""
+
+    def __init__(self, state: dict, instances: np.ndarray, sizes: np.ndarray):
+        self.at_end = {name: np.take(values, instances, axis=0) for name, values in state.items()}
+        self._sizes = sizes
+        self._spread: dict[str, np.ndarray] = {}
+
+    @cached_property
+    def instance(self) -> np.ndarray:
+        """Each row's instance, as an index into `at_end`."""
+        return np.repeat(np.arange(len(self._sizes)), self._sizes)
+
+    def rows(self, name: str) -> np.ndarray:
+        if name not in self._spread:
+            self._spread[name] = np.repeat(self.at_end[name], self._sizes, axis=0)
+        return self._spread[name]
+
+    def pick(self, name: str, rows: np.ndarray, side: np.ndarray) -> np.ndarray:
+        return self.at_end[name][self.instance[rows], side]
+
+
 @dataclass
 class _Batch:
     """A batch's segments sorted by conversation instance, then capture order, and what the
@@ -255,7 +279,7 @@ class _Batch:
     d: np.ndarray               # the row's side, 0 or 1
     istart: np.ndarray          # the first row of the row's instance
     ends: np.ndarray            # the last row of each instance
-    st: dict                    # the instance's state from earlier batches, per row
+    carried: _Carried           # the instance's state from earlier batches
     reused: np.ndarray          # a pure SYN that starts a new instance of its conversation
     base: np.ndarray            # per side: the raw seq that relative numbers count from
     ws: np.ndarray              # per side: window scale shift (-2: not scaled; -1: unknown)
@@ -265,27 +289,24 @@ class _Batch:
     def sorted_by_instance(cls, s: Segments, d, inst, reused, state: dict, own) -> _Batch:
         istart = grouped.group_starts(inst)
         ends = grouped.group_ends(istart)
-        # Each instance's state read once (the tables are large: fewer scattered reads),
-        # then spread over the instance's rows.
-        sizes = np.diff(np.r_[-1, ends])
-        st = {name: np.repeat(np.take(state[name], inst[ends], axis=0), sizes, axis=0)
-              for name in state}
+        # Each instance's state read once (the tables are large: fewer scattered reads).
+        carried = _Carried(state, inst[ends], np.diff(np.r_[-1, ends]))
         # The conversations' own bases hold for the instances unless a reuse split one.
         rule = own if np.array_equal(istart, own["group_start"]) else _rule_base(
             istart, d, s.seq, s.ack, s.flags)
-        base = np.where(st["base"] >= 0, st["base"], rule["value"])
+        base = np.where(carried.rows("base") >= 0, carried.rows("base"), rule["value"])
         # Window scale: each side's shift from its SYN; if either side went without, neither
         # scales.
-        ws = st["ws"].copy()
+        ws = carried.rows("ws").copy()
         is_syn = (s.flags & TH_SYN) != 0
         for side in (0, 1):
             last = grouped.group_last_row(is_syn & (d == side), istart)
             ws[:, side] = np.where(last >= 0, s.window_shift[np.maximum(last, 0)], ws[:, side])
         # The TLS session's version, from its ServerHello on.
         hello = grouped.last_before((s.server_version > 0)[:, None], istart, inclusive=True)[:, 0]
-        tls = np.where(hello >= 0, s.server_version[np.maximum(hello, 0)], st["tls"])
-        return cls(s=s, d=d, istart=istart, ends=ends, st=st, reused=reused, base=base, ws=ws,
-                   tls=tls)
+        tls = np.where(hello >= 0, s.server_version[np.maximum(hello, 0)], carried.rows("tls"))
+        return cls(s=s, d=d, istart=istart, ends=ends, carried=carried, reused=reused,
+                   base=base, ws=ws, tls=tls)
 
     @cached_property
     def rows(self) -> np.ndarray:
@@ -364,32 +385,42 @@ class _Batch:
         """The other side's latest row (-1: none in this batch)."""
         return grouped.pick(self.last_on, self.at_o)
 
-    def earlier(self, values: np.ndarray, name: str, index: np.ndarray, at) -> np.ndarray:
-        """values[index], or the state's `name` where the row is before this batch."""
-        return np.where(index >= 0, values[np.maximum(index, 0)], grouped.pick(self.st[name], at))
+    def earlier(self, values: np.ndarray, name: str, index: np.ndarray,
+                other: bool) -> np.ndarray:
+        """values[index], or where index < 0 (before this batch) the carried state's `name`
+        of this side (of the other side if `other`)."""
+        found = values[np.maximum(index, 0)]
+        return self.fill_carried(found, index, name, other)
 
     def before_row(self, per_side: np.ndarray, name: str) -> np.ndarray:
         """This side's value of a per-side running array as of just before each row."""
-        same_at = 2 * np.maximum(self.same, 0) + self.d
-        return np.where(self.same >= 0, grouped.pick(per_side, same_at),
-                        grouped.pick(self.st[name], self.at_d))
+        found = grouped.pick(per_side, 2 * np.maximum(self.same, 0) + self.d)
+        return self.fill_carried(found, self.same, name, False)
+
+    def fill_carried(self, found: np.ndarray, index: np.ndarray, name: str,
+                     other: bool) -> np.ndarray:
+        """`found`, with the carried state's `name` where index < 0."""
+        missing = np.flatnonzero(index < 0)
+        side = self.d[missing]
+        found[missing] = self.carried.pick(name, missing, 1 - side if other else side)
+        return found
 
     @cached_property
     def fwd_window(self) -> np.ndarray:
-        return self.earlier(self.s.window, "window", self.same, self.at_d)
+        return self.earlier(self.s.window, "window", self.same, False)
 
     @cached_property
     def fwd_lastack(self) -> np.ndarray:
-        return self.earlier(self.s.ack, "lastack", self.same, self.at_d)
+        return self.earlier(self.s.ack, "lastack", self.same, False)
 
     @cached_property
     def rev_window(self) -> np.ndarray:
-        return self.earlier(self.s.window, "window", self.other, self.at_o)
+        return self.earlier(self.s.window, "window", self.other, True)
 
     @cached_property
     def rev_lastack(self) -> np.ndarray:
         """The other side's latest raw ack number (-1: none seen)."""
-        return self.earlier(self.s.ack, "lastack", self.other, self.at_o)
+        return self.earlier(self.s.ack, "lastack", self.other, True)
 
     @cached_property
     def rev_lastack_rel(self) -> np.ndarray:
@@ -402,7 +433,8 @@ class _Batch:
         """The time of the instance's latest SYN (without ACK) so far (-1: none)."""
         last = grouped.last_before((self.syn & ~self.has_ack)[:, None], self.istart,
                                    inclusive=True)[:, 0]
-        return np.where(last >= 0, self.s.ts_ns[np.maximum(last, 0)], self.st["syn_ts"])
+        return np.where(last >= 0, self.s.ts_ns[np.maximum(last, 0)],
+                        self.carried.rows("syn_ts"))
 
     @cached_property
     def first_rtt(self) -> np.ndarray:
@@ -413,7 +445,8 @@ class _Batch:
         first = grouped.group_first(ack, self.istart)
         at = np.minimum(first, m - 1)
         measured = np.where(first <= self.rows, self.s.ts_ns[at] - self.syn_ts[at], -1)
-        return np.where(self.st["rtt"] >= 0, self.st["rtt"], measured)
+        carried = self.carried.rows("rtt")
+        return np.where(carried >= 0, carried, measured)
 
 @dataclass
 class _NextSeq:
@@ -447,12 +480,12 @@ def _running_nextseq(b: _Batch, excluded: np.ndarray) -> tuple[np.ndarray, np.nd
         reach = np.where((b.d == side) & ~excluded, b.rel_seq + b.s.seglen + b.synfin, -1)
         running = grouped.grouped_cummax(reach, b.istart)
         before = np.where(b.rows > b.istart, np.r_[-1, running[:-1]], -1)
-        carried = b.st["nextseq"][:, side]
+        carried = b.carried.rows("nextseq")[:, side]
         rose = (reach > before) & (reach > carried)
         last_rise = grouped.last_before(rose[:, None], b.istart, inclusive=True)[:, 0]
         value[:, side] = np.maximum(running, carried)
         when[:, side] = np.where(last_rise >= 0, b.s.ts_ns[np.maximum(last_rise, 0)],
-                                 b.st["nextseq_ts"][:, side])
+                                 b.carried.rows("nextseq_ts")[:, side])
     return value, when
 
 
@@ -506,12 +539,12 @@ def _repeated_ack(b: _Batch, n: _NextSeq) -> np.ndarray:
 
 
 def _keepalive_ack(b: _Batch, repeat: np.ndarray, keepalive: np.ndarray) -> np.ndarray:
-    rev_keepalive = b.earlier(keepalive.astype(np.int64), "keepalive", b.other, b.at_o) == 1
+    rev_keepalive = b.earlier(keepalive.astype(np.int64), "keepalive", b.other, True) == 1
     return repeat & (b.s.window != 0) & rev_keepalive
 
 
 def _zwp_ack(b: _Batch, repeat: np.ndarray, zwp: np.ndarray) -> np.ndarray:
-    rev_zwp = b.earlier(zwp.astype(np.int64), "zwp", b.other, b.at_o) == 1
+    rev_zwp = b.earlier(zwp.astype(np.int64), "zwp", b.other, True) == 1
     return repeat & (b.s.window == 0) & rev_zwp
 
 
@@ -530,19 +563,21 @@ def _dup_ack_count(b: _Batch, dup_ack: np.ndarray) -> _DupAcks:
     counted = grouped.pick(dup_count, b.at_d)
     before_group = np.where(
         b.istart > 0, grouped.pick(dup_count, 2 * np.maximum(b.istart - 1, 0) + b.d), 0)
-    count = np.where(run_start >= 0,
-                     counted - grouped.pick(dup_count, 2 * np.maximum(run_start, 0) + b.d),
-                     grouped.pick(b.st["dupacks"], b.at_d) + counted - before_group)
-    nondup_frame = np.where(run_start >= 0, b.s.frame[np.maximum(run_start, 0)],
-                            grouped.pick(b.st["nondup_frame"], b.at_d))
+    count = counted - grouped.pick(dup_count, 2 * np.maximum(run_start, 0) + b.d)
+    nondup_frame = b.s.frame[np.maximum(run_start, 0)]
+    # Rows whose ack number has not changed in this batch count on from the carried state.
+    carried = np.flatnonzero(run_start < 0)
+    side = b.d[carried]
+    count[carried] = b.carried.pick("dupacks", carried, side) + counted[carried] - \
+        before_group[carried]
+    nondup_frame[carried] = b.carried.pick("nondup_frame", carried, side)
     return _DupAcks(count=count, nondup_frame=nondup_frame)
 
 
 def _ack_lost(b: _Batch, n: _NextSeq) -> np.ndarray:
     """ACKed unseen segment: the ack goes beyond anything the other side was seen sending."""
-    rev_nextseq = np.where(
-        b.other >= 0, grouped.pick(n.running, 2 * np.maximum(b.other, 0) + 1 - b.d),
-        grouped.pick(b.st["nextseq"], b.at_o))
+    rev_nextseq = b.fill_carried(grouped.pick(n.running, 2 * np.maximum(b.other, 0) + 1 - b.d),
+                          b.other, "nextseq", True)
     return b.has_ack & (rev_nextseq >= 0) & (b.rel_ack > rev_nextseq) & \
         (b.rel_ack - rev_nextseq < 1 << 31)
 
@@ -556,8 +591,8 @@ def _not_advanced(b: _Batch, n: _NextSeq) -> np.ndarray:
 
 def _fast_retransmission(b: _Batch, not_advanced: np.ndarray, dupacks: _DupAcks) -> np.ndarray:
     """At the seq the other side's dup ACKs (two or more) ask for, within 20 ms of its ACK."""
-    rev_dupacks = b.earlier(dupacks.count, "dupacks", b.other, b.at_o)
-    rev_lastack_ts = b.earlier(b.s.ts_ns, "lastack_ts", b.other, b.at_o)
+    rev_dupacks = b.earlier(dupacks.count, "dupacks", b.other, True)
+    rev_lastack_ts = b.earlier(b.s.ts_ns, "lastack_ts", b.other, True)
     return not_advanced & (rev_dupacks >= 2) & (b.rev_lastack >= 0) & \
         (b.rev_lastack_rel == b.rel_seq) & _within(b.s.ts_ns - rev_lastack_ts,
                                                    FAST_RETRANSMISSION_NS)
@@ -629,7 +664,7 @@ def _state_after(b: _Batch, n: _NextSeq, keepalive: np.ndarray, dupacks: _DupAck
                          ("nondup_frame", dupacks.nondup_frame), ("keepalive", keepalive),
                          ("zwp", n.zwp)):
         state[name] = np.where(last_at_end >= 0, values[np.maximum(last_at_end, 0)],
-                               b.st[name][ends])
+                               b.carried.at_end[name])
     return {**state, "syn_ts": b.syn_ts[ends], "rtt": b.first_rtt[ends]}
 
 
