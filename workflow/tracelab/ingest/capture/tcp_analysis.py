@@ -211,7 +211,9 @@ class TcpConversations:
         self.reuses += int(reused.sum())
         latest = grouped.last_before(new_instance[:, None], cstart, inclusive=True)[:, 0]
         inst = np.where(latest >= 0, ids[np.maximum(latest, 0)], current)
+        # The index changes only for conversations that started an instance in this batch.
         conv_ends = grouped.group_ends(cstart)
+        conv_ends = conv_ends[inst[conv_ends] != current[conv_ends]]
         self.index.update(zip((keys[c] for c in conv[conv_ends].tolist()),
                               inst[conv_ends].tolist()))
         return own, reused, inst
