@@ -275,7 +275,7 @@ class _Batch:
     """A batch's segments sorted by conversation instance, then capture order, and what the
     analysis rules share. Per-side arrays are (rows, 2), column 0 the side from the lower
     endpoint; `at_d` and `at_o` pick this row's side and the other side from them
-    (grouped.pick). Values of rows before this batch come from `st`, the instance's state."""
+    (grouped.pick). Values of rows before this batch come from `carried`."""
 
     s: Segments
     d: np.ndarray               # the row's side, 0 or 1
