@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 from test_capture import invalid_rows, stage
+from tracelab.ingest.capture import reader
 from tracelab.synth.capture import write_capture
 
 PACKET_BLOCKS = (2, 3, 6)
@@ -163,3 +164,23 @@ def test_a_pcapng_cut_inside_its_interface_description_says_so(tmp_path):
         assert f"10 bytes into the interface description block at byte offset {header}" in \
             str(error)
         assert report["structural_errors"][0]["offset"] == header
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 4096])
+def test_gzip_members_and_trailing_bytes_read_at_any_step(tmp_path, monkeypatch, step):
+    """A multi-member gzip file reads as the concatenation of its members, as gzip -d reads
+    it, and bytes after the last member are counted, whatever the step of compressed bytes
+    the reader inflates at a time."""
+    plain = tmp_path / "plain.pcap"
+    write_capture(plain, 40, seed=3)
+    raw = plain.read_bytes()
+    base, _, _ = stage(plain, tmp_path, "plain")
+    monkeypatch.setattr(reader, "GZIP_STEP", step)
+    for name, data, trailing in (
+            ("members.pcap.gz", gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]), 0),
+            ("trailing.pcap.gz", gzip.compress(raw) + bytes(37), 37)):
+        (tmp_path / name).write_bytes(data)
+        table, report, error = stage(tmp_path / name, tmp_path, name)
+        assert error is None and report["status"] == "passed", name
+        assert table.equals(base), name
+        assert report["capture"].get("gzip_trailing_bytes_ignored", 0) == trailing, name

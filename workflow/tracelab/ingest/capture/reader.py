@@ -213,9 +213,11 @@ class _Stream:
                                           f"(compressed file size {self._file.tell()} bytes)")
                     break
             if self._inflate.eof:              # what follows a gzip member
+                if len(self._input) < len(GZIP_MAGIC):
+                    self._input += self._file.read(GZIP_STEP)
                 if not self._input.startswith(GZIP_MAGIC):
-                    self.trailing_bytes = self._file.seek(0, 2) - self._file.tell() + \
-                        len(self._input)
+                    position = self._file.tell()
+                    self.trailing_bytes = self._file.seek(0, 2) - position + len(self._input)
                     self._ended = True
                     break
                 self._inflate = zlib.decompressobj(GZIP_WBITS)
