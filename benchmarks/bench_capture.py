@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         figures["nfstream"]["flows"] = figures["nfstream"]["packets"]
         figures["nfstream"]["packets"] = peer_packets
         figures["nfstream"]["packets_per_s"] = peer_packets / figures["nfstream"]["seconds"]
-    for kind, row in figures.items():
+    for row in figures.values():
         row["scale"] = args.packets / row["packets"]
         row["cpu_packets_per_s"] = row["packets"] / row["cpu_seconds"]
 
@@ -269,8 +269,9 @@ def main(argv=None) -> int:
     print("(seconds and CPU s of the peers timed on a prefix are scaled to the full size)")
     for kind in ("tshark", "nfstream", "scapy", "dpkt"):
         if kind in figures:
-            print(f"stage vs {kind}: {stage['packets_per_s'] / figures[kind]['packets_per_s']:.1f}x "
-                  f"the packets/s, {stage['cpu_packets_per_s'] / figures[kind]['cpu_packets_per_s']:.1f}x "
+            peer = figures[kind]
+            print(f"stage vs {kind}: {stage['packets_per_s'] / peer['packets_per_s']:.1f}x the "
+                  f"packets/s, {stage['cpu_packets_per_s'] / peer['cpu_packets_per_s']:.1f}x "
                   f"the packets per CPU second")
     for basis, rate in (("seconds", stage["packets_per_s"]),
                         ("CPU seconds spread over 2 idle cores (an upper bound)",

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
 from tracelab.ingest.capture import reader as capture
@@ -516,7 +517,9 @@ def test_relative_numbers_port_reuse_and_mid_stream_start(tmp_path):
 
 
 def test_window_scaling_needs_both_sides(tmp_path):
-    scale = lambda shift: b"\x01\x03\x03" + bytes([shift])   # NOP, window scale
+    def scale(shift):
+        return b"\x01\x03\x03" + bytes([shift])   # NOP, window scale
+
     frames = [
         ipv4(tcp(40000, 80, S, seq=1, opts=scale(7)), 6),
         ipv4(tcp(80, 40000, S | A, seq=1, ack=2, opts=scale(2)), 6, "198.18.0.2", "198.18.0.1"),

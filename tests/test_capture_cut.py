@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 from test_capture import invalid_rows, stage
+
 from tracelab.ingest.capture import reader
 from tracelab.synth.capture import write_capture
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_capture import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
+
 from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.security.security_connections import (
     FlowSettings,
