@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tracelab.ingest.capture import reader as capture
-from tracelab.synth.capture import Interface, write_capture
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
+from tracelab.ingest.capture import reader as capture
+from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.ingest.validate_trace import validate_trace
+from tracelab.synth.capture import Interface, write_capture
 
 REPO = Path(__file__).resolve().parents[1]
 NS = 10**9
@@ -85,7 +85,7 @@ def reference_records(path) -> list[dict]:
             base = len(interfaces)
         length = struct.unpack_from(order + "I", raw, pos + 4)[0]
         if kind == 1:
-            linktype, _, snaplen = struct.unpack_from(order + "HHI", raw, pos + 8)
+            linktype, _, _snaplen = struct.unpack_from(order + "HHI", raw, pos + 8)
             resolution, offset_s, opt = 6, 0, pos + 16
             while opt < pos + length - 4:
                 code, size = struct.unpack_from(order + "HH", raw, opt)
@@ -304,7 +304,7 @@ def test_timestamp_resolution_and_offset_are_applied_exactly(tmp_path):
         blocks.append(_epb(number, units, packet))
     path = tmp_path / "clocks.pcapng"
     path.write_bytes(b"".join(blocks))
-    table, report, error = stage(path, tmp_path)
+    table, _report, error = stage(path, tmp_path)
     assert error is None
     assert table["ts"].astype("int64").tolist() == [expected for *_, expected in cases]
 
@@ -517,7 +517,9 @@ def test_relative_numbers_port_reuse_and_mid_stream_start(tmp_path):
 
 
 def test_window_scaling_needs_both_sides(tmp_path):
-    scale = lambda shift: b"\x01\x03\x03" + bytes([shift])   # NOP, window scale
+    def scale(shift):
+        return b"\x01\x03\x03" + bytes([shift])   # NOP, window scale
+
     frames = [
         ipv4(tcp(40000, 80, S, seq=1, opts=scale(7)), 6),
         ipv4(tcp(80, 40000, S | A, seq=1, ack=2, opts=scale(2)), 6, "198.18.0.2", "198.18.0.1"),
@@ -651,7 +653,7 @@ def test_impossible_lengths_are_rejected_per_record(tmp_path):
     assert checks["captured <= original"]["examples"][0]["offset"] == bigger["offset"]
     assert checks["length in range"]["examples"][0] == {
         "record": second, "offset": huge["offset"], "captured_len": len(huge["data"]),
-        "orig_len": 10**7, "snaplen": 500, "interface": 0}
+        "orig_len": 10**7, "snaplen": 500, "interface": 0, "linktype": 1}
     assert checks["captured <= snap length"]["failures"] == len(big)
     assert report["rows_invalid"] == 2 + len(big)
     assert first not in table["frame"].tolist() and second not in table["frame"].tolist()
@@ -685,7 +687,7 @@ def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
     struct.pack_into("<I", raw, overrun["offset"] + 20, len(overrun["data"]) + 64)
     struct.pack_into("<I", raw, overrun["offset"] + 24, len(overrun["data"]) + 64)
     path.write_bytes(raw)
-    table, report, error = stage(path, tmp_path)
+    _table, report, error = stage(path, tmp_path)
     assert report["checks"]["known interface"]["examples"][0]["record"] == 11
     assert report["checks"]["packet within block"]["examples"][0]["offset"] == overrun["offset"]
     assert report["rows_invalid"] == 2 and error is None
@@ -696,7 +698,7 @@ def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
     length = struct.unpack_from("<I", raw, block["offset"] + 4)[0]
     struct.pack_into("<I", raw, block["offset"] + length - 4, length + 4)   # trailer differs
     damaged.write_bytes(raw)
-    table, report, error = stage(damaged, tmp_path, "damaged")
+    _table, report, error = stage(damaged, tmp_path, "damaged")
     assert error is not None and error.check == "block structure"
     assert report["structural_errors"][0]["offset"] == block["offset"]
     assert report["structural_errors"][0]["record"] == 301
@@ -726,7 +728,7 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
     raw = bytearray(path.read_bytes())
     struct.pack_into("<I", raw, 16, 60)                                  # snap length 60
     path.write_bytes(raw)
-    table, report, error = stage(path, tmp_path)
+    _table, report, error = stage(path, tmp_path)
     assert error is not None and error.check == "max_invalid_fraction"
     assert report["checks"]["captured <= snap length"]["failures"] == report["rows_invalid"]
 
@@ -735,15 +737,41 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
 
 def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
     """The buffer-level string scatter and the counting unique are shortcuts: same results."""
-    from tracelab.ingest.capture import protocols
+    from tracelab.ingest.capture import decode
 
     values = pa.array(["a", None, "", "dd", "eee"]).slice(1)    # an offset, a null, an empty
     rows = np.array([0, 3, 4, 8])
     index = np.full(10, -1)
     index[rows] = np.arange(len(rows))
     expected = values.take(pa.array(index, mask=index < 0))
-    assert protocols._scatter(10, rows, values, pa.string()).equals(expected)
+    assert decode._scatter(10, rows, values, pa.string()).equals(expected)
     for ints in (np.array([5, -1, 5, 65535, -3]), np.array([7]), np.zeros(0, dtype=np.int64),
                  np.array([0, 1 << 40, 0])):
-        got, want = protocols._distinct(ints), np.unique(ints, return_counts=True)
+        got, want = decode._distinct(ints), np.unique(ints, return_counts=True)
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
+def test_packets_of_a_link_type_not_decoded_are_rejected_and_named(tmp_path):
+    """An 802.11 (105) or USER0 (147) interface: its packets would have no addresses."""
+    frame = bytes(ether(ipv4(udp(5000, 6000, bytes(20)), 17)))
+    wifi = write_frames(tmp_path / "wifi.pcap", [frame] * 4, linktype=105)
+    table, report, error = stage(wifi, tmp_path, "wifi")
+    assert error is not None and error.check == "zero valid rows"
+    assert "supported link type=4" in str(error)
+    assert report["checks"]["supported link type"]["examples"][0]["linktype"] == 105
+    assert report["unsupported_link_types"] == {"105": 4}
+
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idbs = [_block(1, struct.pack("<HHI", linktype, 0, 0)) for linktype in (1, 147)]
+    packets = [_epb(k % 2, T0 * NS + k, frame) for k in range(10)]
+    mixed = tmp_path / "mixed.pcapng"
+    mixed.write_bytes(shb + b"".join(idbs) + b"".join(packets))
+    table, report, error = stage(mixed, tmp_path, "mixed", max_invalid_fraction=0.5)
+    assert error is None and report["status"] == "passed_with_invalid_rows"
+    assert table["frame"].tolist() == [1, 3, 5, 7, 9]
+    assert table["src"].tolist() == ["198.18.0.1"] * 5
+    assert report["checks"]["supported link type"]["failures"] == 5
+    assert report["unsupported_link_types"] == {"147": 5}
+    rejected = invalid_rows(tmp_path, "mixed")
+    assert rejected["reason"].unique().tolist() == ["supported link type"]
+    assert rejected["linktype"].unique().tolist() == ["147"]

@@ -1,1 +1,2 @@
-"""pcap/pcapng captures: record framing (reader), header decoding and Wireshark-style TCP analysis."""
+"""pcap/pcapng captures: record framing (reader), header decoding (decode) and
+Wireshark-style TCP analysis (tcp_analysis)."""

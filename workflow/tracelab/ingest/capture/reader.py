@@ -4,18 +4,23 @@ The one inherently sequential step is framing: each record's length says where t
 begins. That loop does the least possible per record (append the offset, add the length read
 through a memoryview); everything else is vectorised per batch of `settings.batch_bytes`
 bytes: record headers are gathered from the batch's bytes with numpy, checked, and the
-packets decoded by `capture_protocols` into Arrow columns, written as one staged batch.
+packets decoded by `decode` into Arrow columns, written as one staged batch.
 
 Checks (record index = 1-based position among the packet records, offsets in the
 uncompressed capture):
-- structural (the trace stops): bad magic, truncated or unreadable file header, unreadable
-  gzip, pcapng block structure broken (block length impossible, trailer mismatch), a pcap
-  record whose captured length is absurd (beyond any snap length: the next record cannot be
-  found).
+- structural (the trace stops): bad magic, truncated or unreadable file header, a gzip stream
+  with nothing readable, pcapng block structure broken (block length impossible, trailer
+  mismatch), a pcap record whose captured length is absurd (beyond any snap length: the next
+  record cannot be found).
 - per record (the record is rejected, reading goes on): captured length above the original
   length, above the interface's snap length, original length outside
   validation.length_min..length_max, pcapng packet data overrunning its block, unknown
-  interface; a final record cut short by the end of the file.
+  interface, a link type the decoder does not know (its packets would have no addresses).
+- a capture cut short (a plain file cut, a gzip stream cut or damaged, as Wireshark says "cut
+  short in the middle of a packet"): every whole record before the cut is read; a record cut
+  in the middle is rejected ("record complete"), any other cut (a pcapng block without
+  packets, a gzip stream cut at a record's end) fails "capture complete", which stops the
+  trace only when no record came before it.
 - timestamps going backwards are counted in the report's notes, not re-sorted.
 """
 
@@ -24,21 +29,31 @@ from __future__ import annotations
 import logging
 import struct
 import sys
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from tracelab.ingest.capture import protocols as protocols
 from tracelab.core.atomic import atomic_path
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
-from tracelab.ingest.report import (InvalidRows, ValidationReport, ValidationSettings,
-                         count_time_backwards)
+from tracelab.ingest.capture import decode
+from tracelab.ingest.report import (
+    InvalidRows,
+    ValidationReport,
+    ValidationSettings,
+    count_time_backwards,
+)
 
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 16 + zlib.MAX_WBITS   # a gzip header and trailer around the deflate stream
+# Compressed bytes inflated per step: a damaged deflate stream loses at most what one step gives.
+GZIP_STEP = 1 << 18
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
 # pcap magic as the first four bytes -> (byte order, ns per timestamp fraction unit, record
@@ -57,17 +72,24 @@ MAX_BLOCK = 16 << 20
 # pcapng packet blocks: EPB and the obsolete PB carry an interface and a timestamp,
 # SPB carries neither (interface 0, and the previous packet's time).
 EPB, PB, SPB, IDB = 6, 2, 3, 1
+BLOCK_NAMES = {IDB: "interface description", 4: "name resolution", 5: "interface statistics",
+               10: "decryption secrets", 0xBAD: "custom", 0x40000BAD: "custom",
+               PCAPNG_SHB: "section header"}
 
 RAW_COLUMNS = ["record", "offset", "interface", "linktype", "captured_len", "orig_len", "ts_ns"]
 
 CHECKS = {
     "record complete": "the record's header and captured bytes are all in the file",
+    "capture complete": "the capture is not cut short: a gzip stream reaches its end marker "
+                        "and no pcapng block is cut",
     "captured <= original": "captured length is at most the original (wire) length",
     "captured <= snap length": "captured length is at most the interface's snap length",
     "length in range": "original length is a plausible frame length "
                        "(validation.length_min..length_max)",
     "packet within block": "pcapng: the packet data fits inside its block",
     "known interface": "pcapng: the packet names an interface described before it",
+    "supported link type": "the interface's link type is one the reader decodes: "
+                           + ", ".join(sorted(set(decode.LINKTYPE_NAMES.values()))),
 }
 
 
@@ -94,7 +116,7 @@ class Interface:
 
     def describe(self) -> dict:
         return {"linktype": self.linktype,
-                "link": protocols.LINKTYPE_NAMES.get(self.linktype, f"linktype {self.linktype}"),
+                "link": decode.LINKTYPE_NAMES.get(self.linktype, f"linktype {self.linktype}"),
                 "snaplen": self.snaplen,
                 "timestamp_resolution_ns": self.mul / self.div,
                 **({"timestamp_offset_s": self.offset_ns // 10**9} if self.offset_ns else {})}
@@ -117,16 +139,21 @@ class Records:
     def __len__(self) -> int:
         return len(self.index)
 
+    def place(self, i: int) -> dict:
+        """Where record i of the batch is in the capture."""
+        return {"record": int(self.index[i]), "offset": int(self.offset[i])}
+
 
 @dataclass
 class Tail:
-    """A last record cut short by the end of the file."""
+    """A last record, or pcapng block, cut short by the end of the file."""
 
-    index: int
+    index: int                  # the record number it has, or the next record would have
     offset: int
     have: int
-    need: int | None
+    need: int | None            # bytes the record or block needs (None: header unreadable)
     fields: dict = field(default_factory=dict)
+    block: str = ""             # a pcapng block that holds no packet: its kind
 
 
 def _u32(data: np.ndarray, at: np.ndarray, big: bool) -> np.ndarray:
@@ -148,31 +175,67 @@ def _words(buffer: bytes, start: int, end: int, big: bool):
 
 
 class _Stream:
-    """The capture's bytes in chunks, gunzipped if it starts with the gzip magic."""
+    """The capture's bytes in chunks, gunzipped if it starts with the gzip magic.
+
+    Gzip is inflated here with zlib step by step, so a stream cut short or damaged still
+    gives every byte before the cut (`cut_short` then says where it stopped); a gzip file of
+    several members reads as their concatenation, as gzip -d does."""
 
     def __init__(self, source: Path):
-        with open(source, "rb") as handle:
-            self.compressed = handle.read(2) == GZIP_MAGIC
-        self._stream = pa.input_stream(source, compression="gzip" if self.compressed else None)
-        self.consumed = 0
+        self._file = open(source, "rb")  # noqa: SIM115 (closed by close())
+        self.compressed = self._file.read(2) == GZIP_MAGIC
+        self._file.seek(0)
+        self._inflate = zlib.decompressobj(GZIP_WBITS)
+        self._input = b""           # compressed bytes read, not yet inflated
+        self.consumed = 0           # (uncompressed) bytes given out
         self.cut_short: str | None = None
+        self.trailing_bytes = 0     # bytes after the last gzip member that are not one
+        self._ended = False
 
     def read(self, size: int) -> bytes:
         try:
-            data = self._stream.read(size)
+            data = self._inflated(size) if self.compressed else self._file.read(size)
         except OSError as error:
-            if self.compressed and "runcated" in str(error):
-                # A gzip stream that stops early: what was inflated is good data.
-                self.cut_short = str(error)
-                return b""
-            raise CaptureDamaged(
-                "readable", f"cannot read the {'gzip-compressed ' if self.compressed else ''}"
-                f"capture after byte {self.consumed}: {error}", offset=self.consumed) from None
+            raise CaptureDamaged("readable", f"cannot read the capture after byte "
+                                 f"{self.consumed}: {error}", offset=self.consumed) from None
         self.consumed += len(data)
         return data
 
+    def _inflated(self, size: int) -> bytes:
+        parts, have = [], 0
+        while have < size and not self._ended:
+            if not self._input:
+                self._input = self._file.read(GZIP_STEP)
+                if not self._input:
+                    self._ended = True
+                    if not self._inflate.eof:
+                        self.cut_short = (f"the gzip stream ends before its end marker "
+                                          f"(compressed file size {self._file.tell()} bytes)")
+                    break
+            if self._inflate.eof:              # what follows a gzip member
+                if len(self._input) < len(GZIP_MAGIC):
+                    self._input += self._file.read(GZIP_STEP)
+                if not self._input.startswith(GZIP_MAGIC):
+                    position = self._file.tell()
+                    self.trailing_bytes = self._file.seek(0, 2) - position + len(self._input)
+                    self._ended = True
+                    break
+                self._inflate = zlib.decompressobj(GZIP_WBITS)
+            try:
+                part = self._inflate.decompress(self._input, size - have)
+            except zlib.error as error:
+                self.cut_short = (f"the gzip stream is damaged at compressed bytes "
+                                  f"{self._file.tell() - len(self._input)}.."
+                                  f"{self._file.tell()}: {error}")
+                self._ended = True
+                break
+            self._input = self._inflate.unconsumed_tail or self._inflate.unused_data
+            parts.append(part)
+            have += len(part)
+        return b"".join(parts)
+
     def close(self) -> None:
-        self._stream.close()
+        self._file.close()
 
 
 class _Reader:
@@ -215,14 +278,16 @@ class _Reader:
     def _frame(self, buffer: bytes):
         raise NotImplementedError
 
-    def _tail(self, buffer: bytes) -> Tail | None:
+    def _tail(self, buffer: bytes) -> Tail:
         raise NotImplementedError
 
     def notes(self) -> dict:
         """What the report should say about the file itself."""
         return {"format": self.format, "gzip": self.stream.compressed,
                 "interfaces": [i.describe() for i in self.interfaces],
-                **({"gzip_cut_short": self.stream.cut_short} if self.stream.cut_short else {})}
+                **({"gzip_cut_short": self.stream.cut_short} if self.stream.cut_short else {}),
+                **({"gzip_trailing_bytes_ignored": self.stream.trailing_bytes}
+                   if self.stream.trailing_bytes else {})}
 
     def _numbered(self, count: int) -> np.ndarray:
         index = np.arange(self.records_seen + 1, self.records_seen + 1 + count, dtype=np.int64)
@@ -270,7 +335,7 @@ class PcapReader(_Reader):
         if not offsets:
             return None, 0
         at = np.array(offsets, dtype=np.int64)
-        data = protocols.padded(buffer)
+        data = decode.padded(buffer)
         captured = _u32(data, at + 8, self.big)
         absurd = np.flatnonzero(captured > self.max_captured)
         if absurd.size:
@@ -316,7 +381,6 @@ class PcapngReader(_Reader):
         self.sections = 0
         self.last_ts_ns = 0
         self.other_blocks: dict[str, int] = {}
-        self.cut_block: dict | None = None
         if len(head) < 28:
             raise CaptureDamaged("file header", f"the pcapng section header block is cut "
                                  f"short: {len(head)} of at least 28 bytes", offset=0)
@@ -387,8 +451,7 @@ class PcapngReader(_Reader):
 
     def notes(self) -> dict:
         return {**super().notes(), "sections": self.sections,
-                "other_blocks": self.other_blocks,
-                **({"last_block_cut_short": self.cut_block} if self.cut_block else {})}
+                "other_blocks": self.other_blocks}
 
     def _damaged(self, pos: int, detail: str, packets_before: int) -> CaptureDamaged:
         return CaptureDamaged(
@@ -398,7 +461,7 @@ class PcapngReader(_Reader):
 
     def _frame(self, buffer: bytes):
         end = len(buffer)
-        data = protocols.padded(buffer)
+        data = decode.padded(buffer)
         parts = []              # per run of one section: packet blocks and their context
         packets = 0
         pos = 0
@@ -435,9 +498,7 @@ class PcapngReader(_Reader):
                 self._interface(buffer, int(at[i]), int(blen[i]))
             idb_rows = np.flatnonzero(btype == IDB)
             for kind in btype[~is_packet & (btype != IDB)].tolist():
-                name = {4: "name resolution", 5: "interface statistics",
-                        10: "decryption secrets", 0xBAD: "custom", 0x40000BAD: "custom"}.get(
-                            kind, f"type 0x{kind:08x}")
+                name = BLOCK_NAMES.get(kind, f"type 0x{kind:08x}")
                 self.other_blocks[name] = self.other_blocks.get(name, 0) + 1
             rows = np.flatnonzero(is_packet)
             if rows.size:
@@ -518,16 +579,14 @@ class PcapngReader(_Reader):
                        original=merged["original"], ts_ns=ts_ns,
                        interface=merged["interface"], room=merged["room"])
 
-    def _tail(self, buffer: bytes) -> Tail | None:
+    def _tail(self, buffer: bytes) -> Tail:
         index, offset = self.records_seen + 1, self._base
         if len(buffer) < 8:
             return Tail(index, offset, len(buffer), None)
         kind, length = struct.unpack_from(self._order + "II", buffer, 0)
         if kind not in (EPB, PB, SPB):
-            # Not a packet: nothing is lost but the block itself.
-            self.cut_block = {"type": f"0x{kind:08x}", "offset": offset, "bytes": len(buffer),
-                              "length": length}
-            return None
+            name = BLOCK_NAMES.get(kind, f"type 0x{kind:08x}")
+            return Tail(index, offset, len(buffer), length, block=f"{name} block")
         fields = {}
         if kind == EPB and len(buffer) >= 28:
             iface, _, _, cap, orig = struct.unpack_from(self._order + "IIIII", buffer, 8)
@@ -566,6 +625,9 @@ def open_capture(source: Path, batch_bytes: int, max_captured: int) -> _Reader:
     what = "gunzipped capture" if stream.compressed else "file"
     if not head:
         stream.close()
+        if stream.cut_short:
+            raise CaptureDamaged("readable", f"cannot read the gzip-compressed capture: "
+                                 f"{stream.cut_short}", offset=0)
         raise CaptureDamaged("magic", f"the {what} is empty", offset=0)
     if len(head) >= 4 and struct.unpack_from("<I", head)[0] == PCAPNG_SHB:
         return PcapngReader(stream, head, batch_bytes)
@@ -579,7 +641,7 @@ def open_capture(source: Path, batch_bytes: int, max_captured: int) -> _Reader:
 def staged_schema() -> pa.Schema:
     """STAGED_BASE and every INFO_FIELDS column a capture's headers give."""
     return pa.schema(list(STAGED_BASE) + [f for f in INFO_FIELDS
-                                          if f.name in protocols.HEADER_FIELDS])
+                                          if f.name in decode.HEADER_FIELDS])
 
 
 def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationReport,
@@ -600,14 +662,15 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         report.notes["timezone"] = (f"capture timestamps are absolute (UTC); the sheet's "
                                     f"timezone {timezone} is not applied")
     schema = staged_schema()
-    decoder = protocols.Decoder()
+    decoder = decode.Decoder()
     backwards = {"count": 0, "examples": []}
     snapped = 0
     last_ts = None
     sink = InvalidRows(invalid_path, RAW_COLUMNS)
     try:
         with atomic_path(staged_path) as tmp, \
-                StagedWriter(tmp, schema) as writer:
+                StagedWriter(tmp, schema) as writer, \
+                _Pipeline(decoder, writer, schema) as pipeline:
             for records in reader.batches():
                 keep = _check_records(records, reader, report, sink, settings)
                 report.rows_read += len(records)
@@ -616,26 +679,13 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 if not keep.any():
                     continue
                 kept = records if keep.all() else _take(records, keep)
-                last_ts = count_time_backwards(
-                    kept.ts_ns, last_ts, backwards,
-                    lambda i: {"record": int(kept.index[i]), "offset": int(kept.offset[i])})
+                last_ts = count_time_backwards(kept.ts_ns, last_ts, backwards, kept.place)
                 snapped += int((kept.captured < kept.original).sum())
                 linktype = np.array([i.linktype for i in reader.interfaces],
                                     dtype=np.int64)[kept.interface]
-                columns = decoder.decode(kept.data, kept.start, kept.captured, kept.original,
-                                         linktype, kept.ts_ns, kept.index)
-                table = pa.table({
-                    "frame": pa.array(kept.index, pa.int64()),
-                    "ts": pa.array(kept.ts_ns, pa.int64()).cast(STAGED_BASE.field("ts").type),
-                    "length": pa.array(kept.original, pa.int64()),
-                    "info": pa.StringArray.from_buffers(
-                        len(kept), pa.py_buffer(np.zeros(len(kept) + 1, dtype=np.int32)),
-                        pa.py_buffer(b"")),
-                    **columns,
-                })
-                writer.write_table(table.select(schema.names).cast(schema))
-            if reader.tail is not None:
-                _reject_tail(reader.tail, report, sink)
+                pipeline.put(kept, linktype)
+            pipeline.finish()
+            _report_cut(reader, report, sink)
     except CaptureDamaged as damage:
         report.structural(damage.check, damage.detail, **damage.where)
     finally:
@@ -647,6 +697,59 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
     log.info("%s: %d records read, %d kept, %d rejected, %d cut by the snap length; "
              "%d timestamps went backwards", source, report.rows_read, report.rows_valid,
              report.rows_invalid, snapped, backwards["count"])
+
+
+class _Pipeline:
+    """Batches decoded on two threads, in capture order: one batch's headers while the TCP
+    conversations of the batch before are analysed (numpy, pandas and Arrow release the GIL
+    in their kernels), while StagedWriter's thread writes the batch before that, and this
+    thread frames the next. At most a few batches are in flight."""
+
+    def __init__(self, decoder: decode.Decoder, writer: StagedWriter, schema: pa.Schema):
+        self.decoder = decoder
+        self.writer = writer
+        self.schema = schema
+        self._headers = ThreadPoolExecutor(max_workers=1)
+        self._conversations = ThreadPoolExecutor(max_workers=1)
+        self._decoding: deque = deque()      # (records, future headers), oldest first
+        self._analysing: deque = deque()     # future tables, oldest first
+
+    def put(self, records: Records, linktype: np.ndarray) -> None:
+        self._decoding.append((records, self._headers.submit(
+            self.decoder.headers, records.data, records.start, records.captured,
+            records.original, linktype, records.ts_ns, records.index)))
+        self._advance(in_flight=1)
+
+    def finish(self) -> None:
+        self._advance(in_flight=0)
+
+    def _advance(self, in_flight: int) -> None:
+        while len(self._decoding) > in_flight:
+            records, headers = self._decoding.popleft()
+            self._analysing.append(self._conversations.submit(self._table, records,
+                                                              headers.result()))
+        while len(self._analysing) > in_flight:
+            self.writer.write_table(self._analysing.popleft().result())
+
+    def _table(self, records: Records, headers: decode.Headers) -> pa.Table:
+        n = len(records)
+        table = pa.table({
+            "frame": pa.array(records.index, pa.int64()),
+            "ts": pa.array(records.ts_ns, pa.int64()).cast(STAGED_BASE.field("ts").type),
+            "length": pa.array(records.original, pa.int64()),
+            "info": pa.StringArray.from_buffers(
+                n, pa.py_buffer(np.zeros(n + 1, dtype=np.int32)), pa.py_buffer(b"")),
+            **self.decoder.conversations(headers),
+        })
+        return table.select(self.schema.names).cast(self.schema)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for pool in (self._headers, self._conversations):
+            pool.shutdown(cancel_futures=True)
+        return False
 
 
 def _take(records: Records, keep: np.ndarray) -> Records:
@@ -661,7 +764,11 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     """Apply the per-record checks; write the rejected records; return the rows to keep."""
     snaplen = np.array([i.snaplen for i in reader.interfaces] + [0], dtype=np.int64)[
         records.interface]
+    linktype = np.array([i.linktype for i in reader.interfaces] + [-1],
+                        dtype=np.int64)[records.interface]
+    unsupported = (records.interface >= 0) & ~np.isin(linktype, list(decode.LINKTYPE_NAMES))
     failures = {
+        "supported link type": unsupported,
         "known interface": records.interface < 0,
         "packet within block": records.captured > records.room,
         "captured <= original": records.captured > records.original,
@@ -671,18 +778,20 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     }
     if not any(failed.any() for failed in failures.values()):
         return np.ones(len(records), dtype=bool)   # the usual case: no reasons to build
+    if unsupported.any():
+        counts = report.notes.setdefault("unsupported_link_types", {})
+        for value, count in zip(*np.unique(linktype[unsupported], return_counts=True)):
+            counts[str(value)] = counts.get(str(value), 0) + int(count)
     reasons = np.full(len(records), "", dtype=object)
     for check, failed in failures.items():
         rows = np.flatnonzero(failed)
         if not rows.size:
             continue
         reasons[rows] = np.where(reasons[rows] == "", check, reasons[rows] + "; " + check)
-        report.fail(check, rows.size, [_example(records, int(i), snaplen[i]) for i in rows[:5]],
-                    CHECKS[check])
+        report.fail(check, rows.size, [_example(records, int(i), snaplen[i], linktype[i])
+                                       for i in rows[:5]], CHECKS[check])
     rejected = reasons != ""
     if rejected.any():
-        linktype = np.array([i.linktype for i in reader.interfaces] + [-1],
-                            dtype=np.int64)[records.interface]
         rows = np.flatnonzero(rejected)
         sink.write(pa.table({
             "location": [f"record {records.index[i]} at byte offset {records.offset[i]}"
@@ -699,16 +808,44 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
     return ~rejected
 
 
-def _example(records: Records, i: int, snaplen) -> dict:
+def _example(records: Records, i: int, snaplen, linktype) -> dict:
     return {"record": int(records.index[i]), "offset": int(records.offset[i]),
             "captured_len": int(records.captured[i]), "orig_len": int(records.original[i]),
-            "snaplen": int(snaplen), "interface": int(records.interface[i])}
+            "snaplen": int(snaplen), "interface": int(records.interface[i]),
+            "linktype": int(linktype)}
 
 
-def _reject_tail(tail: Tail, report: ValidationReport, sink: InvalidRows) -> None:
+def _report_cut(reader: _Reader, report: ValidationReport, sink: InvalidRows) -> None:
+    """Where the capture is cut short, if it is: a record cut in the middle is a rejected row
+    (every whole record before it was read); a cut elsewhere (a pcapng block that holds no
+    packet, a gzip stream cut at a record's end) fails "capture complete", and stops the
+    trace when no record came before it."""
+    tail, gzip_cut = reader.tail, reader.stream.cut_short
+    if tail is None and gzip_cut is None:
+        return
+    if tail is not None and not tail.block:
+        _reject_tail(tail, report, sink, gzip_cut)
+        return
+    index = tail.index if tail else reader.records_seen + 1
+    offset = tail.offset if tail else reader.stream.consumed
+    what = (f"it ends {tail.have} bytes into the {tail.block} at byte offset {tail.offset}, "
+            f"which needs {tail.need} bytes" if tail else
+            f"it ends at byte offset {offset}, after record {index - 1}")
+    detail = f"the capture is cut short: {what}" + (f" ({gzip_cut})" if gzip_cut else "")
+    if not report.rows_read:
+        report.structural("capture complete", f"{detail}; no packet record before the cut",
+                          offset=offset)
+        return
+    report.fail("capture complete", 1, [{"record": index, "offset": offset, "detail": detail}],
+                CHECKS["capture complete"])
+
+
+def _reject_tail(tail: Tail, report: ValidationReport, sink: InvalidRows,
+                 gzip_cut: str | None) -> None:
     need = f"{tail.need} bytes" if tail.need is not None else "a whole record header"
-    reason = (f"record complete: the file ends {tail.have} bytes into a record that needs "
-              f"{need}")
+    reason = (f"record complete: the capture is cut short in the middle of a packet: it ends "
+              f"{tail.have} bytes into a record that needs {need}"
+              + (f" ({gzip_cut})" if gzip_cut else ""))
     report.rows_read += 1
     report.rows_invalid += 1
     report.fail("record complete", 1, [{"record": tail.index, "offset": tail.offset,

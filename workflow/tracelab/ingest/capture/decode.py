@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracelab.core.packets import DICT_STRING, null_if_empty
+from tracelab.core.packets import DICT_STRING, TCP_FLAG_BITS, null_if_empty
+from tracelab.ingest.capture.tcp_analysis import Segments, TcpConversations
 
 # INFO_FIELDS this module supplies (the normalization stage leaves them as they are).
 HEADER_FIELDS = ("src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win",
                  "tcp_len", "tcp_analysis", "http_method", "http_uri", "http_version",
                  "http_status", "dns_query", "tls_message")
 
+# The link types decoded (tcpdump's LINKTYPE_ names); frames of any other are not decoded.
 LINKTYPE_NAMES = {0: "NULL", 1: "EN10MB", 12: "RAW", 14: "RAW", 101: "RAW", 108: "LOOP",
                   113: "LINUX_SLL", 228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2"}
 ETHERNET, NULL, LOOP, SLL, SLL2 = 1, 0, 108, 113, 276
@@ -51,7 +54,7 @@ UDP_PORT_NAMES = {53: "DNS", 67: "DHCP", 68: "DHCP", 69: "TFTP", 123: "NTP", 137
                   547: "DHCPv6", 1900: "SSDP", 5353: "MDNS", 5355: "LLMNR"}
 DNS_LIKE = ("DNS", "MDNS", "LLMNR")
 
-TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+TH_SYN = TCP_FLAG_BITS["SYN"]
 
 HTTP_METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PATCH")
 HTTP_PREFIXES = np.array([int.from_bytes(m[:4].ljust(4).encode(), "big")
@@ -90,23 +93,6 @@ TLS_ALERT_BASE = 1000
 HRR_RANDOM_PREFIX = bytes.fromhex("cf21ad74e59a6111")
 
 # Wireshark's expert-info wording, as the Info column shows it in brackets.
-REUSED = "TCP Port numbers reused"
-ANALYSIS_ORDER = ("reused", "lost", "ack_lost", "keepalive", "keepalive_ack", "dup_ack",
-                  "zwp", "zero_window", "zwp_ack", "window_update", "window_full",
-                  "fast_retransmission", "spurious_retransmission", "out_of_order",
-                  "retransmission")
-ANALYSIS_TEXT = {"reused": REUSED, "lost": "TCP Previous segment not captured",
-                 "ack_lost": "TCP ACKed unseen segment", "keepalive": "TCP Keep-Alive",
-                 "keepalive_ack": "TCP Keep-Alive ACK", "zwp": "TCP ZeroWindowProbe",
-                 "zero_window": "TCP ZeroWindow", "zwp_ack": "TCP ZeroWindowProbeAck",
-                 "window_update": "TCP Window Update", "window_full": "TCP Window Full",
-                 "fast_retransmission": "TCP Fast Retransmission",
-                 "spurious_retransmission": "TCP Spurious Retransmission",
-                 "out_of_order": "TCP Out-Of-Order", "retransmission": "TCP Retransmission"}
-OOO_THRESHOLD_NS = 3_000_000
-FAST_RETRANSMISSION_NS = 20_000_000
-# Sequence arithmetic modulo 2**32: for int64, x & LOW32 == x % 2**32, without a division.
-LOW32 = (1 << 32) - 1
 
 
 # Bytes of zeros after a batch's data, so header reads past the last packet stay in bounds.
@@ -193,8 +179,10 @@ class Names:
         return self.codes[name]
 
     def column(self, codes: np.ndarray) -> pa.Array:
+        # (A copy of the list: the thread decoding the next batch may add names meanwhile.)
         return pa.DictionaryArray.from_arrays(
-            pa.array(codes, pa.int32()), pa.array(self.names, pa.string())).cast(pa.string())
+            pa.array(codes, pa.int32()), pa.array(list(self.names), pa.string())
+        ).cast(pa.string())
 
 
 def _strings(flat: np.ndarray, offsets: np.ndarray, rows: int) -> pa.Array:
@@ -280,8 +268,22 @@ def _spread(n: int, rows: np.ndarray, values: np.ndarray, type_: pa.DataType,
     return pa.array(full, mask=~present, type=type_)
 
 
+@dataclass
+class Headers:
+    """A batch decoded but for its TCP conversations, which need the batches in order."""
+
+    n: int
+    columns: dict
+    protocol: np.ndarray        # protocol codes (-1: none)
+    tcp_rows: np.ndarray
+    segments: Segments
+    tls: dict                   # _tls_records of the rows starting with a TLS record
+
+
 class Decoder:
-    """Decodes batch after batch of one capture; TCP conversations carry over between them."""
+    """Decodes batch after batch of one capture, in two steps: `headers` of any batch (it may
+    run for one batch while `conversations` runs for the one before, on another thread), then
+    `conversations`, in batch order (TCP conversations carry over between batches)."""
 
     def __init__(self):
         self.protocols = Names()
@@ -292,12 +294,18 @@ class Decoder:
         self.udp_ports = np.full(1 << 16, -1, dtype=np.int64)
         for port, name in UDP_PORT_NAMES.items():
             self.udp_ports[port] = self.protocols.code(name)
+        # TLS version names, registered here: `conversations` uses them and only `headers`
+        # adds names.
+        self.tls_codes = {version: self.protocols.code(name)
+                          for version, name in TLS_VERSION_NAMES.items()}
+        self.tls_unknown = self.protocols.code("TLS")
 
     def notes(self) -> dict:
         return {**self.counts, "tcp_conversations": self.tcp.conversations,
                 "tcp_port_reuses": self.tcp.reuses}
 
-    def decode(self, data, start, captured, original, linktype, ts_ns, frame) -> dict:
+    def headers(self, data, start, captured, original, linktype, ts_ns, frame) -> Headers:
+        """Every column but the TCP analysis's and the TLS version's of one batch."""
         n = len(start)
         packet = Bytes(data, start, captured)
         for value, count in zip(*_distinct(linktype)):
@@ -380,8 +388,8 @@ class Decoder:
                                             flags[tcp_rows])
         server_version = np.zeros(n, dtype=np.int64)
         server_version[tls_rows] = tls["server_version"]
-        conv = self.tcp.update(
-            key=np.take(net["key"], tcp_rows, axis=0), family=net["family"][tcp_rows],
+        segments = Segments(
+            key=net["key"][tcp_rows], family=net["family"][tcp_rows],
             src_port=src_port[tcp_rows], dst_port=dst_port[tcp_rows],
             seq=tcp_packet.u32(tcp_l4 + 4), ack=tcp_packet.u32(tcp_l4 + 8),
             flags=flags[tcp_rows], window=tcp_packet.u16(tcp_l4 + 14),
@@ -389,29 +397,37 @@ class Decoder:
             ts_ns=ts_ns[tcp_rows], frame=frame[tcp_rows],
             server_version=server_version[tcp_rows])
         columns["tcp_flags"] = _column(flags, tcp, pa.int16())
-        columns["tcp_seq"] = _spread(n, tcp_rows, conv["seq"], pa.int64())
-        columns["tcp_ack"] = _spread(n, tcp_rows, conv["ack"], pa.int64(), conv["has_ack"])
-        columns["tcp_win"] = _spread(n, tcp_rows, conv["window"], pa.int64())
         columns["tcp_len"] = _column(np.where(sane, tcp_len, 0), sane, pa.int64())
-        columns["tcp_analysis"] = _scatter(n, tcp_rows[conv["analysis_rows"]], conv["analysis"],
-                                           pa.string())
-
-        if len(tls_rows):
-            session = np.zeros(n, dtype=np.int64)
-            session[tcp_rows] = conv["tls_version"]
-            version = np.where(session[tls_rows] > 0, session[tls_rows],
-                               tls["record_version"])
-            codes = np.array([self.protocols.code(TLS_VERSION_NAMES.get(int(v), "TLS"))
-                              for v in np.unique(version)])
-            app[tls_rows] = codes[np.searchsorted(np.unique(version), version)]
         columns["tls_message"] = _scatter(n, tls_rows, tls["message"], pa.string())
-
-        protocol = np.where(app >= 0, app, protocol)
-        columns["protocol"] = self.protocols.column(protocol)
         if not http:
             for name, type_ in (("http_method", DICT_STRING), ("http_uri", pa.string()),
                                 ("http_version", DICT_STRING), ("http_status", pa.int16())):
                 columns[name] = pa.nulls(n, type_)
+        return Headers(n=n, columns=columns, protocol=np.where(app >= 0, app, protocol),
+                       tcp_rows=tcp_rows, segments=segments, tls=tls)
+
+    def conversations(self, headers: Headers) -> dict:
+        """The batch's columns, with the TCP analysis's and the TLS version's."""
+        n, tcp_rows, tls, columns = headers.n, headers.tcp_rows, headers.tls, headers.columns
+        conv = self.tcp.update(headers.segments)
+        columns["tcp_seq"] = _spread(n, tcp_rows, conv.seq, pa.int64())
+        columns["tcp_ack"] = _spread(n, tcp_rows, conv.ack, pa.int64(), conv.has_ack)
+        columns["tcp_win"] = _spread(n, tcp_rows, conv.window, pa.int64())
+        columns["tcp_analysis"] = _scatter(n, tcp_rows[conv.analysis_rows], conv.analysis,
+                                           pa.string())
+        protocol = headers.protocol
+        tls_rows = tls["rows"]
+        if len(tls_rows):
+            # The version the TLS session settled on, else the record's own.
+            session = np.zeros(n, dtype=np.int64)
+            session[tcp_rows] = conv.tls_version
+            version = np.where(session[tls_rows] > 0, session[tls_rows],
+                               tls["record_version"])
+            versions, which = np.unique(version, return_inverse=True)
+            codes = np.array([self.tls_codes.get(int(v), self.tls_unknown) for v in versions])
+            protocol = protocol.copy()
+            protocol[tls_rows] = codes[which.ravel()]
+        columns["protocol"] = self.protocols.column(protocol)
         return columns
 
     def _http(self, packet: Bytes, candidates, payload, visible, app, columns) -> bool:
@@ -891,431 +907,3 @@ def _dns_query(packet: Bytes, rows_mask, message, end) -> pa.Array:
     names = pc.if_else(pc.equal(pc.utf8_length(names), 0), "<Root>", names)
     names = pc.if_else(pa.array(shown), names, None)
     return _scatter(n, rows, names, pa.string())
-
-
-class TcpConversations:
-    """TCP state per conversation, carried from batch to batch.
-
-    Follows Wireshark's tcp_analyze_sequence_number(): the base of each direction is its SYN's
-    sequence number, or seq-1 of its first segment, or ack-1 of the first ACK from the other
-    side, whichever comes first; a SYN with a new sequence number on a known 4-tuple starts a
-    new conversation ("TCP Port numbers reused"). Window scale from the handshake's options.
-
-    Rows are processed sorted by conversation instance, then capture order; "the previous row
-    on this side" and "the other side's latest row" are found with running maxima of row
-    indices, and an instance's values from earlier batches fill in where a batch has none.
-    """
-
-    STATE = {  # name: (initial value, one per direction)
-        "base": (-1, True), "ws": (-1, True), "nextseq": (-1, True), "nextseq_ts": (0, True),
-        "lastack": (-1, True), "lastack_ts": (0, True), "window": (-1, True),
-        "dupacks": (0, True), "nondup_frame": (0, True), "keepalive": (0, True),
-        "zwp": (0, True), "tls": (0, False), "syn_ts": (-1, False), "rtt": (-1, False),
-    }
-
-    def __init__(self):
-        self.index: dict[bytes, int] = {}   # conversation key -> its current instance
-        self.instances = 0
-        self.state = {name: np.full((1024, 2) if pair else 1024, value, dtype=np.int64)
-                      for name, (value, pair) in self.STATE.items()}
-        self.conversations = 0
-        self.reuses = 0
-
-    def _grow(self, count: int) -> None:
-        size = len(self.state["base"])
-        if self.instances + count <= size:
-            return
-        new = max(self.instances + count, 2 * size, 1024)
-        for name, (value, pair) in self.STATE.items():
-            grown = np.full((new, 2) if pair else new, value, dtype=np.int64)
-            grown[:size] = self.state[name]
-            self.state[name] = grown
-
-    def _conversations(self, key: np.ndarray, family, src_port, dst_port):
-        """Each row's conversation (batch-local), its direction (0: from the lower endpoint,
-        address then port), each conversation's key and known instance (-1: new)."""
-        # The IP version rides with the port, so 198.18.0.1 is not ::c612:1.
-        src = (key[:, 0], key[:, 1], (src_port | family << 16).astype(np.uint64))
-        dst = (key[:, 2], key[:, 3], (dst_port | family << 16).astype(np.uint64))
-        lower = (src[0] < dst[0]) | (src[0] == dst[0]) & (
-            (src[1] < dst[1]) | (src[1] == dst[1]) & (src[2] <= dst[2]))
-        columns = [np.where(lower, a, b) for a, b in zip(src, dst)] + \
-            [np.where(lower, b, a) for a, b in zip(src, dst)]
-        conversation = _factorize_rows(columns)
-        # Codes come in order of first appearance: a conversation's first row is where the
-        # running maximum rises.
-        first = np.flatnonzero(np.r_[True, conversation[1:] >
-                                     np.maximum.accumulate(conversation)[:-1]])
-        # Only distinct conversations meet Python: one dict lookup each, keyed by the
-        # conversation's 48 key bytes.
-        table = np.column_stack([column[first] for column in columns]).astype(np.uint64)
-        keys = table.view(np.dtype((np.void, table.shape[1] * 8))).ravel().tolist()
-        known = np.array([self.index.get(k, -1) for k in keys], dtype=np.int64)
-        return keys, conversation, np.where(lower, 0, 1), known
-
-    def update(self, *, key, family, src_port, dst_port, seq, ack, flags, window, seglen,
-               window_shift, ts_ns, frame, server_version) -> dict:
-        """Per TCP row (in capture order): relative seq and ack, the scaled window, the TLS
-        version its connection settled on (0 if none yet); and the analysis notes of the rows
-        that have any ("analysis_rows", ascending)."""
-        m = len(seq)
-        if not m:
-            empty = np.zeros(0, dtype=np.int64)
-            return {"seq": empty, "ack": empty, "has_ack": np.zeros(0, dtype=bool),
-                    "window": empty, "tls_version": empty, "analysis_rows": empty,
-                    "analysis": pa.array([], pa.string())}
-        keys, conv, direction, known = self._conversations(key, family, src_port, dst_port)
-        # A stable sort of 16-bit codes is a radix sort, several times faster.
-        order = np.argsort(conv.astype(np.uint16) if len(keys) <= 1 << 16 else conv,
-                           kind="stable")
-        conv, d = conv[order], direction[order]
-        seq, ack, flags, window, seglen, shift_option, ts, frame, server_version = (
-            a[order] for a in (seq, ack, flags, window, seglen, window_shift, ts_ns, frame,
-                               server_version))
-        rows = np.arange(m)
-        at_d, at_o = 2 * rows + d, 2 * rows + 1 - d   # this side, the other side: _pick
-        cstart = _group_starts(conv)
-        is_ack = (flags & TH_ACK) != 0
-        is_syn = (flags & TH_SYN) != 0
-        pure_syn = is_syn & ~is_ack
-
-        # Instances: a pure SYN whose seq is not its side's base starts a new one.
-        current = known[conv]
-        carried_base = _pick(np.take(self.state["base"], np.maximum(current, 0), axis=0),
-                             at_d)
-        carried_base = np.where(current >= 0, carried_base, -1)
-        own = _rule_base(cstart, d, seq, ack, is_syn, is_ack)
-        sides = d[:, None] == np.array([0, 1])
-        previous_syn = _pick(_last_before(pure_syn[:, None] & sides, cstart), at_d)
-        base_now = np.where(
-            previous_syn >= 0, seq[np.maximum(previous_syn, 0)],
-            np.where(carried_base >= 0, carried_base,
-                     np.where(_pick(own["pos"], at_d) < rows, _pick(own["value"], at_d), -1)))
-        reused = pure_syn & (base_now >= 0) & (seq != base_now)
-        first_seen = (current < 0) & (rows == cstart)
-        new_instance = reused | first_seen
-        count = int(new_instance.sum())
-        self._grow(count)
-        ids = np.full(m, -1, dtype=np.int64)
-        ids[new_instance] = np.arange(self.instances, self.instances + count)
-        self.instances += count
-        self.conversations += int(first_seen.sum())
-        self.reuses += int(reused.sum())
-        latest = _last_before(new_instance[:, None], cstart, inclusive=True)[:, 0]
-        inst = np.where(latest >= 0, ids[np.maximum(latest, 0)], current)
-        conv_ends = _group_ends(cstart)
-        self.index.update(zip((keys[c] for c in conv[conv_ends].tolist()),
-                              inst[conv_ends].tolist()))
-
-        istart = _group_starts(inst)
-        # Each instance's state from earlier batches, read once per instance (the state
-        # tables are large: fewer scattered reads), then spread over the instance's rows.
-        ends = _group_ends(istart)
-        sizes = np.diff(np.r_[-1, ends])
-        st = {name: np.repeat(np.take(self.state[name], inst[ends], axis=0), sizes, axis=0)
-              for name in self.STATE}
-        # Instances are the conversations unless a port reuse split one in this batch.
-        rule = own if np.array_equal(istart, cstart) else _rule_base(istart, d, seq, ack,
-                                                                      is_syn, is_ack)
-        base = np.where(st["base"] >= 0, st["base"], rule["value"])
-        base_fwd, base_rev = _pick(base, at_d), _pick(base, at_o)
-        rel_seq = (seq - base_fwd) & LOW32
-        rel_ack = (ack - base_rev) & LOW32
-
-        # Window scale: each side's shift from its SYN (-2: SYN without the option; -1: no
-        # SYN seen); if either side went without, neither scales.
-        ws = st["ws"].copy()
-        for side in (0, 1):
-            last = _group_last_row(is_syn & (d == side), istart)
-            ws[:, side] = np.where(last >= 0, shift_option[np.maximum(last, 0)], ws[:, side])
-        ws_effective = np.where((ws == -2).any(axis=1)[:, None], -2, ws)
-        shift = np.maximum(ws_effective, 0)
-        scaled_window = np.where(is_syn, window, window << _pick(shift, at_d))
-
-        # The TLS session's version, from its ServerHello on.
-        hello = _last_before((server_version > 0)[:, None], istart, inclusive=True)[:, 0]
-        tls = np.where(hello >= 0, server_version[np.maximum(hello, 0)], st["tls"])
-
-        analysis = _analysis(istart, d, rel_seq, ack, base_fwd, rel_ack, flags, window,
-                             seglen, ts, frame, ws_effective, st, reused, ends)
-
-        target = inst[ends]
-        self.state["base"][target] = base[ends]
-        self.state["ws"][target] = ws[ends]
-        self.state["tls"][target] = tls[ends]
-        for name, value in analysis["state"].items():
-            self.state[name][target] = value
-
-        restore = np.empty(m, dtype=np.int64)
-        restore[order] = rows
-        # Only the (few) rows with notes are put back in capture order.
-        noted, text = analysis["text"]
-        noted = order[noted]
-        back = np.argsort(noted)
-        return {"seq": rel_seq[restore], "ack": rel_ack[restore], "has_ack": is_ack[restore],
-                "window": scaled_window[restore], "tls_version": tls[restore],
-                "analysis_rows": noted[back], "analysis": text.take(pa.array(back))}
-
-
-def _pick(pairs: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """pairs[row, side] for flat positions at = 2 * row + side of an (m, 2) array: one 1-D
-    take (indexing with a row and a side array is several times slower)."""
-    return pairs.ravel().take(at)
-
-
-def _factorize_rows(columns: list[np.ndarray]) -> np.ndarray:
-    """Dense codes, in order of first appearance, of the distinct rows of several non-negative
-    integer columns (exact: columns are folded in pairwise, each pair's codes fitting in one
-    int64). A column of one value changes nothing and is skipped; one of small values (ports)
-    is folded in as it is, without factorizing it first."""
-    codes = np.zeros(len(columns[0]), dtype=np.int64)
-    for column in columns:
-        low, high = int(column.min()), int(column.max())
-        if low == high:
-            continue
-        if high < 1 << 20:
-            more, size = column.astype(np.int64), high + 1
-        else:
-            more, uniques = pd.factorize(column)
-            size = len(uniques)
-        codes, _ = pd.factorize(codes * size + more)
-    return codes
-
-
-def _group_starts(group: np.ndarray) -> np.ndarray:
-    """For rows sorted by group: each row's group's first row."""
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    return np.repeat(starts, np.diff(np.r_[starts, len(group)]))
-
-
-def _group_ends(group_start: np.ndarray) -> np.ndarray:
-    """The last row of each group."""
-    starts = np.flatnonzero(np.r_[True, group_start[1:] != group_start[:-1]])
-    return np.r_[starts[1:], len(group_start)] - 1
-
-
-def _group_last_row(mask: np.ndarray, group_start: np.ndarray) -> np.ndarray:
-    """Each row gets its group's last row with `mask` (-1 if none)."""
-    m = len(mask)
-    starts = np.flatnonzero(np.r_[True, group_start[1:] != group_start[:-1]])
-    last = np.maximum.reduceat(np.where(mask, np.arange(m), -1), starts)
-    return np.repeat(last, np.diff(np.r_[starts, m]))
-
-
-def _last_before(mask: np.ndarray, group_start: np.ndarray, inclusive: bool = False):
-    """Per column of `mask`: the last row with it set before (or at) each row, within the
-    row's group (-1 if none)."""
-    m = len(mask)
-    # In place where possible: fresh batch-sized arrays cost page faults.
-    run = np.where(mask, np.arange(m)[:, None], -1)
-    np.maximum.accumulate(run, axis=0, out=run)
-    if not inclusive:
-        run[1:] = run[:-1].copy()
-        run[0] = -1
-    np.putmask(run, run < group_start[:, None], -1)
-    return run
-
-
-def _group_first(mask: np.ndarray, group_start: np.ndarray) -> np.ndarray:
-    """Each row gets its group's first row with `mask` (m if none)."""
-    m = len(mask)
-    starts = np.flatnonzero(np.r_[True, group_start[1:] != group_start[:-1]])
-    first = np.minimum.reduceat(np.where(mask, np.arange(m), m), starts)
-    return np.repeat(first, np.diff(np.r_[starts, m]))
-
-
-def _grouped_cummax(values: np.ndarray, group_start: np.ndarray) -> np.ndarray:
-    """Running maximum within each group; values >= -1 and below 2**40."""
-    group = np.cumsum(np.r_[True, group_start[1:] != group_start[:-1]])
-    lifted = group * (1 << 41) + (values + 1)
-    return np.maximum.accumulate(lifted) - group * (1 << 41) - 1
-
-
-def _rule_base(group_start, d, seq, ack, is_syn, is_ack) -> dict:
-    """Per row and side: the base Wireshark sets from the group's own rows (seq of the side's
-    first SYN, seq-1 of its first segment, or ack-1 of the other side's first ACK, whichever
-    comes first) and the row that sets it (m if none)."""
-    m = len(d)
-    rows = np.arange(m)
-    starts = np.flatnonzero(np.r_[True, group_start[1:] != group_start[:-1]])
-    # Worked out per group, then repeated over the group's rows.
-    value = np.empty((len(starts), 2), dtype=np.int64)
-    position = np.empty((len(starts), 2), dtype=np.int64)
-    fwd_value = np.where(is_syn, seq, seq - 1) & LOW32
-    rev_value = (ack - 1) & LOW32
-    for side in (0, 1):
-        first_fwd = np.minimum.reduceat(np.where(d == side, rows, m), starts)
-        first_rev = np.minimum.reduceat(np.where((d != side) & is_ack, rows, m), starts)
-        use_fwd = first_fwd <= first_rev
-        chosen = np.where(use_fwd, first_fwd, first_rev)
-        picked = np.where(use_fwd, fwd_value[np.minimum(first_fwd, m - 1)],
-                          rev_value[np.minimum(first_rev, m - 1)])
-        value[:, side] = np.where(chosen < m, picked, -1)
-        position[:, side] = chosen
-    sizes = np.diff(np.r_[starts, m])
-    return {"value": np.repeat(value, sizes, axis=0), "pos": np.repeat(position, sizes, axis=0)}
-
-
-def _analysis(istart, d, seq, ack, base_fwd, rel_ack, flags, window, seglen, ts, frame,
-              ws, st, reused, ends) -> dict:
-    """Wireshark's TCP sequence analysis, vectorised over rows sorted by instance.
-
-    `seq` is relative; ack numbers and windows are compared raw, as Wireshark does; the
-    state's per-side values stand in for rows before this batch. The state returned is each
-    instance's after its last row (`ends`), all the next batch needs.
-    """
-    m = len(d)
-    rows = np.arange(m)
-    at_d, at_o = 2 * rows + d, 2 * rows + 1 - d               # this side, the other: _pick
-    syn, fin, rst, has_ack = ((flags & bit) != 0 for bit in (TH_SYN, TH_FIN, TH_RST, TH_ACK))
-    synfin = (syn | fin).astype(np.int64)
-    sfr = syn | fin | rst
-    sides = d[:, None] == np.array([0, 1])
-    last_on = _last_before(sides, istart, inclusive=True)     # latest row of each side so far
-    # This side's previous row: its latest as of the row before (if in the same instance).
-    same = np.where(rows > istart, _pick(last_on, np.maximum(at_d - 2, 0)), -1)
-    other = _pick(last_on, at_o)                              # the other side's latest row
-    same_at = 2 * np.maximum(same, 0) + d
-
-    def earlier(values, name, index, at):
-        return np.where(index >= 0, values[np.maximum(index, 0)], _pick(st[name], at))
-
-    def nextseq_running(excluded):
-        """Per row and side: highest seq+len(+SYN/FIN) sent so far, and when it last rose
-        (Wireshark's nextseq and nextseqtime, after the row)."""
-        value = np.empty((m, 2), dtype=np.int64)
-        when = np.empty((m, 2), dtype=np.int64)
-        for side in (0, 1):
-            reach = np.where((d == side) & ~excluded, seq + seglen + synfin, -1)
-            running = _grouped_cummax(reach, istart)
-            before = np.where(rows > istart, np.r_[-1, running[:-1]], -1)
-            carried = st["nextseq"][:, side]
-            rose = (reach > before) & (reach > carried)
-            last_rise = _last_before(rose[:, None], istart, inclusive=True)[:, 0]
-            value[:, side] = np.maximum(running, carried)
-            when[:, side] = np.where(last_rise >= 0, ts[np.maximum(last_rise, 0)],
-                                     st["nextseq_ts"][:, side])
-        return value, when
-
-    def before_row(per_side, name):
-        """This side's value as of just before each row."""
-        return np.where(same >= 0, _pick(per_side, same_at), _pick(st[name], at_d))
-
-    rev_window = earlier(window, "window", other, at_o)
-    candidate_zwp = (seglen == 1) & (rev_window == 0)
-    running, running_ts = nextseq_running(candidate_zwp)
-    zwp = candidate_zwp & (before_row(running, "nextseq") >= 0) & \
-        (seq == before_row(running, "nextseq"))
-    if not np.array_equal(zwp, candidate_zwp):   # (usually there is no candidate at all)
-        running, running_ts = nextseq_running(zwp)
-    nextseq = before_row(running, "nextseq")
-    nextseq_ts = before_row(running_ts, "nextseq_ts")
-    known = nextseq >= 0
-
-    fwd_window = earlier(window, "window", same, at_d)
-    fwd_lastack = earlier(ack, "lastack", same, at_d)
-    rev_lastack = earlier(ack, "lastack", other, at_o)
-    rev_lastack_ts = earlier(ts, "lastack_ts", other, at_o)
-    rev_ws = _pick(ws, at_o)
-    rev_lastack_rel = (rev_lastack - base_fwd) & LOW32
-
-    zero_window = (window == 0) & ~sfr
-    lost = ~zwp & known & (seq > nextseq) & ~rst
-    keepalive = ~zwp & (seglen <= 1) & (seq == nextseq - 1) & ~sfr
-    window_update = ~zwp & (seglen == 0) & (window != 0) & (window != fwd_window) & \
-        (seq == nextseq) & (ack == fwd_lastack) & ~sfr
-    window_full = ~zwp & (seglen > 0) & (rev_ws != -1) & (rev_lastack >= 0) & \
-        (rev_window >= 0) & ~sfr & ((seq + seglen) & LOW32 == (
-            rev_lastack_rel + (rev_window << np.maximum(rev_ws, 0))) & LOW32)
-    repeat = ~zwp & (seglen == 0) & (window == fwd_window) & (seq == nextseq) & \
-        (ack == fwd_lastack) & ~sfr
-    rev_keepalive = earlier(keepalive.astype(np.int64), "keepalive", other, at_o) == 1
-    rev_zwp = earlier(zwp.astype(np.int64), "zwp", other, at_o) == 1
-    keepalive_ack = repeat & (window != 0) & rev_keepalive
-    zwp_ack = repeat & (window == 0) & rev_zwp
-    dup_ack = repeat & (window != 0) & ~keepalive_ack
-
-    # Dup-ACK counter: counts on since the side's ack number last changed.
-    changed = ack != fwd_lastack
-    run_start = _pick(_last_before(changed[:, None] & sides, istart, inclusive=True), at_d)
-    dup_count = np.zeros((m, 2), dtype=np.int64)
-    for side in (0, 1):
-        dup_count[:, side] = np.cumsum(dup_ack & (d == side))
-    counted = _pick(dup_count, at_d)
-    before_group = np.where(istart > 0, _pick(dup_count, 2 * np.maximum(istart - 1, 0) + d), 0)
-    dupacks = np.where(run_start >= 0,
-                       counted - _pick(dup_count, 2 * np.maximum(run_start, 0) + d),
-                       _pick(st["dupacks"], at_d) + counted - before_group)
-    nondup_frame = np.where(run_start >= 0, frame[np.maximum(run_start, 0)],
-                            _pick(st["nondup_frame"], at_d))
-    rev_dupacks = earlier(dupacks, "dupacks", other, at_o)
-
-    # ACKs beyond anything the other side was seen sending.
-    rev_nextseq = np.where(other >= 0, _pick(running, 2 * np.maximum(other, 0) + 1 - d),
-                           _pick(st["nextseq"], at_o))
-    ack_lost = has_ack & (rev_nextseq >= 0) & (rel_ack > rev_nextseq) & \
-        (rel_ack - rev_nextseq < 1 << 31)
-
-    threshold = np.where(st["rtt"] >= 0, st["rtt"], OOO_THRESHOLD_NS)
-    data_like = ((seglen > 0) | (synfin > 0)) & ~keepalive
-    not_advanced = known & (seq < nextseq) & ~((seglen > 1) & (nextseq - 1 == seq))
-    fast = data_like & not_advanced & (rev_dupacks >= 2) & (rev_lastack >= 0) & \
-        (rev_lastack_rel == seq) & (ts - rev_lastack_ts < FAST_RETRANSMISSION_NS)
-    out_of_order = data_like & ~fast & not_advanced & (ts - nextseq_ts < threshold) & \
-        (nextseq != seq + seglen)
-    spurious = data_like & ~fast & ~out_of_order & (seglen > 0) & (rev_lastack > 0) & \
-        ((seq + seglen) <= rev_lastack_rel)
-    retransmission = data_like & ~fast & ~out_of_order & ~spurious & not_advanced
-
-    found = {"reused": reused, "lost": lost, "ack_lost": ack_lost, "keepalive": keepalive,
-             "keepalive_ack": keepalive_ack, "dup_ack": dup_ack, "zwp": zwp,
-             "zero_window": zero_window, "zwp_ack": zwp_ack, "window_update": window_update,
-             "window_full": window_full, "fast_retransmission": fast,
-             "spurious_retransmission": spurious, "out_of_order": out_of_order,
-             "retransmission": retransmission}
-
-    # State after each instance's last row.
-    state = {"nextseq": running[ends], "nextseq_ts": running_ts[ends]}
-    last_at_end = last_on[ends]
-    for name, values in (("lastack", ack), ("lastack_ts", ts), ("window", window),
-                         ("dupacks", dupacks), ("nondup_frame", nondup_frame),
-                         ("keepalive", keepalive), ("zwp", zwp)):
-        state[name] = np.where(last_at_end >= 0, values[np.maximum(last_at_end, 0)],
-                               st[name][ends])
-    last_syn = _last_before((syn & ~has_ack)[:, None], istart, inclusive=True)[:, 0]
-    syn_ts = np.where(last_syn >= 0, ts[np.maximum(last_syn, 0)], st["syn_ts"])
-    synack = syn & has_ack & (syn_ts >= 0)
-    first_synack = np.where(st["rtt"] >= 0, m, _group_first(synack, istart))[ends]
-    state["syn_ts"] = syn_ts[ends]
-    state["rtt"] = np.where(first_synack < m, ts[np.minimum(first_synack, m - 1)]
-                            - syn_ts[np.minimum(first_synack, m - 1)], st["rtt"][ends])
-    return {"text": _analysis_text(found, dupacks, nondup_frame, m), "state": state}
-
-
-def _analysis_text(found: dict, dupacks, nondup_frame, m: int) -> tuple[np.ndarray, pa.Array]:
-    """The rows with flags, and their flags as Wireshark's bracketed Info notes, joined by
-    "; "."""
-    bits = np.zeros(m, dtype=np.int64)
-    for k, name in enumerate(ANALYSIS_ORDER):
-        bits |= found[name].astype(np.int64) << k
-    rows = np.flatnonzero(bits)
-    if not len(rows):
-        return rows, pa.array([], pa.string())
-    unique, inverse = np.unique(bits[rows], return_inverse=True)
-    dup = ANALYSIS_ORDER.index("dup_ack")
-
-    def names(value: int, ks) -> str:
-        return "; ".join(ANALYSIS_TEXT[ANALYSIS_ORDER[k]] for k in ks if value >> k & 1)
-
-    head = pa.array([names(int(u), range(dup)) for u in unique]).take(pa.array(inverse))
-    tail = pa.array([names(int(u), range(dup + 1, len(ANALYSIS_ORDER)))
-                     for u in unique]).take(pa.array(inverse))
-    dup_text = pc.if_else(pa.array(found["dup_ack"][rows]), pc.binary_join_element_wise(
-        "TCP Dup ACK ", pa.array(nondup_frame[rows]).cast(pa.string()), "#",
-        pa.array(dupacks[rows]).cast(pa.string()), ""), "")
-    # All three parts are non-null strings (binary_join_element_wise drops rows whose
-    # parts are all null); empty parts leave separators to tidy away.
-    joined = pc.binary_join_element_wise(head, dup_text, tail, "; ")
-    joined = pc.replace_substring_regex(joined, r"^(?:; )+|(?:; )+$", "")
-    joined = pc.replace_substring_regex(joined, r"(?:; ){2,}", "; ")
-    return rows, joined
