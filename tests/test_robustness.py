@@ -80,7 +80,8 @@ def experiment(tmp_path_factory):
         pq.write_table(packet_table(make(rng, start, seconds)), folder / "packets.parquet")
         paths = {name: folder / f"{name}.parquet" for name in ("packets", "flows", "http")}
         write_connections(trace=trace, packets_path=paths["packets"], flows_path=paths["flows"],
-                          http_path=paths["http"], settings=security["flows"])
+                          http_path=paths["http"], conn_log_path=folder / "conn.log",
+                          settings=security["flows"])
         windows_paths.append(str(folder / "windows.parquet"))
         write_windows(trace=trace, packets_path=paths["packets"], flows_path=paths["flows"],
                       http_path=paths["http"], windows_path=windows_paths[-1],
@@ -89,7 +90,8 @@ def experiment(tmp_path_factory):
             out = folder / name
             write_variant(trace=trace, perturbation=name, packets_path=paths["packets"],
                           perturbed_path=out / "packets.parquet", flows_path=out / "flows.parquet",
-                          http_path=out / "http.parquet", windows_path=out / "windows.parquet",
+                          http_path=out / "http.parquet", conn_log_path=out / "conn.log",
+                          windows_path=out / "windows.parquet",
                           record_path=out / "perturbation.json",
                           params=robustness["parameters"].get(name, {}), seed=14,
                           settings=security)

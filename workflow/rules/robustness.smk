@@ -43,6 +43,7 @@ rule robustness_windows:
         packets=temp("results/robustness/{trace}/{perturbation}/packets.parquet"),
         flows=temp("results/robustness/{trace}/{perturbation}/flows.parquet"),
         http=temp("results/robustness/{trace}/{perturbation}/http.parquet"),
+        conn_log=temp("results/robustness/{trace}/{perturbation}/conn.log"),
         windows="results/robustness/{trace}/{perturbation}/windows.parquet",
         record="results/robustness/{trace}/{perturbation}/perturbation.json",
     log:

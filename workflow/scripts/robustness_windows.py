@@ -10,6 +10,7 @@ run_stage(
     perturbed_path=snakemake.output.packets,
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,
+    conn_log_path=snakemake.output.conn_log,
     windows_path=snakemake.output.windows,
     record_path=snakemake.output.record,
     params=snakemake.params.perturbation_settings,

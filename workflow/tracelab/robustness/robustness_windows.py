@@ -82,7 +82,7 @@ def write_perturbed(*, trace: str, perturbation: str, packets_path, perturbed_pa
 
 
 def write_variant(*, trace: str, perturbation: str, packets_path, perturbed_path, flows_path,
-                  http_path, windows_path, record_path, params: dict, seed: int,
+                  http_path, conn_log_path, windows_path, record_path, params: dict, seed: int,
                   settings: dict) -> dict:
     """Stage: results/robustness/{trace}/{perturbation}/windows.parquet and perturbation.json
     (`settings`: the config's `security` section, whose flows and windows settings the copy
@@ -91,7 +91,8 @@ def write_variant(*, trace: str, perturbation: str, packets_path, perturbed_path
                              perturbed_path=perturbed_path, params=params, seed=seed,
                              windows=settings["windows"])
     write_connections(trace=trace, packets_path=perturbed_path, flows_path=flows_path,
-                      http_path=http_path, settings=settings["flows"])
+                      http_path=http_path, conn_log_path=conn_log_path,
+                      settings=settings["flows"])
     write_windows(trace=trace, packets_path=perturbed_path, flows_path=flows_path,
                   http_path=http_path, windows_path=windows_path, settings=settings["windows"])
     write_json(record_path, record)
