@@ -7,16 +7,17 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from packet_factory import (BASE, bundled_results, handshake, packet_frame, portless, tcp,
+from packet_factory import (BASE, bundled_results, handshake, packet_table, portless, tcp,
                             udp)
 from tracelab.security import security_windows as windows
 from tracelab.security.security_connections import FlowSettings, assemble_connections
 from tracelab.security.log4shell import http_requests
-from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WindowSettings, feature,
-                              window_data, window_matrix)
+from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WINDOWS, feature,
+                                                table_totals, window_matrix, window_settings)
 
 ISSUE_FEATURES = {"packets_per_s", "bytes_per_s", "mean_length", "std_length", "iat_mean_s",
                   "iat_std_s", "iat_cv", "syn_only_share", "rst_share", "distinct_dst_hosts",
@@ -46,26 +47,37 @@ def test_registry_refuses_duplicates_and_unknown_classes():
         feature("new_one", unit="x", description="x", robustness="robust", reason="x")
 
 
-def build(rows, window_s=10.0, min_coverage=0.5):
-    packets = packet_frame(rows)
+def build(rows, **settings):
+    table = packet_table(rows)
+    packets = table.to_pandas()
     connections = assemble_connections(packets, FlowSettings())
     http = http_requests(packets, connections.packet_uid)
-    data = window_data(packets, connections.flows, http,
-                       WindowSettings(window_s=window_s, min_coverage=min_coverage))
-    return data, window_matrix(data).set_index("window")
+    chosen = window_settings(settings)
+    totals, _ = table_totals(table, pa.Table.from_pandas(connections.flows),
+                             pa.Table.from_pandas(http), chosen)
+    return totals, window_matrix(totals, chosen).set_index("window")
 
 
 def test_adding_a_feature_is_adding_one_function(monkeypatch):
     monkeypatch.setattr(windows, "FEATURES", dict(FEATURES))
 
-    @windows.feature("udp_packets", unit="packets", description="UDP packets.",
+    @windows.feature("bytes_per_packet", unit="bytes", description="Frame bytes a packet.",
                      robustness=BEHAVIOURAL, reason="Test.")
-    def udp_packets(w):
-        return w.count(w.packets[w.packets["tcp_flags"].isna()])
+    def bytes_per_packet(w):
+        return w.ratio(w["bytes"], "packets")
 
     _, matrix = build([udp(0, "10.0.0.1", 1, "10.0.0.2", 2), udp(1, "10.0.0.1", 1,
-                                                                  "10.0.0.2", 2)])
-    assert matrix["udp_packets"].tolist() == [2]
+                                                                  "10.0.0.2", 2, payload=40)])
+    assert matrix["bytes_per_packet"].tolist() == [(62 + 82) / 2]
+    assert windows.windows_table(windows.FEATURES).names[-1] == "bytes_per_packet"
+
+
+def test_feature_columns_are_declared_by_the_registry():
+    assert WINDOWS.names == ["trace", "window", "start_s", "start_ts", "duration_s",
+                             *FEATURES]
+    for spec in FEATURES.values():
+        column = WINDOWS.column(spec.name)
+        assert (column.unit, column.doc, column.nullable) == (spec.unit, spec.description, True)
 
 
 @pytest.mark.parametrize("last_t, windows_kept, last_duration", [
@@ -76,7 +88,7 @@ def test_adding_a_feature_is_adding_one_function(monkeypatch):
 def test_windows_cover_the_trace_and_drop_a_short_tail(last_t, windows_kept, last_duration):
     rows = [udp(t, "10.0.0.1", 1, "10.0.0.2", 2) for t in np.arange(0.0, last_t, 1.0)]
     rows.append(udp(last_t, "10.0.0.1", 1, "10.0.0.2", 2))
-    data, matrix = build(rows)
+    _, matrix = build(rows)
     assert len(matrix) == windows_kept
     assert matrix["duration_s"].iloc[-1] == pytest.approx(last_duration)
     assert matrix["start_s"].tolist() == [10.0 * i for i in range(windows_kept)]
@@ -144,7 +156,8 @@ def test_bundled_window_matrix(trace):
     duration = packets["t_rel_s"].max()
     full, tail = divmod(duration, 10.0)
     assert len(matrix) == int(full) + (tail >= 5.0)
-    assert list(matrix.columns[4:]) == list(FEATURES)
+    assert list(matrix.columns[5:]) == list(FEATURES)
+    assert (matrix["trace"] == trace).all()
     recorded = json.loads(pq.read_schema(path).metadata[b"tracelab.features"])
     assert recorded == [spec.describe() for spec in FEATURES.values()]
     assert (matrix["capture_packets"] == len(packets)).all()

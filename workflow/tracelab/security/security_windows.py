@@ -615,6 +615,19 @@ def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) ->
     return accumulator
 
 
+def table_totals(packets: pa.Table, flows: pa.Table, http: pa.Table,
+                 settings: WindowSettings) -> tuple[WindowTotals, int]:
+    """The window totals of three tables held in memory (for small tables and tests)."""
+    ordered = packets.select(PACKET_COLUMNS).sort_by([("ts", "ascending"),
+                                                      ("frame", "ascending")])
+    start_ns = pc.min(ordered.column("ts").cast(pa.int64())).as_py() if len(ordered) else 0
+    accumulator = WindowAccumulator(settings, start_ns)
+    accumulator.add_packets(ordered)
+    accumulator.add_flows(flows.select(FLOW_COLUMNS))
+    accumulator.add_http(http.select(HTTP_COLUMNS))
+    return accumulator.totals()
+
+
 def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_path,
                   settings: dict) -> dict:
     """Stage: results/features/{trace}/windows.parquet."""
