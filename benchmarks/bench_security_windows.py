@@ -124,10 +124,21 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-security-windows"))
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make the inputs of each size and stop")
     args = parser.parse_args(argv)
+    if args.prepare_only:
+        for packets in args.packets:
+            prepare(packets, args.seed, args.workdir / f"p{packets}")
+        return 0
     results = []
     for packets in args.packets:
-        paths = prepare(packets, args.seed, args.workdir / f"p{packets}")
+        # In a child: a measured process started from this one would inherit its peak RSS.
+        subprocess.run([sys.executable, __file__, "--prepare-only", "--packets", str(packets),
+                        "--seed", str(args.seed), "--workdir", str(args.workdir)],
+                       check=True, env=_environment())
+        paths = {name: args.workdir / f"p{packets}" / name for name in (
+            "packets.parquet", "flows.parquet", "http.parquet")}
         out = args.workdir / f"p{packets}" / "out"
         out.mkdir(exist_ok=True)
         for stage in args.stages:

@@ -10,7 +10,8 @@ none). Memory is bounded by a row group and the disorder across groups, never by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 NEVER = np.iinfo(np.int64).max
 # Rows DistinctRows lets wait before it removes duplicates again (at least; or as many as kept).
 COMPACT_ROWS = 1 << 20
+# Rows of one batch of a table read in batches (connections, requests).
+BATCH_ROWS = 1 << 17
 
 
 def non_empty_groups(table: pq.ParquetFile) -> list[int]:
@@ -44,24 +47,55 @@ def time_ranges(table: pq.ParquetFile, groups: list[int],
     return ranges
 
 
+def read_row_groups(table: pq.ParquetFile, columns: list[str],
+                    groups: list[int] | None = None) -> Iterator[pa.Table]:
+    """The row groups of `table` (only `columns`), one at a time, the next one read on a
+    background thread (decompression releases the GIL) while the caller works on this one."""
+    groups = non_empty_groups(table) if groups is None else groups
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(table.read_row_group, groups[0], columns) if groups else None
+        for following in [*groups[1:], None]:
+            rows = pending.result()
+            pending = None if following is None else reader.submit(
+                table.read_row_group, following, columns)
+            yield rows
+
+
+def read_batches(table: pq.ParquetFile, columns: list[str],
+                 rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """`table` (only `columns`) in tables of at most `rows` rows: memory bounded by a batch and
+    a row group's compressed columns, whatever the row groups' size."""
+    for batch in table.iter_batches(batch_size=rows, columns=columns):
+        yield pa.Table.from_batches([batch])
+
+
 def later_minima(minima: list[int]) -> list[int]:
     """For each group, the earliest time of all groups after it (NEVER after the last)."""
     return np.minimum.accumulate(np.array([*minima, NEVER], np.int64)[::-1])[::-1][1:].tolist()
 
 
+def _sorted(rows: pa.Table, order: tuple[str, str]) -> pa.Table:
+    """`rows` sorted by the two integer columns `order` (taken only when not sorted already)."""
+    first, second = (rows.column(name).cast(pa.int64()).to_numpy() for name in order)
+    ahead = (first[1:] > first[:-1]) | ((first[1:] == first[:-1]) & (second[1:] > second[:-1]))
+    return rows if ahead.all() else rows.take(np.lexsort((second, first)))
+
+
 def time_ordered(table: pq.ParquetFile, columns: list[str],
-                 order: tuple[str, ...] = ("ts", "frame")) -> Iterator[pa.Table]:
+                 derive: Callable[[pa.Table], pa.Table] = lambda rows: rows,
+                 order: tuple[str, str] = ("ts", "frame")) -> Iterator[pa.Table]:
     """The rows of `table` (only `columns`, which hold `order`) sorted by `order`, as a
-    sequence of tables: their concatenation equals sorting the whole table."""
+    sequence of tables: their concatenation equals sorting the whole table. `derive` maps each
+    row group to the columns the caller needs (keeping `order`) before rows are held or sorted,
+    so that only those are moved."""
     groups = non_empty_groups(table)
     bounds = later_minima([low for low, _ in time_ranges(table, groups, order[0])])
     held = None
-    keys = [(name, "ascending") for name in order]
-    for group, bound in zip(groups, bounds):
-        rows = table.read_row_group(group, columns=columns)
+    for rows, bound in zip(read_row_groups(table, columns, groups), bounds):
+        rows = derive(rows)
         if held is not None:
             rows = pa.concat_tables([held, rows])
-        rows = rows.sort_by(keys)
+        rows = _sorted(rows.combine_chunks(), order)
         times = rows.column(order[0]).cast(pa.int64()).to_numpy()
         # Rows at the bound wait: a later group may hold the same time with a smaller key.
         cut = int(np.searchsorted(times, bound, side="left"))

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from pandera.pandas import Check
 
 from tracelab.core.config import settings as config_settings
-from tracelab.core.streaming import DistinctRows, NameIds, non_empty_groups, time_ranges
+from tracelab.core.streaming import (DistinctRows, NameIds, non_empty_groups, read_batches,
+                                     time_ranges)
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,8 @@ def file_hosts(flows_path, settings: ScanSettings) -> pd.DataFrame:
     groups = non_empty_groups(flows)
     start_ns = min((low for low, _ in time_ranges(flows, groups, "first_ts")), default=0)
     accumulator = HostAccumulator(settings, start_ns)
-    for group in groups:
-        accumulator.add(flows.read_row_group(group, columns=FLOW_COLUMNS))
+    for rows in read_batches(flows, FLOW_COLUMNS):
+        accumulator.add(rows)
     return accumulator.result()
 
 

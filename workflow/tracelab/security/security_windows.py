@@ -45,7 +45,7 @@ from pandera.pandas import Check
 
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import TCP_FLAG_BITS
-from tracelab.core.streaming import DistinctRows, NameIds, time_ordered
+from tracelab.core.streaming import DistinctRows, NameIds, read_batches, time_ordered
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
 from tracelab.security.security_hosts import attempts, failed_attempts
 
@@ -418,6 +418,17 @@ def merge_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([data[~repeated], merged[data.columns]]).sort_index()
 
 
+def packet_values(rows: pa.Table) -> pa.Table:
+    """What the window totals need of a packet, as integers: its time, frame, length, TCP flags
+    (0 for none), addresses shown as names (0-2) and Info characters."""
+    return pa.table({
+        "ts": rows.column("ts").cast(pa.int64()), "frame": rows.column("frame"),
+        "length": rows.column("length").cast(pa.int64()),
+        "tcp_flags": rows.column("tcp_flags").fill_null(0).cast(pa.int64()),
+        "named_endpoints": pa.array(_is_name(rows.column("src")) + _is_name(rows.column("dst"))),
+        "info_chars": pc.utf8_length(rows.column("info")).fill_null(0).cast(pa.int64())})
+
+
 def _is_name(column: pa.ChunkedArray) -> np.ndarray:
     """1 where an address is a name rather than an IPv4/IPv6 literal (decided per dictionary
     entry)."""
@@ -453,8 +464,8 @@ class WindowAccumulator:
         return (ts_ns - self.start_ns) // self.settings.window_ns
 
     def add_packets(self, rows: pa.Table) -> None:
-        """A slice of the packet table in time order, following the previous slice."""
-        ts = rows.column("ts").cast(pa.int64()).to_numpy()
+        """Packet values (`packet_values`) in time order, following the previous slice."""
+        ts = rows.column("ts").to_numpy()
         if not ts.size:
             return
         gaps = np.diff(ts, prepend=ts[0] if self.previous_ts is None else self.previous_ts)
@@ -463,23 +474,28 @@ class WindowAccumulator:
             iat_s[0] = np.nan
         self.previous_ts = self.end_ns = int(ts[-1])
         self.packets += ts.size
-        flags = rows.column("tcp_flags").fill_null(0).to_numpy().astype(np.int64)
+        window = self._window(ts)
+        # Windows are runs of the time-ordered rows: sums by np.add.reduceat; means and
+        # variances of floats by pandas (as one table held in memory would get them).
+        starts = np.flatnonzero(np.diff(window, prepend=window[0] - 1))
+        flags = rows.column("tcp_flags").to_numpy()
         length = rows.column("length").to_numpy()
-        frame = pd.DataFrame({
-            "window": self._window(ts), "length": length.astype(np.float64),
-            "bytes": length.astype(np.int64), "iat_s": iat_s,
-            "syn_only": ((flags & (SYN | ACK)) == SYN).astype(np.int64),
-            "rst": ((flags & RST) != 0).astype(np.int64),
-            "named_endpoints": _is_name(rows.column("src")) + _is_name(rows.column("dst")),
-            "info_chars": pc.utf8_length(rows.column("info")).fill_null(0).to_numpy()
-            .astype(np.int64)})
-        by_window = frame.groupby("window", sort=True)
-        self.packet_parts.append(by_window.agg(
-            packets=("bytes", "size"), bytes=("bytes", "sum"), length_mean=("length", "mean"),
-            length_var=("length", "var"), iat_count=("iat_s", "count"),
-            iat_mean=("iat_s", "mean"), iat_var=("iat_s", "var"),
-            syn_only=("syn_only", "sum"), rst=("rst", "sum"),
-            named_endpoints=("named_endpoints", "sum"), info_chars=("info_chars", "sum")))
+        sums = {"packets": np.diff(np.append(starts, ts.size)),
+                "bytes": np.add.reduceat(length, starts),
+                "syn_only": np.add.reduceat((flags & (SYN | ACK)) == SYN, starts, dtype=np.int64),
+                "rst": np.add.reduceat((flags & RST) != 0, starts, dtype=np.int64),
+                "named_endpoints": np.add.reduceat(rows.column("named_endpoints").to_numpy(),
+                                                   starts),
+                "info_chars": np.add.reduceat(rows.column("info_chars").to_numpy(), starts)}
+        floats = pd.DataFrame({"length": length.astype(np.float64), "iat_s": iat_s})
+        moments = floats.groupby(window, sort=True).agg(["mean", "var", "count"])
+        part = pd.DataFrame(sums, index=pd.Index(window[starts], name="window"))
+        part["length_mean"] = moments[("length", "mean")].to_numpy()
+        part["length_var"] = moments[("length", "var")].to_numpy()
+        part["iat_count"] = moments[("iat_s", "count")].to_numpy()
+        part["iat_mean"] = moments[("iat_s", "mean")].to_numpy()
+        part["iat_var"] = moments[("iat_s", "var")].to_numpy()
+        self.packet_parts.append(part)
 
     def add_flows(self, rows: pa.Table) -> None:
         flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
@@ -592,25 +608,19 @@ def window_settings(values: dict | None = None) -> WindowSettings:
     return config_settings(WindowSettings, "security.windows", values)
 
 
-def _batches(path, columns: list[str]):
-    table = pq.ParquetFile(path)
-    return (table.read_row_group(i, columns=columns) for i in range(table.num_row_groups))
-
-
 def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) -> WindowAccumulator:
     """Stream the three tables of a trace into per-window totals."""
-    packets = pq.ParquetFile(packets_path)
-    ordered = time_ordered(packets, PACKET_COLUMNS)
+    ordered = time_ordered(pq.ParquetFile(packets_path), PACKET_COLUMNS, packet_values)
     first = next(ordered, None)
-    start_ns = int(pc.min(first.column("ts").cast(pa.int64())).as_py()) if first else 0
+    start_ns = int(first.column("ts")[0].as_py()) if first else 0
     accumulator = WindowAccumulator(settings, start_ns)
     if first is not None:
         accumulator.add_packets(first)
     for rows in ordered:
         accumulator.add_packets(rows)
-    for rows in _batches(flows_path, FLOW_COLUMNS):
+    for rows in read_batches(pq.ParquetFile(flows_path), FLOW_COLUMNS):
         accumulator.add_flows(rows)
-    for rows in _batches(http_path, HTTP_COLUMNS):
+    for rows in read_batches(pq.ParquetFile(http_path), HTTP_COLUMNS):
         accumulator.add_http(rows)
     return accumulator
 
@@ -618,9 +628,8 @@ def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) ->
 def table_totals(packets: pa.Table, flows: pa.Table, http: pa.Table,
                  settings: WindowSettings) -> tuple[WindowTotals, int]:
     """The window totals of three tables held in memory (for small tables and tests)."""
-    ordered = packets.select(PACKET_COLUMNS).sort_by([("ts", "ascending"),
-                                                      ("frame", "ascending")])
-    start_ns = pc.min(ordered.column("ts").cast(pa.int64())).as_py() if len(ordered) else 0
+    ordered = packet_values(packets).sort_by([("ts", "ascending"), ("frame", "ascending")])
+    start_ns = ordered.column("ts")[0].as_py() if len(ordered) else 0
     accumulator = WindowAccumulator(settings, start_ns)
     accumulator.add_packets(ordered)
     accumulator.add_flows(flows.select(FLOW_COLUMNS))
