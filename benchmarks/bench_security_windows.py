@@ -70,20 +70,20 @@ def _stage_call(stage: str, paths: dict, out: Path) -> str:
     calls = {
         "security_windows": (
             "from tracelab.security.security_windows import write_windows as f",
-            dict(trace="t", packets_path=str(paths["packets.parquet"]),
-                 flows_path=str(paths["flows.parquet"]), http_path=str(paths["http.parquet"]),
-                 windows_path=str(out / "windows.parquet"),
-                 settings=config["security"]["windows"])),
+            {"trace": "t", "packets_path": str(paths["packets.parquet"]),
+                 "flows_path": str(paths["flows.parquet"]), "http_path": str(paths["http.parquet"]),
+                 "windows_path": str(out / "windows.parquet"),
+                 "settings": config["security"]["windows"]}),
         "security_hosts": (
             "from tracelab.security.security_hosts import write_hosts as f",
-            dict(trace="t", flows_path=str(paths["flows.parquet"]),
-                 hosts_path=str(out / "hosts.parquet"), settings=config["security"]["scan"])),
+            {"trace": "t", "flows_path": str(paths["flows.parquet"]),
+                 "hosts_path": str(out / "hosts.parquet"), "settings": config["security"]["scan"]}),
         "trace_features": (
             "from tracelab.features.trace_features import trace_features as f",
-            dict(trace="t", packets_path=str(paths["packets.parquet"]),
-                 summary_path=str(out / "summary.json"),
-                 distributions_path=str(out / "distributions.parquet"),
-                 settings=config["features"])),
+            {"trace": "t", "packets_path": str(paths["packets.parquet"]),
+                 "summary_path": str(out / "summary.json"),
+                 "distributions_path": str(out / "distributions.parquet"),
+                 "settings": config["features"]}),
     }
     imports, kwargs = calls[stage]
     return (f"import json, time\n{imports}\n"

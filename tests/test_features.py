@@ -11,14 +11,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
 from tracelab.features import trace_features as features
-from tracelab.features.trace_features import (DISTRIBUTION_SCHEMA, DISTRIBUTIONS, ValueCounts,
-                                              compute_features, feature_settings, quantile_name,
-                                              rate_bin_width, trace_features)
+from tracelab.features.trace_features import (
+    DISTRIBUTION_SCHEMA,
+    DISTRIBUTIONS,
+    ValueCounts,
+    compute_features,
+    feature_settings,
+    quantile_name,
+    rate_bin_width,
+    trace_features,
+)
 
-SETTINGS = feature_settings(dict(quantiles=[0.0, 0.05, 0.25, 0.333, 0.5, 0.75, 0.95, 1.0],
-                                 ecdf_points=50, rate_bin_s=0.5))
+SETTINGS = feature_settings({"quantiles": [0.0, 0.05, 0.25, 0.333, 0.5, 0.75, 0.95, 1.0],
+                                 "ecdf_points": 50, "rate_bin_s": 0.5})
 ADDRESSES = [f"10.0.{i // 256}.{i % 256}" for i in range(300)] + ["fe80::1", "ff02::fb"]
 PROTOCOLS = ["TCP", "UDP", "DNS", "HTTP", "TLSv1.3", "ICMP"]
 START_NS = 1_795_852_800_123_456_789

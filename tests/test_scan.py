@@ -8,11 +8,14 @@ import math
 import pandas as pd
 import pytest
 import yaml
-
 from packet_factory import REPO, bundled_results, handshake, packet_frame, tcp
 from tracelab.security.security_connections import FlowSettings, assemble_connections
-from tracelab.security.security_hosts import (ScanSettings, hosts_table, scan_settings,
-                                             threshold_random_walk)
+from tracelab.security.security_hosts import (
+    ScanSettings,
+    hosts_table,
+    scan_settings,
+    threshold_random_walk,
+)
 
 SCANNER = "10.9.9.9"
 PAPER = scan_settings()  # theta0 0.8, theta1 0.2, P_D 0.99, P_F 0.01

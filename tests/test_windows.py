@@ -10,14 +10,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from packet_factory import (BASE, bundled_results, handshake, packet_table, portless, tcp,
-                            udp)
+from packet_factory import (
+    BASE,
+    bundled_results,
+    handshake,
+    packet_table,
+    portless,
+    tcp,
+    udp,
+)
 from tracelab.security import security_windows as windows
-from tracelab.security.security_connections import FlowSettings, assemble_connections
 from tracelab.security.log4shell import http_requests
-from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WINDOWS, feature,
-                                                table_totals, window_matrix, window_settings)
+from tracelab.security.security_connections import FlowSettings, assemble_connections
+from tracelab.security.security_windows import (
+    ARTEFACT,
+    BEHAVIOURAL,
+    FEATURES,
+    WINDOWS,
+    feature,
+    table_totals,
+    window_matrix,
+    window_settings,
+)
 
 ISSUE_FEATURES = {"packets_per_s", "bytes_per_s", "mean_length", "std_length", "iat_mean_s",
                   "iat_std_s", "iat_cv", "syn_only_share", "rst_share", "distinct_dst_hosts",
@@ -168,3 +182,20 @@ def test_a_window_that_covers_no_time_has_no_rate():
     assert m["duration_s"].tolist() == [0.0]
     assert np.isnan(m["packets_per_s"].iloc[0]) and np.isnan(m["bytes_per_s"].iloc[0])
     assert m["capture_packets"].tolist() == [1]
+
+
+@pytest.mark.parametrize("trace", ["log4j_scan", "web_browsing"])
+def test_bundled_last_window_rates_are_per_second_it_covers(trace):
+    """`window_s: 10` is an integer in config.yaml: the last window's coverage must still be
+    the exact time up to the last packet (web_browsing: 6.60 s, not 6), and its rates per that
+    time (pandas on the packet table as the oracle)."""
+    matrix = pd.read_parquet(bundled_results() / f"features/{trace}/windows.parquet")
+    packets = pd.read_parquet(bundled_results() / f"packets/{trace}.parquet",
+                              columns=["t_rel_s", "length"])
+    last = matrix.iloc[-1]
+    start = last["start_s"]
+    inside = packets[(packets["t_rel_s"] >= start) & (packets["t_rel_s"] < start + 10)]
+    covered = min(packets["t_rel_s"].max() - start, 10.0)
+    assert last["duration_s"] == pytest.approx(covered, abs=1e-6)
+    assert last["packets_per_s"] == pytest.approx(len(inside) / covered, rel=1e-6)
+    assert last["bytes_per_s"] == pytest.approx(inside["length"].sum() / covered, rel=1e-6)

@@ -61,11 +61,10 @@ def read_row_groups(table: pq.ParquetFile, columns: list[str],
             yield rows
 
 
-def read_batches(table: pq.ParquetFile, columns: list[str],
-                 rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """`table` (only `columns`) in tables of at most `rows` rows: memory bounded by a batch and
-    a row group's compressed columns, whatever the row groups' size."""
-    for batch in table.iter_batches(batch_size=rows, columns=columns):
+def read_batches(table: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
+    """`table` (only `columns`) in tables of at most BATCH_ROWS rows: memory bounded by a batch
+    and a row group's compressed columns, whatever the row groups' size."""
+    for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=columns):
         yield pa.Table.from_batches([batch])
 
 

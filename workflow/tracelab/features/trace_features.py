@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from pandera.pandas import Check
 
 from tracelab.core.atomic import write_json

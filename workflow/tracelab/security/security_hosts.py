@@ -36,8 +36,13 @@ import pyarrow.parquet as pq
 from pandera.pandas import Check
 
 from tracelab.core.config import settings as config_settings
-from tracelab.core.streaming import (DistinctRows, NameIds, non_empty_groups, read_batches,
-                                     time_ranges)
+from tracelab.core.streaming import (
+    DistinctRows,
+    NameIds,
+    non_empty_groups,
+    read_batches,
+    time_ranges,
+)
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
 
 log = logging.getLogger(__name__)
@@ -341,4 +346,4 @@ def write_hosts(*, trace: str, flows_path, hosts_path, settings: dict) -> dict:
     flagged = hosts[hosts["flagged_by"] != ""]
     log.info("%s: %d sources, flagged: %s", trace, len(hosts),
              dict(zip(flagged["source"], flagged["flagged_by"])) or "none")
-    return {"sources": len(hosts), "flagged": int(len(flagged))}
+    return {"sources": len(hosts), "flagged": len(flagged)}
