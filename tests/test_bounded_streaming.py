@@ -13,6 +13,7 @@ from packet_factory import handshake, packet_table, tcp, udp
 from tracelab.core import streaming
 from tracelab.core.config import defaults
 from tracelab.core.streaming import DistinctRows, NameIds, time_ordered
+from tracelab.security import security_windows as windows
 from tracelab.security.security_connections import write_connections
 from tracelab.security.security_hosts import file_hosts, hosts_table, scan_settings
 from tracelab.security.security_windows import (
@@ -77,6 +78,7 @@ def test_streamed_windows_equal_the_whole_tables(trace_files, tmp_path, monkeypa
     table, paths = trace_files
     monkeypatch.setattr(streaming, "BATCH_ROWS", 4)
     monkeypatch.setattr(streaming, "COMPACT_ROWS", 3)
+    monkeypatch.setattr(windows, "MERGE_PARTS", 3)
     settings = window_settings({"window_s": 5})
     write_windows(trace="t", packets_path=paths["packets.parquet"],
                   flows_path=paths["flows.parquet"], http_path=paths["http.parquet"],

@@ -95,6 +95,8 @@ TOTALS = {
 MOMENTS = (("packets", "length_mean", "length_var"), ("iat_count", "iat_mean", "iat_var"),
            ("percent_count", "percent_mean", None))
 MEANS = {name for triple in MOMENTS for name in triple[1:] if name}
+# Per-row-group parts of totals kept before they are merged into one.
+MERGE_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,14 @@ def merge_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([data[~repeated], merged[data.columns]]).sort_index()
 
 
+def _append(parts: list[pd.DataFrame], part: pd.DataFrame) -> None:
+    """Add a row group's totals, merging the parts once they are many (connections and
+    requests come in any order: each part may touch many windows)."""
+    parts.append(part)
+    if len(parts) >= MERGE_PARTS:
+        parts[:] = [merge_parts(parts)]
+
+
 def packet_values(rows: pa.Table) -> pa.Table:
     """What the window totals need of a packet, as integers: its time, frame, length, TCP flags
     (0 for none), addresses shown as names (0-2) and Info characters."""
@@ -495,7 +505,7 @@ class WindowAccumulator:
         part["iat_count"] = moments[("iat_s", "count")].to_numpy()
         part["iat_mean"] = moments[("iat_s", "mean")].to_numpy()
         part["iat_var"] = moments[("iat_s", "var")].to_numpy()
-        self.packet_parts.append(part)
+        _append(self.packet_parts, part)
 
     def add_flows(self, rows: pa.Table) -> None:
         flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
@@ -511,7 +521,7 @@ class WindowAccumulator:
             .to_numpy(np.int64),
             "orig_port": flows["orig_port"].to_numpy(np.int64)})
         by_window = frame.groupby("window", sort=True)
-        self.flow_parts.append(by_window.agg(
+        _append(self.flow_parts, by_window.agg(
             connections=("resp", "size"), attempts=("attempts", "sum"),
             failed_attempts=("failed_attempts", "sum"),
             short_connections=("short_connections", "sum"),
@@ -533,7 +543,7 @@ class WindowAccumulator:
             "uri_length": http["uri_length"].to_numpy(np.float64, na_value=np.nan),
             "percent": http["percent_encoded_share"].to_numpy(np.float64, na_value=np.nan)})
         by_window = frame.groupby("window", sort=True)
-        self.http_parts.append(by_window.agg(
+        _append(self.http_parts, by_window.agg(
             requests=("answered", "size"), answered=("answered", "sum"),
             answered_4xx=("answered_4xx", "sum"), jndi=("jndi", "sum"),
             uri_count=("uri_length", "count"), uri_chars=("uri_length", "sum"),
@@ -644,7 +654,7 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
     totals, left_out = accumulate(packets_path, flows_path, http_path, chosen).totals()
     matrix = window_matrix(totals, chosen)
     matrix.insert(0, "trace", trace)
-    WINDOWS.write(matrix, windows_path, {
+    windows_table(FEATURES).write(matrix, windows_path, {
         "trace": trace, "window_s": chosen.window_s, "empty_windows_left_out": left_out,
         "features": json.dumps([spec.describe() for spec in FEATURES.values()])})
     log.info("%s: %d windows of %g s, %d features, %d empty windows of long pauses left out",
