@@ -64,6 +64,46 @@ def prepare(packets: int, seed: int, folder: Path) -> dict[str, Path]:
     return paths
 
 
+def replicate(source: Path, copies: int, folder: Path) -> None:
+    """Inputs `copies` times the size of those in `source`: its packets, connections and
+    requests repeated one after the other, each copy shifted by the trace's span (plus a
+    second) and the connections' uids renumbered. For sizes whose connection stage would not
+    fit this machine (main's security_connections holds the whole trace in pandas)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "flows.parquet").exists():
+        return
+    packets = pq.ParquetFile(source / "packets.parquet")
+    flows = pq.read_metadata(source / "flows.parquet").num_rows
+    span = pq.read_table(source / "packets.parquet", columns=["ts"]).column("ts").cast(
+        pa.int64())
+    shift_ns = pc.max(span).as_py() - pc.min(span).as_py() + 10**9
+    del span
+    shifted = {"packets.parquet": ["ts"], "flows.parquet": ["first_ts", "last_ts"],
+               "http.parquet": ["ts"]}
+    for name, time_columns in shifted.items():
+        reader = pq.ParquetFile(source / name)
+        with pq.ParquetWriter(folder / name, reader.schema_arrow, compression="zstd") as writer:
+            for copy in range(copies):
+                for group in range(reader.num_row_groups):
+                    rows = reader.read_row_group(group)
+                    for column in time_columns:
+                        moved = pc.add(rows.column(column).cast(pa.int64()), copy * shift_ns)
+                        rows = rows.set_column(rows.schema.get_field_index(column), column,
+                                               moved.cast(rows.schema.field(column).type))
+                    if "uid" in rows.schema.names and pa.types.is_integer(rows.schema.field(
+                            "uid").type):
+                        uid = pc.add(rows.column("uid"), copy * flows)
+                        rows = rows.set_column(rows.schema.get_field_index("uid"), "uid", uid)
+                    if name == "packets.parquet":
+                        frame = pc.add(rows.column("frame"), copy * packets.metadata.num_rows)
+                        rows = rows.set_column(0, "frame", frame)
+                    writer.write_table(rows)
+
+
 def _stage_call(stage: str, paths: dict, out: Path) -> str:
     """The Python text a child process runs for one stage (imports, then the timed call)."""
     config = _config()
@@ -126,7 +166,15 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--prepare-only", action="store_true",
                         help="make the inputs of each size and stop")
+    parser.add_argument("--replicate", type=int, default=1,
+                        help="measure on the inputs of each size repeated this many times")
+    parser.add_argument("--make-replica", nargs=3, metavar=("SOURCE", "COPIES", "INTO"),
+                        help="write SOURCE's inputs repeated COPIES times into INTO and stop")
     args = parser.parse_args(argv)
+    if args.make_replica:
+        source, copies, into = args.make_replica
+        replicate(Path(source), int(copies), Path(into))
+        return 0
     if args.prepare_only:
         for packets in args.packets:
             prepare(packets, args.seed, args.workdir / f"p{packets}")
@@ -137,9 +185,16 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, __file__, "--prepare-only", "--packets", str(packets),
                         "--seed", str(args.seed), "--workdir", str(args.workdir)],
                        check=True, env=_environment())
-        paths = {name: args.workdir / f"p{packets}" / name for name in (
+        folder = args.workdir / f"p{packets}"
+        if args.replicate > 1:
+            replica = Path(f"{folder}x{args.replicate}")
+            subprocess.run([sys.executable, __file__, "--make-replica", str(folder),
+                            str(args.replicate), str(replica)], check=True, env=_environment())
+            folder = replica
+            packets *= args.replicate
+        paths = {name: folder / name for name in (
             "packets.parquet", "flows.parquet", "http.parquet")}
-        out = args.workdir / f"p{packets}" / "out"
+        out = folder / "out"
         out.mkdir(exist_ok=True)
         for stage in args.stages:
             figures = measure(stage, paths, out)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import Check
 
+from tracelab.core import streaming
 from tracelab.core.config import settings as config_settings
 from tracelab.core.streaming import (
     DistinctRows,
@@ -53,6 +54,8 @@ DETECTORS = ("address_scan", "port_scan", "trw")
 FLOW_COLUMNS = ["uid", "proto", "orig", "resp", "resp_port", "first_ts", "last_ts", "history",
                 "conn_state", "orig_payload", "resp_payload"]
 COUNT = (Check.ge(0),)
+# Per-batch source totals kept before they are merged into one.
+MERGE_PARTS = 64
 
 HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
     "One row a source: an originator of at least one connection, with its fan-out, failed "
@@ -232,6 +235,8 @@ class HostAccumulator:
         self.totals.append(frame.groupby("orig").agg(
             first=("t", "min"), last=("last", "max"), connections=("t", "size"),
             attempts=("attempt", "sum"), failed_attempts=("failed", "sum")))
+        if len(self.totals) >= MERGE_PARTS:
+            self.totals = [self._source_totals()]
         self.hosts.add(frame)
         self.ports.add(frame)
         self.failed.add(frame[frame["failed"]])
@@ -242,7 +247,7 @@ class HostAccumulator:
         firsts = tcp.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
         self.first_contacts.append(firsts[["orig", "resp", "t", "uid", "attempt", "success"]])
         self._waiting += len(firsts)
-        if self._waiting > max(1 << 20, len(self.first_contacts[0])):
+        if self._waiting > max(streaming.COMPACT_ROWS, len(self.first_contacts[0])):
             self._compact_first_contacts()
 
     def _compact_first_contacts(self) -> None:
@@ -252,23 +257,30 @@ class HostAccumulator:
                                    .drop_duplicates(["orig", "resp"])]
         self._waiting = 0
 
+    def _source_totals(self) -> pd.DataFrame:
+        """The batches' per-source totals as one (first, last, connections, attempts, failed)."""
+        if not self.totals:
+            return pd.DataFrame(columns=["first", "last", "connections", "attempts",
+                                         "failed_attempts"], dtype=np.int64)
+        by_source = pd.concat(self.totals).groupby(level=0)
+        return by_source.agg({"first": "min", "last": "max", "connections": "sum",
+                              "attempts": "sum", "failed_attempts": "sum"})
+
     def _name(self, ids: pd.Series) -> pd.Series:
         return pd.Series(self.names.name(ids), index=ids.index, dtype="string")
 
     def result(self) -> pd.DataFrame:
         """One row a source, sorted by address: fan-out, failures, verdicts."""
         settings = self.settings
-        totals = pd.concat(self.totals) if self.totals else pd.DataFrame(
-            columns=["first", "last", "connections", "attempts", "failed_attempts"])
-        by_source = totals.groupby(level=0)
+        totals = self._source_totals()
         hosts = pd.DataFrame({
-            "first_ts": pd.to_datetime(by_source["first"].min(), utc=True),
-            "last_ts": pd.to_datetime(by_source["last"].max(), utc=True),
-            "connections": by_source["connections"].sum(),
+            "first_ts": pd.to_datetime(totals["first"], utc=True),
+            "last_ts": pd.to_datetime(totals["last"], utc=True),
+            "connections": totals["connections"],
             "distinct_dst_hosts": self.hosts.rows().groupby("orig").size(),
             "distinct_dst_ports": self.ports.rows().groupby("orig").size(),
-            "attempts": by_source["attempts"].sum(),
-            "failed_attempts": by_source["failed_attempts"].sum(),
+            "attempts": totals["attempts"],
+            "failed_attempts": totals["failed_attempts"],
         })
         hosts.index = self._name(hosts.index.to_series())
         hosts = hosts.sort_index()
