@@ -101,7 +101,7 @@ def replicate(source: Path, copies: int, folder: Path) -> None:
                     if name == "packets.parquet":
                         frame = pc.add(rows.column("frame"), copy * packets.metadata.num_rows)
                         rows = rows.set_column(0, "frame", frame)
-                    writer.write_table(rows)
+                    writer.write_table(rows.cast(reader.schema_arrow))
 
 
 def _stage_call(stage: str, paths: dict, out: Path) -> str:
