@@ -98,15 +98,19 @@ def test_streamed_windows_equal_the_whole_tables(trace_files, tmp_path, monkeypa
     assert (streamed["failed_connection_ratio"] > 0).any()
 
 
-def test_streamed_hosts_equal_the_whole_table(trace_files, monkeypatch):
+@pytest.mark.parametrize("interval_s", [300, 7])
+def test_streamed_hosts_equal_the_whole_table(trace_files, monkeypatch, interval_s):
     _, paths = trace_files
-    settings = scan_settings({"address_scan_hosts": 5, "port_scan_ports": 5})
+    settings = scan_settings({"address_scan_hosts": 5, "port_scan_ports": 5,
+                              "interval_s": interval_s})
     whole = hosts_table(pq.read_table(paths["flows.parquet"]).to_pandas(), settings)
     monkeypatch.setattr(streaming, "BATCH_ROWS", 3)
     monkeypatch.setattr(streaming, "COMPACT_ROWS", 2)
     monkeypatch.setattr(security_hosts, "MERGE_PARTS", 2)
     streamed = file_hosts(paths["flows.parquet"], settings)
     pd.testing.assert_frame_equal(streamed, whole)
+    if interval_s == 7:     # counted per 7 s: the sweep's ~8 hosts, the scan's ~8 ports
+        return
     scanner = streamed.set_index("source").loc[SCANNER]
     assert scanner["flagged_by"] == "address_scan,port_scan,trw"
     # 40 hosts on port 9200; 40 ports on 10.1.0.1, and the sweep's probe to its 9200

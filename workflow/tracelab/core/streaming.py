@@ -73,16 +73,21 @@ def later_minima(minima: list[int]) -> list[int]:
     return np.minimum.accumulate(np.array([*minima, NEVER], np.int64)[::-1])[::-1][1:].tolist()
 
 
-def _sorted(rows: pa.Table, order: tuple[str, str]) -> pa.Table:
-    """`rows` sorted by the two integer columns `order` (taken only when not sorted already)."""
-    first, second = (rows.column(name).cast(pa.int64()).to_numpy() for name in order)
-    ahead = (first[1:] > first[:-1]) | ((first[1:] == first[:-1]) & (second[1:] > second[:-1]))
-    return rows if ahead.all() else rows.take(np.lexsort((second, first)))
+def _sorted(rows: pa.Table, order: tuple[str, ...]) -> pa.Table:
+    """`rows` sorted by the integer (or timestamp) columns `order`, stably (taken only when not
+    sorted already)."""
+    keys = [rows.column(name).cast(pa.int64()).to_numpy() for name in order]
+    ahead = np.zeros(max(len(rows) - 1, 0), bool)
+    tied = np.ones_like(ahead)
+    for key in keys:
+        ahead |= tied & (key[1:] > key[:-1])
+        tied &= key[1:] == key[:-1]
+    return rows if (ahead | tied).all() else rows.take(np.lexsort(keys[::-1]))
 
 
 def time_ordered(table: pq.ParquetFile, columns: list[str],
                  derive: Callable[[pa.Table], pa.Table] = lambda rows: rows,
-                 order: tuple[str, str] = ("ts", "frame")) -> Iterator[pa.Table]:
+                 order: tuple[str, ...] = ("ts", "frame")) -> Iterator[pa.Table]:
     """The rows of `table` (only `columns`, which hold `order`) sorted by `order`, as a
     sequence of tables: their concatenation equals sorting the whole table. `derive` maps each
     row group to the columns the caller needs (keeping `order`) before rows are held or sorted,
@@ -158,3 +163,11 @@ class DistinctRows:
     def rows(self) -> pd.DataFrame:
         self._compact()
         return self._parts[0]
+
+    def take_before(self, column: str, value: int) -> pd.DataFrame:
+        """Remove and return the distinct rows whose `column` is below `value` (those no later
+        batch can add to: the caller feeds batches in that column's order)."""
+        rows = self.rows()
+        before = rows[column].to_numpy() < value
+        self._parts, self._kept = [rows[~before]], int((~before).sum())
+        return rows[before]

@@ -41,7 +41,7 @@ from tracelab.core.streaming import (
     DistinctRows,
     NameIds,
     non_empty_groups,
-    read_batches,
+    time_ordered,
     time_ranges,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
@@ -157,16 +157,18 @@ def answered_attempts(flows: pd.DataFrame) -> pd.Series:
     return attempts(flows) & flows["history"].str.contains("h", regex=False)
 
 
-def _epoch_counts(failed: pd.DataFrame, group: list[str], counted: str,
-                  interval_ns: int, start_ns: int) -> pd.DataFrame:
+def _epoch_counts(failed: pd.DataFrame, group: str, counted: str,
+                  best: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per source, the group (port or host) and epoch with the most distinct `counted` values
-    (`failed`: the distinct orig, resp, resp_port, epoch of failed attempts)."""
-    distinct = failed.groupby(["orig", *group, "epoch"], observed=True)[
+    (`failed`: distinct orig, resp, resp_port, epoch rows of failed attempts), the earliest
+    epoch and then the lowest group first among equals; `best`: those of earlier epochs."""
+    distinct = failed.groupby(["orig", group, "epoch"], observed=True)[
         counted].nunique().rename("count").reset_index()
-    best = distinct.sort_values(["orig", "count", "epoch"], ascending=[True, False, True],
-                                kind="stable").drop_duplicates("orig")
-    best["at"] = pd.to_datetime(start_ns + best["epoch"] * interval_ns, utc=True)
-    return best.set_index("orig")
+    candidates = pd.concat([best, distinct], ignore_index=True) if best is not None \
+        else distinct
+    return candidates.sort_values(["orig", "count", "epoch", group],
+                                  ascending=[True, False, True, True],
+                                  kind="stable").drop_duplicates("orig")
 
 
 def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
@@ -205,9 +207,10 @@ def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) 
 
 
 class HostAccumulator:
-    """Per-source state of one trace, fed connections row group by row group in any order:
-    totals per source, the exact distinct (source, host), (source, port) and failed (source,
-    host, port, interval) combinations, and each (source, host) pair's first TCP connection."""
+    """Per-source state of one trace, fed connections in order of their start: totals per
+    source, the exact distinct (source, host) and (source, port) pairs, each (source, host)
+    pair's first TCP connection, and per source the best address- and port-scan counts of the
+    intervals passed (the failed (source, host, port) rows of the open interval only)."""
 
     def __init__(self, settings: ScanSettings, start_ns: int):
         self.settings = settings
@@ -218,20 +221,30 @@ class HostAccumulator:
         self.hosts = DistinctRows(["orig", "resp"])
         self.ports = DistinctRows(["orig", "resp_port"])
         self.failed = DistinctRows(["orig", "resp", "resp_port", "epoch"])
+        self.address_best: pd.DataFrame | None = None
+        self.port_best: pd.DataFrame | None = None
         self.first_contacts: list[pd.DataFrame] = []
         self._waiting = 0
 
-    def add(self, rows: pa.Table) -> None:
+    def flow_values(self, rows: pa.Table) -> pa.Table:
+        """What the detectors need of a connection (addresses as ids, times as int64 ns)."""
         flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
         t = rows.column("first_ts").cast(pa.int64()).to_numpy()
-        frame = pd.DataFrame({
-            "orig": self.names.of(rows.column("orig")), "resp": self.names.of(rows.column("resp")),
-            "resp_port": flows["resp_port"].to_numpy(np.int64), "t": t,
-            "last": rows.column("last_ts").cast(pa.int64()).to_numpy(),
-            "uid": flows["uid"], "tcp": (flows["proto"] == "tcp").to_numpy(),
+        return pa.table({
+            "first_ts": t, "orig": self.names.of(rows.column("orig")),
+            "resp": self.names.of(rows.column("resp")),
+            "resp_port": flows["resp_port"].to_numpy(np.int64),
+            "last": rows.column("last_ts").cast(pa.int64()), "uid": rows.column("uid"),
+            "tcp": (flows["proto"] == "tcp").to_numpy(),
             "attempt": attempts(flows).to_numpy(), "failed": failed_attempts(flows).to_numpy(),
             "success": answered_attempts(flows).to_numpy(),
             "epoch": (t - self.start_ns) // self.interval_ns})
+
+    def add(self, values: pa.Table) -> None:
+        """Connection values (`flow_values`) in order of their start, after the previous."""
+        frame = values.to_pandas().rename(columns={"first_ts": "t"})
+        if frame.empty:
+            return
         self.totals.append(frame.groupby("orig").agg(
             first=("t", "min"), last=("last", "max"), connections=("t", "size"),
             attempts=("attempt", "sum"), failed_attempts=("failed", "sum")))
@@ -241,6 +254,16 @@ class HostAccumulator:
         self.ports.add(frame)
         self.failed.add(frame[frame["failed"]])
         self._add_first_contacts(frame[frame["tcp"]])
+        self._close_intervals(int(frame["epoch"].iloc[-1]))
+
+    def _close_intervals(self, open_epoch: int) -> None:
+        """Reduce the failed rows of the intervals before `open_epoch` to the best counts."""
+        closed = self.failed.take_before("epoch", open_epoch)
+        if closed.empty:
+            return
+        closed = closed.assign(orig=self._name(closed["orig"]), resp=self._name(closed["resp"]))
+        self.address_best = _epoch_counts(closed, "resp_port", "resp", self.address_best)
+        self.port_best = _epoch_counts(closed, "resp", "resp_port", self.port_best)
 
     def _add_first_contacts(self, tcp: pd.DataFrame) -> None:
         """Keep each (source, host) pair's first TCP connection (by time, then uid)."""
@@ -269,6 +292,17 @@ class HostAccumulator:
     def _name(self, ids: pd.Series) -> pd.Series:
         return pd.Series(self.names.name(ids), index=ids.index, dtype="string")
 
+    def _best(self, best: pd.DataFrame | None, group: str) -> pd.DataFrame:
+        """The best counts per source (indexed by source), with their interval's start."""
+        if best is None:
+            best = pd.DataFrame({"orig": pd.Series(dtype="string"),
+                                 group: pd.Series(dtype=np.int64 if group == "resp_port"
+                                                  else "string"),
+                                 "epoch": pd.Series(dtype=np.int64),
+                                 "count": pd.Series(dtype=np.int64)})
+        at = pd.to_datetime(self.start_ns + best["epoch"] * self.interval_ns, utc=True)
+        return best.assign(at=at).set_index("orig")
+
     def result(self) -> pd.DataFrame:
         """One row a source, sorted by address: fan-out, failures, verdicts."""
         settings = self.settings
@@ -287,10 +321,9 @@ class HostAccumulator:
         hosts["failed_ratio"] = (hosts["failed_attempts"] / hosts["attempts"]).where(
             hosts["attempts"] > 0)
 
-        failed = self.failed.rows()
-        failed = failed.assign(orig=self._name(failed["orig"]), resp=self._name(failed["resp"]))
-        address = _epoch_counts(failed, ["resp_port"], "resp", self.interval_ns, self.start_ns)
-        port = _epoch_counts(failed, ["resp"], "resp_port", self.interval_ns, self.start_ns)
+        self._close_intervals(np.iinfo(np.int64).max)
+        address = self._best(self.address_best, "resp_port")
+        port = self._best(self.port_best, "resp")
         hosts["address_scan_hosts"] = address["count"].reindex(hosts.index).fillna(0)
         hosts["address_scan_port"] = address["resp_port"].reindex(hosts.index)
         hosts["address_scan_at"] = address["at"].reindex(hosts.index)
@@ -330,10 +363,10 @@ class HostAccumulator:
 
 def hosts_table(flows: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     """The hosts of a connection table held in memory (one row a source)."""
-    rows = pa.Table.from_pandas(flows[FLOW_COLUMNS], preserve_index=False)
+    rows = pa.Table.from_pandas(flows[FLOW_COLUMNS], preserve_index=False).sort_by("first_ts")
     start = rows.column("first_ts").cast(pa.int64())
     accumulator = HostAccumulator(settings, pc.min(start).as_py() or 0)
-    accumulator.add(rows)
+    accumulator.add(accumulator.flow_values(rows))
     return accumulator.result()
 
 
@@ -343,8 +376,9 @@ def file_hosts(flows_path, settings: ScanSettings) -> pd.DataFrame:
     groups = non_empty_groups(flows)
     start_ns = min((low for low, _ in time_ranges(flows, groups, "first_ts")), default=0)
     accumulator = HostAccumulator(settings, start_ns)
-    for rows in read_batches(flows, FLOW_COLUMNS):
-        accumulator.add(rows)
+    for values in time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
+                               order=("first_ts",)):
+        accumulator.add(values)
     return accumulator.result()
 
 

@@ -23,10 +23,11 @@ is a row (rates 0, means undefined) inside a pause of at most `max_pause_s`; a l
 empty windows (a stopped capture, a clock jump) is left out and counted in the file's metadata,
 so that the matrix grows with the packets, not with the time span.
 
-The tables are streamed: packets row group by row group in time order, connections and requests
-row group by row group; what is kept is per window (sums, Chan et al.'s merge of means and
-variances across row groups) and the exact distinct (window, host, port) combinations of the
-connections, never a row per packet.
+The tables are streamed row group by row group: packets in time order, connections in order of
+their start (both held back only as far as the row groups' times overlap), requests in any
+order. What is kept is per window (sums, Chan et al.'s merge of means and variances across row
+groups) and the exact distinct (window, host, port) combinations of the connections of the
+windows still open, never a row per packet.
 """
 
 from __future__ import annotations
@@ -469,6 +470,7 @@ class WindowAccumulator:
         self.resp = DistinctRows(["window", "resp"])
         self.resp_ports = DistinctRows(["window", "resp_port"])
         self.fanout = DistinctRows(["window", "orig", "resp"])
+        self.distinct_parts: list[pd.DataFrame] = []
 
     def _window(self, ts_ns: np.ndarray) -> np.ndarray:
         return (ts_ns - self.start_ns) // self.settings.window_ns
@@ -507,21 +509,29 @@ class WindowAccumulator:
         part["iat_var"] = moments[("iat_s", "var")].to_numpy()
         _append(self.packet_parts, part)
 
-    def add_flows(self, rows: pa.Table) -> None:
+    def flow_values(self, rows: pa.Table) -> pa.Table:
+        """What the window totals need of a connection, as integers (addresses as ids)."""
         flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
-        window = self._window(rows.column("first_ts").cast(pa.int64()).to_numpy())
         tried = attempts(flows)
-        frame = pd.DataFrame({
-            "window": window, "orig": self.names.of(rows.column("orig")),
-            "resp": self.names.of(rows.column("resp")),
+        return pa.table({
+            "first_ts": rows.column("first_ts").cast(pa.int64()),
+            "orig": self.names.of(rows.column("orig")), "resp": self.names.of(rows.column("resp")),
             "resp_port": flows["resp_port"].to_numpy(np.int64),
+            "orig_port": flows["orig_port"].to_numpy(np.int64),
             "attempts": tried.to_numpy(np.int64),
             "failed_attempts": (failed_attempts(flows) & tried).to_numpy(np.int64),
             "short_connections": ((flows["orig_pkts"] + flows["resp_pkts"]) <= 3)
-            .to_numpy(np.int64),
-            "orig_port": flows["orig_port"].to_numpy(np.int64)})
-        by_window = frame.groupby("window", sort=True)
-        _append(self.flow_parts, by_window.agg(
+            .to_numpy(np.int64)})
+
+    def add_flows(self, values: pa.Table) -> None:
+        """Connection values (`flow_values`) in order of their start, following the previous
+        slice: the windows before the last one seen are then complete, and their distinct
+        (window, host, port) rows are reduced to counts."""
+        frame = values.to_pandas()
+        if frame.empty:
+            return
+        frame["window"] = self._window(frame["first_ts"].to_numpy())
+        _append(self.flow_parts, frame.groupby("window", sort=True).agg(
             connections=("resp", "size"), attempts=("attempts", "sum"),
             failed_attempts=("failed_attempts", "sum"),
             short_connections=("short_connections", "sum"),
@@ -529,6 +539,17 @@ class WindowAccumulator:
         self.resp.add(frame)
         self.resp_ports.add(frame)
         self.fanout.add(frame)
+        self._close_flow_windows(int(frame["window"].iloc[-1]))
+
+    def _close_flow_windows(self, open_window: int) -> None:
+        fanout = self.fanout.take_before("window", open_window).groupby(
+            ["window", "orig"]).size()
+        self.distinct_parts.append(pd.DataFrame({
+            "distinct_resp": self.resp.take_before("window", open_window).groupby(
+                "window").size(),
+            "distinct_resp_ports": self.resp_ports.take_before("window", open_window).groupby(
+                "window").size(),
+            "max_resp_per_orig": fanout.groupby(level="window").max()}))
 
     def add_http(self, rows: pa.Table) -> None:
         http = rows.to_pandas(types_mapper=PANDAS_TYPES.get)
@@ -548,13 +569,6 @@ class WindowAccumulator:
             answered_4xx=("answered_4xx", "sum"), jndi=("jndi", "sum"),
             uri_count=("uri_length", "count"), uri_chars=("uri_length", "sum"),
             percent_count=("percent", "count"), percent_mean=("percent", "mean")))
-
-    def _distinct_counts(self) -> pd.DataFrame:
-        fanout = self.fanout.rows().groupby(["window", "orig"]).size()
-        return pd.DataFrame({
-            "distinct_resp": self.resp.rows().groupby("window").size(),
-            "distinct_resp_ports": self.resp_ports.rows().groupby("window").size(),
-            "max_resp_per_orig": fanout.groupby(level="window").max()})
 
     def kept_windows(self, busy: pd.Index) -> tuple[pd.Index, int]:
         """The windows that are rows: those with packets, the empty ones inside pauses of at
@@ -585,8 +599,9 @@ class WindowAccumulator:
         """The kept windows' totals, and the count of empty windows left out."""
         packets = merge_parts(self.packet_parts)
         index, left_out = self.kept_windows(packets.index)
+        self._close_flow_windows(np.iinfo(np.int64).max)
         parts = [packets, merge_parts(self.flow_parts), merge_parts(self.http_parts),
-                 self._distinct_counts()]
+                 pd.concat(self.distinct_parts)]
         totals = pd.concat([part.reindex(index) for part in parts], axis=1).reindex(
             columns=list(TOTALS))
         counted = [name for name in TOTALS if name not in MEANS and not name.endswith("_var")]
@@ -628,8 +643,9 @@ def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) ->
         accumulator.add_packets(first)
     for rows in ordered:
         accumulator.add_packets(rows)
-    for rows in read_batches(pq.ParquetFile(flows_path), FLOW_COLUMNS):
-        accumulator.add_flows(rows)
+    for values in time_ordered(pq.ParquetFile(flows_path), FLOW_COLUMNS,
+                               accumulator.flow_values, order=("first_ts",)):
+        accumulator.add_flows(values)
     for rows in read_batches(pq.ParquetFile(http_path), HTTP_COLUMNS):
         accumulator.add_http(rows)
     return accumulator
@@ -642,7 +658,8 @@ def table_totals(packets: pa.Table, flows: pa.Table, http: pa.Table,
     start_ns = ordered.column("ts")[0].as_py() if len(ordered) else 0
     accumulator = WindowAccumulator(settings, start_ns)
     accumulator.add_packets(ordered)
-    accumulator.add_flows(flows.select(FLOW_COLUMNS))
+    ordered = flows.select(FLOW_COLUMNS).sort_by("first_ts")
+    accumulator.add_flows(accumulator.flow_values(ordered))
     accumulator.add_http(http.select(HTTP_COLUMNS))
     return accumulator.totals()
 
