@@ -47,17 +47,22 @@ def time_ranges(table: pq.ParquetFile, groups: list[int],
     return ranges
 
 
-def read_row_groups(table: pq.ParquetFile, columns: list[str],
-                    groups: list[int] | None = None) -> Iterator[pa.Table]:
-    """The row groups of `table` (only `columns`), one at a time, the next one read on a
-    background thread (decompression releases the GIL) while the caller works on this one."""
-    groups = non_empty_groups(table) if groups is None else groups
+def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[int],
+                       derive: Callable[[pa.Table], pa.Table]) -> Iterator[pa.Table]:
+    """`derive` of each row group of `table` (only `columns`), one group at a time: a group is
+    read in batches of BATCH_ROWS, each derived before the next is decoded (a large row group
+    is never whole in memory), and the next group is read on a background thread (decoding
+    releases the GIL) while the caller works on this one."""
+    def derived(group: int) -> pa.Table:
+        return pa.concat_tables([
+            derive(pa.Table.from_batches([batch])) for batch in table.iter_batches(
+                batch_size=BATCH_ROWS, row_groups=[group], columns=columns)])
+
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(table.read_row_group, groups[0], columns) if groups else None
+        pending = reader.submit(derived, groups[0]) if groups else None
         for following in [*groups[1:], None]:
             rows = pending.result()
-            pending = None if following is None else reader.submit(
-                table.read_row_group, following, columns)
+            pending = None if following is None else reader.submit(derived, following)
             yield rows
 
 
@@ -95,8 +100,7 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
     groups = non_empty_groups(table)
     bounds = later_minima([low for low, _ in time_ranges(table, groups, order[0])])
     held = None
-    for rows, bound in zip(read_row_groups(table, columns, groups), bounds):
-        rows = derive(rows)
+    for rows, bound in zip(derived_row_groups(table, columns, groups, derive), bounds):
         if held is not None:
             rows = pa.concat_tables([held, rows])
         rows = _sorted(rows.combine_chunks(), order)
