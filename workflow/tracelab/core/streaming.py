@@ -94,7 +94,8 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
                  derive: Callable[[pa.Table], pa.Table] = lambda rows: rows,
                  order: tuple[str, ...] = ("ts", "frame")) -> Iterator[pa.Table]:
     """The rows of `table` (only `columns`, which hold `order`) sorted by `order`, as a
-    sequence of tables: their concatenation equals sorting the whole table. `derive` maps each
+    sequence of tables of at most BATCH_ROWS rows: their concatenation equals sorting the
+    whole table. `derive` maps each
     row group to the columns the caller needs (keeping `order`) before rows are held or sorted,
     so that only those are moved."""
     groups = non_empty_groups(table)
@@ -108,10 +109,15 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
         # Rows at the bound wait: a later group may hold the same time with a smaller key.
         cut = int(np.searchsorted(times, bound, side="left"))
         held = rows.slice(cut)
-        if cut:
-            yield rows.slice(0, cut)
-    if held is not None and held.num_rows:
-        yield held
+        yield from _slices(rows.slice(0, cut))
+    if held is not None:
+        yield from _slices(held)
+
+
+def _slices(rows: pa.Table) -> Iterator[pa.Table]:
+    """`rows` in consecutive slices of at most BATCH_ROWS rows (none if empty)."""
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        yield rows.slice(start, BATCH_ROWS)
 
 
 class NameIds:
