@@ -206,6 +206,11 @@ def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) 
     return result
 
 
+def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One int64 a (source id, host id) pair."""
+    return (frame["orig"].to_numpy(np.int64) << 32) | frame["resp"].to_numpy(np.int64)
+
+
 class HostAccumulator:
     """Per-source state of one trace, fed connections in order of their start: totals per
     source, the exact distinct (source, host) and (source, port) pairs, each (source, host)
@@ -224,6 +229,7 @@ class HostAccumulator:
         self.address_best: pd.DataFrame | None = None
         self.port_best: pd.DataFrame | None = None
         self.first_contacts: list[pd.DataFrame] = []
+        self._kept_first_t = pd.Series([], dtype=np.int64)   # by pair key, after compaction
         self._waiting = 0
 
     def flow_values(self, rows: pa.Table) -> pa.Table:
@@ -268,6 +274,9 @@ class HostAccumulator:
     def _add_first_contacts(self, tcp: pd.DataFrame) -> None:
         """Keep each (source, host) pair's first TCP connection (by time, then uid)."""
         firsts = tcp.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
+        # Connections come in time order: a pair kept already was first, unless a tie in time.
+        kept_t = self._kept_first_t.reindex(_pair_keys(firsts), fill_value=streaming.NEVER)
+        firsts = firsts[~(kept_t.to_numpy() < firsts["t"].to_numpy())]
         self.first_contacts.append(firsts[["orig", "resp", "t", "uid", "attempt", "success"]])
         self._waiting += len(firsts)
         if self._waiting > max(streaming.COMPACT_ROWS, len(self.first_contacts[0])):
@@ -276,8 +285,9 @@ class HostAccumulator:
     def _compact_first_contacts(self) -> None:
         if self.first_contacts:
             both = pd.concat(self.first_contacts, ignore_index=True)
-            self.first_contacts = [both.sort_values(["t", "uid"], kind="stable")
-                                   .drop_duplicates(["orig", "resp"])]
+            kept = both.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
+            self.first_contacts = [kept]
+            self._kept_first_t = pd.Series(kept["t"].to_numpy(), index=_pair_keys(kept))
         self._waiting = 0
 
     def _source_totals(self) -> pd.DataFrame:
