@@ -104,6 +104,20 @@ def replicate(source: Path, copies: int, folder: Path) -> None:
                     writer.write_table(rows.cast(reader.schema_arrow))
 
 
+def regrouped(path: Path, rows: int) -> Path:
+    """A copy of the Parquet file `path` written in row groups of `rows` rows (made once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = path.with_name(f"{path.stem}_rg{rows}.parquet")
+    if not copy.exists():
+        source = pq.ParquetFile(path)
+        with pq.ParquetWriter(copy, source.schema_arrow, compression="zstd") as writer:
+            for batch in source.iter_batches(batch_size=rows):
+                writer.write_table(pa.Table.from_batches([batch]))
+    return copy
+
+
 def _stage_call(stage: str, paths: dict, out: Path) -> str:
     """The Python text a child process runs for one stage (imports, then the timed call)."""
     config = _config()
@@ -168,6 +182,9 @@ def main(argv=None) -> int:
                         help="make the inputs of each size and stop")
     parser.add_argument("--replicate", type=int, default=1,
                         help="measure on the inputs of each size repeated this many times")
+    parser.add_argument("--flows-row-group-rows", type=int, default=0,
+                        help="measure with the connections rewritten in row groups of this "
+                             "many rows (main's connection stage writes one of up to 1Mi rows)")
     parser.add_argument("--make-replica", nargs=3, metavar=("SOURCE", "COPIES", "INTO"),
                         help="write SOURCE's inputs repeated COPIES times into INTO and stop")
     args = parser.parse_args(argv)
@@ -194,6 +211,8 @@ def main(argv=None) -> int:
             packets *= args.replicate
         paths = {name: folder / name for name in (
             "packets.parquet", "flows.parquet", "http.parquet")}
+        if args.flows_row_group_rows:
+            paths["flows.parquet"] = regrouped(paths["flows.parquet"], args.flows_row_group_rows)
         out = folder / "out"
         out.mkdir(exist_ok=True)
         for stage in args.stages:
