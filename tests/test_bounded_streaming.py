@@ -75,6 +75,12 @@ def test_time_ordered_row_groups_equal_one_sort(trace_files):
     assert streamed.equals(whole)
 
 
+def test_time_ordered_reads_an_empty_table(tmp_path):
+    pq.write_table(pa.table({"ts": pa.array([], pa.int64()), "frame": pa.array([], pa.int64())}),
+                   tmp_path / "empty.parquet")
+    assert list(time_ordered(pq.ParquetFile(tmp_path / "empty.parquet"), ["ts", "frame"])) == []
+
+
 def test_streamed_windows_equal_the_whole_tables(trace_files, tmp_path, monkeypatch):
     table, paths = trace_files
     monkeypatch.setattr(streaming, "BATCH_ROWS", 4)

@@ -58,8 +58,10 @@ def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[i
             derive(pa.Table.from_batches([batch])) for batch in table.iter_batches(
                 batch_size=BATCH_ROWS, row_groups=[group], columns=columns)])
 
+    if not groups:
+        return
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(derived, groups[0]) if groups else None
+        pending = reader.submit(derived, groups[0])
         for following in [*groups[1:], None]:
             rows = pending.result()
             pending = None if following is None else reader.submit(derived, following)
