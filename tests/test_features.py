@@ -11,13 +11,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-
 from tracelab.features import trace_features as features
-from tracelab.features.trace_features import (DISTRIBUTION_SCHEMA, FeatureSettings, ValueCounts,
-                               compute_features, quantile_name, trace_features)
+from tracelab.features.trace_features import (
+    DISTRIBUTION_SCHEMA,
+    DISTRIBUTIONS,
+    ValueCounts,
+    compute_features,
+    feature_settings,
+    quantile_name,
+    rate_bin_width,
+    trace_features,
+)
 
-SETTINGS = FeatureSettings(quantiles=[0.0, 0.05, 0.25, 0.333, 0.5, 0.75, 0.95, 1.0],
-                           ecdf_points=50, rate_bin_s=0.5)
+SETTINGS = feature_settings({"quantiles": [0.0, 0.05, 0.25, 0.333, 0.5, 0.75, 0.95, 1.0],
+                                 "ecdf_points": 50, "rate_bin_s": 0.5})
 ADDRESSES = [f"10.0.{i // 256}.{i % 256}" for i in range(300)] + ["fe80::1", "ff02::fb"]
 PROTOCOLS = ["TCP", "UDP", "DNS", "HTTP", "TLSv1.3", "ICMP"]
 START_NS = 1_795_852_800_123_456_789
@@ -65,8 +72,11 @@ def write_packets(path, rng, trace: dict, group_rows: int, **options) -> None:
             }, schema=schema))
 
 
-def expected_features(trace: dict, settings: FeatureSettings) -> tuple[dict, dict]:
-    """The summary and the distribution points, from whole columns in the plainest numpy."""
+def expected_features(trace: dict, settings, bin_s: float | None = None) -> tuple[dict, dict]:
+    """The summary and the distribution points, from whole columns in the plainest numpy
+    (rate bins of `bin_s`, rate_bin_s unless given; destinations thinned to at most
+    max_series_points - 1 steps at evenly spread ranks)."""
+    bin_s = bin_s or settings.rate_bin_s
     ts, lengths = trace["ts"], trace["length"]
     n = ts.size
     iat_ms = np.diff(np.sort(ts)) / 1e6
@@ -90,13 +100,16 @@ def expected_features(trace: dict, settings: FeatureSettings) -> tuple[dict, dic
                                      np.quantile(iat_ms, settings.quantiles).tolist())),
         "iat_zero_share": float(np.mean(iat_ms == 0)),
         "out_of_order": int(np.sum(np.diff(ts) < 0)),
+        "rate_bin_s": bin_s,
     }
     rel_s = (ts - first) / 1e9
-    bins = np.floor(rel_s / settings.rate_bin_s).astype(int)
+    bins = np.floor(rel_s / bin_s).astype(int)
     first_seen = {}
     for address, seconds in zip(trace["dst"].tolist(), rel_s.tolist()):
         first_seen[address] = min(seconds, first_seen.get(address, np.inf))
     steps = sorted(first_seen.values())
+    ranks = sorted({round(r) for r in np.linspace(1, len(steps),
+                                                  min(len(steps), settings.max_series_points - 1))})
 
     def ecdf(values):
         shares = np.linspace(0, 1, min(settings.ecdf_points, values.size))
@@ -106,11 +119,9 @@ def expected_features(trace: dict, settings: FeatureSettings) -> tuple[dict, dic
         "iat_ecdf": ecdf(iat_ms),
         "length_ecdf": ecdf(lengths.astype(float)),
         "protocol_count": (np.zeros(len(protocols)), [count for _, count in protocols]),
-        "pps": (np.arange(bins.max() + 1) * settings.rate_bin_s,
-                np.bincount(bins) / settings.rate_bin_s),
-        "bps": (np.arange(bins.max() + 1) * settings.rate_bin_s,
-                np.bincount(bins, weights=8 * lengths) / settings.rate_bin_s),
-        "destinations": (steps + [duration_s], list(range(1, len(steps) + 1)) + [len(steps)]),
+        "pps": (np.arange(bins.max() + 1) * bin_s, np.bincount(bins) / bin_s),
+        "bps": (np.arange(bins.max() + 1) * bin_s, np.bincount(bins, weights=8 * lengths) / bin_s),
+        "destinations": ([steps[r - 1] for r in ranks] + [duration_s], ranks + [len(steps)]),
     }
     return summary, distributions
 
@@ -149,13 +160,14 @@ def test_streamed_file_matches_whole_column_numpy(tmp_path, monkeypatch, statist
     summary = trace_features(trace="t", packets_path=path, summary_path=summary_path,
                              distributions_path=distributions_path,
                              settings=vars(SETTINGS))
+    assert pq.read_table(distributions_path).column("trace").unique().to_pylist() == ["t"]
 
     expected_summary, expected_distributions = expected_features(trace, SETTINGS)
     assert expected_summary["out_of_order"] > 18      # steps back inside and across row groups
     assert 0 < expected_summary["iat_zero_share"] < 1
     assert summary.pop("trace") == "t"
     assert_same_summary(summary, expected_summary)
-    distributions = pq.read_table(distributions_path)
+    distributions = DISTRIBUTIONS.read(distributions_path).drop_columns(["trace"])
     assert_same_distributions(distributions.cast(DISTRIBUTION_SCHEMA), expected_distributions)
     protocol_rows = distributions.filter(pc.equal(distributions["kind"], "protocol_count"))
     assert protocol_rows["key"].to_pylist() == list(expected_summary["protocol_counts"])
@@ -218,3 +230,31 @@ def test_order_statistics_from_counts_equal_numpy_bit_for_bit(monkeypatch, seed)
         shares = np.linspace(0.0, 1.0, min(points, n))
         assert (counts.inverted_cdf(shares).tolist()
                 == np.quantile(values, shares, method="inverted_cdf").tolist())
+
+
+def test_a_long_span_widens_the_rate_bins_along_the_ladder():
+    """The series stay within max_series_points whatever the span: here 20 points for a
+    span of ~260 s at rate_bin_s 0.5 s (520 bins) takes 20 s bins (0.5 x 2, 5, 10, 20, 50)."""
+    rng = np.random.default_rng(11)
+    trace = disordered_trace(rng, packets=4000, group_rows=400)
+    settings = feature_settings({**vars(SETTINGS), "max_series_points": 20})
+    span_s = (trace["ts"].max() - trace["ts"].min()) / 1e9
+    ladder = [0.5 * m for m in (1, 2, 5, 10, 20, 50, 100, 200, 500)]
+    bin_s = next(width for width in ladder if np.floor(span_s / width) + 1 <= 20)
+    assert bin_s > 0.5 and rate_bin_width(trace["ts"].max() - trace["ts"].min(), settings) == bin_s
+
+    table = pa.table({name: values for name, values in trace.items()})
+    summary, distributions = compute_features(table, settings)
+    expected_summary, expected_distributions = expected_features(trace, settings, bin_s)
+    assert_same_summary(summary, expected_summary)
+    assert_same_distributions(distributions, expected_distributions)
+    kinds = Counter(distributions.column("kind").to_pylist())
+    assert kinds["pps"] <= 20 and kinds["bps"] <= 20 and kinds["destinations"] == 20
+
+
+@pytest.mark.parametrize("span_s, expected", [(0, 1.0), (1999, 1.0), (2000, 2.0), (3999, 2.0),
+                                               (4000, 5.0), (9999, 5.0), (10_000, 10.0),
+                                               (99 * 86400, 5000.0)])
+def test_rate_bin_width_ladder(span_s, expected):
+    settings = feature_settings({"rate_bin_s": 1.0, "max_series_points": 2000})
+    assert rate_bin_width(span_s * 10**9, settings) == expected

@@ -8,13 +8,18 @@ import math
 import pandas as pd
 import pytest
 import yaml
-
 from packet_factory import REPO, bundled_results, handshake, packet_frame, tcp
+
 from tracelab.security.security_connections import assemble_connections, flow_settings
-from tracelab.security.security_hosts import ScanSettings, hosts_table, threshold_random_walk
+from tracelab.security.security_hosts import (
+    ScanSettings,
+    hosts_table,
+    scan_settings,
+    threshold_random_walk,
+)
 
 SCANNER = "10.9.9.9"
-PAPER = ScanSettings()  # theta0 0.8, theta1 0.2, P_D 0.99, P_F 0.01
+PAPER = scan_settings()  # theta0 0.8, theta1 0.2, P_D 0.99, P_F 0.01
 
 
 def walk(outcomes: str, settings: ScanSettings = PAPER) -> pd.Series:
@@ -55,16 +60,18 @@ def test_trw_decision_boundaries(outcomes, verdict, observed):
 
 def test_trw_boundary_moves_with_the_parameters():
     # P_D / P_F = 0.9 / 0.2 = 4.5 <= (0.8 / 0.2)^2: two failures suffice, one does not
-    loose = ScanSettings(detection_probability=0.9, false_positive_probability=0.2)
+    loose = scan_settings({"trw": {"detection_probability": 0.9,
+                                   "false_positive_probability": 0.2}})
     assert walk("f", loose)["trw_verdict"] == "pending"
     assert walk("ff", loose)["trw_verdict"] == "scanner"
 
 
 def test_trw_rejects_parameters_without_meaning():
     with pytest.raises(ValueError, match="theta1 < theta0"):
-        ScanSettings(theta0=0.2, theta1=0.8)
+        scan_settings({"trw": {"theta0": 0.2, "theta1": 0.8}})
     with pytest.raises(ValueError, match="false_positive_probability < detection"):
-        ScanSettings(detection_probability=0.01, false_positive_probability=0.5)
+        scan_settings({"trw": {"detection_probability": 0.01,
+                                "false_positive_probability": 0.5}})
 
 
 def hosts_from(rows, settings: ScanSettings = PAPER) -> pd.DataFrame:
@@ -95,7 +102,7 @@ def test_address_scan_counts_restart_every_interval():
     rows = probes(13) + probes(12, start=301.0, first_host=13)
     result = hosts_from(rows).loc[SCANNER]
     assert (result["address_scan_hosts"], bool(result["address_scan"])) == (13, False)
-    assert bool(hosts_from(rows, ScanSettings(interval_s=600)).loc[SCANNER]["address_scan"])
+    assert bool(hosts_from(rows, scan_settings({"interval_s": 600})).loc[SCANNER]["address_scan"])
 
 
 @pytest.mark.parametrize("ports, flagged", [(14, False), (15, True)])

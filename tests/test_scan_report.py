@@ -8,7 +8,7 @@ import pandas as pd
 from packet_factory import packet_frame, tcp
 from tracelab.compare.security_compare import scan_report
 from tracelab.security.security_connections import assemble_connections, flow_settings
-from tracelab.security.security_hosts import ScanSettings, hosts_table
+from tracelab.security.security_hosts import hosts_table, scan_settings
 
 SCANNER = "10.9.9.9"
 TARGETS = [f"10.1.0.{i}" for i in range(1, 11)]
@@ -29,7 +29,7 @@ def sweep(ports: int = 50) -> list[dict]:
 @functools.cache
 def sweep_hosts() -> pd.DataFrame:
     flows = assemble_connections(packet_frame(sweep()), flow_settings(), "t").flows
-    return hosts_table(flows, ScanSettings())
+    return hosts_table(flows, scan_settings())
 
 
 def test_every_port_scanned_host_is_in_the_hosts_table():
@@ -42,6 +42,6 @@ def test_every_port_scanned_host_is_in_the_hosts_table():
 def test_the_scan_report_names_every_host_with_its_port_count():
     hosts = sweep_hosts().assign(trace="sweep", label="scan")
     http = pd.DataFrame({"trace": pd.Series(dtype=str), "jndi": pd.Series(dtype=bool)})
-    report = scan_report(hosts, http, ScanSettings().describe(), ["sweep"], {"sweep": "scan"})
+    report = scan_report(hosts, http, scan_settings().describe(), ["sweep"], {"sweep": "scan"})
     assert "port scan of 10 hosts" in report
     assert all(f"{target} (50 ports)" in report for target in TARGETS)

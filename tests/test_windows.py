@@ -7,16 +7,32 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from packet_factory import (
+    BASE,
+    bundled_results,
+    handshake,
+    packet_table,
+    portless,
+    tcp,
+    udp,
+)
 
-from packet_factory import (BASE, bundled_results, handshake, packet_frame, portless, tcp,
-                            udp)
 from tracelab.security import security_windows as windows
-from tracelab.security.security_connections import assemble_connections, flow_settings
 from tracelab.security.http import http_requests
-from tracelab.security.security_windows import (ARTEFACT, BEHAVIOURAL, FEATURES, WindowSettings, feature,
-                              window_data, window_matrix)
+from tracelab.security.security_connections import assemble_connections, flow_settings
+from tracelab.security.security_windows import (
+    ARTEFACT,
+    BEHAVIOURAL,
+    FEATURES,
+    WINDOWS,
+    feature,
+    table_totals,
+    window_matrix,
+    window_settings,
+)
 
 ISSUE_FEATURES = {"packets_per_s", "bytes_per_s", "mean_length", "std_length", "iat_mean_s",
                   "iat_std_s", "iat_cv", "syn_only_share", "rst_share", "distinct_dst_hosts",
@@ -46,26 +62,37 @@ def test_registry_refuses_duplicates_and_unknown_classes():
         feature("new_one", unit="x", description="x", robustness="robust", reason="x")
 
 
-def build(rows, window_s=10.0, min_coverage=0.5):
-    packets = packet_frame(rows)
+def build(rows, **settings):
+    table = packet_table(rows)
+    packets = table.to_pandas()
     connections = assemble_connections(packets, flow_settings(), "t")
     http = http_requests(packets, connections.packet_uid, "t")
-    data = window_data(packets, connections.flows, http,
-                       WindowSettings(window_s=window_s, min_coverage=min_coverage))
-    return data, window_matrix(data).set_index("window")
+    chosen = window_settings(settings)
+    totals, _ = table_totals(table, pa.Table.from_pandas(connections.flows),
+                             pa.Table.from_pandas(http), chosen)
+    return totals, window_matrix(totals, chosen).set_index("window")
 
 
 def test_adding_a_feature_is_adding_one_function(monkeypatch):
     monkeypatch.setattr(windows, "FEATURES", dict(FEATURES))
 
-    @windows.feature("udp_packets", unit="packets", description="UDP packets.",
+    @windows.feature("bytes_per_packet", unit="bytes", description="Frame bytes a packet.",
                      robustness=BEHAVIOURAL, reason="Test.")
-    def udp_packets(w):
-        return w.count(w.packets[w.packets["tcp_flags"].isna()])
+    def bytes_per_packet(w):
+        return w.ratio(w["bytes"], "packets")
 
     _, matrix = build([udp(0, "10.0.0.1", 1, "10.0.0.2", 2), udp(1, "10.0.0.1", 1,
-                                                                  "10.0.0.2", 2)])
-    assert matrix["udp_packets"].tolist() == [2]
+                                                                  "10.0.0.2", 2, payload=40)])
+    assert matrix["bytes_per_packet"].tolist() == [(62 + 82) / 2]
+    assert windows.windows_table(windows.FEATURES).names[-1] == "bytes_per_packet"
+
+
+def test_feature_columns_are_declared_by_the_registry():
+    assert WINDOWS.names == ["trace", "window", "start_s", "start_ts", "duration_s",
+                             *FEATURES]
+    for spec in FEATURES.values():
+        column = WINDOWS.column(spec.name)
+        assert (column.unit, column.doc, column.nullable) == (spec.unit, spec.description, True)
 
 
 @pytest.mark.parametrize("last_t, windows_kept, last_duration", [
@@ -76,7 +103,7 @@ def test_adding_a_feature_is_adding_one_function(monkeypatch):
 def test_windows_cover_the_trace_and_drop_a_short_tail(last_t, windows_kept, last_duration):
     rows = [udp(t, "10.0.0.1", 1, "10.0.0.2", 2) for t in np.arange(0.0, last_t, 1.0)]
     rows.append(udp(last_t, "10.0.0.1", 1, "10.0.0.2", 2))
-    data, matrix = build(rows)
+    _, matrix = build(rows)
     assert len(matrix) == windows_kept
     assert matrix["duration_s"].iloc[-1] == pytest.approx(last_duration)
     assert matrix["start_s"].tolist() == [10.0 * i for i in range(windows_kept)]
@@ -144,7 +171,8 @@ def test_bundled_window_matrix(trace):
     duration = packets["t_rel_s"].max()
     full, tail = divmod(duration, 10.0)
     assert len(matrix) == int(full) + (tail >= 5.0)
-    assert list(matrix.columns[4:]) == list(FEATURES)
+    assert list(matrix.columns[5:]) == list(FEATURES)
+    assert (matrix["trace"] == trace).all()
     recorded = json.loads(pq.read_schema(path).metadata[b"tracelab.features"])
     assert recorded == [spec.describe() for spec in FEATURES.values()]
     assert (matrix["capture_packets"] == len(packets)).all()
@@ -155,3 +183,20 @@ def test_a_window_that_covers_no_time_has_no_rate():
     assert m["duration_s"].tolist() == [0.0]
     assert np.isnan(m["packets_per_s"].iloc[0]) and np.isnan(m["bytes_per_s"].iloc[0])
     assert m["capture_packets"].tolist() == [1]
+
+
+@pytest.mark.parametrize("trace", ["log4j_scan", "web_browsing"])
+def test_bundled_last_window_rates_are_per_second_it_covers(trace):
+    """`window_s: 10` is an integer in config.yaml: the last window's coverage must still be
+    the exact time up to the last packet (web_browsing: 6.60 s, not 6), and its rates per that
+    time (pandas on the packet table as the oracle)."""
+    matrix = pd.read_parquet(bundled_results() / f"features/{trace}/windows.parquet")
+    packets = pd.read_parquet(bundled_results() / f"packets/{trace}.parquet",
+                              columns=["t_rel_s", "length"])
+    last = matrix.iloc[-1]
+    start = last["start_s"]
+    inside = packets[(packets["t_rel_s"] >= start) & (packets["t_rel_s"] < start + 10)]
+    covered = min(packets["t_rel_s"].max() - start, 10.0)
+    assert last["duration_s"] == pytest.approx(covered, abs=1e-6)
+    assert last["packets_per_s"] == pytest.approx(len(inside) / covered, rel=1e-6)
+    assert last["bytes_per_s"] == pytest.approx(inside["length"].sum() / covered, rel=1e-6)

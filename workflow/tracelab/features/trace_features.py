@@ -3,7 +3,11 @@
 The packet table is read one row group at a time, in batches, and only accumulators are kept:
 counts per distinct length and inter-arrival time, an entry per distinct address and
 (source, destination) pair, one per rate bin, and the timestamps an unread row group may still
-precede. So memory grows with distinct values, duration and disorder, not with packet count.
+precede. So memory grows with distinct values and disorder, not with packet count or duration:
+the rate bins are the narrowest of rate_bin_s x 1, 2, 5, 10, 20, 50, ... that keeps their
+number within `max_series_points` (the trace's time span is known from the row groups'
+statistics before the first packet is read), and the destinations series keeps at most as many
+steps, evenly spread over its height.
 Quantiles and ECDFs are read off the counts with numpy's own index arithmetic, so they equal
 np.quantile on the whole column; addresses are compared by name, through each batch's dictionary.
 """
@@ -12,14 +16,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pandera.pandas import Check
 
-from tracelab.core.atomic import write_json, write_parquet
+from tracelab.core.atomic import write_json
+from tracelab.core.config import settings as config_settings
+from tracelab.core.streaming import NEVER, later_minima, non_empty_groups, time_ranges
+from tracelab.core.tables import DICT_STRING, Column, Table
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +37,54 @@ BATCH_ROWS = 1 << 16
 MERGE_ROWS = 1 << 18
 # Values below this are counted with np.bincount (an array this long), others by hashing.
 BINCOUNT_LIMIT = 1 << 20
-NEVER = np.iinfo(np.int64).max
+# Multiples of rate_bin_s the rate bins may take, in each decade (1, 2, 5, 10, 20, 50, ...).
+BIN_LADDER = (1, 2, 5)
 
 QUANTILE_NAMES = {0.0: "min", 1.0: "max"}
-DISTRIBUTION_SCHEMA = pa.schema([
-    ("kind", pa.string()),    # iat_ecdf, length_ecdf, protocol_count, pps, bps, destinations
-    ("key", pa.string()),     # protocol name for protocol_count, else null
-    ("x", pa.float64()),      # value (ms, bytes) for ECDFs; relative time (s) for series
-    ("y", pa.float64()),      # cumulative share, count, rate, distinct destinations so far
+KINDS = ("iat_ecdf", "length_ecdf", "protocol_count", "pps", "bps", "destinations")
+DISTRIBUTIONS = Table("distributions", "results/features/{trace}/distributions.parquet", (
+    "The points of one trace's figures, in long form: one row a point of a distribution or "
+    "series (`kind`). Every kind has a bounded number of rows: ECDFs `features.ecdf_points`, "
+    "series `features.max_series_points` (+1), one protocol_count row a protocol. File "
+    "metadata: `tracelab.rate_bin_s`, the width of the rate bins."), [
+    Column("trace", DICT_STRING, "Trace name, as in the trace sheet."),
+    Column("kind", pa.string(), "iat_ecdf, length_ecdf (cumulative share y at value x), "
+           "protocol_count (packets y of protocol `key`), pps, bps (rate y in the bin starting "
+           "at x), destinations (distinct destinations y seen up to time x).",
+           checks=[Check.isin(KINDS)]),
+    Column("key", pa.string(), "Protocol name for protocol_count, else null.", nullable=True),
+    Column("x", pa.float64(), "Inter-arrival time (ms) or frame length (bytes) for ECDFs; "
+           "0 for protocol_count; seconds since the trace's first packet for series."),
+    Column("y", pa.float64(), "Cumulative share, packets, packets/s, bits/s, or distinct "
+           "destinations so far.", checks=[Check.ge(0)]),
 ])
+DISTRIBUTION_SCHEMA = pa.schema([field for field in DISTRIBUTIONS.schema
+                                 if field.name != "trace"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeatureSettings:
-    quantiles: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
-    ecdf_points: int = 400
-    rate_bin_s: float = 1.0
+    quantiles: list[float]
+    ecdf_points: int
+    rate_bin_s: float
+    max_series_points: int
+
+
+def feature_settings(values: dict | None = None) -> FeatureSettings:
+    """FeatureSettings from config values over the schema's defaults."""
+    return config_settings(FeatureSettings, "features", values)
+
+
+def rate_bin_width(span_ns: int, settings: FeatureSettings) -> float:
+    """The narrowest of rate_bin_s x 1, 2, 5, 10, 20, 50, ... that cuts `span_ns` into at
+    most max_series_points bins."""
+    decade = 1
+    while True:
+        for step in BIN_LADDER:
+            width = settings.rate_bin_s * step * decade
+            if np.floor(span_ns / 1e9 / width) + 1 <= settings.max_series_points:
+                return width
+        decade *= 10
 
 
 def quantile_name(q: float) -> str:
@@ -166,14 +206,6 @@ def _series(kind: str, x: np.ndarray, y: np.ndarray) -> pa.Table:
                     schema=DISTRIBUTION_SCHEMA)
 
 
-def _add_padded(total: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """total + part, the shorter one padded with zeros (per-bin sums of growing length)."""
-    if part.size > total.size:
-        total, part = part.astype(total.dtype), total
-    total[:part.size] += part
-    return total
-
-
 def _encoded(column: pa.Array) -> pa.DictionaryArray:
     return column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
 
@@ -182,12 +214,13 @@ class _Accumulator:
     """Running totals of one trace. Batches come in file order, grouped as the file's row
     groups; after each group, `release(bound)` turns the timestamps no later group can precede
     (those <= `bound`, the earliest timestamp of all later groups) into sorted inter-arrival
-    times."""
+    times. `first_ts` and `last_ts` are the trace's extremes (they fix the rate bins)."""
 
-    def __init__(self, settings: FeatureSettings, first_ts: int):
+    def __init__(self, settings: FeatureSettings, first_ts: int, last_ts: int):
         self.settings = settings
         self.first_ts = first_ts
         self.last_ts = first_ts
+        self.bin_s = rate_bin_width(last_ts - first_ts, settings)
         self.packets = 0
         self.bytes = 0
         self.out_of_order = 0
@@ -197,8 +230,9 @@ class _Accumulator:
         self.held = np.empty(0, np.int64)        # sorted timestamps not yet released
         self.unsorted: list[np.ndarray] = []     # this row group's timestamps
         self.last_released: int | None = None
-        self.pps = np.empty(0, np.int64)
-        self.bps = np.empty(0, np.float64)
+        bins = int(self._bins(np.array([last_ts]))[0]) + 1
+        self.pps = np.zeros(bins, np.int64)
+        self.bps = np.zeros(bins, np.float64)
         self.protocols: dict[str, int] = {}
         self.address_ids: dict[str, int] = {}   # one id per distinct address name
         self.dictionary_ids: dict[str, tuple[pa.Array, np.ndarray]] = {}
@@ -222,9 +256,10 @@ class _Accumulator:
         self.unsorted.append(ts)
         self.lengths.add(lengths)
 
-        bins = np.floor((ts - self.first_ts) / 1e9 / self.settings.rate_bin_s).astype(np.int64)
-        self.pps = _add_padded(self.pps, np.bincount(bins))
-        self.bps = _add_padded(self.bps, np.bincount(bins, weights=lengths * 8))
+        bins = self._bins(ts)
+        packets = np.bincount(bins)
+        self.pps[:packets.size] += packets
+        self.bps[:packets.size] += np.bincount(bins, weights=lengths * 8)
 
         protocol = _encoded(batch.column("protocol"))
         per_entry = np.bincount(protocol.indices.to_numpy(), minlength=len(protocol.dictionary))
@@ -238,6 +273,9 @@ class _Accumulator:
         self.is_destination[dst] = True
         np.minimum.at(self.first_as_destination, dst, ts)
         self.pairs.add((src << 32) | dst)
+
+    def _bins(self, ts: np.ndarray) -> np.ndarray:
+        return np.floor((ts - self.first_ts) / 1e9 / self.bin_s).astype(np.int64)
 
     def _ids(self, side: str, column: pa.Array) -> np.ndarray:
         """Global address ids of a batch's column, mapping its dictionary once per row group."""
@@ -294,16 +332,11 @@ class _Accumulator:
             "iat_ms_quantiles": _quantiles(self.iat_ns, settings.quantiles, _ns_to_ms),
             "iat_zero_share": self.iat_ns.count_of(0) / iats if iats else None,
             "out_of_order": self.out_of_order,
+            "rate_bin_s": self.bin_s,
         }
 
-        bin_start = np.arange(self.pps.size) * settings.rate_bin_s
-        # Distinct destinations seen so far, stepping up at each destination's earliest packet.
-        first_seen_s = np.sort((self.first_as_destination[self.is_destination]
-                                - self.first_ts) / 1e9)
-        # The step ends at the trace's last packet, not at the last new destination.
-        destinations_x = np.append(first_seen_s, duration_s) if n else first_seen_s
-        destinations_y = np.append(np.arange(1, first_seen_s.size + 1), first_seen_s.size) \
-            if n else first_seen_s
+        bin_start = np.arange(self.pps.size if n else 0) * self.bin_s
+        destinations_x, destinations_y = self._destinations(duration_s)
         distributions = pa.concat_tables([
             _ecdf("iat_ecdf", self.iat_ns, settings.ecdf_points, _ns_to_ms),
             _ecdf("length_ecdf", self.lengths, settings.ecdf_points),
@@ -311,20 +344,36 @@ class _Accumulator:
                       "key": list(protocol_counts), "x": [0.0] * len(protocol_counts),
                       "y": [float(c) for c in protocol_counts.values()]},
                      schema=DISTRIBUTION_SCHEMA),
-            _series("pps", bin_start, self.pps / settings.rate_bin_s),
-            _series("bps", bin_start, self.bps / settings.rate_bin_s),
+            _series("pps", bin_start, self.pps[:bin_start.size] / self.bin_s),
+            _series("bps", bin_start, self.bps[:bin_start.size] / self.bin_s),
             _series("destinations", destinations_x, destinations_y),
         ])
         return summary, distributions
 
+    def _destinations(self, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct destinations seen so far, stepping up at each destination's earliest
+        packet: at most max_series_points - 1 of the steps (evenly spread over the height, the
+        first and last included), then the trace's last packet (where the step ends)."""
+        first_seen_s = np.sort((self.first_as_destination[self.is_destination]
+                                - self.first_ts) / 1e9)
+        if not self.packets:
+            return first_seen_s, first_seen_s
+        count = first_seen_s.size
+        steps = min(count, self.settings.max_series_points - 1)
+        ranks = np.unique(np.round(np.linspace(1, count, steps)).astype(np.int64)) if count \
+            else np.empty(0, np.int64)
+        return (np.append(first_seen_s[ranks - 1], duration_s),
+                np.append(ranks, count).astype(np.float64))
 
-def _accumulate(groups: Iterable[Iterable[pa.RecordBatch]], minima: list[int],
+
+def _accumulate(groups: Iterable[Iterable[pa.RecordBatch]], ranges: list[tuple[int, int]],
                 settings: FeatureSettings) -> tuple[dict, pa.Table]:
-    """Features of row groups (each an iterable of batches) whose earliest timestamps are
-    `minima`, in the same order."""
-    accumulator = _Accumulator(settings, min(minima, default=0))
-    later = np.minimum.accumulate(np.array([*minima, NEVER], np.int64)[::-1])[::-1][1:]
-    for batches, bound in zip(groups, later.tolist()):
+    """Features of row groups (each an iterable of batches) whose earliest and latest
+    timestamps are `ranges`, in the same order."""
+    minima = [low for low, _ in ranges]
+    accumulator = _Accumulator(settings, min(minima, default=0),
+                               max((high for _, high in ranges), default=0))
+    for batches, bound in zip(groups, later_minima(minima)):
         for batch in batches:
             accumulator.add(batch)
         accumulator.release(bound)
@@ -335,30 +384,18 @@ def compute_features(packets: pa.Table, settings: FeatureSettings) -> tuple[dict
     """Summary fields and distribution points of an in-memory packet table, each chunk taken
     as a row group."""
     batches = [b for b in packets.select(COLUMNS).to_batches() if b.num_rows]
-    minima = [pc.min(b.column("ts").cast(pa.int64())).as_py() for b in batches]
-    return _accumulate(([b] for b in batches), minima, settings)
-
-
-def _row_group_minima(packets: pq.ParquetFile, groups: list[int]) -> list[int]:
-    """The earliest `ts` of each row group: from the file's statistics when every group has
-    them, else from one pass over the `ts` column alone."""
-    metadata = packets.metadata
-    column = metadata.schema.names.index("ts")
-    stats = [metadata.row_group(i).column(column).statistics for i in groups]
-    if all(s is not None and s.has_min_max and s.physical_type == "INT64" for s in stats):
-        return [s.min_raw for s in stats]
-    return [pc.min(packets.read_row_group(i, columns=["ts"]).column("ts").cast(pa.int64()))
-            .as_py() for i in groups]
+    extremes = [pc.min_max(b.column("ts").cast(pa.int64())) for b in batches]
+    ranges = [(e["min"].as_py(), e["max"].as_py()) for e in extremes]
+    return _accumulate(([b] for b in batches), ranges, settings)
 
 
 def file_features(packets_path, settings: FeatureSettings) -> tuple[dict, pa.Table]:
     """Summary fields and distribution points of a packet file, streamed by row group."""
     packets = pq.ParquetFile(packets_path)
-    groups = [i for i in range(packets.num_row_groups) if packets.metadata.row_group(i).num_rows]
-    minima = _row_group_minima(packets, groups)
+    groups = non_empty_groups(packets)
     batches = (packets.iter_batches(batch_size=BATCH_ROWS, row_groups=[i], columns=COLUMNS)
                for i in groups)
-    return _accumulate(batches, minima, settings)
+    return _accumulate(batches, time_ranges(packets, groups), settings)
 
 
 def _iso(ns: int) -> str:
@@ -367,10 +404,13 @@ def _iso(ns: int) -> str:
 
 def trace_features(*, trace: str, packets_path, summary_path, distributions_path,
                    settings: dict | None = None) -> dict:
-    settings = FeatureSettings(**(settings or {}))
-    summary, distributions = file_features(packets_path, settings)
+    chosen = feature_settings(settings)
+    summary, distributions = file_features(packets_path, chosen)
     summary = {"trace": trace, **summary}
-    write_parquet(distributions, distributions_path, {"trace": trace})
+    distributions = distributions.add_column(
+        0, "trace", pa.array([trace] * distributions.num_rows, pa.string()))
+    DISTRIBUTIONS.write(distributions, distributions_path,
+                        {"trace": trace, "rate_bin_s": summary["rate_bin_s"]})
     write_json(summary_path, summary)
     log.info("%s: %d packets over %.3f s", trace, summary["packets"], summary["duration_s"])
     return summary

@@ -30,74 +30,92 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-import pyarrow as pa_arrow
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pandera.pandas import Check
 
-from tracelab.core.atomic import write_parquet
-from tracelab.security.security_connections import FLOWS
-from tracelab.core.packets import DICT_STRING, TIMESTAMP
+from tracelab.core import streaming
+from tracelab.core.config import settings as config_settings
+from tracelab.core.streaming import (
+    DistinctRows,
+    NameIds,
+    non_empty_groups,
+    time_ordered,
+    time_ranges,
+)
+from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
 
 log = logging.getLogger(__name__)
 
 FAILED_STATES = ("S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR")
 TRW_VERDICTS = ("scanner", "benign", "pending")
 DETECTORS = ("address_scan", "port_scan", "trw")
+FLOW_COLUMNS = ["uid", "proto", "orig", "resp", "resp_port", "first_ts", "last_ts", "history",
+                "conn_state", "orig_bytes", "resp_bytes"]
+COUNT = (Check.ge(0),)
+# Per-batch source totals kept before they are merged into one.
+MERGE_PARTS = 64
 
-HOST_SCHEMA = pa_arrow.schema([
-    ("source", DICT_STRING),
-    ("first_ts", TIMESTAMP),
-    ("last_ts", TIMESTAMP),
-    ("connections", pa_arrow.int64()),
-    ("distinct_dst_hosts", pa_arrow.int64()),
-    ("distinct_dst_ports", pa_arrow.int64()),
-    ("attempts", pa_arrow.int64()),
-    ("failed_attempts", pa_arrow.int64()),
-    ("failed_ratio", pa_arrow.float64()),
-    ("address_scan", pa_arrow.bool_()),
-    ("address_scan_port", pa_arrow.int32()),
-    ("address_scan_hosts", pa_arrow.int64()),
-    ("address_scan_at", TIMESTAMP),
-    ("port_scan", pa_arrow.bool_()),
-    ("port_scan_host", pa_arrow.string()),
-    ("port_scan_hosts", pa_arrow.string()),
-    ("port_scan_ports", pa_arrow.int64()),
-    ("port_scan_at", TIMESTAMP),
-    ("trw_first_contacts", pa_arrow.int64()),
-    ("trw_observed", pa_arrow.int64()),
-    ("trw_successes", pa_arrow.int64()),
-    ("trw_failures", pa_arrow.int64()),
-    ("trw_llr", pa_arrow.float64()),
-    ("trw_verdict", DICT_STRING),
-    ("trw_decided_at", TIMESTAMP),
-    ("flagged_by", pa_arrow.string()),
+HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
+    "One row a source: an originator of at least one connection, with its fan-out, failed "
+    "attempts and the verdicts of the three scan detectors (see `security_hosts`). File "
+    "metadata: `tracelab.scan_settings` (the thresholds, and TRW's eta0, eta1)."), [
+    Column("trace", DICT_STRING, "Trace name, as in the trace sheet."),
+    Column("source", DICT_STRING, "The originator's address.", unique=True),
+    Column("first_ts", TIMESTAMP, "Start of its first connection.", unit="ns"),
+    Column("last_ts", TIMESTAMP, "End of its last connection.", unit="ns"),
+    Column("connections", pa.int64(), "Connections it originated.", checks=[Check.ge(1)]),
+    Column("distinct_dst_hosts", pa.int64(), "Distinct responders of those.", checks=COUNT),
+    Column("distinct_dst_ports", pa.int64(), "Distinct responder ports of those.",
+           checks=COUNT),
+    Column("attempts", pa.int64(), "TCP connection attempts (it sent a SYN).", checks=COUNT),
+    Column("failed_attempts", pa.int64(), "Attempts that failed, by Zeek's scan.zeek "
+           "standard.", checks=COUNT),
+    Column("failed_ratio", pa.float64(), "failed_attempts / attempts; null without attempts.",
+           nullable=True, checks=[Check.in_range(0, 1)]),
+    Column("address_scan", pa.bool_(), "Failed attempts to at least `address_scan_hosts` "
+           "hosts on one port within one interval."),
+    Column("address_scan_port", pa.int32(), "The port with the most hosts in one interval.",
+           nullable=True, checks=[Check.in_range(0, 65535)]),
+    Column("address_scan_hosts", pa.int64(), "Distinct hosts failed on that port in that "
+           "interval.", checks=COUNT),
+    Column("address_scan_at", TIMESTAMP, "Start of that interval.", unit="ns", nullable=True),
+    Column("port_scan", pa.bool_(), "Failed attempts to at least `port_scan_ports` ports on "
+           "one host within one interval."),
+    Column("port_scan_host", pa.string(), "The host with the most ports in one interval.",
+           nullable=True),
+    Column("port_scan_hosts", pa.string(), "Every host its failed attempts reached on at least "
+           "`port_scan_ports` distinct ports within one interval, as `host:ports;host:ports`, "
+           "most ports first (IPv6 in []); null when none.", nullable=True),
+    Column("port_scan_ports", pa.int64(), "Distinct ports failed on that host in that "
+           "interval.", checks=COUNT),
+    Column("port_scan_at", TIMESTAMP, "Start of that interval.", unit="ns", nullable=True),
+    Column("trw_first_contacts", pa.int64(), "First contacts that began with a SYN: TRW's "
+           "trials.", checks=COUNT),
+    Column("trw_observed", pa.int64(), "Trials until TRW decided (all, if it did not).",
+           checks=COUNT),
+    Column("trw_successes", pa.int64(), "Of those, answered with a SYN-ACK.", checks=COUNT),
+    Column("trw_failures", pa.int64(), "Of those, not answered.", checks=COUNT),
+    Column("trw_llr", pa.float64(), "log of the likelihood ratio at the decision (or the end).",
+           unit="log ratio"),
+    Column("trw_verdict", DICT_STRING, "TRW's verdict.", checks=[Check.isin(TRW_VERDICTS)]),
+    Column("trw_decided_at", TIMESTAMP, "Start of the trial that decided.", unit="ns",
+           nullable=True),
+    Column("flagged_by", pa.string(), "The detectors that flag the source, comma-separated "
+           "(address_scan, port_scan, trw); empty if none."),
 ])
-
-
-class HostModel(pa.DataFrameModel):
-    """Checks on hosts.parquet before it is written."""
-
-    source: str = pa.Field(unique=True)
-    connections: pd.Int64Dtype = pa.Field(ge=1)
-    attempts: pd.Int64Dtype = pa.Field(ge=0)
-    failed_attempts: pd.Int64Dtype = pa.Field(ge=0)
-    failed_ratio: float = pa.Field(ge=0, le=1, nullable=True)
-    trw_observed: pd.Int64Dtype = pa.Field(ge=0)
-    trw_verdict: str = pa.Field(isin=list(TRW_VERDICTS))
-
-    class Config:
-        strict = False
-        coerce = False
 
 
 @dataclass(frozen=True)
 class ScanSettings:
-    address_scan_hosts: int = 25
-    port_scan_ports: int = 15
-    interval_s: float = 300.0
-    theta0: float = 0.8
-    theta1: float = 0.2
-    detection_probability: float = 0.99
-    false_positive_probability: float = 0.01
+    address_scan_hosts: int
+    port_scan_ports: int
+    interval_s: float
+    theta0: float
+    theta1: float
+    detection_probability: float
+    false_positive_probability: float
 
     def __post_init__(self):
         if not 0 < self.theta1 < self.theta0 < 1:
@@ -105,11 +123,6 @@ class ScanSettings:
                              f"theta1={self.theta1}")
         if not 0 < self.false_positive_probability < self.detection_probability < 1:
             raise ValueError("TRW needs 0 < false_positive_probability < detection_probability < 1")
-
-    @classmethod
-    def from_config(cls, scan: dict) -> ScanSettings:
-        trw = scan.get("trw", {})
-        return cls(**{k: v for k, v in scan.items() if k != "trw"}, **trw)
 
     @property
     def eta1(self) -> float:
@@ -122,6 +135,11 @@ class ScanSettings:
     def describe(self) -> dict:
         return {**asdict(self), "eta0": self.eta0, "eta1": self.eta1,
                 "log_eta0": math.log(self.eta0), "log_eta1": math.log(self.eta1)}
+
+
+def scan_settings(values: dict | None = None) -> ScanSettings:
+    """ScanSettings from config values (`trw` nested or not) over the schema's defaults."""
+    return config_settings(ScanSettings, "security.scan", values)
 
 
 def attempts(flows: pd.DataFrame) -> pd.Series:
@@ -142,25 +160,34 @@ def answered_attempts(flows: pd.DataFrame) -> pd.Series:
     return attempts(flows) & flows["history"].str.contains("h", regex=False)
 
 
-def _epoch_counts(failed: pd.DataFrame, group: list[str], counted: str,
-                  interval_ns: int, start_ns: int) -> pd.DataFrame:
-    """Per source, the group (port or host) and epoch with the most distinct `counted` values."""
-    epoch = (failed["t"] - start_ns) // interval_ns
-    distinct = failed.assign(epoch=epoch).groupby(["orig", *group, "epoch"], observed=True)[
+def _epoch_counts(failed: pd.DataFrame, group: str, counted: str,
+                  best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per source, the group (port or host) and epoch with the most distinct `counted` values
+    (`failed`: distinct orig, resp, resp_port, epoch rows of failed attempts), the earliest
+    epoch and then the lowest group first among equals; `best`: those of earlier epochs."""
+    distinct = failed.groupby(["orig", group, "epoch"], observed=True)[
         counted].nunique().rename("count").reset_index()
-    best = distinct.sort_values(["orig", "count", "epoch"], ascending=[True, False, True],
-                                kind="stable").drop_duplicates("orig")
-    best["at"] = pd.to_datetime(start_ns + best["epoch"] * interval_ns, utc=True)
-    return best.set_index("orig")
+    candidates = pd.concat([best, distinct], ignore_index=True) if best is not None \
+        else distinct
+    return candidates.sort_values(["orig", "count", "epoch", group],
+                                  ascending=[True, False, True, True],
+                                  kind="stable").drop_duplicates("orig")
 
 
-def _port_scanned_hosts(failed: pd.DataFrame, interval_ns: int, start_ns: int,
-                        threshold: int) -> pd.Series:
-    """Per source, every host its failed attempts reached on at least `threshold` distinct
-    ports within one interval, as "host:ports;host:ports" (most ports first, IPv6 in [])."""
-    epoch = (failed["t"] - start_ns) // interval_ns
-    ports = failed.assign(epoch=epoch).groupby(["orig", "resp", "epoch"], observed=True)[
-        "resp_port"].nunique().groupby(level=["orig", "resp"], observed=True).max()
+def _ports_per_host(failed: pd.DataFrame, best: pd.Series | None = None) -> pd.Series:
+    """Per (source, host), the most distinct ports its failed attempts reached within one
+    interval (`failed`: distinct orig, resp, resp_port, epoch rows); `best`: earlier epochs'."""
+    ports = failed.groupby(["orig", "resp", "epoch"], observed=True)["resp_port"].nunique() \
+        .groupby(level=["orig", "resp"], observed=True).max()
+    return ports if best is None else pd.concat([best, ports]).groupby(
+        level=["orig", "resp"], observed=True).max()
+
+
+def _port_scanned_hosts(ports: pd.Series | None, threshold: int) -> pd.Series:
+    """Per source, every host reached on at least `threshold` ports within one interval, as
+    "host:ports;host:ports" (most ports first, IPv6 in [])."""
+    if ports is None:
+        return pd.Series(dtype="str")
     hit = ports[ports >= threshold].rename("ports").reset_index().sort_values(
         ["orig", "ports", "resp"], ascending=[True, False, True], kind="stable")
     host = hit["resp"].where(~hit["resp"].str.contains(":", regex=False), "[" + hit["resp"] + "]")
@@ -202,77 +229,204 @@ def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) 
     return result
 
 
+def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One int64 a (source id, host id) pair."""
+    return (frame["orig"].to_numpy(np.int64) << 32) | frame["resp"].to_numpy(np.int64)
+
+
+class HostAccumulator:
+    """Per-source state of one trace, fed connections in order of their start: totals per
+    source, the exact distinct (source, host) and (source, port) pairs, each (source, host)
+    pair's first TCP connection, and per source the best address- and port-scan counts of the
+    intervals passed (the failed (source, host, port) rows of the open interval only)."""
+
+    def __init__(self, settings: ScanSettings, start_ns: int):
+        self.settings = settings
+        self.start_ns = start_ns
+        self.interval_ns = round(settings.interval_s * 1e9)
+        self.names = NameIds()
+        self.totals: list[pd.DataFrame] = []
+        self.hosts = DistinctRows(["orig", "resp"])
+        self.ports = DistinctRows(["orig", "resp_port"])
+        self.failed = DistinctRows(["orig", "resp", "resp_port", "epoch"])
+        self.address_best: pd.DataFrame | None = None
+        self.port_best: pd.DataFrame | None = None
+        self.ports_per_host: pd.Series | None = None
+        self.first_contacts: list[pd.DataFrame] = []
+        self._kept_first_t = pd.Series([], dtype=np.int64)   # by pair key, after compaction
+        self._waiting = 0
+
+    def flow_values(self, rows: pa.Table) -> pa.Table:
+        """What the detectors need of a connection (addresses as ids, times as int64 ns)."""
+        flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
+        t = rows.column("first_ts").cast(pa.int64()).to_numpy()
+        return pa.table({
+            "first_ts": t, "orig": self.names.of(rows.column("orig")),
+            "resp": self.names.of(rows.column("resp")),
+            "resp_port": flows["resp_port"].to_numpy(np.int64),
+            "last": rows.column("last_ts").cast(pa.int64()), "uid": rows.column("uid"),
+            "tcp": (flows["proto"] == "tcp").to_numpy(),
+            "attempt": attempts(flows).to_numpy(), "failed": failed_attempts(flows).to_numpy(),
+            "success": answered_attempts(flows).to_numpy(),
+            "epoch": (t - self.start_ns) // self.interval_ns})
+
+    def add(self, values: pa.Table) -> None:
+        """Connection values (`flow_values`) in order of their start, after the previous."""
+        frame = values.to_pandas().rename(columns={"first_ts": "t"})
+        if frame.empty:
+            return
+        self.totals.append(frame.groupby("orig").agg(
+            first=("t", "min"), last=("last", "max"), connections=("t", "size"),
+            attempts=("attempt", "sum"), failed_attempts=("failed", "sum")))
+        if len(self.totals) >= MERGE_PARTS:
+            self.totals = [self._source_totals()]
+        self.hosts.add(frame)
+        self.ports.add(frame)
+        self.failed.add(frame[frame["failed"]])
+        self._add_first_contacts(frame[frame["tcp"]])
+        self._close_intervals(int(frame["epoch"].iloc[-1]))
+
+    def _close_intervals(self, open_epoch: int) -> None:
+        """Reduce the failed rows of the intervals before `open_epoch` to the best counts."""
+        closed = self.failed.take_before("epoch", open_epoch)
+        if closed.empty:
+            return
+        closed = closed.assign(orig=self._name(closed["orig"]), resp=self._name(closed["resp"]))
+        self.address_best = _epoch_counts(closed, "resp_port", "resp", self.address_best)
+        self.port_best = _epoch_counts(closed, "resp", "resp_port", self.port_best)
+        self.ports_per_host = _ports_per_host(closed, self.ports_per_host)
+
+    def _add_first_contacts(self, tcp: pd.DataFrame) -> None:
+        """Keep each (source, host) pair's first TCP connection (by time, then uid)."""
+        firsts = tcp.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
+        # Connections come in time order: a pair kept already was first, unless a tie in time.
+        kept_t = self._kept_first_t.reindex(_pair_keys(firsts), fill_value=streaming.NEVER)
+        firsts = firsts[~(kept_t.to_numpy() < firsts["t"].to_numpy())]
+        self.first_contacts.append(firsts[["orig", "resp", "t", "uid", "attempt", "success"]])
+        self._waiting += len(firsts)
+        if self._waiting > max(streaming.COMPACT_ROWS, len(self.first_contacts[0])):
+            self._compact_first_contacts()
+
+    def _compact_first_contacts(self) -> None:
+        if self.first_contacts:
+            both = pd.concat(self.first_contacts, ignore_index=True)
+            kept = both.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
+            self.first_contacts = [kept]
+            self._kept_first_t = pd.Series(kept["t"].to_numpy(), index=_pair_keys(kept))
+        self._waiting = 0
+
+    def _source_totals(self) -> pd.DataFrame:
+        """The batches' per-source totals as one (first, last, connections, attempts, failed)."""
+        if not self.totals:
+            return pd.DataFrame(columns=["first", "last", "connections", "attempts",
+                                         "failed_attempts"], dtype=np.int64)
+        by_source = pd.concat(self.totals).groupby(level=0)
+        return by_source.agg({"first": "min", "last": "max", "connections": "sum",
+                              "attempts": "sum", "failed_attempts": "sum"})
+
+    def _name(self, ids: pd.Series) -> pd.Series:
+        return pd.Series(self.names.name(ids), index=ids.index, dtype="string")
+
+    def _best(self, best: pd.DataFrame | None, group: str) -> pd.DataFrame:
+        """The best counts per source (indexed by source), with their interval's start."""
+        if best is None:
+            best = pd.DataFrame({"orig": pd.Series(dtype="string"),
+                                 group: pd.Series(dtype=np.int64 if group == "resp_port"
+                                                  else "string"),
+                                 "epoch": pd.Series(dtype=np.int64),
+                                 "count": pd.Series(dtype=np.int64)})
+        at = pd.to_datetime(self.start_ns + best["epoch"] * self.interval_ns, utc=True)
+        return best.assign(at=at).set_index("orig")
+
+    def result(self) -> pd.DataFrame:
+        """One row a source, sorted by address: fan-out, failures, verdicts."""
+        settings = self.settings
+        totals = self._source_totals()
+        hosts = pd.DataFrame({
+            "first_ts": pd.to_datetime(totals["first"], utc=True),
+            "last_ts": pd.to_datetime(totals["last"], utc=True),
+            "connections": totals["connections"],
+            "distinct_dst_hosts": self.hosts.rows().groupby("orig").size(),
+            "distinct_dst_ports": self.ports.rows().groupby("orig").size(),
+            "attempts": totals["attempts"],
+            "failed_attempts": totals["failed_attempts"],
+        })
+        hosts.index = self._name(hosts.index.to_series())
+        hosts = hosts.sort_index()
+        hosts["failed_ratio"] = (hosts["failed_attempts"] / hosts["attempts"]).where(
+            hosts["attempts"] > 0)
+
+        self._close_intervals(np.iinfo(np.int64).max)
+        address = self._best(self.address_best, "resp_port")
+        port = self._best(self.port_best, "resp")
+        hosts["address_scan_hosts"] = address["count"].reindex(hosts.index).fillna(0)
+        hosts["address_scan_port"] = address["resp_port"].reindex(hosts.index)
+        hosts["address_scan_at"] = address["at"].reindex(hosts.index)
+        hosts["address_scan"] = hosts["address_scan_hosts"] >= settings.address_scan_hosts
+        hosts["port_scan_ports"] = port["count"].reindex(hosts.index).fillna(0)
+        hosts["port_scan_host"] = port["resp"].reindex(hosts.index)
+        hosts["port_scan_hosts"] = _port_scanned_hosts(
+            self.ports_per_host, settings.port_scan_ports).reindex(hosts.index)
+        hosts["port_scan_at"] = port["at"].reindex(hosts.index)
+        hosts["port_scan"] = hosts["port_scan_ports"] >= settings.port_scan_ports
+
+        # First contacts: each source's first TCP connection to each host, if it began with a SYN.
+        self._compact_first_contacts()
+        first = self.first_contacts[0] if self.first_contacts else pd.DataFrame(
+            columns=["orig", "t", "attempt", "success"])
+        first = first.loc[first["attempt"].astype(bool), ["orig", "t", "success"]]
+        walk = threshold_random_walk(first.assign(orig=self._name(first["orig"])), settings)
+        walk = walk.reindex(hosts.index)
+        for column in ("trw_first_contacts", "trw_observed", "trw_successes", "trw_failures"):
+            walk[column] = walk[column].fillna(0)
+        walk["trw_llr"] = walk["trw_llr"].fillna(0.0)
+        walk["trw_verdict"] = walk["trw_verdict"].fillna("pending")
+        hosts = hosts.join(walk)
+
+        flagged_by = pd.Series("", index=hosts.index, dtype="str")
+        for detector, hit in (("address_scan", hosts["address_scan"]),
+                              ("port_scan", hosts["port_scan"]),
+                              ("trw", hosts["trw_verdict"] == "scanner")):
+            flagged_by = flagged_by + np.where(hit, detector + ",", "")
+        hosts["flagged_by"] = flagged_by.str.rstrip(",")
+        hosts = hosts.rename_axis("source").reset_index()
+        integer = ["connections", "distinct_dst_hosts", "distinct_dst_ports", "attempts",
+                   "failed_attempts", "address_scan_hosts", "port_scan_ports",
+                   "trw_first_contacts", "trw_observed", "trw_successes", "trw_failures"]
+        hosts[integer] = hosts[integer].astype("Int64")
+        hosts["address_scan_port"] = hosts["address_scan_port"].astype("Int32")
+        return hosts
+
+
 def hosts_table(flows: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
-    """One row a source (originator of at least one connection): fan-out, failures, verdicts."""
-    flows = flows.assign(
-        t=flows["first_ts"].astype("datetime64[ns, UTC]").astype("int64"),
-        attempt=attempts(flows), failed=failed_attempts(flows),
-        success=answered_attempts(flows),
-        orig=flows["orig"].astype("string"), resp=flows["resp"].astype("string"))
-    by_source = flows.groupby("orig", sort=True)
-    hosts = pd.DataFrame({
-        "first_ts": by_source["first_ts"].min(),
-        "last_ts": by_source["last_ts"].max(),
-        "connections": by_source.size(),
-        "distinct_dst_hosts": by_source["resp"].nunique(),
-        "distinct_dst_ports": by_source["resp_port"].nunique(),
-        "attempts": by_source["attempt"].sum(),
-        "failed_attempts": by_source["failed"].sum(),
-    })
-    hosts["failed_ratio"] = (hosts["failed_attempts"] / hosts["attempts"]).where(
-        hosts["attempts"] > 0)
+    """The hosts of a connection table held in memory (one row a source)."""
+    rows = pa.Table.from_pandas(flows[FLOW_COLUMNS], preserve_index=False).sort_by("first_ts")
+    start = rows.column("first_ts").cast(pa.int64())
+    accumulator = HostAccumulator(settings, pc.min(start).as_py() or 0)
+    accumulator.add(accumulator.flow_values(rows))
+    return accumulator.result()
 
-    interval_ns = int(settings.interval_s * 1e9)
-    start_ns = int(flows["t"].min()) if len(flows) else 0
-    failed = flows[flows["failed"]]
-    address = _epoch_counts(failed, ["resp_port"], "resp", interval_ns, start_ns)
-    port = _epoch_counts(failed, ["resp"], "resp_port", interval_ns, start_ns)
-    hosts["address_scan_hosts"] = address["count"].reindex(hosts.index).fillna(0)
-    hosts["address_scan_port"] = address["resp_port"].reindex(hosts.index)
-    hosts["address_scan_at"] = address["at"].reindex(hosts.index)
-    hosts["address_scan"] = hosts["address_scan_hosts"] >= settings.address_scan_hosts
-    hosts["port_scan_ports"] = port["count"].reindex(hosts.index).fillna(0)
-    hosts["port_scan_host"] = port["resp"].reindex(hosts.index)
-    hosts["port_scan_hosts"] = _port_scanned_hosts(
-        failed, interval_ns, start_ns, settings.port_scan_ports).reindex(hosts.index)
-    hosts["port_scan_at"] = port["at"].reindex(hosts.index)
-    hosts["port_scan"] = hosts["port_scan_ports"] >= settings.port_scan_ports
 
-    # First contacts: each source's first TCP connection to each host, if it began with a SYN.
-    tcp = flows[flows["proto"] == "tcp"].sort_values(["t", "uid"], kind="stable")
-    first = tcp.drop_duplicates(["orig", "resp"])
-    walk = threshold_random_walk(first.loc[first["attempt"], ["orig", "t", "success"]], settings)
-    walk = walk.reindex(hosts.index)
-    for column in ("trw_first_contacts", "trw_observed", "trw_successes", "trw_failures"):
-        walk[column] = walk[column].fillna(0)
-    walk["trw_llr"] = walk["trw_llr"].fillna(0.0)
-    walk["trw_verdict"] = walk["trw_verdict"].fillna("pending")
-    hosts = hosts.join(walk)
-
-    flagged_by = pd.Series("", index=hosts.index, dtype="str")
-    for detector, hit in (("address_scan", hosts["address_scan"]),
-                          ("port_scan", hosts["port_scan"]),
-                          ("trw", hosts["trw_verdict"] == "scanner")):
-        flagged_by = flagged_by + np.where(hit, detector + ",", "")
-    hosts["flagged_by"] = flagged_by.str.rstrip(",")
-    hosts = hosts.rename_axis("source").reset_index()
-    integer = ["connections", "distinct_dst_hosts", "distinct_dst_ports", "attempts",
-               "failed_attempts", "address_scan_hosts", "port_scan_ports", "trw_first_contacts",
-               "trw_observed", "trw_successes", "trw_failures"]
-    hosts[integer] = hosts[integer].astype("Int64")
-    hosts["address_scan_port"] = hosts["address_scan_port"].astype("Int32")
-    return hosts[HOST_SCHEMA.names]
+def file_hosts(flows_path, settings: ScanSettings) -> pd.DataFrame:
+    """The hosts of a connection file, streamed by row group."""
+    flows = pq.ParquetFile(flows_path)
+    groups = non_empty_groups(flows)
+    start_ns = min((low for low, _ in time_ranges(flows, groups, "first_ts")), default=0)
+    accumulator = HostAccumulator(settings, start_ns)
+    for values in time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
+                               order=("first_ts",)):
+        accumulator.add(values)
+    return accumulator.result()
 
 
 def write_hosts(*, trace: str, flows_path, hosts_path, settings: dict) -> dict:
     """Stage: results/features/{trace}/hosts.parquet from flows.parquet."""
-    scan_settings = ScanSettings.from_config(settings)
-    hosts = hosts_table(FLOWS.read_pandas(flows_path), scan_settings)
-    HostModel.validate(hosts, lazy=True)
-    table = pa_arrow.Table.from_pandas(hosts, preserve_index=False).cast(HOST_SCHEMA)
-    write_parquet(table, hosts_path, {"trace": trace,
-                                      "scan_settings": json.dumps(scan_settings.describe())})
+    chosen = scan_settings(settings)
+    hosts = file_hosts(flows_path, chosen)
+    hosts.insert(0, "trace", trace)
+    HOSTS.write(hosts, hosts_path, {"trace": trace,
+                                    "scan_settings": json.dumps(chosen.describe())})
     flagged = hosts[hosts["flagged_by"] != ""]
     log.info("%s: %d sources, flagged: %s", trace, len(hosts),
              dict(zip(flagged["source"], flagged["flagged_by"])) or "none")
-    return {"sources": len(hosts), "flagged": int(len(flagged))}
+    return {"sources": len(hosts), "flagged": len(flagged)}

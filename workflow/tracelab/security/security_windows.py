@@ -2,8 +2,10 @@
 
 Every feature is one small function registered with `@feature(name, unit, description,
 robustness, reason)`; adding a feature is adding a function here. A function receives the
-window data (`WindowData`: the trace's packets, connections and HTTP requests, each tagged with
-its window) and returns one value per window.
+window totals (`WindowTotals`: per window, the counts, sums, means, variances and distinct
+counts listed in TOTALS, over the trace's packets, the connections that start in the window and
+the HTTP requests) and returns one value per window. The registry is also the declaration of
+the feature columns of `windows.parquet` (WINDOWS).
 
 Robustness says whether a feature describes what the traffic *does* or how and when it was
 *recorded*:
@@ -16,7 +18,16 @@ Robustness says whether a feature describes what the traffic *does* or how and w
 
 Windows start at the trace's first packet. The final window is kept only if it covers at least
 `min_coverage` of the window length (its rates would rest on too little time otherwise), unless
-it is the only one; rates are per second of the time a window covers.
+it is the only one; rates are per second of the time a window covers. A window without a packet
+is a row (rates 0, means undefined) inside a pause of at most `max_pause_s`; a longer run of
+empty windows (a stopped capture, a clock jump) is left out and counted in the file's metadata,
+so that the matrix grows with the packets, not with the time span.
+
+The tables are streamed row group by row group: packets in time order, connections in order of
+their start (both held back only as far as the row groups' times overlap), requests in any
+order. What is kept is per window (sums, Chan et al.'s merge of means and variances across row
+groups) and the exact distinct (window, host, port) combinations of the connections of the
+windows still open, never a row per packet.
 """
 
 from __future__ import annotations
@@ -28,12 +39,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa_arrow
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pandera.pandas import Check
 
-from tracelab.core.atomic import write_parquet
-from tracelab.security.security_connections import FLOWS
-from tracelab.core.packets import read_packets
+from tracelab.core.config import settings as config_settings
+from tracelab.core.packets import TCP_FLAG_BITS
+from tracelab.core.streaming import DistinctRows, NameIds, read_batches, time_ordered
+from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
 from tracelab.security.security_hosts import attempts, failed_attempts
 
 log = logging.getLogger(__name__)
@@ -41,9 +55,49 @@ log = logging.getLogger(__name__)
 BEHAVIOURAL = "behavioural"
 ARTEFACT = "artefact"
 ROBUSTNESS = (BEHAVIOURAL, ARTEFACT)
+SHARE = (Check.in_range(0, 1),)
+NON_NEGATIVE = (Check.ge(0),)
 
 IP_LITERAL = r"^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?:%\S+)?)$"
 PACKET_COLUMNS = ["frame", "ts", "src", "dst", "length", "tcp_flags", "info"]
+FLOW_COLUMNS = ["proto", "orig", "orig_port", "resp", "resp_port", "first_ts", "orig_pkts",
+                "resp_pkts", "history", "conn_state", "orig_bytes", "resp_bytes"]
+HTTP_COLUMNS = ["ts", "status", "jndi", "uri_length", "percent_encoded_share"]
+SYN, ACK, RST = TCP_FLAG_BITS["SYN"], TCP_FLAG_BITS["ACK"], TCP_FLAG_BITS["RST"]
+
+# Per-window totals the features are computed from, and what each is. Counts and sums are
+# added across row groups; each (count, mean, variance) triple is merged by Chan et al.'s
+# pairwise formula; distinct counts come from exact sets of (window, value) rows.
+TOTALS = {
+    "packets": "packets",
+    "bytes": "sum of frame lengths",
+    "length_mean": "mean frame length", "length_var": "its variance (ddof 1)",
+    "iat_count": "inter-arrival times (each packet's gap to the trace's previous packet)",
+    "iat_mean": "their mean (s)", "iat_var": "their variance",
+    "syn_only": "packets with SYN and without ACK",
+    "rst": "packets with RST",
+    "named_endpoints": "packet addresses (source and destination) that are names, not IPs",
+    "info_chars": "characters of Wireshark's Info text",
+    "connections": "connections starting in the window",
+    "attempts": "of those, TCP attempts (originator sent a SYN)",
+    "failed_attempts": "attempts that failed (security_hosts.failed_attempts)",
+    "short_connections": "connections with at most 3 packets",
+    "resp_port_sum": "sum of responder ports", "orig_port_sum": "sum of originator ports",
+    "distinct_resp": "distinct responders", "distinct_resp_ports": "distinct responder ports",
+    "max_resp_per_orig": "most distinct responders of one originator",
+    "requests": "HTTP requests",
+    "answered": "requests with a seen answer", "answered_4xx": "of those, with a 4xx status",
+    "jndi": "requests whose URI holds a JNDI lookup",
+    "uri_count": "requests with a URI", "uri_chars": "sum of their URI lengths",
+    "percent_count": "requests with a percent-encoded share",
+    "percent_mean": "mean share of URI characters inside %XX escapes",
+}
+# (count, mean, variance or None) triples merged by Chan et al.'s formula.
+MOMENTS = (("packets", "length_mean", "length_var"), ("iat_count", "iat_mean", "iat_var"),
+           ("percent_count", "percent_mean", None))
+MEANS = {name for triple in MOMENTS for name in triple[1:] if name}
+# Per-row-group parts of totals kept before they are merged into one.
+MERGE_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -53,113 +107,116 @@ class Feature:
     description: str
     robustness: str
     reason: str
-    func: Callable[[WindowData], pd.Series]
+    func: Callable[[WindowTotals], pd.Series]
+    checks: tuple = ()
 
     def describe(self) -> dict:
         return {"name": self.name, "unit": self.unit, "description": self.description,
                 "robustness": self.robustness, "reason": self.reason}
 
+    def column(self) -> Column:
+        return Column(self.name, pa.float64(), self.description, unit=self.unit, nullable=True,
+                      checks=self.checks)
+
 
 FEATURES: dict[str, Feature] = {}
 
 
-def feature(name: str, *, unit: str, description: str, robustness: str, reason: str):
-    """Register the decorated function as window feature `name`."""
+def feature(name: str, *, unit: str, description: str, robustness: str, reason: str,
+            checks: tuple = ()):
+    """Register the decorated function as window feature `name` (`checks`: pandera checks of
+    its values where defined)."""
     if robustness not in ROBUSTNESS:
         raise ValueError(f"feature {name!r}: robustness must be one of {ROBUSTNESS}")
     if name in FEATURES:
         raise ValueError(f"feature {name!r} registered twice")
 
     def register(func):
-        FEATURES[name] = Feature(name, unit, description, robustness, reason, func)
+        FEATURES[name] = Feature(name, unit, description, robustness, reason, func, checks)
         return func
     return register
 
 
 @dataclass(frozen=True)
 class WindowSettings:
-    window_s: float = 10.0
-    min_coverage: float = 0.5
+    window_s: float
+    min_coverage: float
+    max_pause_s: float
+
+    @property
+    def window_ns(self) -> int:
+        return round(self.window_s * 1e9)
 
 
 @dataclass
-class WindowData:
-    """A trace cut into windows; every table carries a `window` column (kept windows only)."""
+class WindowTotals:
+    """The kept windows of a trace: their TOTALS (a frame indexed by window), start and the
+    time each covers."""
 
-    index: pd.Index
-    window_s: float
+    totals: pd.DataFrame
     start_ts: pd.Series
     duration_s: pd.Series
-    packets: pd.DataFrame
-    flows: pd.DataFrame
-    http: pd.DataFrame
     trace_packets: int
 
-    def count(self, table: pd.DataFrame) -> pd.Series:
-        return table.groupby("window").size().reindex(self.index, fill_value=0)
+    @property
+    def index(self) -> pd.Index:
+        return self.totals.index
+
+    def __getitem__(self, name: str) -> pd.Series:
+        return self.totals[name]
 
     def rate(self, amount: pd.Series) -> pd.Series:
         """`amount` per second of the window; undefined for a window that covers no time."""
         return amount / self.duration_s.where(self.duration_s > 0)
 
-    def reduce(self, table: pd.DataFrame, values: pd.Series | str, how: str) -> pd.Series:
-        """`values` (a column of `table`, or a Series on some of its rows) reduced per window;
-        NaN where there are none."""
-        if isinstance(values, str):
-            column = table[values]
-            numeric = pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
-            values = pd.Series(column.to_numpy(np.float64, na_value=np.nan), index=table.index) \
-                if numeric else column
-        windows = table["window"].reindex(values.index)
-        return getattr(values.groupby(windows), how)().reindex(self.index)
-
-    def share(self, table: pd.DataFrame, mask: pd.Series) -> pd.Series:
-        """Share of the rows in `mask` where it holds, per window; NaN where there are none."""
-        return self.reduce(table, mask.astype(np.float64), "mean")
+    def ratio(self, part: pd.Series, whole: str) -> pd.Series:
+        """`part` per unit of the total `whole`; undefined where that is 0."""
+        total = self.totals[whole]
+        return part / total.where(total > 0)
 
 
 # ---- behavioural ---------------------------------------------------------------------------
 
-@feature("packets_per_s", unit="packets/s", robustness=BEHAVIOURAL,
+@feature("packets_per_s", unit="packets/s", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Packets in the window per second it covers.",
          reason="Volume the hosts generate; a sweep sends its probes in bursts.")
 def packets_per_s(w):
-    return w.rate(w.count(w.packets))
+    return w.rate(w["packets"])
 
 
-@feature("bytes_per_s", unit="bytes/s", robustness=BEHAVIOURAL,
+@feature("bytes_per_s", unit="bytes/s", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Frame bytes in the window per second it covers.",
          reason="Volume: probes are small, page loads carry content.")
 def bytes_per_s(w):
-    return w.rate(w.reduce(w.packets, "length", "sum").fillna(0))
+    return w.rate(w["bytes"])
 
 
-@feature("mean_length", unit="bytes", robustness=BEHAVIOURAL,
+@feature("mean_length", unit="bytes", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Mean frame length.",
          reason="Packet size mix: bare SYNs and RSTs against full data segments.")
 def mean_length(w):
-    return w.reduce(w.packets, "length", "mean")
+    return w.ratio(w["bytes"], "packets")
 
 
-@feature("std_length", unit="bytes", robustness=BEHAVIOURAL,
+@feature("std_length", unit="bytes", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Standard deviation of the frame length.",
          reason="A sweep repeats one probe size; transfers mix sizes.")
 def std_length(w):
-    return w.reduce(w.packets, "length", "std")
+    return np.sqrt(w["length_var"])
 
 
 @feature("iat_mean_s", unit="s", robustness=BEHAVIOURAL,
          description="Mean time between consecutive packets of the trace, in the window.",
          reason="Timing of the traffic itself.")
 def iat_mean_s(w):
-    return w.reduce(w.packets, "iat_s", "mean")
+    return w["iat_mean"]
 
 
-@feature("iat_std_s", unit="s", robustness=BEHAVIOURAL,
+@feature("iat_std_s", unit="s", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Standard deviation of the inter-arrival time.",
          reason="Timing regularity: tools pace probes evenly, people browse in bursts.")
 def iat_std_s(w):
-    return w.reduce(w.packets, "iat_s", "std")
+    return np.sqrt(w["iat_var"])
 
 
 @feature("iat_cv", unit="ratio", robustness=BEHAVIOURAL,
@@ -169,108 +226,108 @@ def iat_cv(w):
     return iat_std_s(w) / iat_mean_s(w)
 
 
-@feature("syn_only_share", unit="share of packets", robustness=BEHAVIOURAL,
+@feature("syn_only_share", unit="share of packets", robustness=BEHAVIOURAL, checks=SHARE,
          description="Packets with SYN and without ACK, as a share of all packets.",
          reason="Connection attempts relative to traffic: a SYN sweep is almost all SYNs.")
 def syn_only_share(w):
     # All packets as the base: an export leaves HTTP/TLS rows without flags, a capture does
     # not, and a base of "packets with flags" would tell the two forms of one trace apart.
-    flags = w.packets["tcp_flags"].fillna(0).astype(np.int64)
-    return w.share(w.packets, (flags & 0x12) == 0x02)
+    return w.ratio(w["syn_only"], "packets")
 
 
-@feature("rst_share", unit="share of packets", robustness=BEHAVIOURAL,
+@feature("rst_share", unit="share of packets", robustness=BEHAVIOURAL, checks=SHARE,
          description="Packets with RST, as a share of all packets.",
          reason="Closed ports answer probes with RST.")
 def rst_share(w):
-    flags = w.packets["tcp_flags"].fillna(0).astype(np.int64)
-    return w.share(w.packets, (flags & 0x04) != 0)
+    return w.ratio(w["rst"], "packets")
 
 
-@feature("distinct_dst_hosts", unit="hosts", robustness=BEHAVIOURAL,
+@feature("distinct_dst_hosts", unit="hosts", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Distinct responders of the connections that start in the window.",
          reason="Fan-out: how many hosts are contacted.")
 def distinct_dst_hosts(w):
-    return w.reduce(w.flows, "resp", "nunique").fillna(0)
+    return w["distinct_resp"]
 
 
-@feature("distinct_dst_ports", unit="ports", robustness=BEHAVIOURAL,
+@feature("distinct_dst_ports", unit="ports", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Distinct responder ports of the connections that start in the window.",
          reason="Fan-out over services.")
 def distinct_dst_ports(w):
-    return w.reduce(w.flows, "resp_port", "nunique").fillna(0)
+    return w["distinct_resp_ports"]
 
 
-@feature("max_fanout_per_source", unit="hosts", robustness=BEHAVIOURAL,
+@feature("max_fanout_per_source", unit="hosts", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Most distinct responders any one source contacted in the window.",
          reason="Fan-out of the busiest source, not diluted by other hosts.")
 def max_fanout_per_source(w):
-    per_source = w.flows.groupby(["window", "orig"], observed=True)["resp"].nunique()
-    return per_source.groupby(level="window").max().reindex(w.index, fill_value=0)
+    return w["max_resp_per_orig"]
 
 
 @feature("new_connections_per_s", unit="connections/s", robustness=BEHAVIOURAL,
+         checks=NON_NEGATIVE,
          description="Connections that start in the window, per second it covers.",
          reason="Rate of new conversations.")
 def new_connections_per_s(w):
-    return w.rate(w.count(w.flows))
+    return w.rate(w["connections"])
 
 
 @feature("failed_connection_ratio", unit="share of TCP attempts", robustness=BEHAVIOURAL,
+         checks=SHARE,
          description="Connection attempts starting in the window that failed (S0, REJ, "
                      "RSTOS0, half-open resets...), as a share of attempts.",
          reason="Scanners mostly hit closed or absent services.")
 def failed_connection_ratio(w):
-    tried = attempts(w.flows)
-    return w.share(w.flows, failed_attempts(w.flows)[tried])
+    return w.ratio(w["failed_attempts"], "attempts")
 
 
 @feature("short_connection_share", unit="share of connections", robustness=BEHAVIOURAL,
+         checks=SHARE,
          description="Connections starting in the window with at most 3 packets.",
          reason="Probes end after a SYN, a SYN-ACK and a RST.")
 def short_connection_share(w):
-    return w.share(w.flows, (w.flows["orig_pkts"] + w.flows["resp_pkts"]) <= 3)
+    return w.ratio(w["short_connections"], "connections")
 
 
-@feature("http_requests_per_s", unit="requests/s", robustness=BEHAVIOURAL,
+@feature("http_requests_per_s", unit="requests/s", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="HTTP requests in the window per second it covers.",
          reason="Application activity.")
 def http_requests_per_s(w):
-    return w.rate(w.count(w.http))
+    return w.rate(w["requests"])
 
 
 @feature("http_4xx_share", unit="share of answered requests", robustness=BEHAVIOURAL,
+         checks=SHARE,
          description="Requests answered with a 4xx status, among requests with a seen answer.",
          reason="Probing for paths that do not exist draws 404s.")
 def http_4xx_share(w):
-    answered = w.http["status"].notna()
-    return w.share(w.http, w.http["status"].between(400, 499)[answered])
+    return w.ratio(w["answered_4xx"], "answered")
 
 
-@feature("jndi_lookups", unit="requests", robustness=BEHAVIOURAL,
+@feature("jndi_lookups", unit="requests", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Requests whose URI holds a JNDI lookup after deobfuscation.",
          reason="The Log4Shell exploit string itself.")
 def jndi_lookups(w):
-    return w.reduce(w.http, "jndi", "sum").fillna(0)
+    return w["jndi"]
 
 
-@feature("mean_uri_length", unit="characters", robustness=BEHAVIOURAL,
+@feature("mean_uri_length", unit="characters", robustness=BEHAVIOURAL, checks=NON_NEGATIVE,
          description="Mean length of the requested URIs.",
          reason="URI shape: injected lookups make long URIs.")
 def mean_uri_length(w):
-    return w.reduce(w.http, "uri_length", "mean")
+    return w.ratio(w["uri_chars"], "uri_count")
 
 
 @feature("mean_percent_encoded_share", unit="share of URI characters", robustness=BEHAVIOURAL,
+         checks=SHARE,
          description="Mean share of URI characters inside %XX escapes.",
          reason="URI shape: encoding hides payloads from filters.")
 def mean_percent_encoded_share(w):
-    return w.reduce(w.http, "percent_encoded_share", "mean")
+    return w["percent_mean"]
 
 
 # ---- artefacts -----------------------------------------------------------------------------
 
-@feature("hour_of_day_utc", unit="h", robustness=ARTEFACT,
+@feature("hour_of_day_utc", unit="h", robustness=ARTEFACT, checks=(Check.in_range(0, 24),),
          description="Time of day (UTC, fractional hours) at the window's start.",
          reason="When the capture was taken, not what the traffic does.")
 def hour_of_day_utc(w):
@@ -278,7 +335,7 @@ def hour_of_day_utc(w):
     return start.dt.hour + start.dt.minute / 60 + start.dt.second / 3600
 
 
-@feature("capture_packets", unit="packets", robustness=ARTEFACT,
+@feature("capture_packets", unit="packets", robustness=ARTEFACT, checks=NON_NEGATIVE,
          description="Packets in the whole trace (the same in every window of it).",
          reason="How long someone let the capture run.")
 def capture_packets(w):
@@ -290,100 +347,333 @@ def capture_packets(w):
          reason="Port numbers are labels, not quantities; they reflect which services the "
                 "lab ran.")
 def mean_dst_port(w):
-    return w.reduce(w.flows, "resp_port", "mean")
+    return w.ratio(w["resp_port_sum"], "connections")
 
 
 @feature("mean_src_port", unit="port number", robustness=ARTEFACT,
          description="Mean originator port of the connections that start in the window.",
          reason="Ephemeral ports come from the operating system's allocator.")
 def mean_src_port(w):
-    return w.reduce(w.flows, "orig_port", "mean")
+    return w.ratio(w["orig_port_sum"], "connections")
 
 
-@feature("resolved_name_share", unit="share of addresses", robustness=ARTEFACT,
+@feature("resolved_name_share", unit="share of addresses", robustness=ARTEFACT, checks=SHARE,
          description="Packet addresses (source and destination) shown as names, not IPs.",
          reason="Whether name resolution was on when the trace was exported.")
 def resolved_name_share(w):
-    return w.reduce(w.packets, "named_endpoints", "sum") / (2 * w.count(w.packets))
+    return w.ratio(w["named_endpoints"], "packets") / 2
 
 
-@feature("mean_info_length", unit="characters", robustness=ARTEFACT,
+@feature("mean_info_length", unit="characters", robustness=ARTEFACT, checks=NON_NEGATIVE,
          description="Mean length of Wireshark's Info text (empty for captures).",
          reason="Wireshark's formatting, which changes with version, preferences and format.")
 def mean_info_length(w):
-    return w.reduce(w.packets, "info_length", "mean")
+    return w.ratio(w["info_chars"], "packets")
 
 
-# ---- assembling the matrix -----------------------------------------------------------------
+# ---- the table -----------------------------------------------------------------------------
 
-def _named(column: pd.Series) -> pd.Series:
-    """1 where an address is a name rather than an IPv4/IPv6 literal (decided per category)."""
-    categorical = column.astype("category")
-    is_name = ~categorical.cat.categories.astype("string").str.match(IP_LITERAL)
-    return pd.Series(np.asarray(is_name, dtype=np.int64)[categorical.cat.codes.to_numpy()],
-                     index=column.index)
-
-
-def window_data(packets: pd.DataFrame, flows: pd.DataFrame, http: pd.DataFrame,
-                settings: WindowSettings) -> WindowData:
-    """Tag packets, connections and requests with their window; keep the covered windows."""
-    window_ns = int(settings.window_s * 1e9)
-    ts = packets["ts"].astype("datetime64[ns, UTC]")
-    start_ns = int(ts.astype("int64").min()) if len(packets) else 0
-    end_ns = int(ts.astype("int64").max()) if len(packets) else 0
-    last = (end_ns - start_ns) // window_ns
-    index = pd.RangeIndex(last + 1 if len(packets) else 0, name="window")
-    covered = np.full(len(index), settings.window_s)
-    if len(index):
-        covered[-1] = (end_ns - (start_ns + last * window_ns)) / 1e9
-        if len(index) > 1 and covered[-1] < settings.min_coverage * settings.window_s:
-            index, covered = index[:-1], covered[:-1]
-
-    def tag(table, column):
-        t = table[column].astype("datetime64[ns, UTC]").astype("int64")
-        window = (t - start_ns) // window_ns
-        return table.assign(window=window)[window.isin(index)]
-
-    ordered = packets.sort_values(["ts", "frame"], kind="stable")
-    ordered = ordered.assign(
-        iat_s=ordered["ts"].astype("datetime64[ns, UTC]").astype("int64").diff() / 1e9,
-        named_endpoints=_named(ordered["src"]) + _named(ordered["dst"]),
-        info_length=ordered["info"].astype("string").str.len().fillna(0))
-    start_ts = pd.Series(pd.to_datetime(start_ns + index.to_numpy() * window_ns, utc=True),
-                         index=index)
-    return WindowData(index=index, window_s=settings.window_s, start_ts=start_ts,
-                      duration_s=pd.Series(covered, index=index),
-                      packets=tag(ordered, "ts"), flows=tag(flows, "first_ts"),
-                      http=tag(http, "ts"), trace_packets=len(packets))
+def windows_table(features: dict[str, Feature]) -> Table:
+    """windows.parquet: the window columns, then one column a registered feature."""
+    return Table("windows", "results/features/{trace}/windows.parquet", (
+        "One row a window of `security.windows.window_s` seconds of a trace, from its first "
+        "packet: the ML-ready feature matrix. File metadata: `tracelab.window_s`, "
+        "`tracelab.features` (the registry: name, unit, description, robustness, reason), "
+        "`tracelab.empty_windows_left_out`."), [
+        Column("trace", DICT_STRING, "Trace name, as in the trace sheet."),
+        Column("window", pa.int64(), "Window number: it starts `window` × window_s after the "
+               "trace's first packet.", checks=[Check.ge(0)], unique=True),
+        Column("start_s", pa.float64(), "Start, since the trace's first packet.", unit="s",
+               checks=[Check.ge(0)]),
+        Column("start_ts", TIMESTAMP, "Start time.", unit="ns"),
+        Column("duration_s", pa.float64(), "Time the window covers: window_s, or up to the "
+               "trace's last packet for the last window.", unit="s", checks=[Check.ge(0)]),
+        *(spec.column() for spec in features.values())])
 
 
-def window_matrix(data: WindowData, features: dict[str, Feature] | None = None) -> pd.DataFrame:
-    """One row a window: its start and duration, then every registered feature."""
+WINDOWS = windows_table(FEATURES)
+
+
+# ---- per-window totals, streamed -----------------------------------------------------------
+
+def merge_parts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-window totals of several row groups as one frame indexed by window: counts and sums
+    added, (count, mean, variance) merged by Chan et al.'s pairwise formula. A window that lies
+    in one part keeps that part's values as computed (no rounding from a merge)."""
+    if not parts:
+        return pd.DataFrame(index=pd.Index([], dtype=np.int64, name="window"))
+    data = pd.concat(parts)
+    repeated = data.index.duplicated(keep=False)
+    several = data[repeated]
+    if several.empty:
+        return data.sort_index()
+    by_window = several.groupby(level=0)
+    merged = by_window[[c for c in data.columns if c not in MEANS and not c.endswith("_var")]
+                       ].sum()
+    for count, mean, var in (triple for triple in MOMENTS if triple[1] in data.columns):
+        n = merged[count]
+        merged[mean] = (several[count] * several[mean]).groupby(level=0).sum() / n.where(n > 0)
+        if var is not None:
+            spread = several[count] * (several[mean] - merged[mean].reindex(several.index)) ** 2
+            within = several[var].fillna(0) * (several[count] - 1).clip(lower=0)
+            m2 = within.groupby(level=0).sum() + spread.groupby(level=0).sum()
+            merged[var] = m2 / (n - 1).where(n > 1)
+    return pd.concat([data[~repeated], merged[data.columns]]).sort_index()
+
+
+def _append(parts: list[pd.DataFrame], part: pd.DataFrame) -> None:
+    """Add a row group's totals, merging the parts once they are many (connections and
+    requests come in any order: each part may touch many windows)."""
+    parts.append(part)
+    if len(parts) >= MERGE_PARTS:
+        parts[:] = [merge_parts(parts)]
+
+
+def packet_values(rows: pa.Table) -> pa.Table:
+    """What the window totals need of a packet, as integers: its time, frame, length, TCP flags
+    (0 for none), addresses shown as names (0-2) and Info characters."""
+    return pa.table({
+        "ts": rows.column("ts").cast(pa.int64()), "frame": rows.column("frame"),
+        "length": rows.column("length").cast(pa.int64()),
+        "tcp_flags": rows.column("tcp_flags").fill_null(0).cast(pa.int64()),
+        "named_endpoints": pa.array(_is_name(rows.column("src")) + _is_name(rows.column("dst"))),
+        "info_chars": pc.utf8_length(rows.column("info")).fill_null(0).cast(pa.int64())})
+
+
+def _is_name(column: pa.ChunkedArray) -> np.ndarray:
+    """1 where an address is a name rather than an IPv4/IPv6 literal (decided per dictionary
+    entry)."""
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        literal = pc.match_substring_regex(chunk.dictionary.cast(pa.string()), IP_LITERAL)
+        is_name = ~literal.to_numpy(zero_copy_only=False)
+        parts.append(is_name[chunk.indices.to_numpy(zero_copy_only=False)])
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
+class WindowAccumulator:
+    """Per-window totals of one trace, fed packets in time order, and connections and requests
+    in any order; `totals()` gives the kept windows."""
+
+    def __init__(self, settings: WindowSettings, start_ns: int):
+        self.settings = settings
+        self.start_ns = start_ns
+        self.end_ns = start_ns
+        self.packets = 0
+        self.previous_ts: int | None = None
+        self.names = NameIds()
+        self.packet_parts: list[pd.DataFrame] = []
+        self.flow_parts: list[pd.DataFrame] = []
+        self.http_parts: list[pd.DataFrame] = []
+        self.resp = DistinctRows(["window", "resp"])
+        self.resp_ports = DistinctRows(["window", "resp_port"])
+        self.fanout = DistinctRows(["window", "orig", "resp"])
+        self.distinct_parts: list[pd.DataFrame] = []
+
+    def _window(self, ts_ns: np.ndarray) -> np.ndarray:
+        return (ts_ns - self.start_ns) // self.settings.window_ns
+
+    def add_packets(self, rows: pa.Table) -> None:
+        """Packet values (`packet_values`) in time order, following the previous slice."""
+        ts = rows.column("ts").to_numpy()
+        if not ts.size:
+            return
+        gaps = np.diff(ts, prepend=ts[0] if self.previous_ts is None else self.previous_ts)
+        iat_s = gaps / 1e9
+        if self.previous_ts is None:
+            iat_s[0] = np.nan
+        self.previous_ts = self.end_ns = int(ts[-1])
+        self.packets += ts.size
+        window = self._window(ts)
+        # Windows are runs of the time-ordered rows: sums by np.add.reduceat; means and
+        # variances of floats by pandas (as one table held in memory would get them).
+        starts = np.flatnonzero(np.diff(window, prepend=window[0] - 1))
+        flags = rows.column("tcp_flags").to_numpy()
+        length = rows.column("length").to_numpy()
+        sums = {"packets": np.diff(np.append(starts, ts.size)),
+                "bytes": np.add.reduceat(length, starts),
+                "syn_only": np.add.reduceat((flags & (SYN | ACK)) == SYN, starts, dtype=np.int64),
+                "rst": np.add.reduceat((flags & RST) != 0, starts, dtype=np.int64),
+                "named_endpoints": np.add.reduceat(rows.column("named_endpoints").to_numpy(),
+                                                   starts),
+                "info_chars": np.add.reduceat(rows.column("info_chars").to_numpy(), starts)}
+        floats = pd.DataFrame({"length": length.astype(np.float64), "iat_s": iat_s})
+        moments = floats.groupby(window, sort=True).agg(["mean", "var", "count"])
+        part = pd.DataFrame(sums, index=pd.Index(window[starts], name="window"))
+        part["length_mean"] = moments[("length", "mean")].to_numpy()
+        part["length_var"] = moments[("length", "var")].to_numpy()
+        part["iat_count"] = moments[("iat_s", "count")].to_numpy()
+        part["iat_mean"] = moments[("iat_s", "mean")].to_numpy()
+        part["iat_var"] = moments[("iat_s", "var")].to_numpy()
+        _append(self.packet_parts, part)
+
+    def flow_values(self, rows: pa.Table) -> pa.Table:
+        """What the window totals need of a connection, as integers (addresses as ids)."""
+        flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
+        tried = attempts(flows)
+        return pa.table({
+            "first_ts": rows.column("first_ts").cast(pa.int64()),
+            "orig": self.names.of(rows.column("orig")), "resp": self.names.of(rows.column("resp")),
+            "resp_port": flows["resp_port"].to_numpy(np.int64),
+            "orig_port": flows["orig_port"].to_numpy(np.int64),
+            "attempts": tried.to_numpy(np.int64),
+            "failed_attempts": (failed_attempts(flows) & tried).to_numpy(np.int64),
+            "short_connections": ((flows["orig_pkts"] + flows["resp_pkts"]) <= 3)
+            .to_numpy(np.int64)})
+
+    def add_flows(self, values: pa.Table) -> None:
+        """Connection values (`flow_values`) in order of their start, following the previous
+        slice: the windows before the last one seen are then complete, and their distinct
+        (window, host, port) rows are reduced to counts."""
+        frame = values.to_pandas()
+        if frame.empty:
+            return
+        frame["window"] = self._window(frame["first_ts"].to_numpy())
+        _append(self.flow_parts, frame.groupby("window", sort=True).agg(
+            connections=("resp", "size"), attempts=("attempts", "sum"),
+            failed_attempts=("failed_attempts", "sum"),
+            short_connections=("short_connections", "sum"),
+            resp_port_sum=("resp_port", "sum"), orig_port_sum=("orig_port", "sum")))
+        self.resp.add(frame)
+        self.resp_ports.add(frame)
+        self.fanout.add(frame)
+        self._close_flow_windows(int(frame["window"].iloc[-1]))
+
+    def _close_flow_windows(self, open_window: int) -> None:
+        fanout = self.fanout.take_before("window", open_window).groupby(
+            ["window", "orig"]).size()
+        self.distinct_parts.append(pd.DataFrame({
+            "distinct_resp": self.resp.take_before("window", open_window).groupby(
+                "window").size(),
+            "distinct_resp_ports": self.resp_ports.take_before("window", open_window).groupby(
+                "window").size(),
+            "max_resp_per_orig": fanout.groupby(level="window").max()}))
+
+    def add_http(self, rows: pa.Table) -> None:
+        http = rows.to_pandas(types_mapper=PANDAS_TYPES.get)
+        status = http["status"]
+        answered = status.notna()
+        frame = pd.DataFrame({
+            "window": self._window(rows.column("ts").cast(pa.int64()).to_numpy()),
+            "answered": answered.to_numpy(np.int64),
+            "answered_4xx": (answered & status.between(400, 499).fillna(False))
+            .to_numpy(np.int64),
+            "jndi": http["jndi"].fillna(False).to_numpy(np.int64),
+            "uri_length": http["uri_length"].to_numpy(np.float64, na_value=np.nan),
+            "percent": http["percent_encoded_share"].to_numpy(np.float64, na_value=np.nan)})
+        by_window = frame.groupby("window", sort=True)
+        _append(self.http_parts, by_window.agg(
+            requests=("answered", "size"), answered=("answered", "sum"),
+            answered_4xx=("answered_4xx", "sum"), jndi=("jndi", "sum"),
+            uri_count=("uri_length", "count"), uri_chars=("uri_length", "sum"),
+            percent_count=("percent", "count"), percent_mean=("percent", "mean")))
+
+    def kept_windows(self, busy: pd.Index) -> tuple[pd.Index, int]:
+        """The windows that are rows: those with packets, the empty ones inside pauses of at
+        most max_pause_s, less a last window that covers too little; and how many empty windows
+        of longer pauses were left out."""
+        settings = self.settings
+        busy = busy.to_numpy(np.int64)
+        empty_before = np.diff(busy, prepend=busy[:1]) - 1
+        bridged = empty_before <= settings.max_pause_s // settings.window_s
+        filled = np.where(bridged, empty_before.clip(min=0), 0)
+        offsets = np.arange(filled.sum()) - np.repeat(np.cumsum(filled) - filled, filled)
+        empty = np.repeat(busy - filled, filled) + offsets
+        index = np.sort(np.concatenate([busy, empty]))
+        left_out = int(empty_before[~bridged].sum())
+        if index.size > 1 and self._covered(index)[-1] < settings.min_coverage * settings.window_s:
+            index = index[:-1]
+        return pd.Index(index, name="window"), left_out
+
+    def _covered(self, index: np.ndarray) -> np.ndarray:
+        """Seconds each window covers: window_s, up to the trace's last packet for the last."""
+        window_ns = self.settings.window_ns
+        last = (self.end_ns - self.start_ns) // window_ns
+        covered = np.full(index.size, float(self.settings.window_s))
+        covered[index == last] = (self.end_ns - (self.start_ns + last * window_ns)) / 1e9
+        return covered
+
+    def totals(self) -> tuple[WindowTotals, int]:
+        """The kept windows' totals, and the count of empty windows left out."""
+        packets = merge_parts(self.packet_parts)
+        index, left_out = self.kept_windows(packets.index)
+        self._close_flow_windows(np.iinfo(np.int64).max)
+        parts = [packets, merge_parts(self.flow_parts), merge_parts(self.http_parts),
+                 pd.concat(self.distinct_parts)]
+        totals = pd.concat([part.reindex(index) for part in parts], axis=1).reindex(
+            columns=list(TOTALS))
+        counted = [name for name in TOTALS if name not in MEANS and not name.endswith("_var")]
+        totals[counted] = totals[counted].fillna(0)
+        start = pd.Series(pd.to_datetime(self.start_ns + index.to_numpy() *
+                                         self.settings.window_ns, utc=True), index=index)
+        return WindowTotals(totals=totals.astype(np.float64), start_ts=start,
+                            duration_s=pd.Series(self._covered(index.to_numpy()), index=index),
+                            trace_packets=self.packets), left_out
+
+
+def window_matrix(totals: WindowTotals, settings: WindowSettings,
+                  features: dict[str, Feature] | None = None) -> pd.DataFrame:
+    """One row a window: its number, start and duration, then every registered feature."""
     features = FEATURES if features is None else features
-    matrix = pd.DataFrame({"window": data.index.to_numpy(),
-                           "start_s": data.index.to_numpy() * data.window_s,
-                           "start_ts": data.start_ts.to_numpy(),
-                           "duration_s": data.duration_s.to_numpy()})
+    index = totals.index.to_numpy()
+    matrix = pd.DataFrame({"window": index,
+                           "start_s": index.astype(np.float64) * float(settings.window_s),
+                           "start_ts": totals.start_ts.to_numpy(),
+                           "duration_s": totals.duration_s.to_numpy()})
     for name, spec in features.items():
-        values = spec.func(data)
-        matrix[name] = pd.Series(values, dtype=np.float64).reindex(data.index).to_numpy()
+        values = spec.func(totals)
+        matrix[name] = pd.Series(values, dtype=np.float64).reindex(totals.index).to_numpy()
     return matrix
+
+
+def window_settings(values: dict | None = None) -> WindowSettings:
+    """WindowSettings from config values over the schema's defaults."""
+    return config_settings(WindowSettings, "security.windows", values)
+
+
+def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) -> WindowAccumulator:
+    """Stream the three tables of a trace into per-window totals."""
+    ordered = time_ordered(pq.ParquetFile(packets_path), PACKET_COLUMNS, packet_values)
+    first = next(ordered, None)
+    start_ns = int(first.column("ts")[0].as_py()) if first else 0
+    accumulator = WindowAccumulator(settings, start_ns)
+    if first is not None:
+        accumulator.add_packets(first)
+    for rows in ordered:
+        accumulator.add_packets(rows)
+    for values in time_ordered(pq.ParquetFile(flows_path), FLOW_COLUMNS,
+                               accumulator.flow_values, order=("first_ts",)):
+        accumulator.add_flows(values)
+    for rows in read_batches(pq.ParquetFile(http_path), HTTP_COLUMNS):
+        accumulator.add_http(rows)
+    return accumulator
+
+
+def table_totals(packets: pa.Table, flows: pa.Table, http: pa.Table,
+                 settings: WindowSettings) -> tuple[WindowTotals, int]:
+    """The window totals of three tables held in memory (for small tables and tests)."""
+    ordered = packet_values(packets).sort_by([("ts", "ascending"), ("frame", "ascending")])
+    start_ns = ordered.column("ts")[0].as_py() if len(ordered) else 0
+    accumulator = WindowAccumulator(settings, start_ns)
+    accumulator.add_packets(ordered)
+    ordered = flows.select(FLOW_COLUMNS).sort_by("first_ts")
+    accumulator.add_flows(accumulator.flow_values(ordered))
+    accumulator.add_http(http.select(HTTP_COLUMNS))
+    return accumulator.totals()
 
 
 def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_path,
                   settings: dict) -> dict:
     """Stage: results/features/{trace}/windows.parquet."""
-    window_settings = WindowSettings(**settings)
-    packets = read_packets(packets_path, columns=PACKET_COLUMNS).to_pandas()
-    flows = FLOWS.read_pandas(flows_path)
-    http = pq.read_table(http_path).to_pandas(types_mapper={
-        pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.int16(): pd.Int16Dtype()}.get)
-    data = window_data(packets, flows, http, window_settings)
-    matrix = window_matrix(data)
-    table = pa_arrow.Table.from_pandas(matrix, preserve_index=False)
-    write_parquet(table, windows_path, {
-        "trace": trace, "window_s": window_settings.window_s,
+    chosen = window_settings(settings)
+    totals, left_out = accumulate(packets_path, flows_path, http_path, chosen).totals()
+    matrix = window_matrix(totals, chosen)
+    matrix.insert(0, "trace", trace)
+    windows_table(FEATURES).write(matrix, windows_path, {
+        "trace": trace, "window_s": chosen.window_s, "empty_windows_left_out": left_out,
         "features": json.dumps([spec.describe() for spec in FEATURES.values()])})
-    log.info("%s: %d windows of %g s, %d features", trace, len(matrix),
-             window_settings.window_s, len(FEATURES))
+    log.info("%s: %d windows of %g s, %d features, %d empty windows of long pauses left out",
+             trace, len(matrix), chosen.window_s, len(FEATURES), left_out)
     return {"windows": len(matrix), "features": len(FEATURES)}

@@ -1,0 +1,185 @@
+"""Streaming helpers: a Parquet table read row group by row group (each group's time range, its
+rows in time order), integer ids for names met batch by batch, and exact distinct rows.
+
+Packet tables are in source order, and a source's times may step back (within a row group and
+across them). Stages that need time order read one row group at a time and hold back only the
+rows a later row group may still precede: those at or after the earliest time of every later
+group (from the file's min/max statistics, or one pass over the time column where a group has
+none). Memory is bounded by a row group and the disorder across groups, never by the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+NEVER = np.iinfo(np.int64).max
+# Rows DistinctRows lets wait before it removes duplicates again (at least; or as many as kept).
+COMPACT_ROWS = 1 << 20
+# Rows of one batch of a table read in batches (connections, requests).
+BATCH_ROWS = 1 << 17
+
+
+def non_empty_groups(table: pq.ParquetFile) -> list[int]:
+    return [i for i in range(table.num_row_groups) if table.metadata.row_group(i).num_rows]
+
+
+def time_ranges(table: pq.ParquetFile, groups: list[int],
+                column: str = "ts") -> list[tuple[int, int]]:
+    """(earliest, latest) of `column` (a timestamp, as int64 ns) in each of `groups`: from the
+    file's statistics when every group has them, else from one pass over that column alone."""
+    metadata = table.metadata
+    index = metadata.schema.names.index(column)
+    stats = [metadata.row_group(i).column(index).statistics for i in groups]
+    if all(s is not None and s.has_min_max and s.physical_type == "INT64" for s in stats):
+        return [(s.min_raw, s.max_raw) for s in stats]
+    ranges = []
+    for i in groups:
+        values = table.read_row_group(i, columns=[column]).column(column).cast(pa.int64())
+        extremes = pc.min_max(values)
+        ranges.append((extremes["min"].as_py(), extremes["max"].as_py()))
+    return ranges
+
+
+def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[int],
+                       derive: Callable[[pa.Table], pa.Table]) -> Iterator[pa.Table]:
+    """`derive` of each row group of `table` (only `columns`), one group at a time: a group is
+    read in batches of BATCH_ROWS, each derived before the next is decoded (a large row group
+    is never whole in memory), and the next group is read on a background thread (decoding
+    releases the GIL) while the caller works on this one."""
+    def derived(group: int) -> pa.Table:
+        return pa.concat_tables([
+            derive(pa.Table.from_batches([batch])) for batch in table.iter_batches(
+                batch_size=BATCH_ROWS, row_groups=[group], columns=columns)])
+
+    if not groups:
+        return
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(derived, groups[0])
+        for following in [*groups[1:], None]:
+            rows = pending.result()
+            pending = None if following is None else reader.submit(derived, following)
+            yield rows
+
+
+def read_batches(table: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
+    """`table` (only `columns`) in tables of at most BATCH_ROWS rows: memory bounded by a batch
+    and a row group's compressed columns, whatever the row groups' size."""
+    for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        yield pa.Table.from_batches([batch])
+
+
+def later_minima(minima: list[int]) -> list[int]:
+    """For each group, the earliest time of all groups after it (NEVER after the last)."""
+    return np.minimum.accumulate(np.array([*minima, NEVER], np.int64)[::-1])[::-1][1:].tolist()
+
+
+def _sorted(rows: pa.Table, order: tuple[str, ...]) -> pa.Table:
+    """`rows` sorted by the integer (or timestamp) columns `order`, stably (taken only when not
+    sorted already)."""
+    keys = [rows.column(name).cast(pa.int64()).to_numpy() for name in order]
+    ahead = np.zeros(max(len(rows) - 1, 0), bool)
+    tied = np.ones_like(ahead)
+    for key in keys:
+        ahead |= tied & (key[1:] > key[:-1])
+        tied &= key[1:] == key[:-1]
+    return rows if (ahead | tied).all() else rows.take(np.lexsort(keys[::-1]))
+
+
+def time_ordered(table: pq.ParquetFile, columns: list[str],
+                 derive: Callable[[pa.Table], pa.Table] = lambda rows: rows,
+                 order: tuple[str, ...] = ("ts", "frame")) -> Iterator[pa.Table]:
+    """The rows of `table` (only `columns`, which hold `order`) sorted by `order`, as a
+    sequence of tables of at most BATCH_ROWS rows: their concatenation equals sorting the
+    whole table. `derive` maps each
+    row group to the columns the caller needs (keeping `order`) before rows are held or sorted,
+    so that only those are moved."""
+    groups = non_empty_groups(table)
+    bounds = later_minima([low for low, _ in time_ranges(table, groups, order[0])])
+    held = None
+    for rows, bound in zip(derived_row_groups(table, columns, groups, derive), bounds):
+        if held is not None:
+            rows = pa.concat_tables([held, rows])
+        rows = _sorted(rows.combine_chunks(), order)
+        times = rows.column(order[0]).cast(pa.int64()).to_numpy()
+        # Rows at the bound wait: a later group may hold the same time with a smaller key.
+        cut = int(np.searchsorted(times, bound, side="left"))
+        held = rows.slice(cut)
+        yield from _slices(rows.slice(0, cut))
+    if held is not None:
+        yield from _slices(held)
+
+
+def _slices(rows: pa.Table) -> Iterator[pa.Table]:
+    """`rows` in consecutive slices of at most BATCH_ROWS rows (none if empty)."""
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        yield rows.slice(start, BATCH_ROWS)
+
+
+class NameIds:
+    """A stable integer id for every distinct name (an address) met in any batch, each batch's
+    dictionary matched against the names known so far in one vectorised look-up."""
+
+    def __init__(self):
+        self.names = pa.array([], pa.string())
+
+    def of(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        parts = [self._of_chunk(chunk) for chunk in chunks]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def _of_chunk(self, chunk: pa.Array) -> np.ndarray:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        dictionary = chunk.dictionary.cast(pa.string())
+        found = pc.index_in(dictionary, value_set=self.names)
+        unseen = pc.unique(dictionary.filter(pc.is_null(found)))
+        if len(unseen):
+            self.names = pa.concat_arrays([self.names, unseen])
+            found = pc.index_in(dictionary, value_set=self.names)
+        return found.to_numpy(zero_copy_only=False).astype(np.int64)[
+            chunk.indices.to_numpy(zero_copy_only=False)]
+
+    def name(self, ids) -> np.ndarray:
+        return self.names.to_numpy(zero_copy_only=False)[np.asarray(ids, np.int64)]
+
+
+class DistinctRows:
+    """The distinct rows of a few columns, exact: batches wait in a list and duplicates are
+    removed whenever the waiting rows outnumber the kept ones (and COMPACT_ROWS)."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+        self._parts: list[pd.DataFrame] = []
+        self._kept = 0
+        self._waiting = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        part = frame[self.columns].drop_duplicates()
+        self._parts.append(part)
+        self._waiting += len(part)
+        if self._waiting > max(COMPACT_ROWS, self._kept):
+            self._compact()
+
+    def _compact(self) -> None:
+        rows = (pd.concat(self._parts, ignore_index=True).drop_duplicates() if self._parts
+                else pd.DataFrame({name: pd.Series(dtype=np.int64) for name in self.columns}))
+        self._parts, self._kept, self._waiting = [rows], len(rows), 0
+
+    def rows(self) -> pd.DataFrame:
+        self._compact()
+        return self._parts[0]
+
+    def take_before(self, column: str, value: int) -> pd.DataFrame:
+        """Remove and return the distinct rows whose `column` is below `value` (those no later
+        batch can add to: the caller feeds batches in that column's order)."""
+        rows = self.rows()
+        before = rows[column].to_numpy() < value
+        self._parts, self._kept = [rows[~before]], int((~before).sum())
+        return rows[before]
