@@ -22,7 +22,7 @@ from test_capture import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
 
 from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.security.security_connections import (
-    FlowSettings,
+    flow_settings,
     assemble_connections,
     load_packets,
 )
@@ -127,7 +127,7 @@ def test_a_spurious_retransmission_gives_the_flow_history_its_t(tmp_path):
     out = tmp_path / "out_trace"
     normalize_trace(trace="trace", staged_path=out / "staged.arrow", source=path,
                     source_format="pcap", packets_path=out / "packets.parquet")
-    flows = assemble_connections(load_packets(out / "packets.parquet"), FlowSettings()).flows
+    flows = assemble_connections(load_packets(out / "packets.parquet"), flow_settings(), "t").flows
     assert "t" in flows["history"].iloc[0]
 
 

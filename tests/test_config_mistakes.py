@@ -45,8 +45,8 @@ def _gzipped_capture_as_csv(workdir):
 CASES = {
     "misspelt_section": (
         _config_edit("\nvalidation:", "\nvalidaton:"),
-        ("config/config.yaml: unknown key(s) 'validaton'; known keys: features, normalize, "
-         "progress_interval_s, security, traces, validation")),
+        ("config/config.yaml: unknown key(s) 'validaton'; known keys: "
+         + ", ".join(sorted(config_schema()["properties"])))),
     "misspelt_nested_key": (
         _config_edit("theta1: 0.2", "theta_1: 0.2"),
         ("config/config.yaml: unknown key(s) in security.scan.trw 'theta_1'; known keys: "

@@ -10,6 +10,7 @@ dataclass declares its fields and types but never a default of its own.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from functools import cache
@@ -22,8 +23,13 @@ CONFIG_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.s
 
 
 @cache
-def config_schema() -> dict:
+def _parsed_schema() -> dict:
     return yaml.safe_load(CONFIG_SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def config_schema() -> dict:
+    """The config schema, a fresh copy each call (its defaults end up in callers' dicts)."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _defaults_of(schema: dict):
