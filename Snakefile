@@ -16,6 +16,7 @@ include: "workflow/rules/validate.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/shards.smk"
 include: "workflow/rules/security.smk"
 
 
