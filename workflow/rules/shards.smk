@@ -5,48 +5,11 @@
 # outputs cannot serve, its staged table is temporary): `snakemake -n` shows the shard jobs once
 # a trace has been normalized, and a new packets_per_shard reruns the connection jobs only
 # where it changes a trace's shard count.
-import pyarrow.parquet as pq
-
-from tracelab.security.shards import shard_count
 
 
 wildcard_constraints:
     shards=r"\d+",
     shard=r"\d+",
-
-
-def trace_packets(trace):
-    """Rows of a trace's packet table (from its Parquet footer)."""
-    packets = checkpoints.normalize_trace.get(trace=trace).output.packets
-    return pq.ParquetFile(packets).metadata.num_rows
-
-
-def trace_shards(wildcards):
-    return shard_count(
-        trace_packets(wildcards.trace), config["sharding"]["packets_per_shard"]
-    )
-
-
-def shard_outputs(wildcards):
-    """The shard jobs' outputs the connection rule merges: none for a trace of one shard."""
-    shards = trace_shards(wildcards)
-    if shards == 1:
-        return {}
-    output = rules.security_connections_shard.output
-    return {
-        f"shard_{name}": expand(
-            getattr(output, name),
-            trace=wildcards.trace,
-            shards=shards,
-            shard=range(shards),
-        )
-        for name in ("flows", "http", "conn_log")
-    }
-
-
-def shard_packets(wildcards):
-    """Packets of one shard, as declared for its resources (address pairs are hashed evenly)."""
-    return math.ceil(trace_packets(wildcards.trace) / int(wildcards.shards))
 
 
 rule security_split_shards:
