@@ -26,7 +26,9 @@ include: "workflow/rules/validate.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/sharding.smk"
 include: "workflow/rules/security.smk"
+include: "workflow/rules/shards.smk"
 include: "workflow/rules/robustness.smk"
 
 

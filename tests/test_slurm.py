@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_shards import assert_same_connections, connection_outputs, set_packets_per_shard
 
 pytestmark = pytest.mark.cluster
 
@@ -345,10 +346,17 @@ def checkouts(tmp_path_factory):
     return local, cluster
 
 
-def test_pipeline_on_slurm_equals_local_run(slurm_cluster, checkouts):
+@pytest.fixture(scope="module")
+def pipeline_runs(slurm_cluster, checkouts):
+    """The pipeline run once locally and once on the cluster, for the tests below."""
     local_run, checkout = checkouts
     snakemake(local_run, "--cores", "2")
     snakemake(checkout, *SLURM_FLAGS, env=slurm_cluster.env)
+    return local_run, checkout
+
+
+def test_pipeline_on_slurm_equals_local_run(pipeline_runs):
+    local_run, checkout = pipeline_runs
 
     # One SLURM job per pipeline job: every rule writes one benchmark, every SLURM job one log.
     benchmarks = sorted((checkout / "results" / "benchmarks").rglob("*.tsv"))
@@ -363,3 +371,30 @@ def test_pipeline_on_slurm_equals_local_run(slurm_cluster, checkouts):
         if (difference := result_difference(relative, local_run, checkout))
     }
     assert not differences, f"SLURM results differ from the local run's: {differences}"
+
+
+# Packets a shard in the sharded rerun: the bundled web_browsing trace (14,328 packets) in 3 shards.
+PACKETS_PER_SHARD = 5000
+
+
+def test_sharded_trace_on_slurm_equals_local_unsharded_run(slurm_cluster, pipeline_runs):
+    """The cluster checkout again with shards: one trace's connection stage on several SLURM
+    jobs, its tables equal to the local unsharded run's, and everything after byte-identical."""
+    local_run, checkout = pipeline_runs
+    set_packets_per_shard(checkout, PACKETS_PER_SHARD)
+    snakemake(checkout, *SLURM_FLAGS, env=slurm_cluster.env)
+
+    shard_logs = sorted((checkout / ".snakemake" / "slurm_logs").glob(
+        "rule_security_connections_shard/*/*.log"))
+    assert len({log.stem for log in shard_logs}) == 3, shard_logs  # one SLURM job id a shard
+    for trace in ("log4j_scan", "web_browsing", "log4j_scan_pcap"):
+        assert_same_connections(connection_outputs(local_run / "results/features" / trace),
+                                connection_outputs(checkout / "results/features" / trace))
+    connection_files = {"flows.parquet", "http.parquet", "conn.log"}
+    differences = {
+        str(relative): difference
+        for relative in sorted(result_files(local_run))
+        if relative.name not in connection_files
+        and (difference := result_difference(relative, local_run, checkout))
+    }
+    assert not differences, f"sharded SLURM results differ from the local run's: {differences}"

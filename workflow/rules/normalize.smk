@@ -1,4 +1,4 @@
-rule normalize_trace:
+checkpoint normalize_trace:
     input:
         staged=rules.validate_trace.output.staged,
         source=trace_source,

@@ -5,6 +5,7 @@
 
 rule security_connections:
     input:
+        unpack(shard_outputs),
         packets=rules.normalize_trace.output.packets,
     output:
         flows="results/features/{trace}/flows.parquet",
@@ -13,6 +14,7 @@ rule security_connections:
     params:
         code=rule_code("security_connections"),
         settings=stable_params(config["security"]["flows"]),
+        shards=trace_shards,
     threads: 1
     resources:
         # Peak RSS grows ~25 MB a MB of packets up to one partition of the packet table, then

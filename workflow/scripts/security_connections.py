@@ -1,11 +1,16 @@
 from tracelab.core.runner import run_stage
-from tracelab.security.security_connections import write_connections
+from tracelab.security.shards import ShardOutputs, connections_stage
 
 run_stage(
     snakemake,
-    write_connections,
+    connections_stage,
     trace=snakemake.wildcards.trace,
     packets_path=snakemake.input.packets,
+    shards=ShardOutputs(
+        flows=list(snakemake.input.get("shard_flows", [])),
+        http=list(snakemake.input.get("shard_http", [])),
+        conn_logs=list(snakemake.input.get("shard_conn_log", [])),
+    ),
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,
     conn_log_path=snakemake.output.conn_log,

@@ -1,0 +1,143 @@
+"""The connection stage in shards (one job a shard, then a merge): the same tables whatever the
+shard count, and a plan that shows the shard jobs and reruns exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import copy_workflow, planned_jobs, run_snakemake
+from packet_factory import bundled_results
+from tracelab.security.http import HTTP
+from tracelab.security.partitions import partition_of
+from tracelab.security.security_connections import FLOWS, write_connections
+from tracelab.security.shards import (
+    ShardOutputs,
+    connections_stage,
+    shard_count,
+    shard_of,
+    split_shards,
+    write_shard_connections,
+)
+
+TRACES = ("log4j_scan", "web_browsing", "log4j_scan_pcap")
+SHARD_RULES = {"security_split_shards", "security_connections_shard"}
+# Everything downstream of the packet table that depends on connections.
+CONNECTION_RULES = {"security_connections", "security_hosts", "security_windows",
+                    "security_compare"}
+
+
+def test_shard_of_routes_both_directions_together_independently_of_the_partitions():
+    src = pa.array([f"10.0.{i // 250}.{i % 250}" for i in range(2000)])
+    dst = pa.array(["192.0.2.1"] * 2000)
+    shard = shard_of(src, dst, 4)
+    assert np.array_equal(shard, shard_of(dst, src, 4))
+    assert np.array_equal(shard, shard_of(src.dictionary_encode(), dst, 4))
+    # The packets of one shard still spread over the partitions (a different hash).
+    partitions = partition_of(src, dst, 2)[shard == 0]
+    assert 0.3 < partitions.mean() < 0.7
+    assert np.bincount(shard, minlength=4).min() > 350
+
+
+def sorted_table(path, table) -> pd.DataFrame:
+    data = table.read(path)
+    key = next(name for name in ("uid", "frame") if name in data.column_names)
+    return data.sort_by(key).replace_schema_metadata(None).unify_dictionaries().to_pandas()
+
+
+def connection_outputs(directory: Path) -> dict:
+    return {"flows_path": directory / "flows.parquet", "http_path": directory / "http.parquet",
+            "conn_log_path": directory / "conn.log"}
+
+
+def assert_same_connections(whole: dict, sharded: dict) -> None:
+    """Equal tables after sorting by their keys, equal conn.log headers and sorted records, the
+    same counts of rows left out."""
+    for key, table in (("flows_path", FLOWS), ("http_path", HTTP)):
+        assert sorted_table(whole[key], table).equals(sorted_table(sharded[key], table)), key
+    left_out = [json.loads(pq.ParquetFile(paths["flows_path"]).metadata.metadata[
+        b"tracelab.rows_in_no_connection"]) for paths in (whole, sharded)]
+    assert left_out[0] == left_out[1]
+    logs = [Path(paths["conn_log_path"]).read_text().splitlines() for paths in (whole, sharded)]
+    headers = [[line for line in lines if line.startswith("#")] for lines in logs]
+    assert headers[0] == headers[1]
+    assert sorted(logs[0]) == sorted(logs[1])
+
+
+@pytest.mark.parametrize("trace", ["log4j_scan", "web_browsing"])
+def test_merged_shards_equal_the_whole_trace(trace, tmp_path):
+    packets = bundled_results() / f"packets/{trace}.parquet"
+    settings = {"partition_packets": 1_000_000}
+    whole = connection_outputs(tmp_path / "whole")
+    write_connections(trace=trace, packets_path=packets, settings=settings, **whole)
+    shards = shard_count(pq.ParquetFile(packets).metadata.num_rows, 300)
+    assert shards > 4
+    split_shards(packets_path=packets, directory=tmp_path / "split", shards=shards)
+    parts = [connection_outputs(tmp_path / f"shard{shard}") for shard in range(shards)]
+    for shard, part in enumerate(parts):
+        write_shard_connections(trace=trace, directory=tmp_path / "split", shard=shard,
+                                settings=settings, **part)
+    sharded = connection_outputs(tmp_path / "merged")
+    connections_stage(trace=trace, packets_path=packets, settings=settings, shards=ShardOutputs(
+        *([str(part[key]) for part in parts] for key in ("flows_path", "http_path",
+                                                          "conn_log_path"))), **sharded)
+    assert_same_connections(whole, sharded)
+
+
+def set_packets_per_shard(workdir: Path, packets: int) -> None:
+    path = workdir / "config/config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["sharding"] = {"packets_per_shard": packets}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def trace_packets(workdir: Path, trace: str) -> int:
+    return json.loads((workdir / f"results/validation/{trace}.json").read_text())["rows_valid"]
+
+
+@pytest.mark.slow
+def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    run_snakemake(workdir, "--cores", "2")
+    unsharded = tmp_path / "unsharded"
+    shutil.copytree(workdir / "results", unsharded)
+
+    packets_per_shard = 1000
+    set_packets_per_shard(workdir, packets_per_shard)
+    shards = {trace: math.ceil(trace_packets(workdir, trace) / packets_per_shard)
+              for trace in TRACES}
+    assert min(shards.values()) > 1
+    # Only the connection jobs and what follows; one job a shard.
+    assert planned_jobs(workdir) == {
+        "all": 1, "security_split_shards": 3, "security_connections_shard": sum(shards.values()),
+        "security_connections": 3, "security_hosts": 3, "security_windows": 3,
+        "security_compare": 1}
+    run_snakemake(workdir, "--cores", "2")
+    assert planned_jobs(workdir) == {}
+
+    for trace in TRACES:
+        ran = workdir / f"results/benchmarks/security/shards/{trace}/{shards[trace]}"
+        assert len(list(ran.glob("[0-9]*.tsv"))) == shards[trace]
+        assert_same_connections(connection_outputs(unsharded / f"features/{trace}"),
+                                connection_outputs(workdir / f"results/features/{trace}"))
+        for name in ("hosts.parquet", "windows.parquet"):
+            assert pq.read_table(workdir / f"results/features/{trace}/{name}").equals(
+                pq.read_table(unsharded / f"features/{trace}/{name}")), (trace, name)
+    for path in (unsharded / "compare").iterdir():
+        assert path.read_bytes() == (workdir / "results/compare" / path.name).read_bytes(), path
+    assert not (workdir / "results/shards").exists() or not any(
+        (workdir / "results/shards").rglob("*.parquet"))
+
+    # A shard size that leaves every trace whole: the connection jobs again, no shard job.
+    set_packets_per_shard(workdir, 10_000_000)
+    assert planned_jobs(workdir) == {
+        "all": 1, "security_connections": 3, "security_hosts": 3, "security_windows": 3,
+        "security_compare": 1}

@@ -1,0 +1,14 @@
+from tracelab.core.runner import run_stage
+from tracelab.security.shards import write_shard_connections
+
+run_stage(
+    snakemake,
+    write_shard_connections,
+    trace=snakemake.wildcards.trace,
+    directory=snakemake.input.shards,
+    shard=int(snakemake.wildcards.shard),
+    flows_path=snakemake.output.flows,
+    http_path=snakemake.output.http,
+    conn_log_path=snakemake.output.conn_log,
+    settings=snakemake.params.settings,
+)

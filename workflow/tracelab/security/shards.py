@@ -1,0 +1,169 @@
+"""A large trace's connection stage as shards: one cluster job a shard, then one merge.
+
+A trace of more than `sharding.packets_per_shard` packets is split into
+`shard_count(packets, packets_per_shard)` shards by its packets' unordered address pair (as
+`tracelab.security.partitions` routes them, with a hash of its own): every packet of a
+connection, in both directions, and every port-less row of an export between the same two hosts
+land in one shard, so each shard is made into connections on its own by `write_connections`,
+unchanged. The merge appends the shards' flows, HTTP requests and conn.log records in shard
+order. Uids depend on the trace and the connection only, so the merged tables hold the same rows
+whatever the number of shards; only their order differs (shard, then partition, then first
+packet).
+
+Files: `split_shards` writes one Parquet file a shard (the packet columns connections need) in a
+folder; `write_shard_connections` makes one shard's three outputs; `connections_stage` is the
+connection rule's stage, which merges the shards' outputs when there are shards and makes the
+connections of the whole trace otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracelab.core.atomic import atomic_path
+from tracelab.security.partitions import address_hash, partition_count
+from tracelab.security.security_connections import (
+    CONN_LOG_FIELDS,
+    PACKET_COLUMNS,
+    _trace_span,
+    write_connections,
+)
+from tracelab.security.zeek_log import ZeekLogWriter
+
+log = logging.getLogger(__name__)
+
+# A multiplier other than partitions.py's: a shard's packets share their partition hash modulo
+# the shard count, so with the same hash its partitions would be as uneven as the two counts'
+# common factors make them (2 shards of 2 partitions: one partition full, one empty).
+_SHARD_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+# Bytes of a conn.log copied at a time by the merge.
+_COPY_BYTES = 1 << 20
+
+shard_count = partition_count  # shards of `packets` rows, each about `packets_per_shard` rows
+
+
+def shard_of(src, dst, n: int) -> np.ndarray:
+    """Shard (0..n-1) of each packet, from its unordered pair of addresses: the same for both
+    directions and for any row group."""
+    pair = address_hash(src) + address_hash(dst)  # wraps around: symmetric, order-free
+    return ((pair * _SHARD_MIX) >> np.uint64(32)).astype(np.int64) % n
+
+
+def shard_file(directory, shard: int) -> Path:
+    return Path(directory) / f"shard-{shard:05d}.parquet"
+
+
+def split_shards(*, packets_path, directory, shards: int) -> dict:
+    """Stage: the packet table's rows (PACKET_COLUMNS) routed into `shards` Parquet files in
+    `directory`, row group by row group (a shard may be empty)."""
+    parquet = pq.ParquetFile(packets_path)
+    schema = pa.schema([parquet.schema_arrow.field(name) for name in PACKET_COLUMNS])
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    rows = np.zeros(shards, np.int64)
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(pq.ParquetWriter(shard_file(directory, shard), schema,
+                                                        compression="zstd"))
+                   for shard in range(shards)]
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=PACKET_COLUMNS)
+            shard = shard_of(table.column("src"), table.column("dst"), shards)
+            order = np.argsort(shard, kind="stable")  # time order kept within a shard
+            bounds = np.searchsorted(shard[order], np.arange(shards + 1))
+            routed = table.take(order)
+            for index in np.flatnonzero(np.diff(bounds)):
+                writers[index].write_table(
+                    routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+            rows += np.diff(bounds)
+    log.info("%d packets in %d shards: %s", rows.sum(), shards, rows.tolist())
+    return {"shard_packets": rows.tolist()}
+
+
+def write_shard_connections(*, trace: str, directory, shard: int, flows_path, http_path,
+                            conn_log_path, settings: dict) -> dict:
+    """Stage: the connections of one shard (the files `split_shards` wrote in `directory`)."""
+    return write_connections(trace=trace, packets_path=shard_file(directory, shard),
+                             flows_path=flows_path, http_path=http_path,
+                             conn_log_path=conn_log_path, settings=settings)
+
+
+@dataclass(frozen=True)
+class ShardOutputs:
+    """The outputs of a trace's shard jobs, in shard order."""
+
+    flows: list[str]
+    http: list[str]
+    conn_logs: list[str]
+
+
+def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_path, http_path,
+                      conn_log_path, settings: dict) -> dict:
+    """Stage of the connection rule: the shards' outputs merged when the trace was sharded, the
+    whole trace's connections made here otherwise."""
+    if not shards.flows:
+        return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
+                                 http_path=http_path, conn_log_path=conn_log_path,
+                                 settings=settings)
+    flows = _append_parquet(shards.flows, flows_path, summed="rows_in_no_connection")
+    requests = _append_parquet(shards.http, http_path)
+    _append_conn_logs(shards.conn_logs, conn_log_path, _trace_span(packets_path))
+    log.info("%s: %d connections, %d HTTP requests, merged from %d shards", trace, flows,
+             requests, len(shards.flows))
+    return {"connections": flows, "http_requests": requests}
+
+
+def _append_parquet(paths: list[str], path, summed: str | None = None) -> int:
+    """The tables at `paths` appended into one file, batch by batch, with the first one's
+    schema; the `tracelab.<summed>` file metadata (a JSON count by name) summed over them."""
+    schema = pq.ParquetFile(paths[0]).schema_arrow
+    key = f"tracelab.{summed}".encode()
+    schema = schema.remove_metadata().with_metadata(
+        {k: v for k, v in (schema.metadata or {}).items() if k != key})
+    counts, rows = Counter(), 0
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
+                                                          compression="zstd") as writer:
+        for part in paths:
+            parquet = pq.ParquetFile(part)
+            for batch in parquet.iter_batches():
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            if summed:
+                counts.update(json.loads(parquet.metadata.metadata.get(key, b"{}")))
+        if summed:
+            writer.add_key_value_metadata({key.decode(): json.dumps(dict(counts))})
+    return rows
+
+
+def _append_conn_logs(paths: list[str], path, span: tuple[str, str]) -> None:
+    """One conn.log of the shards' records, with the whole trace's #open and #close."""
+    opened, closed = span
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        out = ZeekLogWriter(handle, "conn", [f for f, _ in CONN_LOG_FIELDS], opened)
+        for part in paths:
+            with open(part, "rb") as source:
+                _copy_records(source, handle)
+        out.close(closed)
+
+
+def _copy_records(source, handle) -> None:
+    """A Zeek log's record lines: those between its header's `#` lines and its `#close`."""
+    size = source.seek(0, 2)
+    tail_start = max(0, size - 4096)
+    source.seek(tail_start)
+    end = tail_start + source.read().rindex(b"#close")
+    source.seek(0)
+    while source.peek(1)[:1] == b"#":
+        source.readline()
+    remaining = end - source.tell()
+    while remaining > 0:
+        chunk = source.read(min(_COPY_BYTES, remaining))
+        handle.write(chunk)
+        remaining -= len(chunk)
