@@ -33,6 +33,6 @@ include: "workflow/rules/robustness.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def packet_table(packets: int, work: Path) -> Path:
     """The normalized packet table of a synthetic export of `packets` rows (made once)."""
     import bench_pipeline
+
     from tracelab.ingest.normalize_trace import normalize_trace
     from tracelab.ingest.validate_trace import validate_trace
 

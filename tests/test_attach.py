@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+
 from tracelab.core.packets import read_staged
 from tracelab.ingest.validate_trace import validate_trace
 from tracelab.security import security_connections
 from tracelab.security.attach import attach_portless
 from tracelab.security.security_connections import (
-    flow_settings,
     assemble_connections,
+    flow_settings,
     load_packets,
 )
 
@@ -33,7 +34,8 @@ def two_parallel_requests(first: int, second: int) -> list[dict]:
 
 
 def test_records_of_different_sizes_join_the_connection_whose_gap_they_fill():
-    result = assemble_connections(packet_frame(two_parallel_requests(93, 180)), flow_settings(), "t")
+    packets = packet_frame(two_parallel_requests(93, 180))
+    result = assemble_connections(packets, flow_settings(), "t")
     flows = result.flows.set_index("orig_port")
     assert result.packet_uid[6] == flows.loc[41000, "uid"]
     assert result.packet_uid[7] == flows.loc[41001, "uid"]

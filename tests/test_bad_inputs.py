@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-
 from conftest import REPO
+
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import read_staged
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet

@@ -9,6 +9,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 from packet_factory import handshake, packet_table, tcp, udp
+
 from tracelab.compare.compare_traces import compare_traces
 from tracelab.core.config import defaults
 from tracelab.features.trace_features import trace_features

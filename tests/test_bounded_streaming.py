@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from packet_factory import handshake, packet_table, tcp, udp
+
 from tracelab.core import streaming
 from tracelab.core.config import defaults
 from tracelab.core.streaming import DistinctRows, NameIds, time_ordered

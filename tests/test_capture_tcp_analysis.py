@@ -22,8 +22,8 @@ from test_capture import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
 
 from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.security.security_connections import (
-    flow_settings,
     assemble_connections,
+    flow_settings,
     load_packets,
 )
 from tracelab.synth.capture import write_capture

@@ -1,8 +1,8 @@
 """The same traffic as a capture and as Wireshark's CSV export must give the same packets.
 
 data/log4j_scan.pcapng is the dumpcap capture whose GUI export is data/log4j_scan.csv.gz (and
-likewise web_browsing). The capture goes through tracelab.ingest.capture.reader; the export is parsed here
-independently with pandas and regular expressions.
+likewise web_browsing). The capture goes through tracelab.ingest.capture.reader; the export is
+parsed here independently with pandas and regular expressions.
 
 Documented differences (each asserted as its mechanism, not as a count):
 
@@ -23,8 +23,8 @@ Documented differences (each asserted as its mechanism, not as a count):
    capture's list is a prefix of the export's ("Server Hello" vs "Server Hello, Certificate,
    Server Key Exchange, Server Hello Done").
 7. A TLS row whose Info starts with a TCP analysis note ("[TCP Window Full] , Application
-   Data") has no ports in the export, so tracelab.ingest.normalize_trace cannot read the note from it;
-   the capture has it.
+   Data") has no ports in the export, so tracelab.ingest.normalize_trace cannot read the note
+   from it; the capture has it.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import REPO, run_snakemake
+
 from tracelab.core.packets import PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS, read_staged
 from tracelab.ingest.validate_trace import validate_trace
 

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from packet_factory import bundled_results
+
 from tracelab.security.http import HTTP
 from tracelab.security.partitions import partition_count, partition_of
 from tracelab.security.security_connections import FLOWS, write_connections

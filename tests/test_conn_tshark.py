@@ -12,6 +12,7 @@ import subprocess
 import pandas as pd
 import pytest
 from packet_factory import REPO
+
 from tracelab.ingest.normalize_trace import normalize_trace
 from tracelab.ingest.validate_trace import validate_trace
 from tracelab.security.security_connections import FLOWS, write_connections

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
+
 from tracelab.security.http import HTTP
 from tracelab.security.security_connections import (
     FLOWS,

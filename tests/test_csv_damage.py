@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 from test_bad_inputs import assert_clean, export, packet, packets, read_invalid, validate
+
 from tracelab.core.packets import read_staged
 from tracelab.ingest.wireshark_csv import _Inflated, _Plain
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from conftest import planned_jobs, run_snakemake
+
 from tracelab.core.fingerprint import content_fingerprint
 
 pytestmark = pytest.mark.slow

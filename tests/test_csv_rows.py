@@ -7,6 +7,7 @@ import os
 
 import pytest
 from test_bad_inputs import assert_clean, assert_one_clear_error, export, packets, validate
+
 from tracelab.ingest.wireshark_csv import DUPLICATE_LOOKBACK
 
 

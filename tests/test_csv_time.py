@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 from test_bad_inputs import assert_clean, export, packet, packets, validate
+
 from tracelab.core.packets import read_staged
 from tracelab.ingest.normalize_trace import normalize_trace
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+
 from tracelab.features import trace_features as features
 from tracelab.features.trace_features import (
     DISTRIBUTION_SCHEMA,

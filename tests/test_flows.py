@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp, udp
+
 from tracelab.security.security_connections import (
     FLOWS,
     assemble_connections,

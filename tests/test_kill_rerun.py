@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
-
 from conftest import REPO, copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow

@@ -9,6 +9,7 @@ import csv
 import pandas as pd
 import pytest
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+
 from tracelab.security.http import http_requests
 from tracelab.security.log4shell import (
     MAX_ESCAPE_LAYERS,

@@ -5,10 +5,10 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_export
-from tracelab.ingest.normalize_trace import normalize_trace, parse_info
+
 from tracelab.core.packets import PACKET_SCHEMA
+from tracelab.ingest.normalize_trace import normalize_trace, parse_info
 from tracelab.ingest.validate_trace import validate_trace
 
 CASES = [

@@ -8,7 +8,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow, planned_jobs, run_snakemake
 
 BUNDLED = {"log4j_scan": "data/log4j_scan.csv.gz", "web_browsing": "data/web_browsing.csv.gz"}

@@ -21,7 +21,6 @@ import zlib
 
 import pyarrow.csv as pacsv
 import pytest
-
 from conftest import REPO, copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracelab.ingest.normalize_trace import normalize_table, parse_info
 from tracelab.core.packets import INFO_FIELDS, PACKETS, TCP_FLAG_BITS
+from tracelab.ingest.normalize_trace import normalize_table, parse_info
 from tracelab.ingest.wireshark_csv import _parse_time
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
@@ -236,7 +236,7 @@ def test_absolute_utc_times_parse_back(moment, extra_ns, separator, nanoseconds)
 def test_local_times_in_zones_without_daylight_saving_parse_back(moment, timezone):
     text = moment.strftime("%Y-%m-%d %H:%M:%S.%f")
     local = moment.replace(tzinfo=ZoneInfo(timezone))
-    expected = (local - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) \
+    expected = (local - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) \
         // dt.timedelta(microseconds=1) * 1000
     ts = _parse_time(pa.array([text]), timezone).ts
     assert ts.cast(pa.int64()).to_pylist() == [expected]

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from packet_factory import REPO, handshake, packet_table, tcp
+
 from tracelab.robustness.perturbations import PERTURBATIONS
 from tracelab.robustness.robustness_invariance import write_invariance
 from tracelab.robustness.robustness_separation import write_separation

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+
 from tracelab.robustness.bootstrap import (
     job_rng,
     ks_statistic,

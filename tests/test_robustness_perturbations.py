@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from packet_factory import BASE, REPO, handshake, packet_table, portless, tcp, udp
+
 from tracelab.robustness.bootstrap import job_rng
 from tracelab.robustness.perturbations import (
     PERTURBATIONS,

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import copy_workflow, planned_jobs, run_snakemake
+
 from tracelab.security.security_windows import FEATURES
 
 TARGETS = ("results/robustness/separation.csv", "results/robustness/transfer.csv")

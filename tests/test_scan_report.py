@@ -6,6 +6,7 @@ import functools
 
 import pandas as pd
 from packet_factory import packet_frame, tcp
+
 from tracelab.compare.security_compare import scan_report
 from tracelab.security.security_connections import assemble_connections, flow_settings
 from tracelab.security.security_hosts import hosts_table, scan_settings

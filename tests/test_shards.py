@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import copy_workflow, planned_jobs, run_snakemake
 from packet_factory import bundled_results
+
 from tracelab.security.http import HTTP
 from tracelab.security.partitions import partition_of
 from tracelab.security.security_connections import FLOWS, write_connections

@@ -152,7 +152,8 @@ class LocalSlurm:
         while time.monotonic() < deadline:
             exited = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
             if exited:
-                raise ClusterStartError(self.diagnosis(f"daemon exited {exited} waiting for {what}"))
+                raise ClusterStartError(
+                    self.diagnosis(f"daemon exited {exited} waiting for {what}"))
             if ready():
                 return
             time.sleep(0.5)

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import HEADER, write_export
+
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import read_staged
 from tracelab.ingest.validate_trace import validate_trace
@@ -76,7 +76,8 @@ def test_invalid_rows_kept_aside_with_line_and_reason(tmp_path):
     rejected = invalid_rows(paths)
     assert rejected["location"].tolist() == ["line 4", "line 5"]
     assert rejected["Time"].tolist() == ["yesterday", "2021-12-15 15:35:00.238100"]
-    assert "Source non-empty" in rejected["reason"][1] and "Length in range" in rejected["reason"][1]
+    assert "Source non-empty" in rejected["reason"][1]
+    assert "Length in range" in rejected["reason"][1]
     assert read_staged(paths["staged_path"]).num_rows == 4
 
 

@@ -24,6 +24,7 @@ os.environ.update(
 
 from tracelab.core.code_version import code_version, module_file
 from tracelab.core.config import ConfigError, check_config
+from tracelab.core.fingerprint import content_fingerprint
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
 from tracelab.ingest.validate_trace import READERS
 
@@ -80,6 +81,11 @@ def validation_code(wildcards):
     """validate_trace loads its reader by format at run time: a pcap fix reruns no CSV trace."""
     reader = module_file(READERS[trace_row(wildcards)["format"]], PACKAGE_DIR)
     return code_version(SCRIPTS_DIR / "validate_trace.py", reader, package_dir=PACKAGE_DIR)
+
+
+def source_fingerprint(wildcards):
+    """The source's content hash: a file replaced with an older mtime still reruns its trace."""
+    return content_fingerprint(trace_source(wildcards), ".snakemake/tracelab/fingerprints")
 
 
 def stable_params(section):

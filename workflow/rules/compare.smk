@@ -59,20 +59,20 @@ rule compare_traces:
             subcategory="Figures",
             labels={"figure": "distinct destinations over time"},
         ),
-    params:
-        code=rule_code("compare_traces"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
-        rate_bin_s=config["features"]["rate_bin_s"],
-    threads: 1
-    resources:
-        mem_mb=memory_mb(768, 8),
-        runtime=runtime_minutes(15, 1),
     log:
         "results/logs/compare/compare_traces.log",
     benchmark:
         "results/benchmarks/compare/compare_traces.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(768, 8),
+        runtime=runtime_minutes(15, 1),
+    params:
+        code=rule_code("compare_traces"),
+        traces=list(TRACES.index),
+        labels=trace_labels(),
+        rate_bin_s=config["features"]["rate_bin_s"],
     script:
         "../scripts/compare_traces.py"

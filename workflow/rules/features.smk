@@ -16,19 +16,19 @@ rule trace_features:
             subcategory="Distributions",
             labels={"trace": "{trace}"},
         ),
-    params:
-        code=rule_code("trace_features"),
-        settings=stable_params(config["features"]),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(256, 8),
-        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/features/{trace}.log",
     benchmark:
         "results/benchmarks/features/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(256, 8),
+        runtime=runtime_minutes(10, 1),
+    params:
+        code=rule_code("trace_features"),
+        settings=stable_params(config["features"]),
     script:
         "../scripts/trace_features.py"
 
@@ -49,19 +49,19 @@ rule trace_statistics:
             subcategory="Summaries and statistics",
             labels={"trace": "{trace}"},
         ),
-    params:
-        code=rule_code("trace_statistics"),
-    threads: 1
-    resources:
-        # Grows with distinct endpoints and conversations, not packets: 296 MB peak at 400k
-        # packets (68k endpoints, 67k conversations), 491 MB at 2M (279k, 321k; 61 MB input).
-        mem_mb=memory_mb(384, 8),
-        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/features/{trace}.statistics.log",
     benchmark:
         "results/benchmarks/features/{trace}.statistics.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        # Grows with distinct endpoints and conversations, not packets: 296 MB peak at 400k
+        # packets (68k endpoints, 67k conversations), 491 MB at 2M (279k, 321k; 61 MB input).
+        mem_mb=memory_mb(384, 8),
+        runtime=runtime_minutes(10, 1),
+    params:
+        code=rule_code("trace_statistics"),
     script:
         "../scripts/trace_statistics.py"

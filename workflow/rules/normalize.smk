@@ -4,21 +4,19 @@ checkpoint normalize_trace:
         source=trace_source,
     output:
         packets="results/packets/{trace}.parquet",
-    params:
-        code=rule_code("normalize_trace"),
-        source_format=lambda wc: trace_row(wc)["format"],
-        row_group_rows=config["normalize"]["row_group_rows"],
-    threads: 2
-    resources:
-        mem_mb=memory_mb(
-            384, 16, cap=row_group_memory_mb(config["normalize"]["row_group_rows"])
-        ),
-        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/normalize/{trace}.log",
     benchmark:
         "results/benchmarks/normalize/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 2
+    resources:
+        mem_mb=memory_mb(384, 16, cap=row_group_memory_mb(config["normalize"]["row_group_rows"])),
+        runtime=runtime_minutes(10, 1),
+    params:
+        code=rule_code("normalize_trace"),
+        source_format=lambda wc: trace_row(wc)["format"],
+        row_group_rows=config["normalize"]["row_group_rows"],
     script:
         "../scripts/normalize_trace.py"

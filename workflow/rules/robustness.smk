@@ -64,9 +64,7 @@ rule robustness_windows:
         ),
         seed=ROBUSTNESS["seed"],
         # The copy's connections and windows are made as the original's are.
-        settings=stable_params(
-            {key: config["security"][key] for key in ("flows", "windows")}
-        ),
+        settings=stable_params({key: config["security"][key] for key in ("flows", "windows")}),
     script:
         "../scripts/robustness_windows.py"
 
@@ -74,9 +72,7 @@ rule robustness_windows:
 rule robustness_invariance:
     input:
         windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        variant_windows=expand(
-            rules.robustness_windows.output.windows, zip, **VARIANT_WILDCARDS
-        ),
+        variant_windows=expand(rules.robustness_windows.output.windows, zip, **VARIANT_WILDCARDS),
         records=expand(rules.robustness_windows.output.record, zip, **VARIANT_WILDCARDS),
     output:
         table=report(
@@ -226,8 +222,6 @@ rule robustness_transfer:
         code=rule_code("robustness_transfer"),
         traces=list(TRACES.index),
         labels=trace_labels(),
-        settings=stable_params(
-            {key: ROBUSTNESS[key] for key in ("seed", "bootstrap", "transfer")}
-        ),
+        settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap", "transfer")}),
     script:
         "../scripts/robustness_transfer.py"

@@ -11,10 +11,12 @@ rule security_connections:
         flows="results/features/{trace}/flows.parquet",
         http="results/features/{trace}/http.parquet",
         conn_log="results/features/{trace}/conn.log",
-    params:
-        code=rule_code("security_connections"),
-        settings=stable_params(config["security"]["flows"]),
-        shards=trace_shards,
+    log:
+        "results/logs/security/connections/{trace}.log",
+    benchmark:
+        "results/benchmarks/security/connections/{trace}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
     threads: 1
     resources:
         # Peak RSS grows ~25 MB a MB of packets up to one partition of the packet table, then
@@ -23,12 +25,10 @@ rule security_connections:
             512, 28, cap=512 + config["security"]["flows"]["partition_packets"] // 1000
         ),
         runtime=runtime_minutes(10, 4),
-    log:
-        "results/logs/security/connections/{trace}.log",
-    benchmark:
-        "results/benchmarks/security/connections/{trace}.tsv"
-    conda:
-        "../envs/tracelab.yaml"
+    params:
+        code=rule_code("security_connections"),
+        settings=stable_params(config["security"]["flows"]),
+        shards=trace_shards,
     script:
         "../scripts/security_connections.py"
 
@@ -38,19 +38,19 @@ rule security_hosts:
         flows=rules.security_connections.output.flows,
     output:
         hosts="results/features/{trace}/hosts.parquet",
-    params:
-        code=rule_code("security_hosts"),
-        settings=stable_params(config["security"]["scan"]),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(384, 16),
-        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/security/hosts/{trace}.log",
     benchmark:
         "results/benchmarks/security/hosts/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(384, 16),
+        runtime=runtime_minutes(10, 1),
+    params:
+        code=rule_code("security_hosts"),
+        settings=stable_params(config["security"]["scan"]),
     script:
         "../scripts/security_hosts.py"
 
@@ -62,19 +62,19 @@ rule security_windows:
         http=rules.security_connections.output.http,
     output:
         windows="results/features/{trace}/windows.parquet",
-    params:
-        code=rule_code("security_windows"),
-        settings=stable_params(config["security"]["windows"]),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(384, 16),
-        runtime=runtime_minutes(10, 1),
     log:
         "results/logs/security/windows/{trace}.log",
     benchmark:
         "results/benchmarks/security/windows/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(384, 16),
+        runtime=runtime_minutes(10, 1),
+    params:
+        code=rule_code("security_windows"),
+        settings=stable_params(config["security"]["windows"]),
     script:
         "../scripts/security_windows.py"
 
@@ -142,19 +142,19 @@ rule security_compare:
             subcategory="Scan report",
             labels={"table": "scan report", "format": "HTML (shown here)"},
         ),
-    params:
-        code=rule_code("security_compare"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
-    threads: 1
-    resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
     log:
         "results/logs/security/compare.log",
     benchmark:
         "results/benchmarks/security/compare.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(512, 4),
+        runtime=runtime_minutes(15, 1),
+    params:
+        code=rule_code("security_compare"),
+        traces=list(TRACES.index),
+        labels=trace_labels(),
     script:
         "../scripts/security_compare.py"

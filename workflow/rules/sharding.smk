@@ -12,9 +12,7 @@ def trace_packets(trace):
 
 
 def trace_shards(wildcards):
-    return shard_count(
-        trace_packets(wildcards.trace), config["sharding"]["packets_per_shard"]
-    )
+    return shard_count(trace_packets(wildcards.trace), config["sharding"]["packets_per_shard"])
 
 
 def shard_outputs(wildcards):

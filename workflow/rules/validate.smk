@@ -1,11 +1,3 @@
-from tracelab.core.fingerprint import content_fingerprint
-
-
-def source_fingerprint(wildcards):
-    """The source's content hash: a file replaced with an older mtime still reruns its trace."""
-    return content_fingerprint(trace_source(wildcards), ".snakemake/tracelab/fingerprints")
-
-
 rule validate_trace:
     input:
         source=trace_source,
@@ -25,17 +17,6 @@ rule validate_trace:
             labels={"trace": "{trace}"},
         ),
         staged=temp("results/staged/{trace}.arrow"),
-    params:
-        code=validation_code,
-        source_fingerprint=source_fingerprint,
-        source_format=lambda wc: trace_row(wc)["format"],
-        timezone=lambda wc: trace_row(wc)["timezone"],
-        settings=stable_params(config["validation"]),
-    threads: 1
-    resources:
-        # Streams the source in batch_bytes batches: ~600 MB peak from 0.03 to 330 MB of input.
-        mem_mb=memory_mb(1024),
-        runtime=runtime_minutes(10, 2),
     log:
         "results/logs/validate/{trace}.log",
         # Snakemake deletes a failed job's outputs but keeps its logs: the report and the
@@ -46,5 +27,16 @@ rule validate_trace:
         "results/benchmarks/validate/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        # Streams the source in batch_bytes batches: ~600 MB peak from 0.03 to 330 MB of input.
+        mem_mb=memory_mb(1024),
+        runtime=runtime_minutes(10, 2),
+    params:
+        code=validation_code,
+        source_fingerprint=source_fingerprint,
+        source_format=lambda wc: trace_row(wc)["format"],
+        timezone=lambda wc: trace_row(wc)["timezone"],
+        settings=stable_params(config["validation"]),
     script:
         "../scripts/validate_trace.py"

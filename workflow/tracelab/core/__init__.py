@@ -1,1 +1,2 @@
-"""What every stage shares: table declarations, config defaults, atomic writers, errors, safe text."""
+"""What every stage shares: table declarations, config defaults, atomic writers, errors, safe
+text."""

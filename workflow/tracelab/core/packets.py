@@ -25,7 +25,8 @@ PORT_CHECK = Check.in_range(0, 65535)
 PACKETS = Table("packets", "results/packets/{trace}.parquet", (
     "One row a packet, in the order of the source (a Wireshark CSV export or a pcap/pcapng "
     "capture), the same columns whatever the format. Zstd, row groups of "
-    "`normalize.row_group_rows`, file metadata `tracelab.source_path`, `tracelab.source_sha256`."), [
+    "`normalize.row_group_rows`, file metadata `tracelab.source_path`, "
+    "`tracelab.source_sha256`."), [
     Column("frame", pa_arrow.int64(), "Frame number: the export's `No.`, a capture's record "
            "number.", checks=[Check.gt(0)]),
     Column("ts", TIMESTAMP, "When the packet was captured.", unit="ns"),
