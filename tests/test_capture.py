@@ -293,7 +293,8 @@ def test_timestamp_resolution_and_offset_are_applied_exactly(tmp_path):
     cases = [(9, 0, T0 * NS + 123_456_789, T0 * NS + 123_456_789),
              (6, 0, T0 * 10**6 + 654_321, T0 * NS + 654_321_000),
              (0x8A, 0, (T0 << 10) + 513, T0 * NS + 513 * NS // 1024),    # 2^-10 s, truncated
-             (12, 0, 1000 * 10**12 + 1_234_567_891_234, 1000 * NS + 1_234_567_891),   # ps
+             # ps: 64 bits of ps reach 213 days, so a real capture needs if_tsoffset too
+             (12, T0, 1000 * 10**12 + 1_234_567_891_234, (T0 + 1000) * NS + 1_234_567_891),
              (6, 3600, T0 * 10**6, (T0 + 3600) * NS)]                     # if_tsoffset
     for resolution, offset, _, _ in cases:
         options = struct.pack("<HHB3x", 9, 1, resolution)
@@ -763,7 +764,7 @@ def test_packets_of_a_link_type_not_decoded_are_rejected_and_named(tmp_path):
 
     shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     idbs = [_block(1, struct.pack("<HHI", linktype, 0, 0)) for linktype in (1, 147)]
-    packets = [_epb(k % 2, T0 * NS + k, frame) for k in range(10)]
+    packets = [_epb(k % 2, T0 * 10**6 + k, frame) for k in range(10)]  # µs: no if_tsresol
     mixed = tmp_path / "mixed.pcapng"
     mixed.write_bytes(shb + b"".join(idbs) + b"".join(packets))
     table, report, error = stage(mixed, tmp_path, "mixed", max_invalid_fraction=0.5)
@@ -775,3 +776,21 @@ def test_packets_of_a_link_type_not_decoded_are_rejected_and_named(tmp_path):
     rejected = invalid_rows(tmp_path, "mixed")
     assert rejected["reason"].unique().tolist() == ["supported link type"]
     assert rejected["linktype"].unique().tolist() == ["147"]
+
+
+def test_impossible_timestamps_are_rejected_and_jumps_counted(tmp_path):
+    """A record stamped 1970-01-01 or in 2100 is rejected (`time in range`); a record a year
+    after the others is kept and counted as a forward jump, never by the day the test runs."""
+    frame = bytes(dpkt.ethernet.Ethernet(
+        src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_ARP, data=b"\x00" * 28))
+    seconds = [1_600_000_000 + i for i in range(20)] + [0, 4_102_444_800, 1_631_536_000]
+    records = [struct.pack("<IIII", s, 0, len(frame), len(frame)) + frame for s in seconds]
+    path = tmp_path / "times.pcap"
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+                     + b"".join(records))
+    table, report, error = stage(path, tmp_path, max_invalid_fraction=0.2)
+    assert error is None and len(table) == 21
+    assert report["checks"]["time in range"]["failures"] == 2
+    assert set(invalid_rows(tmp_path)["record"]) == {"21", "22"}
+    jumps = report["time_jumps"]
+    assert jumps["count"] == 1 and jumps["examples"][0]["record"] == 23

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from tracelab.core.atomic import AtomicPath, write_json
+from tracelab.core.config import settings as config_settings
 from tracelab.core.errors import TraceInputError
 from tracelab.core.safe_text import spreadsheet_safe_array
 
@@ -38,10 +39,16 @@ def time_out_of_range(ts_ns: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ValidationSettings:
-    max_invalid_fraction: float = 0.01
-    length_min: int = 14
-    length_max: int = 262144
-    batch_bytes: int = 8 << 20
+    """config's `validation` section (defaults: tracelab/schemas/config.schema.yaml)."""
+
+    max_invalid_fraction: float
+    length_min: int
+    length_max: int
+    batch_bytes: int
+
+
+def validation_settings(values: dict | None = None) -> ValidationSettings:
+    return config_settings(ValidationSettings, "validation", values)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.report import InvalidRows, ValidationReport, ValidationSettings
+from tracelab.ingest.report import InvalidRows, ValidationReport, validation_settings
 
 READERS = {
     "wireshark_csv": "tracelab.ingest.wireshark_csv",
@@ -35,7 +35,7 @@ def validate_trace(*, trace: str, source, source_format: str, staged_path, repor
     the rejected rows also go to `log_report_path` and `log_invalid_path` (when given): copied
     when the trace passes, moved there when it fails, and the error names that report.
     """
-    settings = ValidationSettings(**(settings or {}))
+    settings = validation_settings(settings)
     report = ValidationReport(trace=trace, source=source, source_format=source_format,
                               settings=settings)
     reader = importlib.import_module(READERS[source_format])

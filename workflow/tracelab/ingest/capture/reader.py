@@ -43,9 +43,10 @@ from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
 from tracelab.ingest.capture import decode
 from tracelab.ingest.report import (
     InvalidRows,
+    TimeOrder,
     ValidationReport,
     ValidationSettings,
-    count_time_backwards,
+    time_out_of_range,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ CHECKS = {
     "captured <= snap length": "captured length is at most the interface's snap length",
     "length in range": "original length is a plausible frame length "
                        "(validation.length_min..length_max)",
+    "time in range": "the timestamp is one a packet can have (1970-01-02 to 2099)",
     "packet within block": "pcapng: the packet data fits inside its block",
     "known interface": "pcapng: the packet names an interface described before it",
     "supported link type": "the interface's link type is one the reader decodes: "
@@ -663,9 +665,8 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                                     f"timezone {timezone} is not applied")
     schema = staged_schema()
     decoder = decode.Decoder()
-    backwards = {"count": 0, "examples": []}
+    time_order = TimeOrder()
     snapped = 0
-    last_ts = None
     sink = InvalidRows(invalid_path, RAW_COLUMNS)
     try:
         with atomic_path(staged_path) as tmp, \
@@ -679,7 +680,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
                 if not keep.any():
                     continue
                 kept = records if keep.all() else _take(records, keep)
-                last_ts = count_time_backwards(kept.ts_ns, last_ts, backwards, kept.place)
+                time_order.update(kept.ts_ns, kept.place)
                 snapped += int((kept.captured < kept.original).sum())
                 linktype = np.array([i.linktype for i in reader.interfaces],
                                     dtype=np.int64)[kept.interface]
@@ -693,10 +694,10 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         reader.stream.close()
     report.notes["capture"] = {**reader.notes(), "snap_truncated_packets": snapped,
                                **decoder.notes()}
-    report.notes["time_backwards"] = backwards
+    report.notes.update(time_order.notes())
     log.info("%s: %d records read, %d kept, %d rejected, %d cut by the snap length; "
              "%d timestamps went backwards", source, report.rows_read, report.rows_valid,
-             report.rows_invalid, snapped, backwards["count"])
+             report.rows_invalid, snapped, time_order.backwards["count"])
 
 
 class _Pipeline:
@@ -775,6 +776,7 @@ def _check_records(records: Records, reader: _Reader, report: ValidationReport,
         "captured <= snap length": (snaplen > 0) & (records.captured > snaplen),
         "length in range": (records.original < settings.length_min)
         | (records.original > settings.length_max),
+        "time in range": time_out_of_range(records.ts_ns),
     }
     if not any(failed.any() for failed in failures.values()):
         return np.ones(len(records), dtype=bool)   # the usual case: no reasons to build
