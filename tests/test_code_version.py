@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,32 +44,37 @@ def runtime_closure(workdir: Path, modules: list[str]) -> set[Path]:
     return {Path(path).resolve() for path in json.loads(result.stdout)}
 
 
-def job_outputs(workdir: Path) -> dict[tuple[str, str], set[str]]:
-    """(rule, trace or '') -> output files, of every job of a full run (a forced dry run)."""
-    output = run_snakemake(workdir, "-n", "--forceall").stdout
-    jobs = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        rule = re.match(r"(?:local)?rule (\w+):", block)
-        files = re.search(r"^\s+output: (.+)$", block, flags=re.M)
-        if rule and files:
-            trace = re.search(r"wildcards: trace=(\S+)", block)
-            jobs[(rule.group(1), trace.group(1) if trace else "")] = set(
-                files.group(1).split(", "))
-    return jobs
+def summary(workdir: Path) -> dict[str, tuple[str, str]]:
+    """Output file -> (rule, status), from Snakemake's summary of the last run."""
+    rows = run_snakemake(workdir, "--summary").stdout.splitlines()
+    header = next(i for i, row in enumerate(rows) if row.startswith("output_file\t"))
+    return {cells[0]: (cells[2], cells[4]) for cells in
+            (row.split("\t") for row in rows[header + 1:]) if len(cells) > 4}
 
 
-def params_changed(workdir: Path, jobs: dict[tuple[str, str], set[str]]) -> set[tuple[str, str]]:
-    """The jobs with an output whose params differ from its last run (Snakemake's summary:
-    unlike a dry run's reasons, it says so for jobs downstream of other changed jobs too)."""
-    summary = run_snakemake(workdir, "--summary").stdout.splitlines()
-    changed = {row.split("\t")[0] for row in summary if "\tparams changed\t" in row}
-    return {job for job, files in jobs.items() if files & changed}
+def trace_of(path: str, traces: list[str]) -> str:
+    """The trace an output belongs to ('' for the comparisons across traces)."""
+    parts = Path(path).parts
+    return next((t for t in traces for part in parts
+                 if part == t or part.startswith(f"{t}.")), "")
+
+
+def code_changes(workdir: Path) -> tuple[set[tuple[str, str]], set[str]]:
+    """(rule, output) of every output whose params differ from its last run, and the outputs
+    Snakemake cannot judge: those downstream of a pending checkpoint (normalize_trace) whose
+    input set is not known yet (the summary says "set of input files changed")."""
+    changed, unknown = set(), set()
+    for path, (rule, status) in summary(workdir).items():
+        if status == "params changed":
+            changed.add((rule, path))
+        elif status == "set of input files changed":
+            unknown.add(path)
+    return changed, unknown
 
 
 def test_editing_any_module_reruns_exactly_the_rules_that_import_it(workflow_copy):
     run_snakemake(workflow_copy, "--cores", "2")
     package = workflow_copy / "workflow" / "tracelab"
-    scripts = sorted((workflow_copy / "workflow" / "scripts").glob("*.py"))
     sheet = [line.split("\t") for line in
              (workflow_copy / "config" / "traces.tsv").read_text().splitlines()[1:]]
     formats = {row[0]: row[2] or ("wireshark_csv" if ".csv" in row[1] else "pcapng")
@@ -78,15 +82,17 @@ def test_editing_any_module_reruns_exactly_the_rules_that_import_it(workflow_cop
     readers = {"wireshark_csv": "tracelab.ingest.wireshark_csv",
                "pcap": "tracelab.ingest.capture.reader",
                "pcapng": "tracelab.ingest.capture.reader"}
-    jobs = job_outputs(workflow_copy)
+    outputs = {path: rule for path, (rule, status) in summary(workflow_copy).items()
+                if status == "ok"}   # temp() outputs are gone and cannot say
+    assert {rule for rule in outputs.values()} >= {"validate_trace", "normalize_trace",
+                                                    "security_connections"}
     closures = {}
-    for rule, trace in jobs:
+    for rule, trace in {(rule, trace_of(path, list(formats))) for path, rule in outputs.items()}:
         imports = script_imports(workflow_copy / "workflow" / "scripts" / f"{rule}.py")
         if rule == "validate_trace":  # the reader is chosen by the trace's format at run time
             imports.append(readers[formats[trace]])
         closures[(rule, trace)] = runtime_closure(workflow_copy, imports)
-    assert {rule for rule, _ in closures} == {script.stem for script in scripts}
-    assert params_changed(workflow_copy, jobs) == set()
+    assert code_changes(workflow_copy) == (set(), set())
 
     modules = sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
     assert len(modules) > 20
@@ -94,7 +100,9 @@ def test_editing_any_module_reruns_exactly_the_rules_that_import_it(workflow_cop
         original = module.read_text()
         module.write_text(original + "\n# an edit that changes nothing\n")
         try:
-            expected = {job for job, closure in closures.items() if module.resolve() in closure}
-            assert params_changed(workflow_copy, jobs) == expected, module.relative_to(package)
+            changed, unknown = code_changes(workflow_copy)
+            expected = {(rule, path) for path, rule in outputs.items() if path not in unknown
+                        and module.resolve() in closures[(rule, trace_of(path, list(formats)))]}
+            assert changed == expected, module.relative_to(package)
         finally:
             module.write_text(original)
