@@ -27,6 +27,8 @@ from tracelab.core.safe_text import figure_text  # noqa: E402
 
 PNG_METADATA = {"Software": None}
 DPI = 110
+# A window feature's robustness class, declared or measured.
+CLASS_COLOURS = {"behavioural": "#1b9e77", "artefact": "#d95f02"}
 # The n-th trace of a label: line style and width (a later trace draws inside an earlier one).
 SAME_LABEL_LINES = [("-", 2.6), ((0, (4, 2)), 1.4), ((0, (1, 1.5)), 1.4), ((0, (6, 2, 1, 2)), 1.2)]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]

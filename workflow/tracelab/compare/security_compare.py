@@ -29,6 +29,7 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from tracelab.compare.figures import (
+    CLASS_COLOURS,
     TraceStyle,
     empty_note,
     grouped_bars,
@@ -42,10 +43,10 @@ from tracelab.core.atomic import atomic_path, write_text
 from tracelab.core.html_report import markdown_html, write_html
 from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe
 from tracelab.security.security_connections import ZEEK_CONN_STATES
+from tracelab.security.security_windows import recorded_features
 
 log = logging.getLogger(__name__)
 
-ROBUSTNESS_COLOURS = {"behavioural": "#1b9e77", "artefact": "#d95f02"}
 VERDICT_ORDER = ["address/port scan and TRW", "TRW only", "address/port scan only", "not flagged"]
 VERDICT_MARKERS = dict(zip(VERDICT_ORDER, ["X", "^", "s", "o"]))
 # Source names written beside flagged points, per panel at most, and the least distance
@@ -207,13 +208,13 @@ def separability_figure(table: pd.DataFrame, path) -> None:
     for ax, column, label in ((axes[0, 0], "ks_statistic", "Kolmogorov-Smirnov D (0-1)"),
                               (axes[0, 1], "separation", "ROC AUC, max(AUC, 1 - AUC) (0.5-1)")):
         sns.barplot(data=first, y="feature ", x=column, hue="robustness",
-                    palette=ROBUSTNESS_COLOURS, dodge=False, ax=ax, legend=False)
+                    palette=CLASS_COLOURS, dodge=False, ax=ax, legend=False)
         ax.set_xlabel(label)
         ax.set_ylabel("window feature" if ax is axes[0, 0] else "")
     axes[0, 1].set_xlim(0.5, 1.0)
     axes[0, 0].set_xlim(0.0, 1.0)
     legend_outside(fig, [Patch(facecolor=colour, label=name)
-                         for name, colour in ROBUSTNESS_COLOURS.items()], "robustness")
+                         for name, colour in CLASS_COLOURS.items()], "robustness")
     fig.suptitle(figure_text(f"How well each window feature separates {kind} {a} from {b} "
                              f"(sorted by KS D)"))
     save(fig, path)
@@ -381,15 +382,6 @@ def _read_all(paths: list[str], traces: list[str], labels: dict[str, str],
     return pd.concat(parts, ignore_index=True)
 
 
-def _feature_specs(paths: list[str]) -> pd.DataFrame:
-    """The feature registry as recorded in the windows files (the first one names the order)."""
-    specs = {}
-    for path in paths:
-        for spec in json.loads(pq.read_schema(path).metadata[b"tracelab.features"]):
-            specs.setdefault(spec["name"], spec)
-    return pd.DataFrame(list(specs.values()))
-
-
 def _without_title(markdown: str) -> str:
     """A Markdown text without its `# title` line (the HTML page sets its own title)."""
     first, _, rest = markdown.partition("\n")
@@ -403,7 +395,7 @@ def compare_security(*, traces: list[str], labels: dict[str, str], windows_paths
     """Stage: results/compare/ security outputs from every trace's features."""
     set_theme()
     styles = trace_styles(traces, labels)
-    features = _feature_specs(windows_paths)
+    features = recorded_features(windows_paths)
     windows = _read_all(windows_paths, traces, labels)
     table = separability_table(windows, features)
     with atomic_path(features_csv) as tmp:

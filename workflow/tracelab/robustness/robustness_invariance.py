@@ -13,6 +13,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from tracelab.compare.figures import save
 from tracelab.core.safe_text import figure_text
 from tracelab.robustness.bootstrap import job_rng
 from tracelab.robustness.invariance import (
@@ -25,13 +26,12 @@ from tracelab.robustness.invariance import (
     pairs_of,
 )
 from tracelab.robustness.tables import (
-    feature_specs,
     read_windows,
-    save_figure,
     with_interval,
     write_csv,
     write_tables,
 )
+from tracelab.security.security_windows import recorded_features
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def heatmap(table: pd.DataFrame, classes: pd.DataFrame, max_ks_d: float, confide
     ax.set_title(figure_text(
         f"How far each perturbation moves each feature (* upper end of the {confidence:.0%} "
         f"block-bootstrap interval above {max_ks_d}: the feature moves)"), fontsize=10)
-    save_figure(fig, path)
+    save(fig, path)
 
 
 def perturbations_table(records: list[dict]) -> pd.DataFrame:
@@ -123,7 +123,7 @@ def write_invariance(*, traces: list[str], windows_paths: list[str], variants: l
                      perturbations_html, heatmap_png) -> dict:
     """Stage: results/robustness/ invariance table, class table, perturbation records, figure."""
     sns.set_theme(style="white", context="notebook")
-    specs = feature_specs(windows_paths)
+    specs = recorded_features(windows_paths)
     invariance = InvarianceSettings(**settings["invariance"])
     bootstrap = BootstrapSettings(**settings["bootstrap"])
     pairs = matched_pairs(traces, windows_paths, variants, variant_windows_paths, record_paths,

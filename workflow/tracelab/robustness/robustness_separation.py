@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from tracelab.compare.figures import CLASS_COLOURS, save
 from tracelab.compare.security_compare import comparisons
 from tracelab.core.safe_text import figure_text
 from tracelab.robustness.bootstrap import (
@@ -29,9 +30,7 @@ from tracelab.robustness.bootstrap import (
 )
 from tracelab.robustness.invariance import BootstrapSettings
 from tracelab.robustness.tables import (
-    CLASS_COLOURS,
     read_traces,
-    save_figure,
     sides,
     with_interval,
     write_csv,
@@ -106,7 +105,7 @@ def separation_figure(table: pd.DataFrame, windows: pd.DataFrame, confidence: fl
     if table.empty:
         ax.text(0.5, 0.5, "No comparison: fewer than two traces", ha="center",
                 transform=ax.transAxes)
-        save_figure(fig, path)
+        save(fig, path)
         return
     kind, a, b = table.iloc[0][["comparison", "group_a", "group_b"]]
     first = table[(table["comparison"] == kind) & (table["group_a"] == a)
@@ -127,7 +126,7 @@ def separation_figure(table: pd.DataFrame, windows: pd.DataFrame, confidence: fl
     ax.legend(loc="lower right", fontsize=8)
     in_a, in_b = windows[windows[kind] == a], windows[windows[kind] == b]
     ax.set_title(figure_text(f"{kind} {a}: {sides(in_a)}; {b}: {sides(in_b)}"), fontsize=10)
-    save_figure(fig, path)
+    save(fig, path)
 
 
 def write_separation(*, traces: list[str], labels: dict[str, str], windows_paths: list[str],

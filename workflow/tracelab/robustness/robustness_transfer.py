@@ -15,6 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from tracelab.compare.figures import save
 from tracelab.core.safe_text import figure_text
 from tracelab.robustness.bootstrap import (
     job_rng,
@@ -25,7 +26,6 @@ from tracelab.robustness.bootstrap import (
 from tracelab.robustness.invariance import BootstrapSettings
 from tracelab.robustness.tables import (
     read_traces,
-    save_figure,
     sides,
     with_interval,
     write_csv,
@@ -149,7 +149,7 @@ def transfer_figure(table: pd.DataFrame, windows: pd.DataFrame, confidence: floa
     axes[0, 0].legend(title="feature set", fontsize=7, ncols=3, loc="upper center",
                       bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
-    save_figure(fig, path)
+    save(fig, path)
 
 
 def write_transfer(*, traces: list[str], labels: dict[str, str], windows_paths: list[str],

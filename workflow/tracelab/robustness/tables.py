@@ -1,4 +1,4 @@
-"""Reading window matrices, and writing the robustness tables (CSV, Markdown, HTML) and figures.
+"""Reading window matrices, and writing the robustness tables (CSV, Markdown, HTML).
 
 Tables are written as CSV to download and compute with (cells a spreadsheet would run as
 formulas defused), and, as shown, as Markdown to read on GitHub and HTML (escaped) that the
@@ -9,30 +9,17 @@ and captures are behind it.
 from __future__ import annotations
 
 import html
-import json
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
 
 from tracelab.core.atomic import atomic_path, write_text
 from tracelab.core.safe_text import markdown_cell, markdown_table, spreadsheet_safe
 
-PNG_METADATA = {"Software": None}
-CLASS_COLOURS = {"behavioural": "#1b9e77", "artefact": "#d95f02"}
 HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:1em}"
               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
               "text-align:left}th{background:#eee}tr.mark td{background:#fde8d7}")
-
-
-def feature_specs(paths: list[str]) -> pd.DataFrame:
-    """The window feature registry as recorded in windows files (name, unit, robustness...)."""
-    specs = {}
-    for path in paths:
-        for spec in json.loads(pq.read_schema(path).metadata[b"tracelab.features"]):
-            specs.setdefault(spec["name"], spec)
-    return pd.DataFrame(list(specs.values()))
 
 
 def read_windows(path) -> pd.DataFrame:
@@ -91,9 +78,3 @@ def write_tables(frame: pd.DataFrame, *, markdown, html_path, title: str, captio
                f"{html.escape(title)}</title><style>{HTML_STYLE}</style></head><body>"
                f"<h3>{html.escape(title)}</h3><p>{html.escape(caption)}</p><table><thead><tr>"
                f"{head}</tr></thead><tbody>{rows}</tbody></table></body></html>\n")
-
-
-def save_figure(fig: Figure, path) -> None:
-    """A figure made with matplotlib's object API (no pyplot: no backend, no global state)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata=PNG_METADATA)

@@ -677,3 +677,13 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
     log.info("%s: %d windows of %g s, %d features, %d empty windows of long pauses left out",
              trace, len(matrix), chosen.window_s, len(FEATURES), left_out)
     return {"windows": len(matrix), "features": len(FEATURES)}
+
+
+def recorded_features(paths: list[str]) -> pd.DataFrame:
+    """The feature registry as recorded in windows files by `write_windows` (name, unit,
+    description, robustness, reason); the first file names the order."""
+    specs = {}
+    for path in paths:
+        for spec in json.loads(pq.read_schema(path).metadata[b"tracelab.features"]):
+            specs.setdefault(spec["name"], spec)
+    return pd.DataFrame(list(specs.values()))
