@@ -17,6 +17,7 @@ checkpoint normalize_trace:
     params:
         code=rule_code("normalize_trace"),
         source_format=lambda wc: trace_row(wc)["format"],
+        source_sha256=lambda wc: source_fingerprint(wc).removeprefix("sha256:"),
         row_group_rows=config["normalize"]["row_group_rows"],
     script:
         "../scripts/normalize_trace.py"

@@ -11,4 +11,5 @@ run_stage(
     packets_path=snakemake.output.packets,
     row_group_rows=snakemake.params.row_group_rows,
     threads=snakemake.threads,
+    source_sha256=snakemake.params.source_sha256,
 )

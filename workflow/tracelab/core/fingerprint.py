@@ -18,6 +18,12 @@ from pathlib import Path
 from tracelab.core.atomic import write_json
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's content."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def content_fingerprint(path, cache_dir) -> str:
     """`sha256:<hex>` of the file at `path`, from the cache in `cache_dir` when still valid."""
     path = Path(path).resolve()
@@ -30,7 +36,6 @@ def content_fingerprint(path, cache_dir) -> str:
             return cached["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or an unreadable one: hash again
-    with open(path, "rb") as handle:
-        fingerprint = f"sha256:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+    fingerprint = f"sha256:{file_sha256(path)}"
     write_json(cache, {"path": str(path), "key": key, "fingerprint": fingerprint})
     return fingerprint

@@ -8,7 +8,6 @@ each row group against PACKETS and writes it with `PacketWriter`.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -97,14 +96,6 @@ def null_if_empty(text):
     an empty export field, or a regex group that took no part."""
     empty = pc.equal(pc.binary_length(text), 0)  # text or bytes
     return pc.if_else(empty, None, text) if pc.any(empty).as_py() else text
-
-
-def sha256_of(path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StagedWriter:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tracelab.core.fingerprint import file_sha256
 from tracelab.core.packets import (
     DICT_STRING,
     INFO_FIELDS,
@@ -25,7 +26,6 @@ from tracelab.core.packets import (
     null_if_empty,
     open_staged,
     read_staged,
-    sha256_of,
 )
 from tracelab.core.progress import Progress
 
@@ -149,8 +149,12 @@ def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
 
 
 def normalize_trace(*, trace: str, staged_path, source, source_format: str, packets_path,
-                    row_group_rows: int = 1 << 17, threads: int = 1) -> dict:
-    """Write `packets_path` from the staged rows; return a short account of what was written."""
+                    row_group_rows: int = 1 << 17, threads: int = 1,
+                    source_sha256: str | None = None) -> dict:
+    """Write `packets_path` from the staged rows; return a short account of what was written.
+
+    `source_sha256`, the source's hex SHA-256 for the file's metadata, is hashed here when not
+    given (the workflow passes the digest its fingerprint cache already holds)."""
     staged = open_staged(staged_path)
     # The earliest timestamp anchors t_rel_s (times may go backwards: not the first row's).
     ts = read_staged(staged_path, ["ts"]).column("ts")
@@ -167,7 +171,8 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     # Row groups are prepared on `threads` threads, one each (Arrow's kernels release the GIL),
     # while this thread writes the oldest (Parquet encoding releases it too): at most
     # threads + 1 row groups in memory.
-    with PacketWriter(packets_path, source_path=source, source_sha256=sha256_of(source),
+    source_sha256 = source_sha256 or file_sha256(source)
+    with PacketWriter(packets_path, source_path=source, source_sha256=source_sha256,
                       trace=trace, source_format=source_format) as writer, \
             ThreadPoolExecutor(max_workers=workers) as pool:
         in_flight: deque = deque()
