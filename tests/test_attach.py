@@ -10,7 +10,7 @@ from packet_factory import REPO, bundled_results, handshake, packet_frame, portl
 
 from tracelab.core.packets import read_staged
 from tracelab.ingest.validate_trace import validate_trace
-from tracelab.security import security_connections
+from tracelab.security import attach, security_connections
 from tracelab.security.attach import attach_portless
 from tracelab.security.security_connections import (
     assemble_connections,
@@ -110,3 +110,41 @@ def test_bundled_browsing_rows_without_ports_are_right_or_counted(tmp_path):
         {k: v for k, v in result.left_out.items() if k != "ICMPv6"}
     twins = left_out.groupby(["src", "dst", "length"], observed=True)["frame"].transform("size")
     assert (twins >= 2).all()
+
+
+def chain_group(rng, gaps: int, extra_row: bool) -> pd.DataFrame:
+    """Candidate pairs of one direction of one connection: `gaps` gaps, each filled by one to
+    three rows sent in order, every row also a candidate of the neighbouring gaps (their frame
+    windows overlap); with `extra_row`, one more row (frame 0) that no gap needs."""
+    sizes = [rng.integers(1, 1500, rng.integers(1, 4)) for _ in range(gaps)]
+    gap_bytes = [int(part.sum()) for part in sizes]
+    gap_start = np.cumsum([1, *gap_bytes[:-1]])
+    records = [(gap, int(size)) for gap, part in enumerate(sizes) for size in part]
+    if extra_row:
+        records.insert(0, (int(rng.integers(0, gaps)), int(rng.integers(1, 1500))))
+    pairs = [(row, gap, row + (not extra_row), size, 7, True, gap_start[gap], gap_bytes[gap])
+             for row, (true_gap, size) in enumerate(records)
+             for gap in {max(true_gap - 1, 0), true_gap, min(true_gap + 1, gaps - 1)}
+             if size <= gap_bytes[gap]]
+    return pd.DataFrame(pairs, columns=attach._GROUP_COLUMNS).assign(group=0)
+
+
+def test_chains_decided_at_once_are_what_the_search_finds():
+    """The vectorised chain rule (rows of one direction adding up to its gaps fill them in
+    frame order) places every row where the exhaustive search of `_Group` does, and decides
+    nothing when a row is left over (several placements may then remain)."""
+    rng = np.random.default_rng(3)
+    decided = 0
+    for trial in range(300):
+        pairs = chain_group(rng, gaps=int(rng.integers(1, 4)), extra_row=trial % 3 == 0)
+        in_chain = attach._chain_pairs(pairs)
+        placed, unsure = attach._Group.of(list(pairs[attach._GROUP_COLUMNS].itertuples(
+            index=False, name=None))).solve(attach.MAX_ROUNDS, attach.MAX_COMBINATIONS)
+        if in_chain.any():
+            decided += 1
+            assert set(zip(pairs["row"][in_chain], pairs["gap"][in_chain])) == \
+                set(placed.items()) and not unsure
+            assert in_chain.sum() == pairs["row"].nunique()
+        if trial % 3 == 0 and (pairs["frame"] == 0).any():
+            assert not in_chain.any()
+    assert decided >= 150

@@ -14,8 +14,9 @@ bytes when. Its connection follows from the numbers of the rows that do show the
 3. Solutions (`assign_to_gaps`): every gap must be filled exactly, each row fills at most one
    gap, and within one direction of a connection rows fill the byte stream in frame order (TCP
    sends in order). Rows and gaps fall into independent groups (connected components of the
-   candidate graph); a group with one gap whose candidates add up to it exactly has one
-   solution (almost all groups, decided vectorised); the others are searched exhaustively,
+   candidate graph); a group whose gaps all lie in one direction of one connection and whose
+   rows add up to them exactly has one solution, the rows in frame order filling the gaps in
+   byte order (almost all groups, decided vectorised); the others are searched exhaustively,
    with a step budget. A row goes where every solution puts it; a row that solutions put in
    different places is ambiguous (typically parallel TLS handshakes exchanging records of
    equal sizes: swapping them satisfies every number the export shows) and is left out and
@@ -167,15 +168,17 @@ class _Group:
     missing: dict  # gap -> bytes
 
     @classmethod
-    def of(cls, pairs: pd.DataFrame, gaps: pd.DataFrame) -> _Group:
-        involved = gaps[gaps["gap"].isin(pairs["gap"])]
-        return cls(where=dict(zip(involved["gap"], zip(zip(involved["flow"], involved["is_orig"]),
-                                                      involved["start"]))),
-                   payload=dict(zip(zip(pairs["row"], pairs["gap"]),
-                                    pairs["payload"].astype(np.int64))),
-                   frame=dict(zip(pairs["row"], pairs["frame"])),
-                   options=pairs.groupby("row")["gap"].agg(set).to_dict(), placed={},
-                   missing=dict(zip(involved["gap"], involved["bytes"].astype(np.int64))))
+    def of(cls, pairs: list[tuple]) -> _Group:
+        """The group of candidate pairs given as (row, gap, frame, payload, flow, is_orig,
+        start, bytes) tuples."""
+        group = cls(where={}, payload={}, frame={}, options={}, placed={}, missing={})
+        for row, gap, frame, payload, flow, is_orig, start, missing in pairs:
+            group.where[gap] = ((flow, is_orig), start)
+            group.missing[gap] = missing
+            group.payload[row, gap] = payload
+            group.frame[row] = frame
+            group.options.setdefault(row, set()).add(gap)
+        return group
 
     def _place(self, row, gap) -> None:
         self.placed[row] = gap
@@ -298,34 +301,86 @@ class _Group:
         return self.placed, ambiguous
 
 
-def assign_to_gaps(candidates: pd.DataFrame, gaps: pd.DataFrame) -> tuple[pd.DataFrame, set]:
+def _chain_pairs(candidates: pd.DataFrame) -> np.ndarray:
+    """Which candidate pairs (with their `group`) make the one solution of a chain group.
+
+    A chain: all gaps of a group in one direction of one connection, and its rows' payloads
+    (all above zero when there are several gaps) adding up to its gaps' bytes. Every row is then
+    used, and as TCP sends in order, the rows in frame order fill the gaps in byte order: the
+    placement is forced. It is the solution when each row falls wholly inside a gap it is a
+    candidate of; otherwise the group has none this way and is left to the search.
+    """
+    direction = candidates["flow"].to_numpy() * 2 + candidates["is_orig"].to_numpy()
+    spread = pd.Series(direction).groupby(candidates["group"].to_numpy()).agg(["min", "max"])
+    gaps = candidates.drop_duplicates("gap").sort_values(["group", "start"])
+    gap_end = gaps.groupby("group")["bytes"].cumsum()
+    gaps = gaps.assign(chain_start=gap_end - gaps["bytes"], chain_end=gap_end)
+    rows = candidates.drop_duplicates("row").sort_values(["group", "frame"])
+    rows = rows.assign(chain_start=rows.groupby("group")["payload"].cumsum() - rows["payload"],
+                       empty=rows["payload"] <= 0)
+    forced = pd.merge_asof(
+        rows[["row", "group", "chain_start", "payload"]].sort_values("chain_start"),
+        gaps[["gap", "group", "chain_start", "chain_end"]].sort_values("chain_start"),
+        on="chain_start", by="group", direction="backward")
+    pairs = pd.MultiIndex.from_frame(candidates[["row", "gap"]])
+    forced_pairs = pd.MultiIndex.from_arrays([forced["row"], forced["gap"].fillna(-1)])
+    forced["fits"] = (forced["chain_start"] + forced["payload"] <= forced["chain_end"]) & \
+        forced_pairs.isin(pairs)
+    per_group = pd.DataFrame({
+        "one_direction": spread["min"] == spread["max"],
+        "gaps": gaps.groupby("group").size(), "bytes": gaps.groupby("group")["bytes"].sum(),
+        "payload": rows.groupby("group")["payload"].sum(),
+        "empty_rows": rows.groupby("group")["empty"].any(),
+        "fits": forced.groupby("group")["fits"].all()})
+    chains = per_group.index[
+        per_group["one_direction"] & (per_group["payload"] == per_group["bytes"])
+        & per_group["fits"] & ((per_group["gaps"] == 1) | ~per_group["empty_rows"])]
+    chosen = forced_pairs[forced["group"].isin(chains).to_numpy()]
+    return pairs.isin(chosen)
+
+
+# The candidate columns a `_Group` is made of, in the order `_Group.of` takes them.
+_GROUP_COLUMNS = ["row", "gap", "frame", "payload", "flow", "is_orig", "start", "bytes"]
+
+
+def _searched_groups(candidates: pd.DataFrame) -> tuple[set, set]:
+    """The pairs chosen by searching each group on its own (`_Group`), and ambiguous rows."""
+    candidates = candidates.sort_values("group", kind="stable")
+    columns = [candidates[name].to_numpy() for name in _GROUP_COLUMNS]
+    columns[3] = columns[3].astype(np.int64)  # payload
+    columns[7] = columns[7].astype(np.int64)  # bytes
+    pairs = list(zip(*(column.tolist() for column in columns)))
+    bounds = np.unique(candidates["group"].to_numpy(), return_index=True)[1].tolist() + [len(pairs)]
+    chosen: set = set()
+    ambiguous: set = set()
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        group = _Group.of(pairs[first:last])
+        if len(group.options) > MAX_GROUP_ROWS:
+            ambiguous |= set(group.options)
+            continue
+        decided, unsure = group.solve(MAX_ROUNDS, MAX_COMBINATIONS)
+        chosen |= set(decided.items())
+        ambiguous |= unsure
+    return chosen, ambiguous
+
+
+def assign_to_gaps(candidates: pd.DataFrame) -> tuple[pd.DataFrame, set]:
     """Candidate pairs chosen (one a row, where all solutions agree), and ambiguous rows.
 
-    A group of one gap whose candidates, each a candidate of that gap only, add up to its
-    bytes has exactly one solution: all of them (decided at once, vectorised). Other groups
+    Chain groups (`_chain_pairs`: one direction of one connection whose rows add up to its
+    gaps; almost all groups) have one solution, decided at once, vectorised. The other groups
     are searched one by one (rare: parallel connections between the same two hosts).
     """
     candidates = candidates[candidates["payload"] <= candidates["bytes"]]
     if candidates.empty:
         return candidates, set()
-    group = _groups(candidates)
-    candidates = candidates.assign(group=group)
-    per_group = candidates.groupby("group").agg(
-        gaps=("gap", "nunique"), pairs=("row", "size"), rows=("row", "nunique"),
-        payload=("payload", "sum"), bytes=("bytes", "first"))
-    simple = per_group.index[(per_group["gaps"] == 1) & (per_group["pairs"] == per_group["rows"])
-                             & (per_group["payload"] == per_group["bytes"])]
-    chosen = [candidates[candidates["group"].isin(simple)]]
-    ambiguous: set = set()
-    for _, part in candidates[~candidates["group"].isin(simple)].groupby("group"):
-        if part["row"].nunique() > MAX_GROUP_ROWS:
-            ambiguous |= set(part["row"])
-            continue
-        decided, unsure = _Group.of(part, gaps).solve(MAX_ROUNDS, MAX_COMBINATIONS)
-        keys = pd.MultiIndex.from_arrays([part["row"], part["gap"]])
-        chosen.append(part[keys.isin(list(decided.items()))])
-        ambiguous |= unsure
-    return pd.concat(chosen, ignore_index=True), ambiguous
+    candidates = candidates.assign(group=_groups(candidates))
+    in_chain = _chain_pairs(candidates)
+    solved = candidates["group"].isin(candidates.loc[in_chain, "group"]).to_numpy()
+    searched, ambiguous = _searched_groups(candidates[~solved])
+    keys = pd.MultiIndex.from_frame(candidates[["row", "gap"]])
+    chosen = in_chain | keys.isin(list(searched))
+    return candidates[chosen], ambiguous
 
 
 def _nearest_flow(pending: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> pd.DataFrame:
@@ -357,7 +412,7 @@ def attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> A
     candidates = gap_candidates(rows, gaps)
     candidates = candidates.assign(payload=(candidates["length"] - candidates["flow"].map(
         overhead)).fillna(0).clip(lower=0))
-    in_gaps, ambiguous = assign_to_gaps(candidates, gaps)
+    in_gaps, ambiguous = assign_to_gaps(candidates)
     pending = rows[~rows["row"].isin(in_gaps["row"]) & ~rows["row"].isin(ambiguous)]
     nearest = _nearest_flow(pending, ported, idle_ns)
     ambiguous |= set(nearest.loc[nearest["flow"].notna() & ~nearest["agree"], "row"])
