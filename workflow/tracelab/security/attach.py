@@ -67,6 +67,48 @@ class Attachment:
     ambiguous_rows: np.ndarray
 
 
+def _shifted(values: np.ndarray, fill) -> np.ndarray:
+    """`values` moved one place later, `fill` first."""
+    return np.concatenate([np.full(min(len(values), 1), fill, values.dtype), values[:-1]])
+
+
+@dataclass
+class _Events:
+    """Evidence of how far each direction's sender got: its own packets (start: seq, end: the
+    next seq) and the peer's ACKs (start = end: the ACK number); one entry an event."""
+
+    direction: np.ndarray  # flow * 2 + is_orig of the sender
+    frame: np.ndarray
+    own: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def sorted(self) -> _Events:
+        order = np.lexsort((self.frame, self.direction))
+        return _Events(*(values[order] for values in (self.direction, self.frame, self.own,
+                                                      self.start, self.end)))
+
+    def _first_of_direction(self) -> np.ndarray:
+        """Each event's direction's first event (events sorted by direction)."""
+        starts = _shifted(self.direction, -1) != self.direction
+        return np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
+
+    def reached_before(self) -> np.ndarray:
+        """The furthest end of the earlier events of the same direction (NaN: none); ends
+        are below 2^34 (seq + length), so one running maximum serves every direction."""
+        shifted = self.direction.astype(np.int64) << 34
+        reached = np.maximum.accumulate(self.end + shifted) - shifted
+        before = _shifted(reached, 0).astype(np.float64)
+        return np.where(self._first_of_direction() == np.arange(len(before)), np.nan, before)
+
+    def last_own_frame_before(self) -> np.ndarray:
+        """The frame of the sender's last own packet before each event (0: none)."""
+        index = np.arange(len(self.own))
+        last_own = _shifted(np.maximum.accumulate(np.where(self.own, index, -1)), -1)
+        inside = last_own >= self._first_of_direction()
+        return np.where(inside, self.frame[np.maximum(last_own, 0)], 0)
+
+
 def sequence_gaps(ported: pd.DataFrame) -> pd.DataFrame:
     """Stretches of a TCP direction's sequence space that no ported packet accounts for.
 
@@ -79,25 +121,24 @@ def sequence_gaps(ported: pd.DataFrame) -> pd.DataFrame:
     """
     flags = ported["flags"].to_numpy()
     usable = ported["is_tcp"].to_numpy() & ((flags & RST) == 0)
-    own = ported[usable & ported["seq"].notna().to_numpy()]
-    own_flags = own["flags"].to_numpy()
-    step = own["len"].fillna(0).to_numpy() + ((own_flags & SYN) != 0) + ((own_flags & FIN) != 0)
-    acks = ported[usable & ((flags & ACK) != 0) & ported["ack"].notna().to_numpy()]
-    events = pd.concat([
-        pd.DataFrame({"flow": own["flow"], "is_orig": own["is_orig"], "frame": own["frame"],
-                      "own": True, "start": own["seq"], "end": own["seq"] + step}),
-        pd.DataFrame({"flow": acks["flow"], "is_orig": ~acks["is_orig"], "frame": acks["frame"],
-                      "own": False, "start": acks["ack"], "end": acks["ack"]}),
-    ], ignore_index=True).sort_values(["flow", "is_orig", "frame"], kind="stable")
-    direction = [events["flow"], events["is_orig"]]
-    events["reached_before"] = events["end"].groupby(direction).cummax().groupby(
-        direction).shift(1)
-    events["frame_start"] = events["frame"].where(events["own"]).groupby(direction).ffill() \
-        .groupby(direction).shift(1).fillna(0)
-    gaps = events[events["start"] > events["reached_before"]].rename(
-        columns={"frame": "frame_end"})
-    gaps = gaps.assign(bytes=gaps["start"] - gaps["reached_before"],
-                       start=gaps["reached_before"], gap=np.arange(len(gaps)))
+    own = usable & ported["seq"].notna().to_numpy()
+    acks = usable & ((flags & ACK) != 0) & ported["ack"].notna().to_numpy()
+    step = ported["len"].fillna(0).to_numpy() + ((flags & SYN) != 0) + ((flags & FIN) != 0)
+    seq, ack = ported["seq"].to_numpy(), ported["ack"].to_numpy()
+    flow, is_orig, frame = (ported[name].to_numpy() for name in ("flow", "is_orig", "frame"))
+    events = _Events(
+        direction=np.concatenate([flow[own] * 2 + is_orig[own], flow[acks] * 2 + ~is_orig[acks]]),
+        frame=np.concatenate([frame[own], frame[acks]]),
+        own=np.repeat([True, False], [own.sum(), acks.sum()]),
+        start=np.concatenate([seq[own], ack[acks]]).astype(np.int64),
+        end=np.concatenate([seq[own] + step[own], ack[acks]]).astype(np.int64)).sorted()
+    reached_before, frame_start = events.reached_before(), events.last_own_frame_before()
+    at = np.flatnonzero(events.start > reached_before)
+    gaps = pd.DataFrame({
+        "gap": np.arange(len(at)), "flow": events.direction[at] // 2,
+        "is_orig": (events.direction[at] % 2).astype(bool), "start": reached_before[at],
+        "frame_start": frame_start[at], "frame_end": events.frame[at],
+        "bytes": events.start[at] - reached_before[at]})
     # The sender's and receiver's addresses, from the flow's originator and responder.
     first = ported.drop_duplicates("flow").set_index("flow")
     orig_code = np.where(first["is_orig"], first["src_code"], first["dst_code"])
@@ -106,10 +147,7 @@ def sequence_gaps(ported: pd.DataFrame) -> pd.DataFrame:
     resp_code = pd.Series(resp_code, index=first.index).reindex(gaps["flow"]).to_numpy()
     gaps["src_code"] = np.where(gaps["is_orig"], orig_code, resp_code)
     gaps["dst_code"] = np.where(gaps["is_orig"], resp_code, orig_code)
-    return gaps[["gap", "flow", "is_orig", "src_code", "dst_code", "start", "frame_start",
-                 "frame_end", "bytes"]].astype({"src_code": np.int64, "dst_code": np.int64,
-                                                "frame_start": np.int64,
-                                                "frame_end": np.int64})
+    return gaps.astype({"src_code": np.int64, "dst_code": np.int64})
 
 
 def gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 256):
