@@ -106,6 +106,11 @@ def stable_params(section):
 # (profiles/slurm sets retries).
 
 
+# Partitions of a packet table the connection stage assembles at once, one a thread (its memory
+# is about 1 MB a thousand packets of each partition in flight).
+CONNECTION_THREADS = 2
+
+
 def memory_mb(base, per_input_mb=0, cap=None):
     def estimate(wildcards, input, attempt):
         need = base + per_input_mb * input.size_mb

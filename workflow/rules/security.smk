@@ -17,12 +17,15 @@ rule security_connections:
         "results/benchmarks/security/connections/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: 1
+    threads: CONNECTION_THREADS
     resources:
-        # Peak RSS grows ~25 MB a MB of packets up to one partition of the packet table, then
-        # stays flat: 810 / 963 / 1113 MiB measured at 1M / 10M / 50M packets (1M partitions).
+        # Peak RSS grows ~25 MB a MB of packets up to one partition of the packet table a thread,
+        # then stays flat: 1,482 MiB measured at 10M packets (two 1M-packet partitions at once).
         mem_mb=memory_mb(
-            512, 28, cap=512 + config["security"]["flows"]["partition_packets"] // 1000
+            512,
+            28,
+            cap=512
+            + CONNECTION_THREADS * config["security"]["flows"]["partition_packets"] // 1000,
         ),
         runtime=runtime_minutes(10, 4),
     params:

@@ -47,12 +47,18 @@ rule security_connections_shard:
         "results/benchmarks/security/shards/{trace}/{shards}/{shard}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: 1
+    threads: CONNECTION_THREADS
     resources:
         # From the shard's packets, not the trace's: about 1 MB a thousand packets up to one
-        # partition (security_connections), and 60 s a million packets (5x the measured rate).
+        # partition a thread (security_connections), and 60 s a million packets (5x the
+        # measured rate).
         mem_mb=lambda wc, attempt: attempt
-        * (512 + min(shard_packets(wc), config["security"]["flows"]["partition_packets"]) // 1000),
+        * (
+            512
+            + CONNECTION_THREADS
+            * min(shard_packets(wc), config["security"]["flows"]["partition_packets"])
+            // 1000
+        ),
         runtime=lambda wc, attempt: attempt * math.ceil(10 + shard_packets(wc) / 1_000_000),
     params:
         code=rule_code("security_connections_shard"),

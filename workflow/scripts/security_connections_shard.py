@@ -11,4 +11,5 @@ run_stage(
     http_path=snakemake.output.http,
     conn_log_path=snakemake.output.conn_log,
     settings=snakemake.params.settings,
+    threads=snakemake.threads,
 )

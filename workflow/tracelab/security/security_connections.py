@@ -64,7 +64,9 @@ import json
 import logging
 import re
 import tempfile
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -889,10 +891,26 @@ class _Outputs:
         self.states.update(connections.flows["conn_state"].value_counts().to_dict())
 
 
+def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
+               threads: int) -> Iterator[tuple[pa.Table, Connections]]:
+    """Each partition with its connections, in partition order; `threads` partitions are
+    assembled at once (sorts, reductions and Arrow kernels release the GIL) while the caller
+    writes the oldest, so at most `threads` partitions are in memory."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for packets in tables:
+            pending.append((packets, pool.submit(assemble_connections, packets, settings, trace)))
+            if len(pending) >= threads:
+                packets, connections = pending.popleft()
+                yield packets, connections.result()
+        for packets, connections in pending:
+            yield packets, connections.result()
+
+
 def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_log_path,
-                      settings: dict) -> dict:
+                      settings: dict, threads: int = 1) -> dict:
     """Stage: flows.parquet, http.parquet (both need each packet's connection) and conn.log of
-    one trace, one partition of the packet table at a time."""
+    one trace, one partition of the packet table at a time (`threads` at once)."""
     flow_settings_ = flow_settings(settings)
     opened, closed = _trace_span(packets_path)
     Path(flows_path).parent.mkdir(parents=True, exist_ok=True)
@@ -907,8 +925,9 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_l
                                 {"trace": trace}),
             conn_log=ZeekLogWriter(conn_log, "conn", [f for f, _ in CONN_LOG_FIELDS], opened),
             trace=trace)
-        for packets in _partition_tables(packets_path, flow_settings_, scratch):
-            out.write(packets, assemble_connections(packets, flow_settings_, trace))
+        tables = _partition_tables(packets_path, flow_settings_, scratch)
+        for packets, connections in _assembled(tables, flow_settings_, trace, threads):
+            out.write(packets, connections)
         out.conn_log.close(closed)
         out.flows.close({"rows_in_no_connection": json.dumps(dict(out.left_out))})
         out.http.close({})

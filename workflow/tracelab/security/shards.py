@@ -88,11 +88,11 @@ def split_shards(*, packets_path, directory, shards: int) -> dict:
 
 
 def write_shard_connections(*, trace: str, directory, shard: int, flows_path, http_path,
-                            conn_log_path, settings: dict) -> dict:
+                            conn_log_path, settings: dict, threads: int = 1) -> dict:
     """Stage: the connections of one shard (the files `split_shards` wrote in `directory`)."""
     return write_connections(trace=trace, packets_path=shard_file(directory, shard),
                              flows_path=flows_path, http_path=http_path,
-                             conn_log_path=conn_log_path, settings=settings)
+                             conn_log_path=conn_log_path, settings=settings, threads=threads)
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,13 @@ class ShardOutputs:
 
 
 def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_path, http_path,
-                      conn_log_path, settings: dict) -> dict:
+                      conn_log_path, settings: dict, threads: int = 1) -> dict:
     """Stage of the connection rule: the shards' outputs merged when the trace was sharded, the
     whole trace's connections made here otherwise."""
     if not shards.flows:
         return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
                                  http_path=http_path, conn_log_path=conn_log_path,
-                                 settings=settings)
+                                 settings=settings, threads=threads)
     flows = _append_parquet(shards.flows, flows_path, summed="rows_in_no_connection")
     requests = _append_parquet(shards.http, http_path)
     _append_conn_logs(shards.conn_logs, conn_log_path, _trace_span(packets_path))
