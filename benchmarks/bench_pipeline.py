@@ -15,8 +15,9 @@ and measures, each in its own subprocess (peak memory is the subprocess's max RS
 - each per-trace stage called through the package, with the parameters of config/config.yaml,
   as the rules pass them (STAGE_FUNCTIONS below; packets/s counts the function call, not
   interpreter start);
-- the whole `snakemake --cores 2` run of every stage (--core-only: validate, normalize,
-  features, compare) on a temporary copy of the workflow whose trace sheet lists only the
+- the whole `snakemake --cores 2` run of every stage but the robustness experiment (eleven
+  perturbed copies of the trace; --robustness adds it; --core-only: validate, normalize,
+  features, compare only) on a temporary copy of the workflow whose trace sheet lists only the
   generated trace (peak memory: the largest process of the run; per-job figures come from the
   rules' own `benchmark:` files);
 - the notebook's way: `pd.read_csv`, then `arrow.get(t).timestamp()` row by row and `diff()`.
@@ -63,6 +64,13 @@ CORES = 2  # `snakemake --cores 2`; a stage that takes `threads` gets as many as
 # The outputs of the core pipeline (validate, normalize, features, compare); --snakemake-all
 # runs the workflow's default target instead, with every later stage.
 CORE_TARGETS = ("results/features/{trace}/summary.json", "results/compare/summary.csv")
+# Every per-trace stage and comparison: the default target less the robustness experiment, which
+# makes eleven perturbed copies of every trace (meant for course-sized traces; --robustness adds
+# it back).
+ALL_BUT_ROBUSTNESS_TARGETS = (
+    *CORE_TARGETS, "results/features/{trace}/statistics.html", "results/compare/summary.html",
+    "results/compare/features.csv", "results/compare/scan_report.md",
+    "results/compare/scan_report.html")
 TARGET_PACKETS_PER_S = 1_000_000
 TARGET_SNAKEMAKE_VS_FLOOR = 8.0
 TARGET_PEAK_MIB = 2048
@@ -204,7 +212,7 @@ def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[s
                             flows_path=str(out / "flows.parquet"),
                             http_path=str(out / "http.parquet"),
                             conn_log_path=str(out / "conn.log"),
-                            settings=config["security"]["flows"]),
+                            settings=config["security"]["flows"], threads=CORES),
         "hosts": dict(trace=trace, flows_path=str(out / "flows.parquet"),
                       hosts_path=str(out / "hosts.parquet"), settings=config["security"]["scan"]),
         "windows": dict(trace=trace, packets_path=str(out / "packets.parquet"),
@@ -226,13 +234,23 @@ def generate(packets: int, seed: int, path: Path) -> dict:
             "duration_s": summary["duration_s"], "protocol_counts": summary["protocol_counts"]}
 
 
-def run_snakemake(trace: str, source: Path, workdir: Path, core_only: bool) -> dict:
+def snakemake_targets(trace: str, args) -> list[str]:
+    """The run's targets: the core pipeline's, every stage but the robustness experiment's, or
+    the workflow's default (every stage) as `--core-only` / neither / `--robustness` say."""
+    if args.robustness:
+        return []
+    return [t.format(trace=trace)
+            for t in (CORE_TARGETS if args.core_only else ALL_BUT_ROBUSTNESS_TARGETS)]
+
+
+def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -> dict:
     """The workflow on a copy of the repository whose trace sheet lists only `source`."""
     copy = workdir / f"workflow-{trace}"
     for leftover in ("results", ".snakemake"):  # from an earlier run in the same --workdir
         shutil.rmtree(copy / leftover, ignore_errors=True)
-    subprocess.run(["rsync", "-a", "--delete", "--exclude", "results", "--exclude", ".snakemake",
-                    "--exclude", ".git", f"{REPO}/", f"{copy}/"], check=True)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        "results", ".snakemake", ".git", ".venv", "__pycache__", ".pytest_cache"))
     with open(copy / "config" / "traces.tsv", "w", encoding="utf-8", newline="") as handle:
         sheet = csv.writer(handle, delimiter="\t", lineterminator="\n")
         sheet.writerow(["trace", "path", "format", "label", "timezone", "description"])
@@ -242,7 +260,6 @@ def run_snakemake(trace: str, source: Path, workdir: Path, core_only: bool) -> d
     env["PYTHONPATH"] = os.pathsep.join([str(copy / "workflow"), env["PYTHONPATH"]])
     snakemake = Path(sys.executable).with_name("snakemake")
     load = os.getloadavg()[0]
-    targets = [t.format(trace=trace) for t in CORE_TARGETS] if core_only else []
     try:
         _, wall, peak, cpu = _run_measured([str(snakemake), "--cores", str(CORES), *targets],
                                            cwd=copy, env=env)
@@ -298,7 +315,8 @@ def benchmark_size(packets: int, args, config: dict, workdir: Path) -> dict:
     result["notebook"] = notebook(source, packets, args.notebook_rows)
     if not args.skip_snakemake:
         print(f"[{packets:,} packets] snakemake --cores {CORES}", flush=True)
-        result["snakemake"] = run_snakemake(trace, source, workdir, args.core_only)
+        result["snakemake"] = run_snakemake(trace, source, workdir,
+                                            snakemake_targets(trace, args))
         _progress(packets, "snakemake", result["snakemake"])
     add_rates_and_ratios(result)
     return result
@@ -394,7 +412,9 @@ def print_size(result: dict) -> None:
         target = f"<= {TARGET_SNAKEMAKE_VS_FLOOR:.0f}x floor " + (
             _verdict(run["vs_floor"] <= TARGET_SNAKEMAKE_VS_FLOOR) if packets >= 10_000_000
             else "(judged at 10M)")
-        line(f"snakemake --cores {CORES} ({'all' if run['targets'] == ['all'] else 'core'})",
+        scope = "all" if run["targets"] == ["all"] else (
+            "core" if len(run["targets"]) == len(CORE_TARGETS) else "all but robustness")
+        line(f"snakemake --cores {CORES} ({scope})",
              run, target)
         jobs = ", ".join(f"{name} {job['seconds']:.1f} s/{job['peak_mib']:.0f} MiB"
                          for name, job in run["jobs"].items())
@@ -457,6 +477,9 @@ def main(argv=None) -> int:
     parser.add_argument("--core-only", action="store_true",
                         help="run only the core pipeline's outputs (validate, normalize, "
                              "features, compare) instead of every stage")
+    parser.add_argument("--robustness", action="store_true",
+                        help="run the workflow's default target, the robustness experiment's "
+                             "perturbed copies of the trace included")
     parser.add_argument("--profile", action="store_true",
                         help="also run each stage under cProfile and print its hot spots")
     parser.add_argument("--child", help=argparse.SUPPRESS)
