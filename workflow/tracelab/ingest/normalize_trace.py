@@ -25,7 +25,6 @@ from tracelab.core.packets import (
     PacketWriter,
     null_if_empty,
     open_staged,
-    read_staged,
 )
 from tracelab.core.progress import Progress
 
@@ -156,11 +155,9 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     `source_sha256`, the source's hex SHA-256 for the file's metadata, is hashed here when not
     given (the workflow passes the digest its fingerprint cache already holds)."""
     staged = open_staged(staged_path)
-    # The earliest timestamp anchors t_rel_s (times may go backwards: not the first row's).
-    ts = read_staged(staged_path, ["ts"]).column("ts")
-    first_ts_ns = pc.min(ts).cast(pa.int64()).as_py() if len(ts) else 0
+    first_ts_ns, staged_rows = _earliest_time(staged_path)
     missing = [f.name for f in INFO_FIELDS if f.name not in staged.schema.names]
-    log.info("%s: %d staged rows; parsing %s from Info", trace, len(ts), missing or "nothing")
+    log.info("%s: %d staged rows; parsing %s from Info", trace, staged_rows, missing or "nothing")
     workers = max(threads, 1)
 
     def prepare(rows: pa.Table) -> pa.Table:
@@ -176,7 +173,7 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
                       trace=trace, source_format=source_format) as writer, \
             ThreadPoolExecutor(max_workers=workers) as pool:
         in_flight: deque = deque()
-        for rows in Progress(f"{trace}: normalizing", total_rows=len(ts)).track(
+        for rows in Progress(f"{trace}: normalizing", total_rows=staged_rows).track(
                 _row_groups(staged, row_group_rows)):
             in_flight.append(pool.submit(prepare, rows))
             if len(in_flight) > workers:
@@ -186,6 +183,18 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
         rows = writer.rows
     log.info("%s: wrote %d packets to %s", trace, rows, packets_path)
     return {"trace": trace, "packets": rows, "path": str(Path(packets_path))}
+
+
+def _earliest_time(staged_path) -> tuple[int, int]:
+    """The earliest timestamp (ns; 0 when there are no rows), which anchors t_rel_s (times may
+    go backwards: not the first row's), and the row count; one staged batch at a time."""
+    earliest, rows = None, 0
+    for batch in open_staged(staged_path, ["ts"]):
+        rows += batch.num_rows
+        least = pc.min(batch.column(0)).cast(pa.int64()).as_py()
+        if least is not None:
+            earliest = least if earliest is None else min(earliest, least)
+    return earliest or 0, rows
 
 
 def _row_groups(staged: pa.ipc.RecordBatchStreamReader, rows: int):
