@@ -55,6 +55,7 @@ STAGE_FUNCTIONS = {
     "validate": ("tracelab.ingest.validate_trace", "validate_trace"),
     "normalize": ("tracelab.ingest.normalize_trace", "normalize_trace"),
     "features": ("tracelab.features.trace_features", "trace_features"),
+    "statistics": ("tracelab.features.trace_statistics", "trace_statistics"),
     "connections": ("tracelab.security.security_connections", "write_connections"),
     "hosts": ("tracelab.security.security_hosts", "write_hosts"),
     "windows": ("tracelab.security.security_windows", "write_windows"),
@@ -208,6 +209,13 @@ def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[s
                          summary_path=str(out / "summary.json"),
                          distributions_path=str(out / "distributions.parquet"),
                          settings=config["features"]),
+        "statistics": dict(trace=trace, packets_path=str(out / "packets.parquet"),
+                           summary_path=str(out / "summary.json"),
+                           validation_path=str(out / "validation.json"),
+                           endpoints_path=str(out / "endpoints.parquet"),
+                           conversations_path=str(out / "conversations.parquet"),
+                           hierarchy_path=str(out / "protocol_hierarchy.parquet"),
+                           html_path=str(out / "statistics.html")),
         "connections": dict(trace=trace, packets_path=str(out / "packets.parquet"),
                             flows_path=str(out / "flows.parquet"),
                             http_path=str(out / "http.parquet"),
@@ -271,7 +279,8 @@ def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -
     for tsv in sorted(benchmarks.rglob("*.tsv")):
         with open(tsv, encoding="utf-8") as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
-        jobs[str(tsv.relative_to(benchmarks).parent)] = {"seconds": float(row["s"]),
+        jobs[str(tsv.relative_to(benchmarks).with_suffix("")).replace(trace, "T")] = {
+            "seconds": float(row["s"]),
                                                          "peak_mib": float(row["max_rss"])}
     return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
             "targets": targets or ["all"],

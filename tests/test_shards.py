@@ -84,13 +84,19 @@ def test_merged_shards_equal_the_whole_trace(trace, tmp_path):
     split_shards(packets_path=packets, directory=tmp_path / "split", shards=shards)
     parts = [connection_outputs(tmp_path / f"shard{shard}") for shard in range(shards)]
     for shard, part in enumerate(parts):
+        del part["conn_log_path"]  # the merge writes conn.log
         write_shard_connections(trace=trace, directory=tmp_path / "split", shard=shard,
                                 settings=settings, **part)
     sharded = connection_outputs(tmp_path / "merged")
     connections_stage(trace=trace, packets_path=packets, settings=settings, shards=ShardOutputs(
-        *([str(part[key]) for part in parts] for key in ("flows_path", "http_path",
-                                                          "conn_log_path"))), **sharded)
+        *([str(part[key]) for part in parts] for key in ("flows_path", "http_path"))), **sharded)
     assert_same_connections(whole, sharded)
+    for paths in (whole, sharded):  # flows in the order of their first packet, as conn.log
+        first_ts = pq.read_table(paths["flows_path"], columns=["first_ts"]).column("first_ts")
+        assert np.all(np.diff(first_ts.cast(pa.int64()).to_numpy()) >= 0)
+        records = [line.split("\t")[0] for line in Path(paths["conn_log_path"]).read_text(
+            ).splitlines() if not line.startswith("#")]
+        assert records == sorted(records, key=float)
 
 
 def set_packets_per_shard(workdir: Path, packets: int) -> None:

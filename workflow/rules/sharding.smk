@@ -28,7 +28,7 @@ def shard_outputs(wildcards):
             shards=shards,
             shard=range(shards),
         )
-        for name in ("flows", "http", "conn_log")
+        for name in ("flows", "http")
     }
 
 

@@ -40,7 +40,6 @@ rule security_connections_shard:
     output:
         flows=temp("results/shards/{trace}/{shards}/{shard}/flows.parquet"),
         http=temp("results/shards/{trace}/{shards}/{shard}/http.parquet"),
-        conn_log=temp("results/shards/{trace}/{shards}/{shard}/conn.log"),
     log:
         "results/logs/security/shards/{trace}/{shards}/{shard}.log",
     benchmark:

@@ -9,7 +9,6 @@ run_stage(
     shards=ShardOutputs(
         flows=list(snakemake.input.get("shard_flows", [])),
         http=list(snakemake.input.get("shard_http", [])),
-        conn_logs=list(snakemake.input.get("shard_conn_log", [])),
     ),
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,

@@ -9,7 +9,6 @@ run_stage(
     shard=int(snakemake.wildcards.shard),
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,
-    conn_log_path=snakemake.output.conn_log,
     settings=snakemake.params.settings,
     threads=snakemake.threads,
 )

@@ -116,6 +116,60 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
         yield from _slices(held)
 
 
+class _SortedRun:
+    """One file sorted by an integer column, read a batch at a time: the rows read and not yet
+    taken (`held`), sorted."""
+
+    def __init__(self, path, key: str, batch_rows: int):
+        self.key = key
+        parquet = pq.ParquetFile(path)
+        self.batches = parquet.iter_batches(batch_size=batch_rows)
+        self.held = parquet.schema_arrow.empty_table()
+        self.more = True
+        self.extend()
+
+    def extend(self) -> None:
+        """Read the next batch onto the held rows (the file's end: `more` turns False)."""
+        batch = next(self.batches, None)
+        if batch is None:
+            self.more = False
+        else:
+            batch = pa.Table.from_batches([batch])
+            self.held = pa.concat_tables([self.held, batch]) if self.held.num_rows else batch
+
+    def keys(self) -> np.ndarray:
+        return self.held.column(self.key).cast(pa.int64()).to_numpy()
+
+    def take_below(self, bound: int) -> pa.Table:
+        """The held rows whose key is below `bound` (no later row of the file can be)."""
+        cut = int(np.searchsorted(self.keys(), bound, side="left"))
+        taken, self.held = self.held.slice(0, cut), self.held.slice(cut)
+        return taken
+
+
+def merge_sorted(paths: list, key: str, batch_rows: int = 1 << 13) -> Iterator[pa.Table]:
+    """The rows of Parquet files each sorted by the integer (or timestamp) column `key`, as
+    tables whose concatenation is the files' rows sorted by `key`, ties in the order of
+    `paths`, then of rows: what a stable sort of their concatenation gives. Memory: a batch
+    of `batch_rows` rows a file (more only while rows share one key at a batch's end)."""
+    runs = [_SortedRun(path, key, batch_rows) for path in paths]
+    while True:
+        for run in runs:
+            while run.more and not run.held.num_rows:
+                run.extend()
+        # Rows below the smallest last key held by a file with more to read are final.
+        reading = [run for run in runs if run.more]
+        bound = min((int(run.keys()[-1]) for run in reading), default=NEVER)
+        taken = [part for part in (run.take_below(bound) for run in runs) if part.num_rows]
+        if taken:
+            yield _sorted(pa.concat_tables(taken), (key,))
+        if not reading:
+            return
+        for run in reading:  # the files that set the bound read on
+            if int(run.keys()[-1]) <= bound:
+                run.extend()
+
+
 def _slices(rows: pa.Table) -> Iterator[pa.Table]:
     """`rows` in consecutive slices of at most BATCH_ROWS rows (none if empty)."""
     for start in range(0, rows.num_rows, BATCH_ROWS):

@@ -60,6 +60,7 @@ every rerun and for any partitioning.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -80,6 +81,7 @@ from pandera.pandas import Check
 from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
+from tracelab.core.streaming import BATCH_ROWS, merge_sorted
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
@@ -819,6 +821,11 @@ def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
             for values in fields]
 
 
+def conn_log_writer(handle, opened: str) -> ZeekLogWriter:
+    """A conn.log writer on `handle` (binary), its header dated `opened`."""
+    return ZeekLogWriter(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
+
+
 class _TableAppender:
     """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
     metadata: known at the start in the Arrow schema, found on the way in the file's."""
@@ -832,9 +839,13 @@ class _TableAppender:
     def write(self, part: pd.DataFrame) -> pa.Table:
         """Conform, check and append `part`; returns it as written."""
         table = self.table.check(self.table.conform(part))
+        self.append(table)
+        return table
+
+    def append(self, table: pa.Table) -> None:
+        """Append rows checked already."""
         self.writer.write_table(table)
         self.rows += table.num_rows
-        return table
 
     def close(self, metadata: dict) -> None:
         self.writer.add_key_value_metadata(_tracelab(metadata))
@@ -869,19 +880,38 @@ def _trace_span(packets_path) -> tuple[str, str]:
     return tuple(pd.Timestamp(t).strftime("%Y-%m-%d-%H-%M-%S") for t in (min(times), max(times)))
 
 
+def flows_in_time_order(paths: list) -> Iterator[pa.Table]:
+    """The rows of FLOWS files each sorted by first packet, merged in that order (ties: in the
+    order of `paths`), in tables of about BATCH_ROWS rows (one a row group)."""
+    held: list[pa.Table] = []
+    for flows in itertools.chain(merge_sorted(paths, "first_ts"), [None]):
+        if flows is not None:
+            held.append(flows)
+        if held and (flows is None or sum(map(len, held)) >= BATCH_ROWS):
+            yield pa.concat_tables(held)
+            held = []
+
+
 @dataclass
 class _Outputs:
-    """The stage's three outputs, appended to partition by partition, and what it counts."""
+    """The stage's three outputs and what it counts. Each partition's connections go to a
+    scratch file (sorted by first packet); `close` merges them into flows.parquet and conn.log
+    in the order of their first packet, so that the readers of flows.parquet (hosts, windows)
+    stream it in time order holding a batch a partition, not the whole table."""
 
     flows: _TableAppender
     http: _TableAppender
-    conn_log: ZeekLogWriter
+    conn_log: ZeekLogWriter | None
     trace: str
+    scratch: Path
+    partition_flows: list[Path] = field(default_factory=list)
     left_out: Counter = field(default_factory=Counter)
     states: Counter = field(default_factory=Counter)
 
     def write(self, packets: pa.Table, connections: Connections) -> None:
-        self.conn_log.write(conn_log_fields(self.flows.write(connections.flows)))
+        path = self.scratch / f"flows-{len(self.partition_flows):05d}.parquet"
+        pq.write_table(FLOWS.check(FLOWS.conform(connections.flows)), path, compression="lz4")
+        self.partition_flows.append(path)
         is_http = pc.or_(packets.column("http_method").is_valid(),
                          packets.column("http_status").is_valid()).to_numpy()
         requests = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
@@ -889,6 +919,16 @@ class _Outputs:
                                            self.trace))
         self.left_out.update(connections.left_out)
         self.states.update(connections.flows["conn_state"].value_counts().to_dict())
+
+    def close(self, closed: str) -> None:
+        for flows in flows_in_time_order(self.partition_flows):
+            self.flows.append(flows)
+            if self.conn_log is not None:
+                self.conn_log.write(conn_log_fields(flows))
+        if self.conn_log is not None:
+            self.conn_log.close(closed)
+        self.flows.close({"rows_in_no_connection": json.dumps(dict(self.left_out))})
+        self.http.close({})
 
 
 def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
@@ -907,31 +947,30 @@ def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
             yield packets, connections.result()
 
 
-def write_connections(*, trace: str, packets_path, flows_path, http_path, conn_log_path,
-                      settings: dict, threads: int = 1) -> dict:
-    """Stage: flows.parquet, http.parquet (both need each packet's connection) and conn.log of
-    one trace, one partition of the packet table at a time (`threads` at once)."""
+def write_connections(*, trace: str, packets_path, flows_path, http_path, settings: dict,
+                      conn_log_path=None, threads: int = 1) -> dict:
+    """Stage: flows.parquet, http.parquet (both need each packet's connection) and, unless
+    `conn_log_path` is None (a shard's job: the merge writes it), conn.log of one trace, one
+    partition of the packet table at a time (`threads` at once)."""
     flow_settings_ = flow_settings(settings)
     opened, closed = _trace_span(packets_path)
     Path(flows_path).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix=".partitions-", dir=Path(flows_path).parent)))
-        conn_log = stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb"))
         out = _Outputs(
             flows=_TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)), {
                 "trace": trace, "flow_settings": json.dumps(asdict(flow_settings_))}),
             http=_TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)),
                                 {"trace": trace}),
-            conn_log=ZeekLogWriter(conn_log, "conn", [f for f, _ in CONN_LOG_FIELDS], opened),
-            trace=trace)
+            conn_log=None if conn_log_path is None else conn_log_writer(
+                stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
+                opened),
+            trace=trace, scratch=scratch)
         tables = _partition_tables(packets_path, flow_settings_, scratch)
         for packets, connections in _assembled(tables, flow_settings_, trace, threads):
             out.write(packets, connections)
-        out.conn_log.close(closed)
-        out.flows.close({"rows_in_no_connection": json.dumps(dict(out.left_out))})
-        out.http.close({})
-        conn_log.close()
+        out.close(closed)
     log.info("%s: %d connections (%s), %d HTTP requests; rows in no connection, by protocol: %s",
              trace, out.flows.rows, dict(out.states), out.http.rows, dict(out.left_out))
     return {"connections": out.flows.rows, "http_requests": out.http.rows}

@@ -5,15 +5,15 @@ A trace of more than `sharding.packets_per_shard` packets is split into
 `tracelab.security.partitions` routes them, with a hash of its own): every packet of a
 connection, in both directions, and every port-less row of an export between the same two hosts
 land in one shard, so each shard is made into connections on its own by `write_connections`,
-unchanged. The merge appends the shards' flows, HTTP requests and conn.log records in shard
-order. Uids depend on the trace and the connection only, so the merged tables hold the same rows
-whatever the number of shards; only their order differs (shard, then partition, then first
-packet).
+unchanged. The merge writes the shards' flows in the order of their first packet (as an
+unsharded trace's are), conn.log from them, and appends the HTTP requests in shard order. Uids
+depend on the trace and the connection only, so the merged tables hold the same rows whatever
+the number of shards; only the order of ties in time and of the HTTP requests differs.
 
 Files: `split_shards` writes one Parquet file a shard (the packet columns connections need) in a
-folder; `write_shard_connections` makes one shard's three outputs; `connections_stage` is the
-connection rule's stage, which merges the shards' outputs when there are shards and makes the
-connections of the whole trace otherwise.
+folder; `write_shard_connections` makes one shard's flows and HTTP requests; `connections_stage`
+is the connection rule's stage, which merges the shards' outputs when there are shards and makes
+the connections of the whole trace otherwise.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import atomic_path
 from tracelab.security.partitions import address_hash, partition_count
 from tracelab.security.security_connections import (
-    CONN_LOG_FIELDS,
     PACKET_COLUMNS,
     _trace_span,
+    conn_log_fields,
+    conn_log_writer,
+    flows_in_time_order,
     write_connections,
 )
-from tracelab.security.zeek_log import ZeekLogWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 # the shard count, so with the same hash its partitions would be as uneven as the two counts'
 # common factors make them (2 shards of 2 partitions: one partition full, one empty).
 _SHARD_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
-# Bytes of a conn.log copied at a time by the merge.
-_COPY_BYTES = 1 << 20
 
 shard_count = partition_count  # shards of `packets` rows, each about `packets_per_shard` rows
 
@@ -88,11 +87,12 @@ def split_shards(*, packets_path, directory, shards: int) -> dict:
 
 
 def write_shard_connections(*, trace: str, directory, shard: int, flows_path, http_path,
-                            conn_log_path, settings: dict, threads: int = 1) -> dict:
-    """Stage: the connections of one shard (the files `split_shards` wrote in `directory`)."""
+                            settings: dict, threads: int = 1) -> dict:
+    """Stage: the flows and HTTP requests of one shard (the files `split_shards` wrote in
+    `directory`); the merge writes conn.log."""
     return write_connections(trace=trace, packets_path=shard_file(directory, shard),
-                             flows_path=flows_path, http_path=http_path,
-                             conn_log_path=conn_log_path, settings=settings, threads=threads)
+                             flows_path=flows_path, http_path=http_path, settings=settings,
+                             threads=threads)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,6 @@ class ShardOutputs:
 
     flows: list[str]
     http: list[str]
-    conn_logs: list[str]
 
 
 def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_path, http_path,
@@ -112,58 +111,51 @@ def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_p
         return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
                                  http_path=http_path, conn_log_path=conn_log_path,
                                  settings=settings, threads=threads)
-    flows = _append_parquet(shards.flows, flows_path, summed="rows_in_no_connection")
+    flows = _merge_flows(shards.flows, flows_path, conn_log_path, _trace_span(packets_path))
     requests = _append_parquet(shards.http, http_path)
-    _append_conn_logs(shards.conn_logs, conn_log_path, _trace_span(packets_path))
     log.info("%s: %d connections, %d HTTP requests, merged from %d shards", trace, flows,
              requests, len(shards.flows))
     return {"connections": flows, "http_requests": requests}
 
 
-def _append_parquet(paths: list[str], path, summed: str | None = None) -> int:
-    """The tables at `paths` appended into one file, batch by batch, with the first one's
-    schema; the `tracelab.<summed>` file metadata (a JSON count by name) summed over them."""
-    schema = pq.ParquetFile(paths[0]).schema_arrow
-    key = f"tracelab.{summed}".encode()
-    schema = schema.remove_metadata().with_metadata(
+def _without(schema: pa.Schema, key: bytes) -> pa.Schema:
+    return schema.remove_metadata().with_metadata(
         {k: v for k, v in (schema.metadata or {}).items() if k != key})
-    counts, rows = Counter(), 0
-    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
-                                                          compression="zstd") as writer:
-        for part in paths:
-            parquet = pq.ParquetFile(part)
-            for batch in parquet.iter_batches():
-                writer.write_batch(batch)
-                rows += batch.num_rows
-            if summed:
-                counts.update(json.loads(parquet.metadata.metadata.get(key, b"{}")))
-        if summed:
-            writer.add_key_value_metadata({key.decode(): json.dumps(dict(counts))})
+
+
+def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, str]) -> int:
+    """The shards' flows in the order of their first packet, into one flows file (the first
+    shard's schema and metadata, the rows left out summed) and conn.log (dated by the whole
+    trace); the rows written."""
+    key = b"tracelab.rows_in_no_connection"
+    opened, closed = span
+    schema = _without(pq.ParquetFile(paths[0]).schema_arrow, key)
+    left_out = Counter()
+    for path in paths:
+        left_out.update(json.loads(pq.ParquetFile(path).metadata.metadata.get(key, b"{}")))
+    rows = 0
+    with atomic_path(flows_path) as flows_file, \
+            pq.ParquetWriter(flows_file, schema, compression="zstd") as writer, \
+            atomic_path(conn_log_path) as log_file, log_file.open("wb") as handle:
+        conn_log = conn_log_writer(handle, opened)
+        for flows in flows_in_time_order(paths):
+            writer.write_table(flows)
+            conn_log.write(conn_log_fields(flows))
+            rows += flows.num_rows
+        conn_log.close(closed)
+        writer.add_key_value_metadata({key.decode(): json.dumps(dict(left_out))})
     return rows
 
 
-def _append_conn_logs(paths: list[str], path, span: tuple[str, str]) -> None:
-    """One conn.log of the shards' records, with the whole trace's #open and #close."""
-    opened, closed = span
-    with atomic_path(path) as temporary, temporary.open("wb") as handle:
-        out = ZeekLogWriter(handle, "conn", [f for f, _ in CONN_LOG_FIELDS], opened)
+def _append_parquet(paths: list[str], path) -> int:
+    """The tables at `paths` appended into one file, batch by batch, with the first one's
+    schema."""
+    schema = pq.ParquetFile(paths[0]).schema_arrow
+    rows = 0
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
+                                                          compression="zstd") as writer:
         for part in paths:
-            with open(part, "rb") as source:
-                _copy_records(source, handle)
-        out.close(closed)
-
-
-def _copy_records(source, handle) -> None:
-    """A Zeek log's record lines: those between its header's `#` lines and its `#close`."""
-    size = source.seek(0, 2)
-    tail_start = max(0, size - 4096)
-    source.seek(tail_start)
-    end = tail_start + source.read().rindex(b"#close")
-    source.seek(0)
-    while source.peek(1)[:1] == b"#":
-        source.readline()
-    remaining = end - source.tell()
-    while remaining > 0:
-        chunk = source.read(min(_COPY_BYTES, remaining))
-        handle.write(chunk)
-        remaining -= len(chunk)
+            for batch in pq.ParquetFile(part).iter_batches():
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    return rows
