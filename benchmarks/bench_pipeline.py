@@ -279,9 +279,8 @@ def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -
     for tsv in sorted(benchmarks.rglob("*.tsv")):
         with open(tsv, encoding="utf-8") as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
-        jobs[str(tsv.relative_to(benchmarks).with_suffix("")).replace(trace, "T")] = {
-            "seconds": float(row["s"]),
-                                                         "peak_mib": float(row["max_rss"])}
+        job = str(tsv.relative_to(benchmarks).with_suffix("")).replace(trace, "T")
+        jobs[job] = {"seconds": float(row["s"]), "peak_mib": float(row["max_rss"])}
     return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
             "targets": targets or ["all"],
             "load_before": load, "load_after": os.getloadavg()[0], "workdir": str(copy)}
