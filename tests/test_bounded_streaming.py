@@ -158,3 +158,26 @@ def test_distinct_rows_and_name_ids(monkeypatch):
     second = names.of(pa.chunked_array([pa.array(["c", "a"]), pa.array(["b"])]))
     assert first.tolist() == [0, 1, 0] and second.tolist() == [2, 1, 0]
     assert names.name([2, 0]).tolist() == ["c", "b"]
+
+
+@pytest.mark.parametrize("keys", [("k",), ("k", "j")])
+def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path):
+    """Files each sorted by `keys`, merged a few rows at a time, in any row groups, empty
+    files and long runs of one key included: a stable sort of their concatenation."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        tables, paths = [], []
+        for number in range(int(rng.integers(1, 6))):
+            rows = int(rng.integers(0, 200))
+            table = pa.table({"k": rng.integers(0, int(rng.integers(1, 30)), rows),
+                              "j": rng.integers(-3, 3, rows), "file": np.full(rows, number),
+                              "row": np.arange(rows)})
+            table = table.take(np.lexsort([table.column(k).to_numpy() for k in keys][::-1]))
+            paths.append(tmp_path / f"{trial}-{number}.parquet")
+            pq.write_table(table, paths[-1], row_group_size=int(rng.integers(1, 80)))
+            tables.append(table)
+        whole = pa.concat_tables(tables)
+        expected = whole.take(np.lexsort([whole.column(k).to_numpy() for k in keys][::-1]))
+        merged = list(streaming.merge_sorted(paths, keys, batch_rows=int(rng.integers(1, 30))))
+        got = pa.concat_tables(merged) if merged else whole.slice(0, 0)
+        assert got.equals(expected)

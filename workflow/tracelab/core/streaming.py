@@ -117,11 +117,11 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
 
 
 class _SortedRun:
-    """One file sorted by an integer column, read a batch at a time: the rows read and not yet
-    taken (`held`), sorted."""
+    """One file sorted by integer columns (lexicographically), read a batch at a time: the rows
+    read and not yet taken (`held`), sorted."""
 
-    def __init__(self, path, key: str, batch_rows: int):
-        self.key = key
+    def __init__(self, path, keys: tuple[str, ...], batch_rows: int):
+        self.key_names = keys
         parquet = pq.ParquetFile(path)
         self.batches = parquet.iter_batches(batch_size=batch_rows)
         self.held = parquet.schema_arrow.empty_table()
@@ -137,36 +137,48 @@ class _SortedRun:
             batch = pa.Table.from_batches([batch])
             self.held = pa.concat_tables([self.held, batch]) if self.held.num_rows else batch
 
-    def keys(self) -> np.ndarray:
-        return self.held.column(self.key).cast(pa.int64()).to_numpy()
+    def keys(self) -> list[np.ndarray]:
+        return [self.held.column(name).cast(pa.int64()).to_numpy() for name in self.key_names]
 
-    def take_below(self, bound: int) -> pa.Table:
-        """The held rows whose key is below `bound` (no later row of the file can be)."""
-        cut = int(np.searchsorted(self.keys(), bound, side="left"))
+    def last(self) -> tuple[int, ...]:
+        """The key of the last held row."""
+        return tuple(int(values[-1]) for values in self.keys())
+
+    def take_below(self, bound: tuple[int, ...] | None) -> pa.Table:
+        """The held rows whose key is below `bound` (all when None): no later row of the file
+        can be."""
+        below = np.ones(self.held.num_rows, bool)
+        if bound is not None:
+            below[:], tied = False, np.ones_like(below)
+            for values, limit in zip(self.keys(), bound):
+                below |= tied & (values < limit)
+                tied &= values == limit
+        cut = int(below.sum())  # a prefix: the rows are sorted
         taken, self.held = self.held.slice(0, cut), self.held.slice(cut)
         return taken
 
 
-def merge_sorted(paths: list, key: str, batch_rows: int = 1 << 13) -> Iterator[pa.Table]:
-    """The rows of Parquet files each sorted by the integer (or timestamp) column `key`, as
-    tables whose concatenation is the files' rows sorted by `key`, ties in the order of
+def merge_sorted(paths: list, keys: tuple[str, ...],
+                 batch_rows: int = 1 << 13) -> Iterator[pa.Table]:
+    """The rows of Parquet files each sorted by the integer (or timestamp) columns `keys`, as
+    tables whose concatenation is the files' rows sorted by `keys`, ties in the order of
     `paths`, then of rows: what a stable sort of their concatenation gives. Memory: a batch
     of `batch_rows` rows a file (more only while rows share one key at a batch's end)."""
-    runs = [_SortedRun(path, key, batch_rows) for path in paths]
+    runs = [_SortedRun(path, keys, batch_rows) for path in paths]
     while True:
         for run in runs:
             while run.more and not run.held.num_rows:
                 run.extend()
         # Rows below the smallest last key held by a file with more to read are final.
         reading = [run for run in runs if run.more]
-        bound = min((int(run.keys()[-1]) for run in reading), default=NEVER)
+        bound = min((run.last() for run in reading), default=None)
         taken = [part for part in (run.take_below(bound) for run in runs) if part.num_rows]
         if taken:
-            yield _sorted(pa.concat_tables(taken), (key,))
+            yield _sorted(pa.concat_tables(taken), keys)
         if not reading:
             return
         for run in reading:  # the files that set the bound read on
-            if int(run.keys()[-1]) <= bound:
+            if run.last() <= bound:
                 run.extend()
 
 

@@ -884,7 +884,7 @@ def flows_in_time_order(paths: list) -> Iterator[pa.Table]:
     """The rows of FLOWS files each sorted by first packet, merged in that order (ties: in the
     order of `paths`), in tables of about BATCH_ROWS rows (one a row group)."""
     held: list[pa.Table] = []
-    for flows in itertools.chain(merge_sorted(paths, "first_ts"), [None]):
+    for flows in itertools.chain(merge_sorted(paths, ("first_ts",)), [None]):
         if flows is not None:
             held.append(flows)
         if held and (flows is None or sum(map(len, held)) >= BATCH_ROWS):
