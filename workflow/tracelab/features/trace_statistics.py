@@ -1,8 +1,12 @@
 """Wireshark's Statistics menus as tables, per trace: Endpoints, Conversations, Protocol Hierarchy.
 
-The packet table is read one row group at a time in batches; each batch is grouped with
-pyarrow and merged into running totals, so memory holds one row per distinct endpoint,
-conversation and protocol path, never one per packet. Wireshark's meanings:
+The packet table is read in batches; each batch is grouped with pyarrow. The stage routes the
+grouped endpoint rows by address and the conversation rows by address pair into partitions on
+disk (one a PARTITION_PACKETS packets), totals each partition alone, and merges the partitions'
+sorted rows into each table in its order: memory holds one partition's endpoints and
+conversations, whatever the trace's length (a large capture has millions of TCP endpoints and
+conversations). `file_statistics` holds all totals at once (running totals merged batch by
+batch). Wireshark's meanings:
 
 - Bytes are frame lengths on the wire (`length`), as in every Wireshark statistic.
 - Endpoints (Statistics › Endpoints): every address, with the frames it sent (tx) and received
@@ -29,7 +33,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tracelab.core.atomic import atomic_path
 from tracelab.core.html_report import heading, html_table, paragraph, write_html
+from tracelab.core.streaming import merge_sorted
 from tracelab.core.tables import DICT_STRING, Column, Table
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,17 @@ BATCH_ROWS = 1 << 16
 MERGE_ROWS = 1 << 18
 # Rows of each endpoint and conversation type shown in the HTML page (largest by bytes).
 SHOWN_ROWS = 25
+# Packets per partition of a large trace: its endpoints are totalled partition by partition of
+# their address, its conversations of their address pair, so memory follows this, not the
+# trace's length (a trace of one partition is totalled in memory at once).
+PARTITION_PACKETS = 2_000_000
+# Fibonacci hashing's multiplier: spreads address codes over the partitions.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+# Each table's order (Wireshark's: by type, then most bytes or earliest start): its columns, and
+# which of them sort in descending order.
+ENDPOINT_ORDER = {"type": False, "bytes": True, "address": False, "port": False}
+CONVERSATION_ORDER = {"type": False, "rel_start_s": False, "address_a": False,
+                      "address_b": False}
 
 IPV4 = r"^\d{1,3}(?:\.\d{1,3}){3}$"
 MAC = r"^[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}$"
@@ -132,8 +153,12 @@ class Rollup:
     parts: list[pa.Table] = field(default_factory=list)
     waiting: int = 0
     merged: int = 0
+    sink: PartitionSink | None = None  # grouped batches go there instead, when set
 
     def add(self, rows: pa.Table) -> None:
+        if self.sink is not None:
+            self.sink.write(self._grouped(rows))
+            return
         self.parts.append(self._grouped(rows))
         self.waiting += self.parts[-1].num_rows
         if self.waiting > max(MERGE_ROWS, self.merged):
@@ -148,6 +173,43 @@ class Rollup:
 
     def result(self) -> pa.Table | None:
         return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
+
+
+class PartitionSink:
+    """Grouped rows routed into one Arrow IPC file (lz4) a partition, by a hash of their
+    `routed` code columns (a pair of codes hashed as one: both directions alike)."""
+
+    def __init__(self, directory: Path, name: str, count: int, routed: list[str]):
+        self.paths = [directory / f"{name}-{index:05d}.arrows" for index in range(count)]
+        self.routed = routed
+        self.writers: list | None = None
+
+    def write(self, rows: pa.Table) -> None:
+        if self.writers is None:
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            self.writers = [pa.ipc.new_stream(str(path), rows.schema, options=options)
+                            for path in self.paths]
+        codes = [rows.column(name).to_numpy().astype(np.uint64) for name in self.routed]
+        key = codes[0] if len(codes) == 1 else (codes[0] << np.uint64(32)) | codes[1]
+        part = ((key * _MIX) >> np.uint64(32)).astype(np.int64) % len(self.paths)
+        order = np.argsort(part, kind="stable")  # file order kept within a partition
+        bounds = np.searchsorted(part[order], np.arange(len(self.paths) + 1))
+        routed = rows.take(order)
+        for index in np.flatnonzero(np.diff(bounds)):
+            self.writers[index].write_table(
+                routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+
+    def close(self) -> None:
+        for writer in self.writers or []:
+            writer.close()
+
+    def table(self, index: int) -> pa.Table | None:
+        """Partition `index`'s rows, in the order written (None: none were)."""
+        if self.writers is None:
+            return None
+        with pa.OSFile(str(self.paths[index])) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        return table if table.num_rows else None
 
 
 def _address_types(addresses: pa.Array) -> np.ndarray:
@@ -210,6 +272,23 @@ class TraceStatistics:
          "reverse_bytes": "sum", "first_forward": "first", "start": "min", "end": "max"}))
     layers: Rollup = field(default_factory=lambda: Rollup(
         ["type", "transport", "protocol"], {"frames": "sum", "bytes": "sum"}))
+
+    def route(self, directory: Path, count: int) -> None:
+        """Send endpoint and conversation totals to `count` partitions in `directory` (by
+        address, by address pair) instead of holding them."""
+        self.endpoints.sink = PartitionSink(directory, "endpoints", count, ["address"])
+        self.conversations.sink = PartitionSink(directory, "conversations", count,
+                                                ["low", "high"])
+
+    def partition(self, index: int) -> TraceStatistics:
+        """Partition `index`'s endpoints and conversations as statistics of their own (the
+        codebooks shared); call after the last `add`."""
+        part = TraceStatistics(addresses=self.addresses, protocols=self.protocols)
+        for mine, routed in ((part.endpoints, self.endpoints),
+                             (part.conversations, self.conversations)):
+            rows = routed.sink.table(index)
+            mine.parts = [] if rows is None else [rows]
+        return part
 
     def add(self, batch: pa.RecordBatch) -> None:
         src = self.addresses.encode(batch.column("src"))
@@ -289,9 +368,7 @@ class TraceStatistics:
         self._named(frame, ["address"], ["port"])
         frame["packets"] = frame["tx_packets"] + frame["rx_packets"]
         frame["bytes"] = frame["tx_bytes"] + frame["rx_bytes"]
-        frame = frame.sort_values(["type", "bytes", "address", "port"],
-                                  ascending=[True, False, True, True], kind="stable")
-        return _with_trace(frame, trace, ENDPOINTS)
+        return _with_trace(_ordered(frame, ENDPOINT_ORDER), trace, ENDPOINTS)
 
     def _conversation_table(self, trace: str) -> pa.Table:
         totals = self.conversations.result()
@@ -312,9 +389,7 @@ class TraceStatistics:
         frame["bytes"] = frame["bytes_a_to_b"] + frame["bytes_b_to_a"]
         frame["rel_start_s"] = frame["start"]
         frame["duration_s"] = frame["end"] - frame["start"]
-        frame = frame.sort_values(["type", "rel_start_s", "address_a", "address_b"],
-                                  kind="stable")
-        return _with_trace(frame, trace, CONVERSATIONS)
+        return _with_trace(_ordered(frame, CONVERSATION_ORDER), trace, CONVERSATIONS)
 
     def _hierarchy_table(self, trace: str) -> pa.Table:
         totals = self.layers.result()
@@ -326,6 +401,31 @@ class TraceStatistics:
                          for kind, way, protocol in zip(frame["type"], frame["transport"],
                                                         frame["protocol"])]
         return _with_trace(_prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
+
+
+def _ordered(frame: pd.DataFrame, order: dict[str, bool]) -> pd.DataFrame:
+    return frame.sort_values(list(order), ascending=[not down for down in order.values()],
+                             kind="stable")
+
+
+def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.Table:
+    """`table` with one integer column a sort column (`_key0`, ...) that sorts as `order`
+    does: texts by their rank among `names` (sorted), non-negative floats by their bits,
+    descending columns negated, null ports as -1."""
+    keys = {}
+    for index, (name, descending) in enumerate(order.items()):
+        column = table.column(name)
+        if pa.types.is_floating(column.type):
+            values = column.to_numpy().view(np.int64)
+        elif pa.types.is_integer(column.type):
+            values = pc.fill_null(column, -1).to_numpy().astype(np.int64)
+        else:
+            ranks = pc.index_in(column.cast(pa.string()), value_set=names)
+            values = ranks.to_numpy(zero_copy_only=False).astype(np.int64)
+        keys[f"_key{index}"] = -values if descending else values
+    for name, values in keys.items():
+        table = table.append_column(name, pa.array(values))
+    return table
 
 
 def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
@@ -356,14 +456,90 @@ def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
     return nodes
 
 
-def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Endpoints, conversations and protocol hierarchy of a packet file, streamed."""
+def _fed(packets_path, statistics: TraceStatistics) -> TraceStatistics:
+    """`statistics` fed the packet file, batch by batch."""
     packets = pq.ParquetFile(packets_path)
-    statistics = TraceStatistics()
     for batch in packets.iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS):
         if batch.num_rows:
             statistics.add(batch)
-    return statistics.tables(trace)
+    return statistics
+
+
+def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Endpoints, conversations and protocol hierarchy of a packet file, streamed, the totals
+    held in memory (the stage, `trace_statistics`, holds one partition at a time)."""
+    return _fed(packets_path, TraceStatistics()).tables(trace)
+
+
+@dataclass
+class Largest:
+    """What the page shows of a table read in order, batch by batch: the SHOWN_ROWS rows with
+    the most bytes of each type (ties in the table's order) and how many rows each type has."""
+
+    shown: dict[str, pd.DataFrame] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, rows: pa.Table) -> None:
+        frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+        frame["type"] = frame["type"].astype(str)
+        for type_, part in frame.groupby("type", sort=True):
+            self.counts[type_] += len(part)
+            both = pd.concat([self.shown[type_], part]) if type_ in self.shown else part
+            self.shown[type_] = both.sort_values("bytes", ascending=False,
+                                                 kind="stable").head(SHOWN_ROWS)
+
+
+@dataclass
+class _PartitionedTable:
+    """One of the two large tables, made partition by partition into sorted scratch files
+    and merged into its file in its order."""
+
+    table: Table
+    order: dict[str, bool]
+    paths: list[Path] = field(default_factory=list)
+
+    def add(self, rows: pa.Table, names: pa.Array, scratch: Path) -> None:
+        self.paths.append(scratch / f"{self.table.name}-{len(self.paths):05d}.parquet")
+        pq.write_table(_order_keys(self.table.check(rows), self.order, names), self.paths[-1],
+                       compression="lz4")
+
+    def write(self, path, trace: str) -> Largest:
+        """Merge the partitions into `path`; what the page shows of it."""
+        keys = tuple(f"_key{index}" for index in range(len(self.order)))
+        largest = Largest()
+        schema = self.table.schema.with_metadata({"tracelab.trace": trace})
+        with atomic_path(path) as temporary, \
+                pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+            for rows in merge_sorted(self.paths, keys, max(1, BATCH_ROWS // len(self.paths))):
+                rows = rows.drop_columns(list(keys))
+                writer.write_table(rows)
+                largest.add(rows)
+        return largest
+
+
+def partitioned_statistics(packets_path, trace: str, scratch: Path,
+                           outputs: dict) -> tuple[Largest, Largest, pa.Table]:
+    """Write the three tables to `outputs` (endpoints, conversations, hierarchy paths),
+    holding one partition of PARTITION_PACKETS packets' endpoints and conversations at a
+    time; return what the page shows of them."""
+    rows = pq.ParquetFile(packets_path).metadata.num_rows
+    count = max(1, math.ceil(rows / PARTITION_PACKETS))
+    statistics = TraceStatistics()
+    statistics.route(scratch, count)
+    _fed(packets_path, statistics)
+    for sink in (statistics.endpoints.sink, statistics.conversations.sink):
+        sink.close()
+    names = pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
+    endpoints = _PartitionedTable(ENDPOINTS, ENDPOINT_ORDER)
+    conversations = _PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER)
+    for index in range(count):
+        part = statistics.partition(index)
+        endpoints.add(part._endpoint_table(trace), names, scratch)
+        conversations.add(part._conversation_table(trace), names, scratch)
+    hierarchy = statistics._hierarchy_table(trace)
+    PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
+    return (endpoints.write(outputs["endpoints"], trace),
+            conversations.write(outputs["conversations"], trace), hierarchy)
 
 
 def _summary_rows(summary: dict) -> pd.DataFrame:
@@ -395,27 +571,26 @@ def _validation_html(report: dict) -> str:
     return "".join(parts)
 
 
-def _largest(table: pa.Table, kind: str, columns: list[str]) -> str:
+def _largest(largest: Largest, kind: str, columns: list[str]) -> str:
     """The SHOWN_ROWS rows with the most bytes of each type, and how many there are."""
-    frame = table.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
-    if frame.empty:
+    if not largest.counts:
         return paragraph(f"No {kind}.", note=True)
-    # Ports are names, not quantities: no thousands separator.
-    for port in [column for column in columns if column.startswith("port")]:
-        frame[port] = frame[port].astype("string")
     parts = []
-    for type_, part in frame.groupby("type", sort=True, observed=True):
-        shown = part.sort_values("bytes", ascending=False, kind="stable").head(SHOWN_ROWS)
-        parts.append(heading(3, f"{type_} {kind}: {len(part):,}"))
-        if len(part) > len(shown):
-            parts.append(paragraph(f"The {len(shown)} with the most bytes; all {len(part):,} "
+    for type_ in sorted(largest.counts):
+        shown, count = largest.shown[type_].copy(), largest.counts[type_]
+        # Ports are names, not quantities: no thousands separator.
+        for port in [column for column in columns if column.startswith("port")]:
+            shown[port] = shown[port].astype("string")
+        parts.append(heading(3, f"{type_} {kind}: {count:,}"))
+        if count > len(shown):
+            parts.append(paragraph(f"The {len(shown)} with the most bytes; all {count:,} "
                                    f"in {kind}.parquet.", note=True))
         parts.append(html_table(shown[columns].dropna(axis=1, how="all")))
     return "".join(parts)
 
 
-def statistics_html(trace: str, summary: dict, validation: dict, endpoints: pa.Table,
-                    conversations: pa.Table, hierarchy: pa.Table) -> str:
+def statistics_html(trace: str, summary: dict, validation: dict, endpoints: Largest,
+                    conversations: Largest, hierarchy: pa.Table) -> str:
     layers = hierarchy.to_pandas()
     shown_hierarchy = pd.DataFrame({
         "layers": layers["path"], "frames": layers["frames"],
@@ -449,16 +624,20 @@ def statistics_html(trace: str, summary: dict, validation: dict, endpoints: pa.T
 def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,
                      endpoints_path, conversations_path, hierarchy_path, html_path) -> dict:
     """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page."""
-    endpoints, conversations, hierarchy = file_statistics(packets_path, trace)
-    ENDPOINTS.write(endpoints, endpoints_path, {"trace": trace})
-    CONVERSATIONS.write(conversations, conversations_path, {"trace": trace})
-    PROTOCOL_HIERARCHY.write(hierarchy, hierarchy_path, {"trace": trace})
+    with tempfile.TemporaryDirectory(prefix=".statistics-",
+                                     dir=Path(endpoints_path).parent) as scratch:
+        endpoints, conversations, hierarchy = partitioned_statistics(
+            packets_path, trace, Path(scratch), {"endpoints": endpoints_path,
+                                                 "conversations": conversations_path,
+                                                 "hierarchy": hierarchy_path})
     with open(summary_path, encoding="utf-8") as handle:
         summary = json.load(handle)
     with open(validation_path, encoding="utf-8") as handle:
         validation = json.load(handle)
     write_html(html_path, f"Trace {trace}", statistics_html(
         trace, summary, validation, endpoints, conversations, hierarchy))
+    counts = {"endpoints": sum(endpoints.counts.values()),
+              "conversations": sum(conversations.counts.values())}
     log.info("%s: %d endpoints, %d conversations, %d protocol paths", trace,
-             endpoints.num_rows, conversations.num_rows, hierarchy.num_rows)
-    return {"endpoints": endpoints.num_rows, "conversations": conversations.num_rows}
+             counts["endpoints"], counts["conversations"], hierarchy.num_rows)
+    return counts
