@@ -182,6 +182,17 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
                 run.extend()
 
 
+def route(rows: pa.Table, part: np.ndarray, writers: list) -> np.ndarray:
+    """Write each row of `rows` with the writer `part` names (0..len(writers)-1), the rows of
+    one writer in their order; return the rows each writer got."""
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(len(writers) + 1))
+    routed = rows.take(order)
+    for index in np.flatnonzero(np.diff(bounds)):
+        writers[index].write_table(routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+    return np.diff(bounds)
+
+
 def _slices(rows: pa.Table) -> Iterator[pa.Table]:
     """`rows` in consecutive slices of at most BATCH_ROWS rows (none if empty)."""
     for start in range(0, rows.num_rows, BATCH_ROWS):

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.html_report import heading, html_table, paragraph, write_html
-from tracelab.core.streaming import merge_sorted
+from tracelab.core.streaming import merge_sorted, route
 from tracelab.core.tables import DICT_STRING, Column, Table
 
 log = logging.getLogger(__name__)
@@ -191,13 +191,8 @@ class PartitionSink:
                             for path in self.paths]
         codes = [rows.column(name).to_numpy().astype(np.uint64) for name in self.routed]
         key = codes[0] if len(codes) == 1 else (codes[0] << np.uint64(32)) | codes[1]
-        part = ((key * _MIX) >> np.uint64(32)).astype(np.int64) % len(self.paths)
-        order = np.argsort(part, kind="stable")  # file order kept within a partition
-        bounds = np.searchsorted(part[order], np.arange(len(self.paths) + 1))
-        routed = rows.take(order)
-        for index in np.flatnonzero(np.diff(bounds)):
-            self.writers[index].write_table(
-                routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+        route(rows, ((key * _MIX) >> np.uint64(32)).astype(np.int64) % len(self.paths),
+              self.writers)
 
     def close(self) -> None:
         for writer in self.writers or []:

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tracelab.core.streaming import route
+
 # Fibonacci hashing's multiplier (2^64 / golden ratio): spreads the summed address hashes.
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -80,13 +82,7 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> 
     try:
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=columns)
-            part = partition_of(table.column("src"), table.column("dst"), n)
-            order = np.argsort(part, kind="stable")
-            bounds = np.searchsorted(part[order], np.arange(n + 1))
-            routed = table.take(order)
-            for index in np.flatnonzero(np.diff(bounds)):
-                writers[index].write_table(
-                    routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+            route(table, partition_of(table.column("src"), table.column("dst"), n), writers)
     finally:
         for writer, sink in zip(writers, sinks):
             writer.close()

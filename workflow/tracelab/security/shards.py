@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
+from tracelab.core.streaming import route
 from tracelab.security.partitions import address_hash, partition_count
 from tracelab.security.security_connections import (
     PACKET_COLUMNS,
@@ -74,14 +75,9 @@ def split_shards(*, packets_path, directory, shards: int) -> dict:
                    for shard in range(shards)]
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=PACKET_COLUMNS)
-            shard = shard_of(table.column("src"), table.column("dst"), shards)
-            order = np.argsort(shard, kind="stable")  # time order kept within a shard
-            bounds = np.searchsorted(shard[order], np.arange(shards + 1))
-            routed = table.take(order)
-            for index in np.flatnonzero(np.diff(bounds)):
-                writers[index].write_table(
-                    routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
-            rows += np.diff(bounds)
+            # time order kept within a shard
+            rows += route(table, shard_of(table.column("src"), table.column("dst"), shards),
+                          writers)
     log.info("%d packets in %d shards: %s", rows.sum(), shards, rows.tolist())
     return {"shard_packets": rows.tolist()}
 
