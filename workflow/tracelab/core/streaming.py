@@ -48,7 +48,8 @@ def time_ranges(table: pq.ParquetFile, groups: list[int],
 
 
 def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[int],
-                       derive: Callable[[pa.Table], pa.Table]) -> Iterator[pa.Table]:
+                       derive: Callable[[pa.Table], pa.Table] = lambda rows: rows,
+                       ) -> Iterator[pa.Table]:
     """`derive` of each row group of `table` (only `columns`), one group at a time: a group is
     read in batches of BATCH_ROWS, each derived before the next is decoded (a large row group
     is never whole in memory), and the next group is read on a background thread (decoding

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.streaming import route
+from tracelab.core.streaming import derived_row_groups, route
 
 # Fibonacci hashing's multiplier (2^64 / golden ratio): spreads the summed address hashes.
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -71,7 +71,7 @@ class Partitions:
 
 def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> Partitions:
     """Route the packet table's rows (`columns` only) into `n` partition files in `directory`,
-    row group by row group."""
+    row group by row group (the next one read on a background thread)."""
     parquet = pq.ParquetFile(packets_path)
     schema = parquet.schema_arrow
     schema = pa.schema([schema.field(name) for name in columns])
@@ -80,8 +80,7 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> 
     sinks = [pa.OSFile(str(path), "wb") for path in paths]
     writers = [pa.ipc.new_stream(sink, schema, options=options) for sink in sinks]
     try:
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=columns)
+        for table in derived_row_groups(parquet, columns, list(range(parquet.num_row_groups))):
             route(table, partition_of(table.column("src"), table.column("dst"), n), writers)
     finally:
         for writer, sink in zip(writers, sinks):
