@@ -24,6 +24,9 @@ NEVER = np.iinfo(np.int64).max
 COMPACT_ROWS = 1 << 20
 # Rows of one batch of a table read in batches (connections, requests).
 BATCH_ROWS = 1 << 17
+# Rows a file gives `merge_sorted` at a time: files to be merged are written in row groups of
+# this size, as a Parquet reader holds a whole row group of every file open.
+MERGE_BATCH_ROWS = 1 << 13
 
 
 def non_empty_groups(table: pq.ParquetFile) -> list[int]:
@@ -124,7 +127,9 @@ class _SortedRun:
     def __init__(self, path, keys: tuple[str, ...], batch_rows: int):
         self.key_names = keys
         parquet = pq.ParquetFile(path)
-        self.batches = parquet.iter_batches(batch_size=batch_rows)
+        # Row group by row group: a reader of the whole file buffers every row group's data.
+        self.batches = (batch for group in range(parquet.num_row_groups)
+                        for batch in parquet.read_row_group(group).to_batches(batch_rows))
         self.held = parquet.schema_arrow.empty_table()
         self.more = True
         self.extend()
@@ -160,11 +165,12 @@ class _SortedRun:
 
 
 def merge_sorted(paths: list, keys: tuple[str, ...],
-                 batch_rows: int = 1 << 13) -> Iterator[pa.Table]:
+                 batch_rows: int = MERGE_BATCH_ROWS) -> Iterator[pa.Table]:
     """The rows of Parquet files each sorted by the integer (or timestamp) columns `keys`, as
     tables whose concatenation is the files' rows sorted by `keys`, ties in the order of
-    `paths`, then of rows: what a stable sort of their concatenation gives. Memory: a batch
-    of `batch_rows` rows a file (more only while rows share one key at a batch's end)."""
+    `paths`, then of rows: what a stable sort of their concatenation gives. Memory: a row
+    group and a batch of `batch_rows` rows a file (more only while rows share one key at a
+    batch's end): write the files in row groups of MERGE_BATCH_ROWS."""
     runs = [_SortedRun(path, keys, batch_rows) for path in paths]
     while True:
         for run in runs:

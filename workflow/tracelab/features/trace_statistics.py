@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.html_report import heading, html_table, paragraph, write_html
-from tracelab.core.streaming import merge_sorted, route
+from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, route
 from tracelab.core.tables import DICT_STRING, Column, Table
 
 log = logging.getLogger(__name__)
@@ -496,7 +496,7 @@ class _PartitionedTable:
     def add(self, rows: pa.Table, names: pa.Array, scratch: Path) -> None:
         self.paths.append(scratch / f"{self.table.name}-{len(self.paths):05d}.parquet")
         pq.write_table(_order_keys(self.table.check(rows), self.order, names), self.paths[-1],
-                       compression="lz4")
+                       compression="lz4", row_group_size=MERGE_BATCH_ROWS)
 
     def write(self, path, trace: str) -> Largest:
         """Merge the partitions into `path`; what the page shows of it."""
@@ -505,7 +505,7 @@ class _PartitionedTable:
         schema = self.table.schema.with_metadata({"tracelab.trace": trace})
         with atomic_path(path) as temporary, \
                 pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-            for rows in merge_sorted(self.paths, keys, max(1, BATCH_ROWS // len(self.paths))):
+            for rows in merge_sorted(self.paths, keys):
                 rows = rows.drop_columns(list(keys))
                 writer.write_table(rows)
                 largest.add(rows)

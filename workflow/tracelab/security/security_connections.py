@@ -81,7 +81,7 @@ from pandera.pandas import Check
 from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
-from tracelab.core.streaming import BATCH_ROWS, merge_sorted
+from tracelab.core.streaming import BATCH_ROWS, MERGE_BATCH_ROWS, merge_sorted
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
@@ -910,7 +910,8 @@ class _Outputs:
 
     def write(self, packets: pa.Table, connections: Connections) -> None:
         path = self.scratch / f"flows-{len(self.partition_flows):05d}.parquet"
-        pq.write_table(FLOWS.check(FLOWS.conform(connections.flows)), path, compression="lz4")
+        pq.write_table(FLOWS.check(FLOWS.conform(connections.flows)), path, compression="lz4",
+                       row_group_size=MERGE_BATCH_ROWS)
         self.partition_flows.append(path)
         is_http = pc.or_(packets.column("http_method").is_valid(),
                          packets.column("http_status").is_valid()).to_numpy()
