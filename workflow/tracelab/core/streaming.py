@@ -72,10 +72,19 @@ def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[i
             yield rows
 
 
+def record_batches(table: pq.ParquetFile, columns: list[str] | None = None,
+                   batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """`table` (only `columns`; all when None) in record batches of at most `batch_rows` rows,
+    read row group by row group: one reader over every row group keeps growing (by about
+    0.8 MB a 64k-row batch of a packet table: 330 MB over 400 batches), one a group does not."""
+    for group in range(table.num_row_groups):
+        yield from table.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+
+
 def read_batches(table: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
     """`table` (only `columns`) in tables of at most BATCH_ROWS rows: memory bounded by a batch
     and a row group's compressed columns, whatever the row groups' size."""
-    for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in record_batches(table, columns):
         yield pa.Table.from_batches([batch])
 
 

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.html_report import heading, html_table, paragraph, write_html
-from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, route
+from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
 from tracelab.core.tables import DICT_STRING, Column, Table
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
 def _fed(packets_path, statistics: TraceStatistics) -> TraceStatistics:
     """`statistics` fed the packet file, batch by batch."""
     packets = pq.ParquetFile(packets_path)
-    for batch in packets.iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS):
+    for batch in record_batches(packets, COLUMNS, BATCH_ROWS):
         if batch.num_rows:
             statistics.add(batch)
     return statistics

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
-from tracelab.core.streaming import route
+from tracelab.core.streaming import record_batches, route
 from tracelab.security.partitions import address_hash, partition_count
 from tracelab.security.security_connections import (
     PACKET_COLUMNS,
@@ -151,7 +151,7 @@ def _append_parquet(paths: list[str], path) -> int:
     with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
                                                           compression="zstd") as writer:
         for part in paths:
-            for batch in pq.ParquetFile(part).iter_batches():
+            for batch in record_batches(pq.ParquetFile(part)):
                 writer.write_batch(batch)
                 rows += batch.num_rows
     return rows
