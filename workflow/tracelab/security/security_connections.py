@@ -50,11 +50,12 @@ network-layer protocols (ARP, ICMP, ...) are not connections and stay out; every
 is counted.
 
 Memory: the packet table is split by address pair (`tracelab.security.partitions`) into
-partitions of about `partition_packets` packets, made into connections one at a time; the
-tables are the same whatever the number of partitions (rows in partition order, by first
-packet within one). A uid is Zeek-style ('C' and 17 base62 digits), a hash of the trace name,
-the connection's endpoints and its first packet's time: unique across traces, the same on
-every rerun and for any partitioning.
+partitions of about `partition_packets` packets, made into connections `threads` at a time;
+the tables hold the same rows whatever the number of partitions. Connections are written in
+the order of their first packet (ties: partition order), merged from the partitions; HTTP
+requests in partition order, by time within one. A uid is Zeek-style ('C' and 17 base62
+digits), a hash of the trace name, the connection's endpoints and its first packet's time:
+unique across traces, the same on every rerun and for any partitioning.
 """
 
 from __future__ import annotations
