@@ -87,9 +87,14 @@ def write_json(path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def tracelab_metadata(values: dict | None) -> dict[bytes, bytes]:
+    """Parquet file metadata `tracelab.<key>`: <value as text> of `values`."""
+    return {f"tracelab.{k}".encode(): str(v).encode() for k, v in (values or {}).items()}
+
+
 def write_parquet(table: pa_arrow.Table, path, metadata: dict | None = None) -> None:
     """Write `table` atomically with zstd, adding `tracelab.*` metadata."""
-    extra = {f"tracelab.{k}".encode(): str(v).encode() for k, v in (metadata or {}).items()}
+    extra = tracelab_metadata(metadata)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

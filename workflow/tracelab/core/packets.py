@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import Check
 
-from tracelab.core.atomic import AtomicPath
+from tracelab.core.atomic import AtomicPath, tracelab_metadata
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 
 PORT_CHECK = Check.in_range(0, 65535)
@@ -158,14 +158,9 @@ class PacketWriter:
 
     def __init__(self, path, *, source_path, source_sha256: str, trace: str,
                  source_format: str, extra_metadata: dict | None = None):
-        metadata = {
-            b"tracelab.trace": trace.encode(),
-            b"tracelab.source_path": str(source_path).encode(),
-            b"tracelab.source_sha256": source_sha256.encode(),
-            b"tracelab.source_format": source_format.encode(),
-        }
-        for key, value in (extra_metadata or {}).items():
-            metadata[f"tracelab.{key}".encode()] = str(value).encode()
+        metadata = tracelab_metadata({
+            "trace": trace, "source_path": source_path, "source_sha256": source_sha256,
+            "source_format": source_format, **(extra_metadata or {})})
         self.schema = PACKET_SCHEMA.with_metadata(metadata)
         self._output = AtomicPath(path)
         self._tmp = self._output.tmp

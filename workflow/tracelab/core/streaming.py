@@ -73,12 +73,12 @@ def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[i
 
 
 def record_batches(table: pq.ParquetFile, columns: list[str] | None = None,
-                   batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """`table` (only `columns`; all when None) in record batches of at most `batch_rows` rows,
+                   batch_size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """`table` (only `columns`; all when None) in record batches of at most `batch_size` rows,
     read row group by row group: one reader over every row group keeps growing (by about
     0.8 MB a 64k-row batch of a packet table: 330 MB over 400 batches), one a group does not."""
     for group in range(table.num_row_groups):
-        yield from table.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+        yield from table.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
 
 
 def read_batches(table: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Table]:
@@ -136,9 +136,7 @@ class _SortedRun:
     def __init__(self, path, keys: tuple[str, ...], batch_rows: int):
         self.key_names = keys
         parquet = pq.ParquetFile(path)
-        # Row group by row group: a reader of the whole file buffers every row group's data.
-        self.batches = (batch for group in range(parquet.num_row_groups)
-                        for batch in parquet.read_row_group(group).to_batches(batch_rows))
+        self.batches = record_batches(parquet, batch_size=batch_rows)
         self.held = parquet.schema_arrow.empty_table()
         self.more = True
         self.extend()
@@ -176,11 +174,13 @@ class _SortedRun:
 def merge_sorted(paths: list, keys: tuple[str, ...],
                  batch_rows: int = MERGE_BATCH_ROWS) -> Iterator[pa.Table]:
     """The rows of Parquet files each sorted by the integer (or timestamp) columns `keys`, as
-    tables whose concatenation is the files' rows sorted by `keys`, ties in the order of
-    `paths`, then of rows: what a stable sort of their concatenation gives. Memory: a row
-    group and a batch of `batch_rows` rows a file (more only while rows share one key at a
-    batch's end): write the files in row groups of MERGE_BATCH_ROWS."""
+    tables of about BATCH_ROWS rows (one a row group, for a writer) whose concatenation is the
+    files' rows sorted by `keys`, ties in the order of `paths`, then of rows: what a stable
+    sort of their concatenation gives. Memory: a row group and a batch of `batch_rows` rows a
+    file (more only while rows share one key at a batch's end), and the table being gathered:
+    write the files in row groups of MERGE_BATCH_ROWS."""
     runs = [_SortedRun(path, keys, batch_rows) for path in paths]
+    gathered: list[pa.Table] = []
     while True:
         for run in runs:
             while run.more and not run.held.num_rows:
@@ -190,7 +190,10 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
         bound = min((run.last() for run in reading), default=None)
         taken = [part for part in (run.take_below(bound) for run in runs) if part.num_rows]
         if taken:
-            yield _sorted(pa.concat_tables(taken), keys)
+            gathered.append(_sorted(pa.concat_tables(taken), keys))
+        if gathered and (not reading or sum(map(len, gathered)) >= BATCH_ROWS):
+            yield pa.concat_tables(gathered)
+            gathered = []
         if not reading:
             return
         for run in reading:  # the files that set the bound read on

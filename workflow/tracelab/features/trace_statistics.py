@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.atomic import atomic_path
+from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.html_report import heading, html_table, paragraph, write_html
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
 from tracelab.core.tables import DICT_STRING, Column, Table
@@ -454,7 +454,7 @@ def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
 def _fed(packets_path, statistics: TraceStatistics) -> TraceStatistics:
     """`statistics` fed the packet file, batch by batch."""
     packets = pq.ParquetFile(packets_path)
-    for batch in record_batches(packets, COLUMNS, BATCH_ROWS):
+    for batch in record_batches(packets, COLUMNS, batch_size=BATCH_ROWS):
         if batch.num_rows:
             statistics.add(batch)
     return statistics
@@ -502,7 +502,7 @@ class _PartitionedTable:
         """Merge the partitions into `path`; what the page shows of it."""
         keys = tuple(f"_key{index}" for index in range(len(self.order)))
         largest = Largest()
-        schema = self.table.schema.with_metadata({"tracelab.trace": trace})
+        schema = self.table.schema.with_metadata(tracelab_metadata({"trace": trace}))
         with atomic_path(path) as temporary, \
                 pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
             for rows in merge_sorted(self.paths, keys):

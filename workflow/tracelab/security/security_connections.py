@@ -61,7 +61,6 @@ unique across traces, the same on every rerun and for any partitioning.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import re
@@ -79,10 +78,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import Check
 
-from tracelab.core.atomic import atomic_path
+from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
-from tracelab.core.streaming import BATCH_ROWS, MERGE_BATCH_ROWS, merge_sorted
+from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
@@ -833,8 +832,8 @@ class _TableAppender:
 
     def __init__(self, table: Table, path: Path, metadata: dict):
         self.table = table
-        self.writer = pq.ParquetWriter(path, table.schema.with_metadata(_tracelab(metadata)),
-                                       compression="zstd")
+        schema = table.schema.with_metadata(tracelab_metadata(metadata))
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
         self.rows = 0
 
     def write(self, part: pd.DataFrame) -> pa.Table:
@@ -849,12 +848,8 @@ class _TableAppender:
         self.rows += table.num_rows
 
     def close(self, metadata: dict) -> None:
-        self.writer.add_key_value_metadata(_tracelab(metadata))
+        self.writer.add_key_value_metadata(tracelab_metadata(metadata))
         self.writer.close()
-
-
-def _tracelab(metadata: dict) -> dict[str, str]:
-    return {f"tracelab.{key}": str(value) for key, value in metadata.items()}
 
 
 def _partition_tables(packets_path, settings: FlowSettings, scratch: Path):
@@ -881,16 +876,8 @@ def _trace_span(packets_path) -> tuple[str, str]:
     return tuple(pd.Timestamp(t).strftime("%Y-%m-%d-%H-%M-%S") for t in (min(times), max(times)))
 
 
-def flows_in_time_order(paths: list) -> Iterator[pa.Table]:
-    """The rows of FLOWS files each sorted by first packet, merged in that order (ties: in the
-    order of `paths`), in tables of about BATCH_ROWS rows (one a row group)."""
-    held: list[pa.Table] = []
-    for flows in itertools.chain(merge_sorted(paths, ("first_ts",)), [None]):
-        if flows is not None:
-            held.append(flows)
-        if held and (flows is None or sum(map(len, held)) >= BATCH_ROWS):
-            yield pa.concat_tables(held)
-            held = []
+# The order flows.parquet and conn.log are written in: their connections' first packet.
+FLOW_ORDER = ("first_ts",)
 
 
 @dataclass
@@ -923,7 +910,7 @@ class _Outputs:
         self.states.update(connections.flows["conn_state"].value_counts().to_dict())
 
     def close(self, closed: str) -> None:
-        for flows in flows_in_time_order(self.partition_flows):
+        for flows in merge_sorted(self.partition_flows, FLOW_ORDER):
             self.flows.append(flows)
             if self.conn_log is not None:
                 self.conn_log.write(conn_log_fields(flows))

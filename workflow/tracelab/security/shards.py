@@ -30,14 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
-from tracelab.core.streaming import record_batches, route
+from tracelab.core.streaming import merge_sorted, record_batches, route
 from tracelab.security.partitions import address_hash, partition_count
 from tracelab.security.security_connections import (
+    FLOW_ORDER,
     PACKET_COLUMNS,
     _trace_span,
     conn_log_fields,
     conn_log_writer,
-    flows_in_time_order,
     write_connections,
 )
 
@@ -134,7 +134,7 @@ def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, s
             pq.ParquetWriter(flows_file, schema, compression="zstd") as writer, \
             atomic_path(conn_log_path) as log_file, log_file.open("wb") as handle:
         conn_log = conn_log_writer(handle, opened)
-        for flows in flows_in_time_order(paths):
+        for flows in merge_sorted(paths, FLOW_ORDER):
             writer.write_table(flows)
             conn_log.write(conn_log_fields(flows))
             rows += flows.num_rows
