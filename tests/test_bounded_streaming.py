@@ -161,11 +161,13 @@ def test_distinct_rows_and_name_ids(monkeypatch):
 
 
 @pytest.mark.parametrize("keys", [("k",), ("k", "j")])
-def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path):
+def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path, monkeypatch):
     """Files each sorted by `keys`, merged a few rows at a time, in any row groups, empty
-    files and long runs of one key included: a stable sort of their concatenation."""
+    files and long runs of one key included: a stable sort of their concatenation, in tables
+    of BATCH_ROWS rows but the last."""
     rng = np.random.default_rng(5)
     for trial in range(60):
+        monkeypatch.setattr(streaming, "BATCH_ROWS", int(rng.integers(1, 120)))
         tables, paths = [], []
         for number in range(int(rng.integers(1, 6))):
             rows = int(rng.integers(0, 200))
@@ -181,3 +183,5 @@ def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path):
         merged = list(streaming.merge_sorted(paths, keys, batch_rows=int(rng.integers(1, 30))))
         got = pa.concat_tables(merged) if merged else whole.slice(0, 0)
         assert got.equals(expected)
+        assert [len(table) for table in merged[:-1]] == [streaming.BATCH_ROWS] * (len(merged) - 1)
+        assert all(0 < len(table) <= streaming.BATCH_ROWS for table in merged[-1:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,9 @@ from tracelab.security.http import HTTP
 from tracelab.security.security_connections import (
     FLOWS,
     assemble_connections,
+    connection_uids,
     flow_settings,
+    uid_sort_keys,
     write_connections,
 )
 from tracelab.security.zeek_log import string_text, time_text
@@ -112,6 +115,17 @@ def test_uids_are_zeek_style_unique_across_traces_and_stable():
     assert not set(first["uid"]) & set(other["uid"])
     assert first["uid"].nunique() == 3
     assert set(first["trace"]) == {"a"} and set(other["trace"]) == {"b"}
+
+
+def test_uid_sort_keys_order_uids_as_their_text():
+    """The two integers that stand for a uid where hosts hold one a pair: sorted by them, uids
+    come in Python's string order, the alphabet's ends included, in chunked and sliced arrays."""
+    uids = [*connection_uids(pa.array([str(key) for key in range(20000)])),
+            "C" + "0" * 17, "C" + "z" * 17, "C" + "Z" * 17, "C" + "9" * 17, "Ca" + "0" * 16]
+    column = pa.chunked_array([pa.array(uids[:777]), pa.array(uids[777:])]).slice(3)
+    high, low = uid_sort_keys(column)
+    order = sorted(range(len(column)), key=column.to_pylist().__getitem__)
+    assert np.lexsort((low, high)).tolist() == order
 
 
 # ---- the stage: flows.parquet, http.parquet, conn.log ---------------------------------------

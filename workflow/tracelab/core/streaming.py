@@ -174,11 +174,11 @@ class _SortedRun:
 def merge_sorted(paths: list, keys: tuple[str, ...],
                  batch_rows: int = MERGE_BATCH_ROWS) -> Iterator[pa.Table]:
     """The rows of Parquet files each sorted by the integer (or timestamp) columns `keys`, as
-    tables of about BATCH_ROWS rows (one a row group, for a writer) whose concatenation is the
-    files' rows sorted by `keys`, ties in the order of `paths`, then of rows: what a stable
-    sort of their concatenation gives. Memory: a row group and a batch of `batch_rows` rows a
-    file (more only while rows share one key at a batch's end), and the table being gathered:
-    write the files in row groups of MERGE_BATCH_ROWS."""
+    tables of BATCH_ROWS rows (the last fewer; one a row group, for a writer) whose
+    concatenation is the files' rows sorted by `keys`, ties in the order of `paths`, then of
+    rows: what a stable sort of their concatenation gives. Memory: a row group and a batch of
+    `batch_rows` rows a file (more only while rows share one key at a batch's end), and the
+    table being gathered: write the files in row groups of MERGE_BATCH_ROWS."""
     runs = [_SortedRun(path, keys, batch_rows) for path in paths]
     gathered: list[pa.Table] = []
     while True:
@@ -192,8 +192,11 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
         if taken:
             gathered.append(_sorted(pa.concat_tables(taken), keys))
         if gathered and (not reading or sum(map(len, gathered)) >= BATCH_ROWS):
-            yield pa.concat_tables(gathered)
-            gathered = []
+            # One step may take a batch from every file: 50 files gave 400k-row groups.
+            rows = pa.concat_tables(gathered)
+            whole = rows.num_rows if not reading else rows.num_rows // BATCH_ROWS * BATCH_ROWS
+            yield from _slices(rows.slice(0, whole))
+            gathered = [rows.slice(whole)]
         if not reading:
             return
         for run in reading:  # the files that set the bound read on
@@ -243,7 +246,9 @@ class NameIds:
             chunk.indices.to_numpy(zero_copy_only=False)]
 
     def name(self, ids) -> np.ndarray:
-        return self.names.to_numpy(zero_copy_only=False)[np.asarray(ids, np.int64)]
+        # Only the names asked for become Python strings, never every name known.
+        return self.names.take(pa.array(np.asarray(ids, np.int64))).to_numpy(
+            zero_copy_only=False)
 
 
 class DistinctRows:

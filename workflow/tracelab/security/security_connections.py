@@ -723,6 +723,20 @@ def connection_uids(keys: pa.Array) -> np.ndarray:
     return digits.view(f"S{UID_DIGITS + 1}").ravel().astype(str).astype(object)
 
 
+def uid_sort_keys(uids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Two int64 arrays whose (first, second) order is the uids' text order: the 17 characters
+    after 'C', each as its byte less ord('0') (0 to 74), ten in base 75 and then seven."""
+    if isinstance(uids, pa.ChunkedArray):
+        uids = uids.combine_chunks()
+    width = UID_DIGITS + 1
+    fixed = uids.cast(pa.binary(width))
+    text = np.frombuffer(fixed.buffers()[1], np.uint8, count=len(fixed) * width,
+                         offset=fixed.offset * width).reshape(-1, width)
+    digits = text[:, 1:].astype(np.int64) - ord("0")
+    high, low = digits[:, :10], digits[:, 10:]  # 75**10 < 2**63
+    return high @ 75 ** np.arange(9, -1, -1), low @ 75 ** np.arange(6, -1, -1)
+
+
 def _aggregate(packets: _Packets, member: _Membership, trace: str):
     """One row a flow, ordered by first packet; and each flow's row in that order."""
     n_flows = len(member.first_row)

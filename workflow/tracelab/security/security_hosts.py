@@ -45,6 +45,7 @@ from tracelab.core.streaming import (
     time_ranges,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
+from tracelab.security.security_connections import uid_sort_keys
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ FLOW_COLUMNS = ["uid", "proto", "orig", "resp", "resp_port", "first_ts", "last_t
 COUNT = (Check.ge(0),)
 # Per-batch source totals kept before they are merged into one.
 MERGE_PARTS = 64
+# A uid as two integers in its text's order (held per (source, host) pair: 16 bytes, where a
+# Python string took about 75), and the order that picks a pair's first connection.
+UID_ORDER = ("uid_high", "uid_low")
+FIRST_ORDER = ["t", *UID_ORDER]
 
 HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
     "One row a source: an originator of at least one connection, with its fan-out, failed "
@@ -174,21 +179,24 @@ def _epoch_counts(failed: pd.DataFrame, group: str, counted: str,
                                   kind="stable").drop_duplicates("orig")
 
 
-def _ports_per_host(failed: pd.DataFrame, best: pd.Series | None = None) -> pd.Series:
-    """Per (source, host), the most distinct ports its failed attempts reached within one
-    interval (`failed`: distinct orig, resp, resp_port, epoch rows); `best`: earlier epochs'."""
-    ports = failed.groupby(["orig", "resp", "epoch"], observed=True)["resp_port"].nunique() \
-        .groupby(level=["orig", "resp"], observed=True).max()
+def _port_scanned_pairs(failed: pd.DataFrame, threshold: int,
+                        best: pd.Series | None = None) -> pd.Series:
+    """Per (source, host) whose failed attempts reached at least `threshold` distinct ports
+    within one interval, the most ports in one (`failed`: distinct orig, resp, resp_port, epoch
+    rows; `best`: earlier epochs'). Pairs under it in every interval are never kept: a sweep
+    would make them one a host swept."""
+    ports = failed.groupby(["orig", "resp", "epoch"], observed=True)["resp_port"].nunique()
+    ports = ports[ports >= threshold].groupby(level=["orig", "resp"], observed=True).max()
     return ports if best is None else pd.concat([best, ports]).groupby(
         level=["orig", "resp"], observed=True).max()
 
 
-def _port_scanned_hosts(ports: pd.Series | None, threshold: int) -> pd.Series:
-    """Per source, every host reached on at least `threshold` ports within one interval, as
-    "host:ports;host:ports" (most ports first, IPv6 in [])."""
+def _port_scanned_hosts(ports: pd.Series | None) -> pd.Series:
+    """Per source, the hosts of `_port_scanned_pairs` as "host:ports;host:ports" (most ports
+    first, IPv6 in [])."""
     if ports is None:
         return pd.Series(dtype="str")
-    hit = ports[ports >= threshold].rename("ports").reset_index().sort_values(
+    hit = ports.rename("ports").reset_index().sort_values(
         ["orig", "ports", "resp"], ascending=[True, False, True], kind="stable")
     host = hit["resp"].where(~hit["resp"].str.contains(":", regex=False), "[" + hit["resp"] + "]")
     return (host + ":" + hit["ports"].astype(str)).groupby(hit["orig"]).agg(";".join)
@@ -229,16 +237,62 @@ def threshold_random_walk(first_contacts: pd.DataFrame, settings: ScanSettings) 
     return result
 
 
-def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
-    """One int64 a (source id, host id) pair."""
-    return (frame["orig"].to_numpy(np.int64) << 32) | frame["resp"].to_numpy(np.int64)
+class FirstContacts:
+    """Each (source, host) pair's first TCP connection (by time, then uid), fed connections in
+    order of their start: the kept firsts sorted by pair (source id << 32 | host id, made by
+    `HostAccumulator.flow_values`), and the batches' firsts waiting until they outnumber them,
+    all as int64/bool arrays."""
+
+    COLUMNS = {"pair": np.int64, **dict.fromkeys(FIRST_ORDER, np.int64), "attempt": bool,
+               "success": bool}
+
+    def __init__(self):
+        self.kept = {name: np.empty(0, dtype) for name, dtype in self.COLUMNS.items()}
+        self.waiting: list[dict[str, np.ndarray]] = []
+        self._waiting_rows = 0
+
+    def add(self, tcp: pd.DataFrame) -> None:
+        """The TCP connections of a batch (COLUMNS)."""
+        firsts = _firsts({name: tcp[name].to_numpy(dtype) for name, dtype in self.COLUMNS.items()})
+        # A pair kept already was first, unless its connection began at the same time.
+        at = np.searchsorted(self.kept["pair"], firsts["pair"])
+        pairs, times = (np.append(self.kept[name], -1) for name in ("pair", "t"))
+        new = ~((pairs[at] == firsts["pair"]) & (times[at] < firsts["t"]))
+        self.waiting.append({name: values[new] for name, values in firsts.items()})
+        self._waiting_rows += int(new.sum())
+        if self._waiting_rows > max(streaming.COMPACT_ROWS, len(self.kept["pair"])):
+            self.compact()
+
+    def compact(self) -> None:
+        """The waiting firsts merged into the kept ones."""
+        if self.waiting:
+            both = {name: np.concatenate([self.kept[name]] + [part[name] for part in self.waiting])
+                    for name in self.COLUMNS}
+            self.kept, self.waiting, self._waiting_rows = _firsts(both), [], 0
+
+    def trials(self) -> pd.DataFrame:
+        """The first contacts that began with a SYN (orig id, t, success), by time, then uid."""
+        self.compact()
+        kept = self.kept
+        order = np.lexsort((kept["uid_low"], kept["uid_high"], kept["t"]))
+        order = order[kept["attempt"][order]]
+        return pd.DataFrame({"orig": kept["pair"][order] >> 32, "t": kept["t"][order],
+                             "success": kept["success"][order]})
+
+
+def _firsts(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Of `rows` (FirstContacts.COLUMNS), each pair's first by time and uid, sorted by pair."""
+    order = np.lexsort((rows["uid_low"], rows["uid_high"], rows["t"]))
+    _, first = np.unique(rows["pair"][order], return_index=True)
+    return {name: values[order[first]] for name, values in rows.items()}
 
 
 class HostAccumulator:
     """Per-source state of one trace, fed connections in order of their start: totals per
     source, the exact distinct (source, host) and (source, port) pairs, each (source, host)
-    pair's first TCP connection, and per source the best address- and port-scan counts of the
-    intervals passed (the failed (source, host, port) rows of the open interval only)."""
+    pair's first TCP connection, per source the best address- and port-scan counts of the
+    intervals passed and the port-scanned hosts (the failed (source, host, port) rows of the
+    open interval only)."""
 
     def __init__(self, settings: ScanSettings, start_ns: int):
         self.settings = settings
@@ -246,25 +300,24 @@ class HostAccumulator:
         self.interval_ns = round(settings.interval_s * 1e9)
         self.names = NameIds()
         self.totals: list[pd.DataFrame] = []
-        self.hosts = DistinctRows(["orig", "resp"])
+        self.hosts = DistinctRows(["pair"])
         self.ports = DistinctRows(["orig", "resp_port"])
         self.failed = DistinctRows(["orig", "resp", "resp_port", "epoch"])
         self.address_best: pd.DataFrame | None = None
         self.port_best: pd.DataFrame | None = None
-        self.ports_per_host: pd.Series | None = None
-        self.first_contacts: list[pd.DataFrame] = []
-        self._kept_first_t = pd.Series([], dtype=np.int64)   # by pair key, after compaction
-        self._waiting = 0
+        self.port_scanned: pd.Series | None = None
+        self.first_contacts = FirstContacts()
 
     def flow_values(self, rows: pa.Table) -> pa.Table:
         """What the detectors need of a connection (addresses as ids, times as int64 ns)."""
         flows = rows.drop_columns(["orig", "resp"]).to_pandas(types_mapper=PANDAS_TYPES.get)
         t = rows.column("first_ts").cast(pa.int64()).to_numpy()
+        orig, resp = self.names.of(rows.column("orig")), self.names.of(rows.column("resp"))
         return pa.table({
-            "first_ts": t, "orig": self.names.of(rows.column("orig")),
-            "resp": self.names.of(rows.column("resp")),
+            "first_ts": t, "orig": orig, "resp": resp, "pair": (orig << 32) | resp,
             "resp_port": flows["resp_port"].to_numpy(np.int64),
-            "last": rows.column("last_ts").cast(pa.int64()), "uid": rows.column("uid"),
+            "last": rows.column("last_ts").cast(pa.int64()),
+            **dict(zip(UID_ORDER, uid_sort_keys(rows.column("uid")))),
             "tcp": (flows["proto"] == "tcp").to_numpy(),
             "attempt": attempts(flows).to_numpy(), "failed": failed_attempts(flows).to_numpy(),
             "success": answered_attempts(flows).to_numpy(),
@@ -283,7 +336,7 @@ class HostAccumulator:
         self.hosts.add(frame)
         self.ports.add(frame)
         self.failed.add(frame[frame["failed"]])
-        self._add_first_contacts(frame[frame["tcp"]])
+        self.first_contacts.add(frame[frame["tcp"]])
         self._close_intervals(int(frame["epoch"].iloc[-1]))
 
     def _close_intervals(self, open_epoch: int) -> None:
@@ -294,26 +347,8 @@ class HostAccumulator:
         closed = closed.assign(orig=self._name(closed["orig"]), resp=self._name(closed["resp"]))
         self.address_best = _epoch_counts(closed, "resp_port", "resp", self.address_best)
         self.port_best = _epoch_counts(closed, "resp", "resp_port", self.port_best)
-        self.ports_per_host = _ports_per_host(closed, self.ports_per_host)
-
-    def _add_first_contacts(self, tcp: pd.DataFrame) -> None:
-        """Keep each (source, host) pair's first TCP connection (by time, then uid)."""
-        firsts = tcp.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
-        # Connections come in time order: a pair kept already was first, unless a tie in time.
-        kept_t = self._kept_first_t.reindex(_pair_keys(firsts), fill_value=streaming.NEVER)
-        firsts = firsts[~(kept_t.to_numpy() < firsts["t"].to_numpy())]
-        self.first_contacts.append(firsts[["orig", "resp", "t", "uid", "attempt", "success"]])
-        self._waiting += len(firsts)
-        if self._waiting > max(streaming.COMPACT_ROWS, len(self.first_contacts[0])):
-            self._compact_first_contacts()
-
-    def _compact_first_contacts(self) -> None:
-        if self.first_contacts:
-            both = pd.concat(self.first_contacts, ignore_index=True)
-            kept = both.sort_values(["t", "uid"], kind="stable").drop_duplicates(["orig", "resp"])
-            self.first_contacts = [kept]
-            self._kept_first_t = pd.Series(kept["t"].to_numpy(), index=_pair_keys(kept))
-        self._waiting = 0
+        self.port_scanned = _port_scanned_pairs(closed, self.settings.port_scan_ports,
+                                                self.port_scanned)
 
     def _source_totals(self) -> pd.DataFrame:
         """The batches' per-source totals as one (first, last, connections, attempts, failed)."""
@@ -346,7 +381,8 @@ class HostAccumulator:
             "first_ts": pd.to_datetime(totals["first"], utc=True),
             "last_ts": pd.to_datetime(totals["last"], utc=True),
             "connections": totals["connections"],
-            "distinct_dst_hosts": self.hosts.rows().groupby("orig").size(),
+            "distinct_dst_hosts": pd.Series(self.hosts.rows()["pair"].to_numpy() >> 32)
+            .value_counts(),
             "distinct_dst_ports": self.ports.rows().groupby("orig").size(),
             "attempts": totals["attempts"],
             "failed_attempts": totals["failed_attempts"],
@@ -365,17 +401,14 @@ class HostAccumulator:
         hosts["address_scan"] = hosts["address_scan_hosts"] >= settings.address_scan_hosts
         hosts["port_scan_ports"] = port["count"].reindex(hosts.index).fillna(0)
         hosts["port_scan_host"] = port["resp"].reindex(hosts.index)
-        hosts["port_scan_hosts"] = _port_scanned_hosts(
-            self.ports_per_host, settings.port_scan_ports).reindex(hosts.index)
+        hosts["port_scan_hosts"] = _port_scanned_hosts(self.port_scanned).reindex(hosts.index)
         hosts["port_scan_at"] = port["at"].reindex(hosts.index)
         hosts["port_scan"] = hosts["port_scan_ports"] >= settings.port_scan_ports
 
         # First contacts: each source's first TCP connection to each host, if it began with a SYN.
-        self._compact_first_contacts()
-        first = self.first_contacts[0] if self.first_contacts else pd.DataFrame(
-            columns=["orig", "t", "attempt", "success"])
-        first = first.loc[first["attempt"].astype(bool), ["orig", "t", "success"]]
-        walk = threshold_random_walk(first.assign(orig=self._name(first["orig"])), settings)
+        # The walk over address ids, named after: per-row names would be one string a trial.
+        walk = threshold_random_walk(self.first_contacts.trials(), settings)
+        walk.index = self._name(walk.index.to_series())
         walk = walk.reindex(hosts.index)
         for column in ("trw_first_contacts", "trw_observed", "trw_successes", "trw_failures"):
             walk[column] = walk[column].fillna(0)
