@@ -22,15 +22,11 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/validate.smk"
-include: "workflow/rules/normalize.smk"
+include: "workflow/rules/ingest.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/compare.smk"
-include: "workflow/rules/sharding.smk"
 include: "workflow/rules/security.smk"
-include: "workflow/rules/shards.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/robustness.smk"
-
 
 rule all:
     default_target: True

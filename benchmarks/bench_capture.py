@@ -54,11 +54,11 @@ TARGET_PACKETS_PER_S = 1_000_000
 
 def _stage_work(path: str, batch_bytes: int):
     from tracelab.ingest.capture import reader as capture
-    from tracelab.ingest.report import ValidationReport, validation_settings
+    from tracelab.ingest.outcome import ValidationOutcome, validation_settings
 
     out = Path(tempfile.mkdtemp(prefix="bench_capture_"))
     settings = validation_settings({"batch_bytes": batch_bytes})
-    report = ValidationReport(trace="bench", source=path, source_format="pcap",
+    report = ValidationOutcome(trace="bench", source=path, source_format="pcap",
                               settings=settings)
 
     def work():

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Connection stage benchmark: seconds, CPU seconds, packets/s and peak RSS of
-`security_connections` (tracelab.security.security_connections.write_connections) on packet
+`security_connections` (tracelab.security.connections.write_connections) on packet
 tables made from synthetic exports, each run in its own subprocess (peak RSS from wait4).
 
     python benchmarks/bench_connections.py --sizes 1000000 10000000 --work /tmp/bench
@@ -35,8 +35,8 @@ def packet_table(packets: int, work: Path) -> Path:
     """The normalized packet table of a synthetic export of `packets` rows (made once)."""
     import bench_pipeline
 
-    from tracelab.ingest.normalize_trace import normalize_trace
-    from tracelab.ingest.validate_trace import validate_trace
+    from tracelab.ingest.normalize import normalize_trace
+    from tracelab.ingest.validate import validate_trace
 
     out = work / f"p{packets}"
     table = out / "packets.parquet"
@@ -55,11 +55,11 @@ def packet_table(packets: int, work: Path) -> Path:
 def _child(spec: dict) -> None:
     import dataclasses
 
-    from tracelab.security import security_connections
-    from tracelab.security.security_connections import write_connections
+    from tracelab.security import connections
+    from tracelab.security.connections import write_connections
 
     # older code (for before/after figures): only the settings its FlowSettings knows
-    names = {field.name for field in dataclasses.fields(security_connections.FlowSettings)}
+    names = {field.name for field in dataclasses.fields(connections.FlowSettings)}
     spec["settings"] = {k: v for k, v in spec["settings"].items() if k in names}
     out = spec["out"]
     kwargs = {"trace": "synth", "packets_path": spec["packets"], "settings": spec["settings"],

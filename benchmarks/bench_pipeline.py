@@ -52,13 +52,13 @@ PACKAGE_ROOT = REPO / "workflow"
 COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
 # stage -> (module, function) that its rule's script calls
 STAGE_FUNCTIONS = {
-    "validate": ("tracelab.ingest.validate_trace", "validate_trace"),
-    "normalize": ("tracelab.ingest.normalize_trace", "normalize_trace"),
-    "features": ("tracelab.features.trace_features", "trace_features"),
-    "statistics": ("tracelab.features.trace_statistics", "trace_statistics"),
-    "connections": ("tracelab.security.security_connections", "write_connections"),
-    "hosts": ("tracelab.security.security_hosts", "write_hosts"),
-    "windows": ("tracelab.security.security_windows", "write_windows"),
+    "validate": ("tracelab.ingest.validate", "validate_trace"),
+    "normalize": ("tracelab.ingest.normalize", "normalize_trace"),
+    "features": ("tracelab.features.summary", "trace_features"),
+    "statistics": ("tracelab.features.statistics", "trace_statistics"),
+    "connections": ("tracelab.security.connections", "write_connections"),
+    "hosts": ("tracelab.security.hosts", "write_hosts"),
+    "windows": ("tracelab.security.windows", "write_windows"),
 }
 STAGES = tuple(STAGE_FUNCTIONS)
 CORES = 2  # `snakemake --cores 2`; a stage that takes `threads` gets as many as its rule allows
@@ -98,7 +98,7 @@ def _stage_work(stage: str, kwargs: dict):
     module_name, function_name = STAGE_FUNCTIONS[stage]
     function = getattr(importlib.import_module(module_name), function_name)
     if stage == "validate":
-        from tracelab.ingest.validate_trace import READERS
+        from tracelab.ingest.validate import READERS
 
         importlib.import_module(READERS[kwargs["source_format"]])  # imported on first call
     _import_pandera_backends()

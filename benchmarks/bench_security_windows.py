@@ -43,9 +43,9 @@ def prepare(packets: int, seed: int, folder: Path) -> dict[str, Path]:
     subprocess.run([sys.executable, "-m", "tracelab.synth", "--packets", str(packets), "--seed",
                     str(seed), "--out", str(paths["export.csv.gz"])], check=True,
                    env=_environment(), stdout=subprocess.DEVNULL)
-    from tracelab.ingest.normalize_trace import normalize_trace
-    from tracelab.ingest.validate_trace import validate_trace
-    from tracelab.security.security_connections import write_connections
+    from tracelab.ingest.normalize import normalize_trace
+    from tracelab.ingest.validate import validate_trace
+    from tracelab.security.connections import write_connections
 
     config = _config()
     trace = f"synth_{packets}"
@@ -123,17 +123,17 @@ def _stage_call(stage: str, paths: dict, out: Path) -> str:
     config = _config()
     calls = {
         "security_windows": (
-            "from tracelab.security.security_windows import write_windows as f",
+            "from tracelab.security.windows import write_windows as f",
             {"trace": "t", "packets_path": str(paths["packets.parquet"]),
                  "flows_path": str(paths["flows.parquet"]), "http_path": str(paths["http.parquet"]),
                  "windows_path": str(out / "windows.parquet"),
                  "settings": config["security"]["windows"]}),
         "security_hosts": (
-            "from tracelab.security.security_hosts import write_hosts as f",
+            "from tracelab.security.hosts import write_hosts as f",
             {"trace": "t", "flows_path": str(paths["flows.parquet"]),
                  "hosts_path": str(out / "hosts.parquet"), "settings": config["security"]["scan"]}),
         "trace_features": (
-            "from tracelab.features.trace_features import trace_features as f",
+            "from tracelab.features.summary import trace_features as f",
             {"trace": "t", "packets_path": str(paths["packets.parquet"]),
                  "summary_path": str(out / "summary.json"),
                  "distributions_path": str(out / "distributions.parquet"),

@@ -9,10 +9,10 @@ import pandas as pd
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
 
 from tracelab.core.packets import read_staged
-from tracelab.ingest.validate_trace import validate_trace
-from tracelab.security import attach, security_connections
+from tracelab.ingest.validate import validate_trace
+from tracelab.security import attach, connections
 from tracelab.security.attach import attach_portless
-from tracelab.security.security_connections import (
+from tracelab.security.connections import (
     assemble_connections,
     flow_settings,
     load_packets,
@@ -70,7 +70,7 @@ def test_attachment_reports_the_ambiguous_rows(monkeypatch):
         seen.append(attach_portless(rows, ported, idle_ns))
         return seen[-1].attached
 
-    monkeypatch.setattr(security_connections, "_attach_portless", keep)
+    monkeypatch.setattr(connections, "_attach_portless", keep)
     assemble_connections(packet_frame(two_parallel_requests(93, 93)), flow_settings(), "t")
     assert seen[0].attached.empty and seen[0].ambiguous_rows.tolist() == [6, 7]
 

@@ -26,7 +26,7 @@ from conftest import REPO
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import read_staged
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.validate import validate_trace
 
 COLUMNS = ["No.", "Time", "Source", "Destination", "Protocol", "Length", "Info"]
 SYN = "51292  >  9200 [SYN] Seq=0 Win=64240 Len=0 MSS=1460"

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from packet_factory import handshake, packet_table, tcp, udp
 
-from tracelab.compare.compare_traces import compare_traces
+from tracelab.compare.traces import compare_traces
 from tracelab.core.config import defaults
-from tracelab.features.trace_features import trace_features
-from tracelab.security.security_connections import write_connections
-from tracelab.security.security_hosts import write_hosts
-from tracelab.security.security_windows import write_windows
+from tracelab.features.summary import trace_features
+from tracelab.security.connections import write_connections
+from tracelab.security.hosts import write_hosts
+from tracelab.security.windows import write_windows
 
 DAY_S = 86400
 JUMP_S = 99 * DAY_S + 7.0     # the last window then covers 7 s: kept

@@ -14,11 +14,11 @@ from packet_factory import handshake, packet_table, tcp, udp
 from tracelab.core import streaming
 from tracelab.core.config import defaults
 from tracelab.core.streaming import DistinctRows, NameIds, time_ordered
-from tracelab.security import security_hosts
-from tracelab.security import security_windows as windows
-from tracelab.security.security_connections import write_connections
-from tracelab.security.security_hosts import file_hosts, hosts_table, scan_settings
-from tracelab.security.security_windows import (
+from tracelab.security import hosts as hosts_module
+from tracelab.security import windows
+from tracelab.security.connections import write_connections
+from tracelab.security.hosts import file_hosts, hosts_table, scan_settings
+from tracelab.security.windows import (
     FEATURES,
     merge_parts,
     table_totals,
@@ -113,7 +113,7 @@ def test_streamed_hosts_equal_the_whole_table(trace_files, monkeypatch, interval
     whole = hosts_table(pq.read_table(paths["flows.parquet"]).to_pandas(), settings)
     monkeypatch.setattr(streaming, "BATCH_ROWS", 3)
     monkeypatch.setattr(streaming, "COMPACT_ROWS", 2)
-    monkeypatch.setattr(security_hosts, "MERGE_PARTS", 2)
+    monkeypatch.setattr(hosts_module, "MERGE_PARTS", 2)
     streamed = file_hosts(paths["flows.parquet"], settings)
     pd.testing.assert_frame_equal(streamed, whole)
     if interval_s == 7:     # counted per 7 s: the sweep's ~8 hosts, the scan's ~8 ports

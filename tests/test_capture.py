@@ -21,8 +21,8 @@ import pytest
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
 from tracelab.ingest.capture import reader as capture
-from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.normalize import normalize_trace
+from tracelab.ingest.validate import validate_trace
 from tracelab.synth.capture import Interface, write_capture
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from test_capture import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
 
-from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.security.security_connections import (
+from tracelab.ingest.normalize import normalize_trace
+from tracelab.security.connections import (
     assemble_connections,
     flow_settings,
     load_packets,

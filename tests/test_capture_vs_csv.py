@@ -23,7 +23,7 @@ Documented differences (each asserted as its mechanism, not as a count):
    capture's list is a prefix of the export's ("Server Hello" vs "Server Hello, Certificate,
    Server Key Exchange, Server Hello Done").
 7. A TLS row whose Info starts with a TCP analysis note ("[TCP Window Full] , Application
-   Data") has no ports in the export, so tracelab.ingest.normalize_trace cannot read the note
+   Data") has no ports in the export, so tracelab.ingest.normalize cannot read the note
    from it; the capture has it.
 """
 
@@ -39,7 +39,7 @@ import pytest
 from conftest import REPO, run_snakemake
 
 from tracelab.core.packets import PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS, read_staged
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.validate import validate_trace
 
 RESOLVED = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)\.host\.example-hosting\.net$")
 TCP_INFO = re.compile(r"^(?:\[[^\]]*\]\s*)*(\d+)\s+>\s+(\d+)\s+\[([A-Z, ]+)\]"

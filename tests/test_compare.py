@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracelab.compare.compare_traces import (
+from tracelab.compare.traces import (
     _thinned_steps,
     bin_width,
     drawn_bins,
     summary_html,
     summary_table,
 )
-from tracelab.core.html_report import html_table, markdown_html
+from tracelab.core.html import html_table, markdown_html
 from tracelab.core.safe_text import markdown_table
 
 

@@ -9,7 +9,7 @@ from packet_factory import bundled_results
 
 from tracelab.security.http import HTTP
 from tracelab.security.partitions import partition_count, partition_of
-from tracelab.security.security_connections import FLOWS, write_connections
+from tracelab.security.connections import FLOWS, write_connections
 
 
 def test_partition_of_is_symmetric_in_range_and_independent_of_the_dictionary():

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from packet_factory import REPO
 
-from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.ingest.validate_trace import validate_trace
-from tracelab.security.security_connections import FLOWS, write_connections
+from tracelab.ingest.normalize import normalize_trace
+from tracelab.ingest.validate import validate_trace
+from tracelab.security.connections import FLOWS, write_connections
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 CAPTURES = ["web_browsing", "log4j_scan"]

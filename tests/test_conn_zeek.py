@@ -14,7 +14,7 @@ import pytest
 from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
 
 from tracelab.security.http import HTTP
-from tracelab.security.security_connections import (
+from tracelab.security.connections import (
     FLOWS,
     assemble_connections,
     connection_uids,

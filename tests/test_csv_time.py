@@ -14,7 +14,7 @@ from conftest import REPO
 from test_bad_inputs import assert_clean, export, packet, packets, validate
 
 from tracelab.core.packets import read_staged
-from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.ingest.normalize import normalize_trace
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

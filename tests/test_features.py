@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tracelab.features import trace_features as features
-from tracelab.features.trace_features import (
+from tracelab.features.summary import (
     DISTRIBUTION_SCHEMA,
     DISTRIBUTIONS,
     ValueCounts,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp, udp
 
-from tracelab.security.security_connections import (
+from tracelab.security.connections import (
     FLOWS,
     assemble_connections,
     flow_settings,

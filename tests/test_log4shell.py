@@ -19,7 +19,7 @@ from tracelab.security.log4shell import (
     unwrap,
     uri_indicators,
 )
-from tracelab.security.security_connections import assemble_connections, flow_settings
+from tracelab.security.connections import assemble_connections, flow_settings
 
 CORPUS = REPO / "tests/data/log4shell_corpus.tsv"
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_export
 
 from tracelab.core.packets import PACKET_SCHEMA
-from tracelab.ingest.normalize_trace import normalize_trace, parse_info
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.normalize import normalize_trace, parse_info
+from tracelab.ingest.validate import validate_trace
 
 CASES = [
     ("TCP", "51292  >  9200 [SYN] Seq=0 Win=64240 Len=0 MSS=1460 SACK_PERM TSval=1 TSecr=0 WS=1024",

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracelab.core.packets import INFO_FIELDS, PACKETS, TCP_FLAG_BITS
-from tracelab.ingest.normalize_trace import normalize_table, parse_info
+from tracelab.ingest.normalize import normalize_table, parse_info
 from tracelab.ingest.wireshark_csv import _parse_time
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,

@@ -20,8 +20,8 @@ from tracelab.robustness.robustness_invariance import write_invariance
 from tracelab.robustness.robustness_separation import write_separation
 from tracelab.robustness.robustness_transfer import POOLED, write_transfer
 from tracelab.robustness.robustness_windows import write_variant
-from tracelab.security.security_connections import write_connections
-from tracelab.security.security_windows import write_windows
+from tracelab.security.connections import write_connections
+from tracelab.security.windows import write_windows
 
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
 SCANNER, CLIENT = "198.18.0.2", "198.18.0.3"

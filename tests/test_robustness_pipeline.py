@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import copy_workflow, planned_jobs, run_snakemake
 
-from tracelab.security.security_windows import FEATURES
+from tracelab.security.windows import FEATURES
 
 TARGETS = ("results/robustness/separation.csv", "results/robustness/transfer.csv")
 SOME = ["hour_shift", "first_half", "names_to_addresses"]

@@ -21,16 +21,16 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from tracelab.compare.compare_traces import compare_traces
+from tracelab.compare.traces import compare_traces
 from tracelab.core.safe_text import (
     figure_text,
     markdown_cell,
     spreadsheet_safe,
     spreadsheet_safe_array,
 )
-from tracelab.features.trace_features import trace_features
-from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.features.summary import trace_features
+from tracelab.ingest.normalize import normalize_trace
+from tracelab.ingest.validate import validate_trace
 
 SCRIPT = "<script>alert(1)</script>"
 JNDI_IMG = "${jndi:ldap://x/<img src=x onerror=alert(1)>}"

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from packet_factory import REPO, bundled_results, handshake, packet_frame, tcp
 
-from tracelab.security.security_connections import assemble_connections, flow_settings
-from tracelab.security.security_hosts import (
+from tracelab.security.connections import assemble_connections, flow_settings
+from tracelab.security.hosts import (
     ScanSettings,
     hosts_table,
     scan_settings,

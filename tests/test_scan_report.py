@@ -7,9 +7,9 @@ import functools
 import pandas as pd
 from packet_factory import packet_frame, tcp
 
-from tracelab.compare.security_compare import scan_report
-from tracelab.security.security_connections import assemble_connections, flow_settings
-from tracelab.security.security_hosts import hosts_table, scan_settings
+from tracelab.compare.security import scan_report
+from tracelab.security.connections import assemble_connections, flow_settings
+from tracelab.security.hosts import hosts_table, scan_settings
 
 SCANNER = "10.9.9.9"
 TARGETS = [f"10.1.0.{i}" for i in range(1, 11)]

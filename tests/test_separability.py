@@ -16,15 +16,15 @@ import yaml
 from packet_factory import SECURITY_TARGETS, bundled_results, handshake, packet_table, portless, tcp
 from scipy import stats
 
-from tracelab.compare.security_compare import (
+from tracelab.compare.security import (
     compare_security,
     comparisons,
     separability_table,
     two_sample,
 )
-from tracelab.security.security_connections import write_connections
-from tracelab.security.security_hosts import write_hosts
-from tracelab.security.security_windows import FEATURES, write_windows
+from tracelab.security.connections import write_connections
+from tracelab.security.hosts import write_hosts
+from tracelab.security.windows import FEATURES, write_windows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -266,7 +266,7 @@ def test_a_threshold_or_a_new_feature_reruns_only_that_stage_and_the_comparison(
                                                           "security_compare": 1}
     assert edit_and_plan(workdir, config, window_length) == {"security_windows": traces,
                                                              "security_compare": 1}
-    windows_module = "workflow/tracelab/security/security_windows.py"
+    windows_module = "workflow/tracelab/security/windows.py"
     assert edit_and_plan(workdir, windows_module, new_feature) == {
         "security_windows": traces, "security_compare": 1}
     assert planned(workdir) == {}

@@ -19,7 +19,7 @@ from packet_factory import bundled_results
 
 from tracelab.security.http import HTTP
 from tracelab.security.partitions import partition_of
-from tracelab.security.security_connections import FLOWS, write_connections
+from tracelab.security.connections import FLOWS, write_connections
 from tracelab.security.shards import (
     ShardOutputs,
     connections_stage,

@@ -1,4 +1,4 @@
-"""Wireshark's Statistics menus as tables (tracelab.features.trace_statistics).
+"""Wireshark's Statistics menus as tables (tracelab.features.statistics).
 
 Checked against tshark on the bundled browsing capture and on a synthetic capture with UDP,
 ICMP, ARP and ICMPv6 (endpoints and conversations exactly; the protocol hierarchy up to the
@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tracelab.core.packets import PACKETS
-from tracelab.features import trace_statistics as statistics
-from tracelab.features.trace_statistics import file_statistics, layer_path, trace_statistics
-from tracelab.ingest.normalize_trace import normalize_trace
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.features import statistics
+from tracelab.features.statistics import file_statistics, layer_path, trace_statistics
+from tracelab.ingest.normalize import normalize_trace
+from tracelab.ingest.validate import validate_trace
 from tracelab.synth.capture import write_capture
 
 REPO = Path(__file__).resolve().parents[1]

@@ -203,7 +203,7 @@ def test_command_line_writes_trace_and_prints_summary(tmp_path, capsys):
 @pytest.mark.parametrize(("arrow", "time_format"),
                          [("gui", "us"), ("tshark", "ns"), ("gui", "epoch")])
 def test_generated_trace_validates_with_zero_invalid_rows(tmp_path, arrow, time_format):
-    from tracelab.ingest.validate_trace import validate_trace
+    from tracelab.ingest.validate import validate_trace
 
     path, summary = _generate(tmp_path, "trace.csv.gz", arrow=arrow, time_format=time_format)
     report = validate_trace(

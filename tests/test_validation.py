@@ -8,7 +8,7 @@ from conftest import HEADER, write_export
 
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import read_staged
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.validate import validate_trace
 
 GOOD = [
     ("1", "2021-12-15 15:35:00.237882", "198.18.0.2", "198.18.1.10", "TCP", "74",

@@ -20,10 +20,10 @@ from packet_factory import (
     udp,
 )
 
-from tracelab.security import security_windows as windows
+from tracelab.security import windows
 from tracelab.security.http import http_requests
-from tracelab.security.security_connections import assemble_connections, flow_settings
-from tracelab.security.security_windows import (
+from tracelab.security.connections import assemble_connections, flow_settings
+from tracelab.security.windows import (
     ARTEFACT,
     BEHAVIOURAL,
     FEATURES,

@@ -76,3 +76,84 @@ rule compare_traces:
         rate_bin_s=config["features"]["rate_bin_s"],
     script:
         "../scripts/compare_traces.py"
+
+
+rule security_compare:
+    input:
+        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
+        hosts=expand(rules.security_hosts.output.hosts, trace=TRACES.index),
+        flows=expand(rules.security_connections.output.flows, trace=TRACES.index),
+        http=expand(rules.security_connections.output.http, trace=TRACES.index),
+    output:
+        features_csv=report(
+            "results/compare/features.csv",
+            caption="../report/security_features.rst",
+            category="Security",
+            subcategory="Window features",
+            labels={"table": "window features", "format": "CSV"},
+        ),
+        features_md=report(
+            "results/compare/features.md",
+            caption="../report/security_features.rst",
+            category="Security",
+            subcategory="Window features",
+            labels={"table": "window features", "format": "Markdown"},
+        ),
+        features_html=report(
+            "results/compare/features.html",
+            caption="../report/security_features.rst",
+            category="Security",
+            subcategory="Window features",
+            labels={"table": "window features", "format": "HTML (shown here)"},
+        ),
+        separability=report(
+            "results/compare/separability.png",
+            caption="../report/security_separability.rst",
+            category="Security",
+            subcategory="Figures",
+            labels={"figure": "feature separability"},
+        ),
+        fanout=report(
+            "results/compare/fanout.png",
+            caption="../report/security_fanout.rst",
+            category="Security",
+            subcategory="Figures",
+            labels={"figure": "fan-out and failures per source"},
+        ),
+        conn_states=report(
+            "results/compare/conn_states.png",
+            caption="../report/security_conn_states.rst",
+            category="Security",
+            subcategory="Figures",
+            labels={"figure": "connection states"},
+        ),
+        scan_report=report(
+            "results/compare/scan_report.md",
+            caption="../report/security_scan_report.rst",
+            category="Security",
+            subcategory="Scan report",
+            labels={"table": "scan report", "format": "Markdown"},
+        ),
+        scan_report_html=report(
+            "results/compare/scan_report.html",
+            caption="../report/security_scan_report.rst",
+            category="Security",
+            subcategory="Scan report",
+            labels={"table": "scan report", "format": "HTML (shown here)"},
+        ),
+    log:
+        "results/logs/security/compare.log",
+    benchmark:
+        "results/benchmarks/security/compare.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(512, 4),
+        runtime=runtime_minutes(15, 1),
+    params:
+        code=rule_code("security_compare"),
+        traces=list(TRACES.index),
+        labels=trace_labels(),
+    script:
+        "../scripts/security_compare.py"

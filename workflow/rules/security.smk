@@ -19,14 +19,7 @@ rule security_connections:
         "../envs/tracelab.yaml"
     threads: CONNECTION_THREADS
     resources:
-        # Peak RSS grows ~25 MB a MB of packets up to one partition of the packet table a thread,
-        # then stays flat: 1,482 MiB measured at 10M packets (two 1M-packet partitions at once).
-        mem_mb=memory_mb(
-            512,
-            28,
-            cap=512
-            + CONNECTION_THREADS * config["security"]["flows"]["partition_packets"] // 1000,
-        ),
+        mem_mb=lambda wc, attempt: attempt * connection_memory_mb(known_packets(wc.trace)),
         runtime=runtime_minutes(10, 4),
     params:
         code=rule_code("security_connections"),
@@ -82,82 +75,61 @@ rule security_windows:
         "../scripts/security_windows.py"
 
 
-rule security_compare:
+# A trace of more than sharding.packets_per_shard packets has its connection stage run as one
+# job a shard (tracelab.security.shards): split the packet table by address pair, make each
+# shard's connections, and merge them in the trace's security_connections job. The shard count
+# comes from the packet table's row count (normalize_trace is a checkpoint; validation's
+# outputs cannot serve, its staged table is temporary): `snakemake -n` shows the shard jobs once
+# a trace has been normalized, and a new packets_per_shard reruns the connection jobs only
+# where it changes a trace's shard count.
+
+
+wildcard_constraints:
+    shards=r"\d+",
+    shard=r"\d+",
+
+
+rule security_split_shards:
     input:
-        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        hosts=expand(rules.security_hosts.output.hosts, trace=TRACES.index),
-        flows=expand(rules.security_connections.output.flows, trace=TRACES.index),
-        http=expand(rules.security_connections.output.http, trace=TRACES.index),
+        packets=rules.normalize_trace.output.packets,
     output:
-        features_csv=report(
-            "results/compare/features.csv",
-            caption="../report/security_features.rst",
-            category="Security",
-            subcategory="Window features",
-            labels={"table": "window features", "format": "CSV"},
-        ),
-        features_md=report(
-            "results/compare/features.md",
-            caption="../report/security_features.rst",
-            category="Security",
-            subcategory="Window features",
-            labels={"table": "window features", "format": "Markdown"},
-        ),
-        features_html=report(
-            "results/compare/features.html",
-            caption="../report/security_features.rst",
-            category="Security",
-            subcategory="Window features",
-            labels={"table": "window features", "format": "HTML (shown here)"},
-        ),
-        separability=report(
-            "results/compare/separability.png",
-            caption="../report/security_separability.rst",
-            category="Security",
-            subcategory="Figures",
-            labels={"figure": "feature separability"},
-        ),
-        fanout=report(
-            "results/compare/fanout.png",
-            caption="../report/security_fanout.rst",
-            category="Security",
-            subcategory="Figures",
-            labels={"figure": "fan-out and failures per source"},
-        ),
-        conn_states=report(
-            "results/compare/conn_states.png",
-            caption="../report/security_conn_states.rst",
-            category="Security",
-            subcategory="Figures",
-            labels={"figure": "connection states"},
-        ),
-        scan_report=report(
-            "results/compare/scan_report.md",
-            caption="../report/security_scan_report.rst",
-            category="Security",
-            subcategory="Scan report",
-            labels={"table": "scan report", "format": "Markdown"},
-        ),
-        scan_report_html=report(
-            "results/compare/scan_report.html",
-            caption="../report/security_scan_report.rst",
-            category="Security",
-            subcategory="Scan report",
-            labels={"table": "scan report", "format": "HTML (shown here)"},
-        ),
+        shards=temp(directory("results/shards/{trace}/{shards}/packets")),
     log:
-        "results/logs/security/compare.log",
+        "results/logs/security/shards/{trace}/{shards}/split.log",
     benchmark:
-        "results/benchmarks/security/compare.tsv"
+        "results/benchmarks/security/shards/{trace}/{shards}/split.tsv"
     conda:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
+        # One row group of the packet table at a time (~300 MiB peak at 131,072-row groups).
+        mem_mb=memory_mb(512),
+        runtime=runtime_minutes(10, 1),
     params:
-        code=rule_code("security_compare"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
+        code=rule_code("security_split_shards"),
     script:
-        "../scripts/security_compare.py"
+        "../scripts/security_split_shards.py"
+
+
+rule security_connections_shard:
+    input:
+        shards=rules.security_split_shards.output.shards,
+    output:
+        flows=temp("results/shards/{trace}/{shards}/{shard}/flows.parquet"),
+        http=temp("results/shards/{trace}/{shards}/{shard}/http.parquet"),
+    log:
+        "results/logs/security/shards/{trace}/{shards}/{shard}.log",
+    benchmark:
+        "results/benchmarks/security/shards/{trace}/{shards}/{shard}.tsv"
+    conda:
+        "../envs/tracelab.yaml"
+    threads: CONNECTION_THREADS
+    resources:
+        # From the shard's packets, not the trace's; 60 s a million packets (5x the measured rate).
+        mem_mb=lambda wc, attempt: attempt * connection_memory_mb(shard_packets(wc)),
+        runtime=lambda wc, attempt: attempt * math.ceil(10 + shard_packets(wc) / 1_000_000),
+    params:
+        code=rule_code("security_connections_shard"),
+        settings=stable_params(config["security"]["flows"]),
+    script:
+        "../scripts/security_connections_shard.py"

@@ -1,4 +1,4 @@
-from tracelab.compare.compare_traces import compare_traces
+from tracelab.compare.traces import compare_traces
 from tracelab.core.runner import run_stage
 
 run_stage(

@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.ingest.normalize import normalize_trace
 
 run_stage(
     snakemake,

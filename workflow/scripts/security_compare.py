@@ -1,4 +1,4 @@
-from tracelab.compare.security_compare import compare_security
+from tracelab.compare.security import compare_security
 from tracelab.core.runner import run_stage
 
 run_stage(

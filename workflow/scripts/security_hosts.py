@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.security.security_hosts import write_hosts
+from tracelab.security.hosts import write_hosts
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.security.security_windows import write_windows
+from tracelab.security.windows import write_windows
 
 run_stage(
     snakemake,

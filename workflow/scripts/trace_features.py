@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.features.trace_features import trace_features
+from tracelab.features.summary import trace_features
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.features.trace_statistics import trace_statistics
+from tracelab.features.statistics import trace_statistics
 
 run_stage(
     snakemake,

@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.validate import validate_trace
 
 run_stage(
     snakemake,

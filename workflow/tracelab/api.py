@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracelab.core.errors import TraceInputError
-from tracelab.features.trace_features import trace_features
-from tracelab.ingest.normalize_trace import normalize_trace
+from tracelab.features.summary import trace_features
+from tracelab.ingest.normalize import normalize_trace
 from tracelab.ingest.sheet import content_format, infer_format, is_time_zone, trace_name_for
-from tracelab.ingest.validate_trace import validate_trace
+from tracelab.ingest.validate import validate_trace
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from pandera.errors import SchemaErrors
 from tracelab.core.atomic import AtomicPath
 from tracelab.core.packets import PACKETS, STAGED_BASE, StagedWriter, null_if_empty
 from tracelab.core.tables import TIMESTAMP
-from tracelab.ingest.report import (
+from tracelab.ingest.outcome import (
     TIME_RANGE_NS,
     TIME_RANGE_TEXT,
     InvalidRows,
     TimeOrder,
-    ValidationReport,
+    ValidationOutcome,
     ValidationSettings,
     time_out_of_range,
 )
@@ -597,7 +597,7 @@ def _text(raw: pa_arrow.ChunkedArray) -> pa_arrow.ChunkedArray:
 class _RowRejector:
     """Collects per-row reasons for one batch, then writes the rejected rows and counts checks."""
 
-    def __init__(self, lines: np.ndarray, raw: pa_arrow.Table, report: ValidationReport):
+    def __init__(self, lines: np.ndarray, raw: pa_arrow.Table, report: ValidationOutcome):
         self.reasons = np.full(raw.num_rows, "", dtype=object)
         self.invalid = np.zeros(raw.num_rows, dtype=bool)
         self.lines = lines
@@ -875,7 +875,7 @@ class _Outputs:
     """Where a batch's rows go: counted in the report, rejected ones to the invalid-rows file,
     kept ones to the staged file."""
 
-    report: ValidationReport
+    report: ValidationOutcome
     invalid: InvalidRows
     staged: StagedWriter
 
@@ -1021,7 +1021,7 @@ class _BadLines:
         return np.array(taken, dtype=np.int64)
 
 
-def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationReport,
+def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationOutcome,
           timezone: str, settings: ValidationSettings) -> None:
     """Validate a Wireshark CSV export and write its valid rows to `staged_path`."""
     for name, description in CHECKS.items():
@@ -1049,7 +1049,7 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
              report.rows_valid, report.rows_invalid)
 
 
-def _read_header(source: Path, report: ValidationReport) -> _Header | None:
+def _read_header(source: Path, report: ValidationOutcome) -> _Header | None:
     """The export's header line; None (with the structural error reported) when there is no
     usable one."""
     try:

@@ -31,7 +31,7 @@ from tracelab.robustness.tables import (
     write_csv,
     write_tables,
 )
-from tracelab.security.security_windows import recorded_features
+from tracelab.security.windows import recorded_features
 
 log = logging.getLogger(__name__)
 

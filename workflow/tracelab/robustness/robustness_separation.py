@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from tracelab.compare.figures import CLASS_COLOURS, save
-from tracelab.compare.security_compare import comparisons
+from tracelab.compare.security import comparisons
 from tracelab.core.safe_text import figure_text
 from tracelab.robustness.bootstrap import (
     job_rng,

@@ -25,8 +25,8 @@ from tracelab.robustness.perturbations import (
     PerturbationContext,
     timestamps_ns,
 )
-from tracelab.security.security_connections import write_connections
-from tracelab.security.security_windows import write_windows
+from tracelab.security.connections import write_connections
+from tracelab.security.windows import write_windows
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import atomic_path
 from tracelab.core.streaming import merge_sorted, record_batches, route
 from tracelab.security.partitions import address_hash, partition_count
-from tracelab.security.security_connections import (
+from tracelab.security.connections import (
     FLOW_ORDER,
     PACKET_COLUMNS,
     _trace_span,

@@ -41,10 +41,10 @@ import pyarrow as pa
 from tracelab.core.atomic import atomic_path
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
 from tracelab.ingest.capture import decode
-from tracelab.ingest.report import (
+from tracelab.ingest.outcome import (
     InvalidRows,
     TimeOrder,
-    ValidationReport,
+    ValidationOutcome,
     ValidationSettings,
     time_out_of_range,
 )
@@ -646,7 +646,7 @@ def staged_schema() -> pa.Schema:
                                           if f.name in decode.HEADER_FIELDS])
 
 
-def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationReport,
+def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: ValidationOutcome,
           timezone: str, settings: ValidationSettings) -> None:
     """Validate a pcap/pcapng capture and write its packets to `staged_path`."""
     for name, description in CHECKS.items():
@@ -760,7 +760,7 @@ def _take(records: Records, keep: np.ndarray) -> Records:
                      "room")})
 
 
-def _check_records(records: Records, reader: _Reader, report: ValidationReport,
+def _check_records(records: Records, reader: _Reader, report: ValidationOutcome,
                    sink: InvalidRows, settings: ValidationSettings) -> np.ndarray:
     """Apply the per-record checks; write the rejected records; return the rows to keep."""
     snaplen = np.array([i.snaplen for i in reader.interfaces] + [0], dtype=np.int64)[
@@ -817,7 +817,7 @@ def _example(records: Records, i: int, snaplen, linktype) -> dict:
             "linktype": int(linktype)}
 
 
-def _report_cut(reader: _Reader, report: ValidationReport, sink: InvalidRows) -> None:
+def _report_cut(reader: _Reader, report: ValidationOutcome, sink: InvalidRows) -> None:
     """Where the capture is cut short, if it is: a record cut in the middle is a rejected row
     (every whole record before it was read); a cut elsewhere (a pcapng block that holds no
     packet, a gzip stream cut at a record's end) fails "capture complete", and stops the
@@ -842,7 +842,7 @@ def _report_cut(reader: _Reader, report: ValidationReport, sink: InvalidRows) ->
                 CHECKS["capture complete"])
 
 
-def _reject_tail(tail: Tail, report: ValidationReport, sink: InvalidRows,
+def _reject_tail(tail: Tail, report: ValidationOutcome, sink: InvalidRows,
                  gzip_cut: str | None) -> None:
     need = f"{tail.need} bytes" if tail.need is not None else "a whole record header"
     reason = (f"record complete: the capture is cut short in the middle of a packet: it ends "

@@ -130,7 +130,7 @@ PACKET_COLUMNS = ["frame", "ts", "src", "dst", "protocol", "length", "src_port",
 _BYTES = {"unit": "bytes", "checks": [Check.ge(0)]}
 FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
     "One row a TCP or UDP connection, in the terms of Zeek's conn.log (Zeek's names keep "
-    "Zeek's meaning; see `tracelab.security.security_connections` for how each is computed "
+    "Zeek's meaning; see `tracelab.security.connections` for how each is computed "
     "from a packet table). Also written as `conn.log` in Zeek's ASCII format."), [
     Column("trace", DICT_STRING, "Trace name, as in the trace sheet."),
     Column("uid", pa.string(), "Connection id, 'C' and 17 base62 digits, unique across traces "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.report import InvalidRows, ValidationReport, validation_settings
+from tracelab.ingest.outcome import InvalidRows, ValidationOutcome, validation_settings
 
 READERS = {
     "wireshark_csv": "tracelab.ingest.wireshark_csv",
@@ -36,7 +36,7 @@ def validate_trace(*, trace: str, source, source_format: str, staged_path, repor
     when the trace passes, moved there when it fails, and the error names that report.
     """
     settings = validation_settings(settings)
-    report = ValidationReport(trace=trace, source=source, source_format=source_format,
+    report = ValidationOutcome(trace=trace, source=source, source_format=source_format,
                               settings=settings)
     reader = importlib.import_module(READERS[source_format])
     reader.stage(Path(source), staged_path=Path(staged_path), invalid_path=Path(invalid_path),

@@ -40,10 +40,10 @@ from tracelab.compare.figures import (
     trace_styles,
 )
 from tracelab.core.atomic import atomic_path, write_text
-from tracelab.core.html_report import markdown_html, write_html
+from tracelab.core.html import markdown_html, write_html
 from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe
-from tracelab.security.security_connections import ZEEK_CONN_STATES
-from tracelab.security.security_windows import recorded_features
+from tracelab.security.connections import ZEEK_CONN_STATES
+from tracelab.security.windows import recorded_features
 
 log = logging.getLogger(__name__)
 

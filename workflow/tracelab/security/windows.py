@@ -48,7 +48,7 @@ from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import TCP_FLAG_BITS
 from tracelab.core.streaming import DistinctRows, NameIds, read_batches, time_ordered
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
-from tracelab.security.security_hosts import attempts, failed_attempts
+from tracelab.security.hosts import attempts, failed_attempts
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from tracelab.compare.figures import (
     trace_styles,
 )
 from tracelab.core.atomic import atomic_path, write_text
-from tracelab.core.html_report import html_table, paragraph, write_html
+from tracelab.core.html import html_table, paragraph, write_html
 from tracelab.core.safe_text import markdown_table, spreadsheet_safe
 
 log = logging.getLogger(__name__)

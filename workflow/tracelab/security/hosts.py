@@ -45,7 +45,7 @@ from tracelab.core.streaming import (
     time_ranges,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
-from tracelab.security.security_connections import uid_sort_keys
+from tracelab.security.connections import uid_sort_keys
 
 log = logging.getLogger(__name__)
 

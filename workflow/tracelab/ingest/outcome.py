@@ -1,7 +1,7 @@
 """What every reader reports: rows read, kept and rejected, each check with counts and examples.
 
 A reader streams its source, rejects rows through `InvalidRows` and counts them in a
-`ValidationReport`. `finish()` applies the policy (structural errors, zero valid rows, too
+`ValidationOutcome`. `finish()` applies the policy (structural errors, zero valid rows, too
 many invalid rows), writes `results/validation/{trace}.json` and raises `TraceInputError`
 when the trace must stop.
 """
@@ -58,7 +58,7 @@ class CheckResult:
     examples: list[dict] = field(default_factory=list)
 
 
-class ValidationReport:
+class ValidationOutcome:
     def __init__(self, *, trace: str, source, source_format: str, settings: ValidationSettings):
         self.trace = trace
         self.source = str(source)

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path, tracelab_metadata
-from tracelab.core.html_report import heading, html_table, paragraph, write_html
+from tracelab.core.html import heading, html_table, paragraph, write_html
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
 from tracelab.core.tables import DICT_STRING, Column, Table
 
@@ -128,7 +128,7 @@ PROTOCOL_HIERARCHY = Table(
     "protocol_hierarchy", "results/features/{trace}/protocol_hierarchy.parquet", (
         "One row a protocol layer path, as Wireshark's Statistics › Protocol Hierarchy; a "
         "frame counts at its path and every prefix (approximated from the Protocol, port and "
-        "flag columns: see tracelab.features.trace_statistics)."), [
+        "flag columns: see tracelab.features.statistics)."), [
         TRACE,
         Column("path", pa.string(), "Layers from the root, e.g. `frame:ip:tcp:http`."),
         Column("protocol", pa.string(), "The path's last layer."),
