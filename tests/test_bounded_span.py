@@ -106,5 +106,5 @@ def test_the_comparison_figures_are_drawn(traces, tmp_path):
                    summary_paths=[str(traces[n]["summary.json"]) for n in names],
                    distribution_paths=[str(traces[n]["distributions.parquet"]) for n in names],
                    table_path=tmp_path / "table.csv", markdown_path=tmp_path / "table.md",
-                   html_path=tmp_path / "table.html", rate_bin_s=1.0, **figures)
+                   html_path=tmp_path / "table.html", **figures)
     assert all(path.stat().st_size > 0 for path in figures.values())

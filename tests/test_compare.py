@@ -6,7 +6,6 @@ import pytest
 
 from tracelab.compare.traces import (
     _thinned_steps,
-    bin_width,
     drawn_bins,
     summary_html,
     summary_table,
@@ -42,11 +41,6 @@ def test_a_long_rate_series_is_drawn_in_merged_bins_of_the_same_mean_rate():
     assert edges[-1] == 5001.0  # the last merged bin ends with the trace
     short = drawn_bins(np.arange(30.0), rate[:30], 1.0, most=500)
     assert short[2] == 1.0 and np.array_equal(short[1], rate[:30])
-
-
-def test_the_bin_width_is_read_from_the_series():
-    assert bin_width(pd.DataFrame({"x": [0.0, 0.25, 0.5]}), default_s=1.0) == 0.25
-    assert bin_width(pd.DataFrame({"x": [0.0]}), default_s=2.0) == 2.0
 
 
 HOSTILE = "/<script>alert(1)</script>"

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.text import Annotation
 
-from tracelab.compare import compare_traces, security_compare
+from tracelab.compare import security as security_compare
+from tracelab.compare import traces as compare_traces
 from tracelab.compare.figures import trace_styles
 
 matplotlib.use("Agg")
@@ -103,7 +104,9 @@ def test_bar_figures_use_the_trace_colours_in_sheet_order(drawn):
 
 def test_rate_is_small_multiples_of_packets_and_bits_each_on_its_own_time_axis(drawn):
     styles = trace_styles(TRACES, LABELS)
-    compare_traces.rate_figure(distributions(), styles, "rate.png", rate_bin_s=1.0)
+    # Each trace's bin width as its summary.json records it (not re-derived from the series).
+    bin_s = {trace: 1.0 for trace in TRACES}
+    compare_traces.rate_figure(distributions(), styles, "rate.png", bin_s)
     fig = drawn["rate.png"]
     axes = np.array(fig.axes).reshape(len(TRACES), 2)
     titles = [ax.get_title(loc="left") for ax in axes.flat]
@@ -115,6 +118,17 @@ def test_rate_is_small_multiples_of_packets_and_bits_each_on_its_own_time_axis(d
     # The 5,000 bins of the long trace are drawn merged, at the same mean rate.
     assert "bins of 10 s" in axes[1, 0].get_title(loc="left")
     assert axes[1, 1].get_ylim()[1] >= 70 * 800
+
+
+def test_rate_bins_are_as_wide_as_the_features_stage_chose(drawn):
+    """The width comes from each trace's summary.json (a one-bin series has no spacing)."""
+    series = pd.DataFrame({"kind": ["pps", "bps"], "key": None, "trace": TRACES[0],
+                           "x": 0.0, "y": 1.0})
+    compare_traces.rate_figure(series, trace_styles(TRACES[:1], LABELS), "rate.png",
+                               {TRACES[0]: 0.5})
+    ax = drawn["rate.png"].axes[0]
+    assert "bins of 0.5 s" in ax.get_title(loc="left")
+    assert ax.get_xlim() == (0.0, 0.5)
 
 
 def test_destinations_are_small_multiples(drawn):

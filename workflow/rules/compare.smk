@@ -73,7 +73,6 @@ rule compare_traces:
         code=rule_code("compare_traces"),
         traces=list(TRACES.index),
         labels=trace_labels(),
-        rate_bin_s=config["features"]["rate_bin_s"],
     script:
         "../scripts/compare_traces.py"
 

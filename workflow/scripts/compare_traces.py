@@ -16,5 +16,4 @@ run_stage(
     protocols_path=snakemake.output.protocols,
     rate_path=snakemake.output.rate,
     destinations_path=snakemake.output.destinations,
-    rate_bin_s=snakemake.params.rate_bin_s,
 )

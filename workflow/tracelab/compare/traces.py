@@ -94,13 +94,6 @@ def drawn_bins(start_s: np.ndarray, rate: np.ndarray, bin_s: float,
     return edges, rate, width
 
 
-def bin_width(series: pd.DataFrame, default_s: float) -> float:
-    """The series' bin width: the spacing of its bin starts (the features stage may choose
-    it per trace), or the configured width when there is one bin."""
-    starts = np.sort(series["x"].to_numpy())
-    return float(np.median(np.diff(starts))) if starts.size > 1 else default_s
-
-
 def _panel_title(ax, style: TraceStyle, text: str) -> None:
     ax.set_title(f"{style.legend}: {text}", loc="left", fontsize=9, color=style.color)
 
@@ -147,9 +140,10 @@ def protocol_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path) -> 
 
 
 def rate_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path,
-                rate_bin_s: float) -> None:
+                bin_s: dict[str, float]) -> None:
     """Small multiples: a row per trace, packets and bits per second side by side, each on
-    its own time and rate scale (traces of very different length or volume stay readable)."""
+    its own time and rate scale (traces of very different length or volume stay readable);
+    `bin_s` is each trace's rate bin width, as its features stage chose it."""
     fig, axes = new_figure(11, 1.9 * len(styles) + 0.9, len(styles), len(RATE_PANELS))
     for row, (trace, style) in zip(axes, styles.items()):
         for ax, (kind, unit, what) in zip(row, RATE_PANELS):
@@ -158,7 +152,7 @@ def rate_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path,
                 empty_note(ax, "no packets")
                 continue
             edges, rate, width = drawn_bins(series["x"].to_numpy(), series["y"].to_numpy(),
-                                            bin_width(series, rate_bin_s))
+                                            bin_s[trace])
             ax.stairs(rate, edges, fill=True, color=style.color, alpha=0.3)
             ax.stairs(rate, edges, color=style.color, linewidth=1.2)
             ax.set_xlim(edges[0], edges[-1])
@@ -200,8 +194,8 @@ def summary_html(table: pd.DataFrame) -> str:
 
 def compare_traces(*, traces: list[str], labels: dict[str, str], summary_paths: list[str],
                    distribution_paths: list[str], table_path, markdown_path, html_path,
-                   iat_cdf_path, length_cdf_path, protocols_path, rate_path, destinations_path,
-                   rate_bin_s: float) -> pd.DataFrame:
+                   iat_cdf_path, length_cdf_path, protocols_path, rate_path,
+                   destinations_path) -> pd.DataFrame:
     summaries = []
     for path in summary_paths:
         with open(path, encoding="utf-8") as handle:
@@ -222,7 +216,8 @@ def compare_traces(*, traces: list[str], labels: dict[str, str], summary_paths: 
                 title="Frame length, CDF per trace", xlabel="frame length (bytes)",
                 ylabel="cumulative share of packets")
     protocol_figure(data, styles, protocols_path)
-    rate_figure(data, styles, rate_path, rate_bin_s)
+    bin_s = {trace: summary["rate_bin_s"] for trace, summary in zip(traces, summaries)}
+    rate_figure(data, styles, rate_path, bin_s)
     destinations_figure(data, styles, destinations_path)
     log.info("compared %d traces", len(traces))
     return table
