@@ -122,9 +122,16 @@ def connection_memory_mb(packets):
     return 512 + CONNECTION_THREADS * in_flight // 1000
 
 
+def input_mb(input):
+    """MiB of a job's input files that exist (0 before they are made: the plan of a dry run).
+    Snakemake's own input.size_mb, evaluated inside its event loop, leaves a coroutine never
+    awaited and a RuntimeWarning per job on the console."""
+    return sum(os.path.getsize(path) for path in input if os.path.isfile(path)) / 2**20
+
+
 def memory_mb(base, per_input_mb=0, cap=None):
     def estimate(wildcards, input, attempt):
-        need = base + per_input_mb * input.size_mb
+        need = base + per_input_mb * input_mb(input)
         return math.ceil(min(need, cap) if cap else need) * attempt
 
     return estimate
@@ -132,7 +139,7 @@ def memory_mb(base, per_input_mb=0, cap=None):
 
 def runtime_minutes(base, seconds_per_input_mb):
     def estimate(wildcards, input, attempt):
-        return math.ceil(base + seconds_per_input_mb * input.size_mb / 60) * attempt
+        return math.ceil(base + seconds_per_input_mb * input_mb(input) / 60) * attempt
 
     return estimate
 
