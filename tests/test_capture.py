@@ -6,10 +6,8 @@ index and byte offset."""
 from __future__ import annotations
 
 import gzip
-import json
 import socket
 import struct
-from pathlib import Path
 
 import dpkt
 import numpy as np
@@ -17,47 +15,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
+from trace_files import (
+    NS,
+    T0,
+    A,
+    P,
+    S,
+    ether,
+    invalid_rows,
+    ipv4,
+    stage,
+    tcp,
+    udp,
+    wireshark_count,
+)
 
-from tracelab.core.errors import TraceInputError
-from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, read_staged
+from tracelab.core.packets import INFO_FIELDS, STAGED_BASE
 from tracelab.ingest.capture import reader as capture
+from tracelab.ingest.capture.columns import distinct, scatter
+from tracelab.ingest.capture.pcap import PCAP_MAGIC
 from tracelab.ingest.normalize import normalize_trace
-from tracelab.ingest.validate import validate_trace
 from tracelab.synth.capture import Interface, write_capture
-
-REPO = Path(__file__).resolve().parents[1]
-NS = 10**9
-T0 = 1_795_852_800  # 2026-11-28T08:00:00Z
-
-
-# --- Running the reader ------------------------------------------------------------------------
-
-def stage(path, tmp_path, name="trace", source_format=None, **settings):
-    """Validate `path` as the pipeline does: (staged table or None, report dict, error or None)."""
-    source_format = source_format or ("pcapng" if ".pcapng" in str(path) else "pcap")
-    out = tmp_path / f"out_{name}"
-    out.mkdir(exist_ok=True)
-    error = None
-    try:
-        validate_trace(trace=name, source=path, source_format=source_format,
-                       staged_path=out / "staged.arrow", report_path=out / "report.json",
-                       invalid_path=out / "invalid.csv", settings=settings)
-    except TraceInputError as raised:
-        error = raised
-    report = json.loads((out / "report.json").read_text())
-    staged = out / "staged.arrow"
-    if not staged.exists():
-        return None, report, error
-    table = read_staged(staged)
-    # Dictionary columns as plain strings, so tables from different batchings compare equal.
-    plain = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f
-                       for f in table.schema])
-    return table.cast(plain).to_pandas(), report, error
-
-
-def invalid_rows(tmp_path, name="trace") -> pd.DataFrame:
-    return pd.read_csv(tmp_path / f"out_{name}" / "invalid.csv", dtype=str)
-
 
 # --- An independent reference ------------------------------------------------------------------
 
@@ -67,8 +46,8 @@ def reference_records(path) -> list[dict]:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     out = []
-    if raw[:4] in capture.PCAP_MAGIC:
-        order, fraction_ns, header = capture.PCAP_MAGIC[raw[:4]]
+    if raw[:4] in PCAP_MAGIC:
+        order, fraction_ns, header = PCAP_MAGIC[raw[:4]]
         linktype = struct.unpack_from(order + "I", raw, 20)[0] & 0xFFFF
         pos = 24
         while pos + header <= len(raw):
@@ -472,30 +451,6 @@ def write_frames(path, frames, linktype=1):
     return path
 
 
-def ether(payload, kind=0x0800, dst=b"\4" * 6, src=b"\2" * 6):
-    return dpkt.ethernet.Ethernet(src=src, dst=dst, type=kind, data=payload)
-
-
-def ipv4(payload, proto, src="198.18.0.1", dst="198.18.0.2", **fields):
-    return dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=proto, ttl=64,
-                      data=payload, **fields)
-
-
-def tcp(sport, dport, flags, seq=1000, ack=0, data=b"", opts=b"", win=1000):
-    segment = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, win=win,
-                           opts=opts, data=data)
-    segment.off = 5 + len(opts) // 4
-    return segment
-
-
-def udp(sport, dport, data):
-    return dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(data), data=data)
-
-
-S, A, P, F, R = (dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN,
-                 dpkt.tcp.TH_RST)
-
-
 def test_relative_numbers_port_reuse_and_mid_stream_start(tmp_path):
     client, server = ("198.18.0.1", "198.18.0.2"), ("198.18.0.2", "198.18.0.1")
     frames = [
@@ -612,7 +567,9 @@ def test_bad_magic_empty_file_and_cut_headers_are_structural(tmp_path):
         assert str(path) in str(error) and "\n" not in str(error)
 
 
-def test_truncated_last_record_is_rejected_with_its_index_and_offset(tmp_path):
+def test_truncated_last_record_is_reported_with_its_index_and_offset(tmp_path):
+    """As capinfos: the whole records are read, the cut one is not a record (nor an invalid
+    row); it is reported, with its offset, in structural_notes."""
     for name in ("cut.pcap", "cut.pcapng", "cut.pcap.gz"):
         path = tmp_path / name
         write_capture(path, 500, seed=8, fmt="pcapng" if "pcapng" in name else "pcap")
@@ -621,18 +578,20 @@ def test_truncated_last_record_is_rejected_with_its_index_and_offset(tmp_path):
         cut = raw[:-7]
         path.write_bytes(gzip.compress(cut) if name.endswith(".gz") else cut)
         table, report, error = stage(path, tmp_path, name)
-        assert error is None and report["status"] == "passed_with_invalid_rows"
-        assert (report["rows_read"], report["rows_valid"], report["rows_invalid"]) == (500, 499, 1)
-        failure = report["checks"]["record complete"]
-        assert failure["failures"] == 1
-        assert failure["examples"][0]["record"] == 500
-        assert failure["examples"][0]["offset"] == last["offset"]
+        assert error is None and report["status"] == "passed"
+        assert (report["rows_read"], report["rows_valid"], report["rows_invalid"]) == (499, 499, 0)
+        (note,) = report["structural_notes"]
+        assert (note["check"], note["record"], note["offset"]) == \
+            ("record complete", 500, last["offset"])
+        assert f"record 500 at byte offset {last['offset']}" in note["detail"]
         assert len(table) == 499 and table["frame"].iloc[-1] == 499
-        rejected = invalid_rows(tmp_path, name)
-        assert rejected["location"].tolist() == [f"record 500 at byte offset {last['offset']}"]
+        assert invalid_rows(tmp_path, name).empty
 
 
 def test_impossible_lengths_are_rejected_per_record(tmp_path):
+    """Captured above original, original out of range: rejected. Captured above the header's
+    snap length: kept and noted, as Wireshark shows such packets (tshark, when installed,
+    reads every one)."""
     path = tmp_path / "lengths.pcap"
     write_capture(path, 1000, seed=9)
     raw = bytearray(path.read_bytes())
@@ -655,15 +614,20 @@ def test_impossible_lengths_are_rejected_per_record(tmp_path):
     assert checks["length in range"]["examples"][0] == {
         "record": second, "offset": huge["offset"], "captured_len": len(huge["data"]),
         "orig_len": 10**7, "snaplen": 500, "interface": 0, "linktype": 1}
-    assert checks["captured <= snap length"]["failures"] == len(big)
-    assert report["rows_invalid"] == 2 + len(big)
+    above = report["capture"]["above_snap_length"]
+    assert above["count"] == len(big) and "captured <= snap length" not in checks
+    assert above["examples"][0]["record"] == min(big) + 1
+    assert {min(big) + 1, max(big) + 1} <= set(table["frame"])
+    assert report["rows_invalid"] == 2
+    assert wireshark_count(path) in (None, 1000)
     assert first not in table["frame"].tolist() and second not in table["frame"].tolist()
     assert len(table) == 1000 - report["rows_invalid"]
     locations = set(invalid_rows(tmp_path)["location"])
     assert f"record {first} at byte offset {bigger['offset']}" in locations
 
 
-def test_absurd_captured_length_stops_the_trace(tmp_path):
+def test_absurd_captured_length_keeps_the_records_before_it(tmp_path):
+    """As tshark: the records before it are read, none after it can be found."""
     path = tmp_path / "absurd.pcap"
     write_capture(path, 300, seed=10)
     raw = bytearray(path.read_bytes())
@@ -671,11 +635,20 @@ def test_absurd_captured_length_stops_the_trace(tmp_path):
     struct.pack_into("<I", raw, record["offset"] + 8, 0x7FFFFFF0)
     path.write_bytes(raw)
     table, report, error = stage(path, tmp_path)
-    assert error is not None and error.check == "record header"
-    problem = report["structural_errors"][0]
+    assert error is None and report["structural_errors"] == []
+    problem = report["structural_notes"][0]
+    assert problem["check"] == "record header"
     assert (problem["record"], problem["offset"]) == (151, record["offset"])
     assert f"record 151 at byte offset {record['offset']}" in problem["detail"]
-    assert table is None
+    assert table["frame"].tolist() == list(range(1, 151))
+    assert wireshark_count(path) in (None, 150)
+
+    head = tmp_path / "absurd_first.pcap"      # nothing before the damage: the trace stops
+    first = reference_records(path)[0]
+    head.write_bytes(raw[:first["offset"] + 8] + struct.pack("<I", 0x7FFFFFF0)
+                     + raw[first["offset"] + 12:])
+    table, report, error = stage(head, tmp_path, "first")
+    assert error is not None and error.check == "record header" and table is None
 
 
 def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
@@ -699,10 +672,11 @@ def test_pcapng_block_damage_interfaces_and_block_room(tmp_path):
     length = struct.unpack_from("<I", raw, block["offset"] + 4)[0]
     struct.pack_into("<I", raw, block["offset"] + length - 4, length + 4)   # trailer differs
     damaged.write_bytes(raw)
-    _table, report, error = stage(damaged, tmp_path, "damaged")
-    assert error is not None and error.check == "block structure"
-    assert report["structural_errors"][0]["offset"] == block["offset"]
-    assert report["structural_errors"][0]["record"] == 301
+    table, report, error = stage(damaged, tmp_path, "damaged")
+    assert error is None and report["rows_read"] == 300 and len(table) == 298
+    note = report["structural_notes"][0]
+    assert (note["check"], note["offset"], note["record"]) == \
+        ("block structure", block["offset"], 301)
 
 
 def test_timestamps_going_backwards_are_reported_not_sorted(tmp_path):
@@ -727,28 +701,27 @@ def test_too_many_rejected_records_fail_the_trace(tmp_path):
     path = tmp_path / "many.pcap"
     write_capture(path, 300, seed=14)
     raw = bytearray(path.read_bytes())
-    struct.pack_into("<I", raw, 16, 60)                                  # snap length 60
+    for record in reference_records(path)[::10]:                        # 30 of 300
+        struct.pack_into("<I", raw, record["offset"] + 12, 10**7)
     path.write_bytes(raw)
     _table, report, error = stage(path, tmp_path)
     assert error is not None and error.check == "max_invalid_fraction"
-    assert report["checks"]["captured <= snap length"]["failures"] == report["rows_invalid"]
+    assert report["checks"]["length in range"]["failures"] == report["rows_invalid"] == 30
 
 
 # --- Vectorised helpers -------------------------------------------------------------------------
 
 def test_scatter_and_distinct_agree_with_arrow_take_and_np_unique():
     """The buffer-level string scatter and the counting unique are shortcuts: same results."""
-    from tracelab.ingest.capture import decode
-
     values = pa.array(["a", None, "", "dd", "eee"]).slice(1)    # an offset, a null, an empty
     rows = np.array([0, 3, 4, 8])
     index = np.full(10, -1)
     index[rows] = np.arange(len(rows))
     expected = values.take(pa.array(index, mask=index < 0))
-    assert decode._scatter(10, rows, values, pa.string()).equals(expected)
+    assert scatter(10, rows, values, pa.string()).equals(expected)
     for ints in (np.array([5, -1, 5, 65535, -3]), np.array([7]), np.zeros(0, dtype=np.int64),
                  np.array([0, 1 << 40, 0])):
-        got, want = decode._distinct(ints), np.unique(ints, return_counts=True)
+        got, want = distinct(ints), np.unique(ints, return_counts=True)
         assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
 
 
@@ -778,19 +751,43 @@ def test_packets_of_a_link_type_not_decoded_are_rejected_and_named(tmp_path):
     assert rejected["linktype"].unique().tolist() == ["147"]
 
 
-def test_impossible_timestamps_are_rejected_and_jumps_counted(tmp_path):
-    """A record stamped 1970-01-01 or in 2100 is rejected (`time in range`); a record a year
-    after the others is kept and counted as a forward jump, never by the day the test runs."""
+def test_clocks_at_the_epoch_are_noted_and_jumps_counted(tmp_path):
+    """Clocks that start at 1970-01-01 (relative-time captures, ns-3) are kept and noted
+    (`clock_at_epoch`), as Wireshark reads them; a jump from the epoch to real time, or a year
+    on (2100), is counted as a forward jump, never by the day the test runs."""
     frame = bytes(dpkt.ethernet.Ethernet(
         src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_ARP, data=b"\x00" * 28))
-    seconds = [1_600_000_000 + i for i in range(20)] + [0, 4_102_444_800, 1_631_536_000]
-    records = [struct.pack("<IIII", s, 0, len(frame), len(frame)) + frame for s in seconds]
-    path = tmp_path / "times.pcap"
-    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-                     + b"".join(records))
-    table, report, error = stage(path, tmp_path, max_invalid_fraction=0.2)
-    assert error is None and len(table) == 21
+    for name, seconds, epoch_rows, jumps_at in (
+            ("relative", [30 * i for i in range(20)], 20, []),
+            ("mixed", [0, 1, 2] + [1_600_000_000 + i for i in range(20)] + [4_102_444_800],
+             3, [4, 24])):
+        records = [struct.pack("<IIII", s, 0, len(frame), len(frame)) + frame for s in seconds]
+        path = tmp_path / f"{name}.pcap"
+        path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+                         + b"".join(records))
+        table, report, error = stage(path, tmp_path, name)
+        assert error is None and report["status"] == "passed", name
+        assert len(table) == len(seconds) == (wireshark_count(path) or len(seconds)), name
+        assert report["clock_at_epoch"]["rows"] == epoch_rows, name
+        assert report["clock_at_epoch"]["first"]["record"] == 1, name
+        assert sorted(j["record"] for j in report["time_jumps"]["examples"]) == jumps_at, name
+
+
+def test_times_int64_ns_cannot_hold_are_rejected(tmp_path):
+    """pcapng timestamps before the epoch (a negative if_tsoffset) or beyond 2262 (µs units
+    past 2**63 ns) are rejected under `time in range`; the others are kept."""
+    frame = bytes(ether(ipv4(udp(5000, 6000, bytes(20)), 17)))
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    behind = struct.pack("<HH", 14, 8) + struct.pack("<q", -100) + bytes(4)   # if_tsoffset
+    idbs = _block(1, struct.pack("<HHI", 1, 0, 0)) + _block(1, struct.pack("<HHI", 1, 0, 0)
+                                                            + behind)
+    units = [T0 * 10**6, (1 << 64) - 1, T0 * 10**6 + 1]
+    packets = [_epb(0, u, frame) for u in units] + [_epb(1, 50 * 10**6, frame),
+                                                    _epb(1, 200 * 10**6, frame)]
+    path = tmp_path / "times.pcapng"
+    path.write_bytes(shb + idbs + b"".join(packets))
+    table, report, error = stage(path, tmp_path, max_invalid_fraction=0.5)
+    assert error is None
     assert report["checks"]["time in range"]["failures"] == 2
-    assert set(invalid_rows(tmp_path)["record"]) == {"21", "22"}
-    jumps = report["time_jumps"]
-    assert jumps["count"] == 1 and jumps["examples"][0]["record"] == 23
+    assert set(invalid_rows(tmp_path)["record"]) == {"2", "4"}
+    assert table["frame"].tolist() == [1, 3, 5]

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 
-import pytest
-from conftest import planned_jobs, run_snakemake
+from conftest import edited, planned_jobs
 
 from tracelab.core.fingerprint import content_fingerprint
-
-pytestmark = pytest.mark.slow
 
 TRACE = "log4j_scan"
 
@@ -29,15 +26,14 @@ def test_fingerprint_follows_the_content_not_the_metadata(tmp_path):
     assert content_fingerprint(path, cache) != first
 
 
-def test_cp_p_replacement_with_an_older_mtime_reruns_the_trace(workflow_copy):
+def test_cp_p_replacement_with_an_older_mtime_reruns_the_trace(bundled):
     target = f"results/features/{TRACE}/summary.json"
-    run_snakemake(workflow_copy, "--cores", "2", target)
-    assert planned_jobs(workflow_copy, target) == {}
-    source = workflow_copy / f"data/{TRACE}.csv.gz"
+    assert planned_jobs(bundled, target) == {}
+    source = bundled / f"data/{TRACE}.csv.gz"
     old = source.stat()
-    other = (workflow_copy / "data/web_browsing.csv.gz").read_bytes()
-    source.write_bytes(other)
-    os.utime(source, ns=(old.st_atime_ns, old.st_mtime_ns - 10**12))  # older than the outputs
-    planned = planned_jobs(workflow_copy, target)
+    other = (bundled / "data/web_browsing.csv.gz").read_bytes()
+    with edited(source, lambda _: other):
+        os.utime(source, ns=(old.st_atime_ns, old.st_mtime_ns - 10**12))  # older than outputs
+        planned = planned_jobs(bundled, target)
     assert {"validate_trace": 1, "normalize_trace": 1, "trace_features": 1}.items() \
         <= planned.items(), planned

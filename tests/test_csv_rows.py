@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_bad_inputs import assert_clean, assert_one_clear_error, export, packets, validate
+from trace_files import assert_clean, assert_one_clear_error, export, packets, validate
 
-from tracelab.ingest.wireshark_csv import DUPLICATE_LOOKBACK
+from tracelab.ingest.export.duplicates import DUPLICATE_LOOKBACK
 
 
 def renumbered_copy(rows, original: int, at: int):

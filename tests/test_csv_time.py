@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
-from test_bad_inputs import assert_clean, export, packet, packets, validate
+from trace_files import assert_clean, export, packet, packets, validate
 
 from tracelab.core.packets import read_staged
 from tracelab.ingest.normalize import normalize_trace

@@ -3,7 +3,8 @@
 A reader streams its source, rejects rows through `InvalidRows` and counts them in a
 `ValidationOutcome`. `finish()` applies the policy (structural errors, zero valid rows, too
 many invalid rows), writes `results/validation/{trace}.json` and raises `TraceInputError`
-when the trace must stop.
+when the trace must stop. Damage after whole rows that the reader read past or stopped at
+(`structural_note`) is reported, and stops nothing: the rows before it stand.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ValidationOutcome:
         self.rows_invalid = 0
         self.checks: dict[str, CheckResult] = {}
         self.structural_errors: list[dict] = []
+        self.structural_notes: list[dict] = []
         self.notes: dict[str, object] = {}
 
     def declare(self, name: str, description: str) -> None:
@@ -85,6 +87,10 @@ class ValidationOutcome:
     def structural(self, check: str, detail: str, **where) -> None:
         self.structural_errors.append({"check": check, "detail": detail, **where})
 
+    def structural_note(self, check: str, detail: str, **where) -> None:
+        """Damage after whole rows, which were kept: reported, not a reason to stop."""
+        self.structural_notes.append({"check": check, "detail": detail, **where})
+
     def to_dict(self, status: str) -> dict:
         read = self.rows_read
         return {
@@ -98,6 +104,7 @@ class ValidationOutcome:
             "invalid_fraction": (self.rows_invalid / read) if read else 0.0,
             "max_invalid_fraction": self.settings.max_invalid_fraction,
             "structural_errors": self.structural_errors,
+            **({"structural_notes": self.structural_notes} if self.structural_notes else {}),
             "checks": {
                 name: {"description": c.description, "failures": c.failures,
                        "examples": c.examples}
@@ -207,6 +214,33 @@ def count_time_backwards(ts_ns: np.ndarray, last_ts: int | None, backwards: dict
             for i in went_back[:room])
     top = int(running[-1])
     return top if last_ts is None else max(top, last_ts)
+
+
+class EpochClock:
+    """Kept rows stamped before 1970-01-02 (TIME_RANGE_NS[0]): a clock that starts at the epoch
+    (relative-time captures, anonymised traces, simulators such as ns-3, which start at 0 s).
+    A fact to report, not bad data; where the clock later jumps to real time, TimeOrder counts
+    the jump."""
+
+    def __init__(self):
+        self.count = 0
+        self.first: dict | None = None
+
+    def update(self, ts_ns: np.ndarray, where) -> None:
+        """Add the timestamps of one batch of kept rows; `where(i)` locates row i."""
+        early = np.flatnonzero(ts_ns < TIME_RANGE_NS[0])
+        if early.size:
+            self.count += int(early.size)
+            self.first = self.first or where(int(early[0]))
+
+    def notes(self) -> dict:
+        """The report's `clock_at_epoch`, when some row has such a time."""
+        if not self.count:
+            return {}
+        return {"clock_at_epoch": {
+            "detail": "clock starts at the epoch (1970-01-01): times relative to the start of "
+                      "the capture, or a clock never set",
+            "rows": self.count, "first": self.first}}
 
 
 class TimeOrder:
