@@ -15,7 +15,8 @@ import warnings
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import REPO, run_snakemake, write_export
+from conftest import REPO, run_snakemake
+from trace_files import write_export
 
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import PACKET_SCHEMA
@@ -46,7 +47,7 @@ def raw_export() -> pd.DataFrame:
 def test_pyproject_declares_the_tracelab_script():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"tracelab": "tracelab.cli:main"}
-    assert any(dep.startswith("pygments==") for dep in project["dependencies"])
+    assert any(dep.startswith(("pygments=", "pygments>")) for dep in project["dependencies"])
 
 
 def test_inspect_a_csv_export_matches_pandas_on_the_raw_file(tmp_path, raw_export):
@@ -99,6 +100,45 @@ def test_inspect_a_bad_file_says_what_failed_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "full report" not in result.stderr
 
 
+def test_inspect_quotes_terminal_control_characters_from_the_trace(tmp_path):
+    hostile = "\x1b[31mRED\x1b]0;pwn\x07\u202egnp.exe\x08"
+    rows = [(n, f"2026-11-28 08:00:0{n}", "a", "b", hostile if n == 2 else "TCP", "60", "x")
+            for n in range(1, 4)]
+    export = write_export(tmp_path / "esc\x1b[2J.csv", rows)
+    result = tracelab("inspect", export, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = [c for c in result.stdout if not c.isprintable() and c != "\n"]
+    assert printed == []
+    assert result.stdout.count("\n") == len(fields(result.stdout))
+    found = fields(result.stdout)
+    assert found["File name"].endswith("esc\\x1b[2J.csv")
+    # Quoted as repr quotes them, so the value can be read back exactly.
+    assert found["Protocols"].endswith("\\x1b[31mRED\\x1b]0;pwn\\x07\\u202egnp.exe\\x08 1 (33.3%)")
+    assert json.loads(tracelab("inspect", "--json", export, cwd=tmp_path).stdout)[
+        "summary"]["protocol_counts"][hostile] == 1
+
+
+def test_inspect_on_a_full_disk_says_so_in_one_line(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        result = subprocess.run([sys.executable, "-m", "tracelab", "inspect", str(CSV)],
+                                cwd=tmp_path, env={**os.environ, "TMPDIR": str(full)},
+                                capture_output=True, text=True, timeout=600, check=False)
+        left = list(full.iterdir())
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("tracelab inspect: error: no space left on device writing "
+                                    f"{full}/tracelab-")
+    assert result.stderr.count("\n") == 1
+    assert left == []
+
+
 def test_python_m_tracelab_without_a_command_shows_usage(tmp_path):
     result = tracelab(cwd=tmp_path)
     assert result.returncode == 2 and "inspect" in result.stderr and "add" in result.stderr
@@ -138,14 +178,23 @@ def test_add_an_export_outside_the_checkout_keeps_an_absolute_path(workflow_copy
      "trace 'log4j_scan' is already in the sheet (line 2); choose another name with --name"),
     (["data/log4j_scan.pcapng", "--name", "again"],
      "data/log4j_scan.pcapng is already in the sheet as trace 'log4j_scan_pcap' (line 4)"),
-    (["config/config.yaml", "--name", "x", "--timezone", "Mars/Olympus"],
+    (["new.csv", "--name", "x", "--timezone", "Mars/Olympus"],
      "field 'timezone': unknown IANA time zone 'Mars/Olympus'"),
-    (["config/config.yaml", "--name", "../x"], "field 'trace': '../x' does not match"),
+    (["new.csv", "--name", "../x"], "field 'trace': '../x' does not match"),
+    (["new.csv", "--name", "n" * 101], f"field 'trace': '{'n' * 101}' is too long"),
+    (["new.csv", "--name", "LOG4J_SCAN"],
+     "trace name differs from 'log4j_scan' (line 2) only by case"),
     (["missing.csv"], "missing.csv: no such file"),
-    (["Snakefile.bin"], "Snakefile.bin: its first bytes show neither a a pcap capture"),
+    (["Snakefile.bin"], "Snakefile.bin: not a trace file: its first bytes show none of UTF-8 "
+                        "text with a CSV header (a CSV export), a pcap capture or a pcapng "
+                        "capture (gzip-compressed or not)"),
+    (["/etc/passwd"], "/etc/passwd: not a trace file"),
+    (["config/config.yaml"], "config/config.yaml: not a trace file"),
 ])
 def test_add_refuses_with_one_line_and_leaves_the_sheet_alone(workflow_copy, args, message):
     (workflow_copy / "Snakefile.bin").write_bytes(bytes(range(256)))
+    write_export(workflow_copy / "new.csv", [(1, "2026-11-28 08:00:00", "a", "b", "TCP", "60",
+                                             "x")])
     before = (workflow_copy / "config/traces.tsv").read_bytes()
     result = tracelab("add", *args, cwd=workflow_copy)
     assert result.returncode == 1
@@ -165,6 +214,16 @@ def test_commands_outside_a_checkout_say_where_to_run_them(tmp_path):
 
 # --- run, report ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("command", ["report", "run"])
+def test_an_option_snakemake_does_not_know_gets_one_usage_line(workflow_copy, command):
+    result = tracelab(command, "--bogus", "-n", cwd=workflow_copy)
+    assert result.returncode == 2 and result.stdout == ""
+    usage, error = result.stderr.splitlines()
+    assert usage.startswith(f"usage: tracelab {command} [snakemake options")
+    assert error == (f"tracelab {command}: error: snakemake option: unrecognized arguments: "
+                     f"--bogus (see python -m snakemake --help)")
+    assert not (workflow_copy / "results").exists()
+
 @pytest.mark.slow
 def test_run_then_report(workflow_copy):
     run = tracelab("run", cwd=workflow_copy / "config")  # from a subfolder of the checkout
@@ -175,6 +234,46 @@ def test_run_then_report(workflow_copy):
     assert report.returncode == 0, report.stderr[-3000:]
     page = (workflow_copy / "results/report.html").read_text()
     assert "<html" in page.lower() and "log4j_scan" in page
+
+
+def test_run_removes_temporary_outputs_an_interrupted_run_left(workflow_copy):
+    """Snakemake removes a temp() output after the last job that reads it; a run killed before
+    (or while it defers removals until its checkpoints are done) leaves it behind for good."""
+    (workflow_copy / "config/traces.tsv").write_text(
+        "trace\tpath\nweb\tdata/web_browsing.csv.gz\n")
+    summary = workflow_copy / "results/features/web/summary.json"
+    first = tracelab("run", "--cores", "1", summary.relative_to(workflow_copy), cwd=workflow_copy)
+    assert first.returncode == 0, first.stderr[-3000:]
+    staged = workflow_copy / "results/staged/web.arrow"
+    assert not staged.exists()
+    # Left as a kill leaves it: written after the source was read, before the packet table.
+    staged.parent.mkdir()
+    staged.write_bytes(b"a full copy of the trace")
+    packets = (workflow_copy / "results/packets/web.parquet").stat().st_mtime
+    os.utime(staged, (packets - 1, packets - 1))
+    summary.unlink()
+    dry = tracelab("run", "-n", summary.relative_to(workflow_copy), cwd=workflow_copy)
+    assert "validate_trace" not in dry.stdout and "normalize_trace" not in dry.stdout
+    assert staged.exists()  # a dry run removes nothing
+    rerun = tracelab("run", "--cores", "1", summary.relative_to(workflow_copy), cwd=workflow_copy)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert summary.exists() and not staged.exists()
+    assert f"Removing temporary output {staged.relative_to(workflow_copy)} left by an " \
+           f"interrupted run." in rerun.stdout + rerun.stderr
+
+
+def test_run_keeps_a_temporary_output_a_job_of_the_run_reads(workflow_copy):
+    (workflow_copy / "config/traces.tsv").write_text(
+        "trace\tpath\nweb\tdata/web_browsing.csv.gz\n")
+    validated = tracelab("run", "--cores", "1", "results/validation/web.json", cwd=workflow_copy)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    staged = workflow_copy / "results/staged/web.arrow"
+    assert staged.exists()  # a target job's temp() output stays
+    result = tracelab("run", "--cores", "1", "results/packets/web.parquet", cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left by an interrupted run" not in result.stdout + result.stderr
+    assert "validate_trace" not in result.stdout + result.stderr  # the kept copy was read
+    assert not staged.exists()
 
 
 def test_run_passes_options_and_targets_to_snakemake(workflow_copy):

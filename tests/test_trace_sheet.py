@@ -1,14 +1,22 @@
 import gzip
+import importlib
+import subprocess
+import sys
 
 import pytest
+import yaml
+from snakemake.io import PeriodicityDetector
 
-from tracelab.ingest.sheet import (
-    TraceSheetError,
+from tracelab.ingest.export.header import Header
+from tracelab.ingest.formats import (
+    BY_NAME,
+    FORMATS,
     content_format,
-    infer_format,
-    load_trace_sheet,
+    format_by_suffix,
     trace_name_for,
 )
+from tracelab.ingest.sheet import SCHEMA_PATH, TraceSheetError, load_trace_sheet
+from tracelab.ingest.validate import READERS
 
 HEADER = "trace\tpath\tformat\tlabel\ttimezone\tdescription\n"
 
@@ -44,8 +52,8 @@ def test_format_inferred_and_defaults_filled(trace_file):
     ("x.pcap", "pcap"), ("x.cap", "pcap"), ("x.pcapng.gz", "pcapng"), ("x.CSV", "wireshark_csv"),
     ("x.txt", None),
 ])
-def test_infer_format(name, expected):
-    assert infer_format(name) == expected
+def test_format_by_suffix(name, expected):
+    assert format_by_suffix(name) == expected
 
 
 @pytest.mark.parametrize("row,message", [
@@ -112,8 +120,11 @@ PCAP_HEAD = bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")
     ("\ufeff\"No.\",\"Zeit\",\"Quelle\"\n".encode(), True, "wireshark_csv"),
     (b"", False, None), ("No.,Time\n".encode("utf-16"), False, None),
     (bytes(range(256)), False, None), (b"\x1f\x8b\x08garbage", False, None),
+    (b"No.;Zeit;Quelle\r1;x;y\r", False, "wireshark_csv"),
+    (b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon\n", False, None),
+    (b"# a comment\nkey: value, other\n", True, None),
 ], ids=["pcapng", "pcapng.gz", "pcap", "pcap-ns.gz", "csv", "csv-bom.gz", "empty", "utf16",
-        "binary", "bad-gzip"])
+        "binary", "bad-gzip", "csv-semicolon-cr", "passwd", "text-without-a-header.gz"])
 def test_content_format_from_the_first_bytes(tmp_path, content, gz, expected):
     path = tmp_path / "f"
     path.write_bytes(gzip.compress(content) if gz else content)
@@ -130,7 +141,7 @@ def test_the_bundled_traces_show_their_declared_formats():
 @pytest.mark.parametrize("declared,content,shown", [
     ("wireshark_csv", PCAPNG_HEAD, "a pcapng capture"),
     ("pcap", PCAPNG_HEAD, "a pcapng capture"),
-    ("pcapng", b'"No.","Time"\n', "UTF-8 text (a CSV export)"),
+    ("pcapng", b'"No.","Time"\n', BY_NAME["wireshark_csv"].shown_as),
 ])
 def test_a_declared_format_the_content_contradicts(tmp_path, declared, content, shown):
     (tmp_path / "t.bin").write_bytes(content)
@@ -156,3 +167,83 @@ def test_content_that_shows_no_format_is_left_to_the_reader(tmp_path):
 ])
 def test_trace_name_for_a_file(file, name):
     assert trace_name_for(file) == name
+
+
+# --- One registry of formats ----------------------------------------------------------------
+
+def test_the_sheet_schema_lists_exactly_the_registered_formats():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert schema["properties"]["format"]["enum"] == ["", *BY_NAME]
+
+
+def test_readers_come_from_the_registry_and_each_has_a_stage():
+    assert READERS == {fmt.name: fmt.reader for fmt in FORMATS}
+    for module in set(READERS.values()):
+        assert callable(importlib.import_module(module).stage)
+
+
+def test_the_registry_knows_the_capture_readers_magic_numbers():
+    from tracelab.ingest.capture.pcap import PCAP_MAGIC
+    from tracelab.ingest.capture.pcapng import PCAPNG_SHB
+    assert set(BY_NAME["pcap"].magic) == set(PCAP_MAGIC)
+    assert BY_NAME["pcapng"].magic == (PCAPNG_SHB.to_bytes(4, "little"),)
+
+
+@pytest.mark.parametrize("delimiter", BY_NAME["wireshark_csv"].delimiters)
+def test_the_registry_knows_the_export_readers_delimiters(delimiter):
+    assert Header(delimiter.join(["No.", "Time", "Source"])).delimiter == delimiter
+
+
+def test_an_unknown_suffix_names_every_format_and_suffix(trace_file):
+    (trace_file / "t.txt").write_bytes(b"")
+    with pytest.raises(TraceSheetError) as error:
+        load_trace_sheet(sheet(trace_file, ("t", "t.txt", "", "", "", "")), trace_file)
+    assert str(error.value).endswith(
+        "field 'format': cannot infer the format of 't.txt'; name it (wireshark_csv, pcap, "
+        "pcapng) or use a known suffix (.cap, .csv, .pcap, .pcapng, optionally .gz)")
+
+
+# --- Names that would fail later: too long, equal but for case, periodic ----------------------
+
+def test_a_name_of_100_characters_passes_and_one_of_101_is_refused(trace_file):
+    ok = "n" + "0123456789" * 9 + "abcdefghi"
+    assert len(ok) == 100
+    assert list(load_trace_sheet(sheet(trace_file, (ok, "a.csv.gz")), trace_file).index) == [ok]
+    with pytest.raises(TraceSheetError) as error:
+        load_trace_sheet(sheet(trace_file, (ok + "j", "a.csv.gz")), trace_file)
+    assert "line 2" in str(error.value) and "field 'trace'" in str(error.value)
+    assert "is too long" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_names_equal_but_for_case_are_refused_naming_both_lines(trace_file):
+    with pytest.raises(TraceSheetError) as error:
+        load_trace_sheet(sheet(trace_file, ("Scan", "a.csv.gz"), ("web", "a.csv.gz"),
+                               ("scan", "a.csv.gz")), trace_file)
+    assert str(error.value) == (
+        f"trace sheet {trace_file / 'traces.tsv'}, line 4 (trace 'scan'): trace name differs "
+        f"from 'Scan' (line 2) only by case; the two would share output files on a "
+        f"case-insensitive file system")
+
+
+@pytest.mark.parametrize("name", [
+    "a" * 20, "a" * 19, "trace_" + "0" * 20, "trace_" + "0" * 19, "ab" * 20, "ab" * 19 + "a",
+    "x" + "abc" * 20, "scan_2026_" + "12" * 21, "log4j_scan", "web_browsing",
+])
+def test_a_name_is_refused_exactly_when_snakemake_takes_it_for_periodic(trace_file, name):
+    periodic = PeriodicityDetector().is_periodic(name) is not None
+    path = sheet(trace_file, (name, "a.csv.gz"))
+    if not periodic:
+        assert list(load_trace_sheet(path, trace_file).index) == [name]
+        return
+    with pytest.raises(TraceSheetError, match=r"line 2 .*field 'trace': ends in .* repeated "
+                                              r"20 or more times, which Snakemake refuses"):
+        load_trace_sheet(path, trace_file)
+
+
+def test_a_job_imports_only_the_reader_of_its_format():
+    code = ("import sys; from tracelab.ingest import validate, sheet; "
+            "print(sorted(m for m in sys.modules if m in "
+            f"{sorted(set(READERS.values()))!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

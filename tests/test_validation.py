@@ -1,10 +1,13 @@
 """Stage 1 on small hand-made exports: what is kept, what is put aside, and why."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
-from conftest import HEADER, write_export
+from conftest import run_snakemake
+from trace_files import HEADER, write_export
 
 from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import read_staged
@@ -127,3 +130,69 @@ def test_tshark_arrow_and_gzip(tmp_path):
                             invalid_path=tmp_path / "i.csv")
     assert report["rows_valid"] == 3
     assert "→" in read_staged(tmp_path / "s.arrow").column("info")[0].as_py()
+
+
+# --- A full disk: nothing half-written, one line naming the file ------------------------------
+
+FULL_DISK_STAGE = '''
+import errno, sys, types
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tracelab.core import atomic
+from tracelab.core.runner import run_stage
+
+out, log, kind = sys.argv[1:]
+job = types.SimpleNamespace(log=[log], config={"progress_interval_s": 5}, rule="stage",
+                            wildcards={"trace": "t"})
+
+def pyarrow_full(table, where, **options):  # pyarrow's error: the errno in its text only
+    with open(where, "wb") as handle:
+        handle.write(b"PAR1 half")
+    raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+def stage():
+    if kind == "pyarrow":
+        pq.write_table = pyarrow_full
+        atomic.write_parquet(pa.table({"x": [1]}), out)
+    with atomic.atomic_path(out) as part:
+        part.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+run_stage(job, stage)
+'''
+
+
+@pytest.mark.parametrize("kind", ["os", "pyarrow"])
+def test_a_full_disk_stops_the_job_with_one_line_and_no_half_file(tmp_path, kind):
+    out, log = tmp_path / "out" / "t.json", tmp_path / "t.log"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_STAGE, str(out), str(log), kind],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"tracelab: error: no space left on device writing {out}\n"
+    assert list(out.parent.iterdir()) == []  # neither the output nor its temporary
+    assert "no space left on device writing" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_full_results_disk_leaves_no_empty_report_and_says_so(workflow_copy):
+    """The bundled web trace on a 300 KiB tmpfs: its staged table does not fit."""
+    results = workflow_copy / "results"
+    results.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(results)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        run = run_snakemake(workflow_copy, "--cores", "1", "results/validation/web_browsing.json",
+                            check=False)
+        files = {str(p.relative_to(results)): p.stat().st_size
+                 for p in results.rglob("*") if p.is_file()}
+        log = (results / "logs/validate/web_browsing.log").read_text()
+    finally:
+        subprocess.run(["umount", str(results)], check=True)
+    assert run.returncode != 0
+    lines = [line for line in run.stderr.splitlines() if line.startswith("tracelab: error:")]
+    assert lines == ["tracelab: error: no space left on device writing "
+                     "results/staged/web_browsing.arrow"]
+    assert "Traceback" not in run.stderr + log and "unexpected failure" not in log
+    assert files == {"logs/validate/web_browsing.log": len(log.encode())}

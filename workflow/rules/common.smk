@@ -3,11 +3,13 @@ import math
 import mimetypes
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from snakemake.exceptions import IncompleteCheckpointException
+from snakemake.io import is_flagged
 
 # `snakemake --report` types each result by its extension: Parquet would be offered as text.
 mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
@@ -85,6 +87,33 @@ def validation_code(wildcards):
     """validate_trace loads its reader by format at run time: a pcap fix reruns no CSV trace."""
     reader = module_file(READERS[trace_row(wildcards)["format"]], PACKAGE_DIR)
     return code_version(SCRIPTS_DIR / "validate_trace.py", reader, package_dir=PACKAGE_DIR)
+
+
+def stale_temporaries(dag):
+    """temp() outputs an interrupted run left behind: Snakemake removes one after the last job
+    that reads it, so a run killed before then (or while it defers removals until its
+    checkpoints are done) leaves a full copy that no later run removes. Stale here: of a job
+    that does not run now and is not a target, and needed by no job that runs."""
+    for job in dag.jobs:
+        if dag.needrun(job) or job in dag.targetjobs:
+            continue
+        for output in job.output:
+            if (
+                is_flagged(output, "temp")
+                and os.path.exists(output)
+                and not dag.is_needed_tempfile(job, output)
+            ):
+                yield output
+
+
+onstart:
+    if not workflow.storage_settings.notemp:
+        for output in stale_temporaries(workflow.dag):
+            print(f"Removing temporary output {output} left by an interrupted run.")
+            if os.path.isdir(output):
+                shutil.rmtree(output)
+            else:
+                os.remove(output)
 
 
 def source_fingerprint(wildcards):

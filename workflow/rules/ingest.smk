@@ -22,10 +22,6 @@ rule validate_trace:
         staged=temp("results/staged/{trace}.arrow"),
     log:
         "results/logs/validate/{trace}.log",
-        # Snakemake deletes a failed job's outputs but keeps its logs: the report and the
-        # rejected rows are copied here, and moved here when the trace fails.
-        report="results/logs/validate/{trace}.report.json",
-        invalid="results/logs/validate/{trace}.invalid.csv",
     benchmark:
         "results/benchmarks/validate/{trace}.tsv"
     conda:
@@ -41,6 +37,11 @@ rule validate_trace:
         source_format=lambda wc: trace_row(wc)["format"],
         timezone=lambda wc: trace_row(wc)["timezone"],
         settings=stable_params(config["validation"]),
+        # Snakemake deletes a failed job's outputs: the report and the rejected rows are copied
+        # here, and moved here when the trace fails. Not `log:` files, which Snakemake creates
+        # empty when a job could not write them (a full disk).
+        kept_report="results/logs/validate/{trace}.report.json",
+        kept_invalid="results/logs/validate/{trace}.invalid.csv",
     script:
         "../scripts/validate_trace.py"
 

@@ -10,8 +10,8 @@ run_stage(
     staged_path=snakemake.output.staged,
     report_path=snakemake.output.report,
     invalid_path=snakemake.output.invalid,
-    log_report_path=snakemake.log.report,
-    log_invalid_path=snakemake.log.invalid,
+    log_report_path=snakemake.params.kept_report,
+    log_invalid_path=snakemake.params.kept_invalid,
     timezone=snakemake.params.timezone,
     settings=snakemake.params.settings,
 )

@@ -18,8 +18,14 @@ import pyarrow.parquet as pq
 
 from tracelab.core.errors import TraceInputError
 from tracelab.features.summary import trace_features
+from tracelab.ingest.formats import (
+    TEXT_FORMAT,
+    content_format,
+    format_by_suffix,
+    trace_name_for,
+)
 from tracelab.ingest.normalize import normalize_trace
-from tracelab.ingest.sheet import content_format, infer_format, is_time_zone, trace_name_for
+from tracelab.ingest.sheet import is_time_zone
 from tracelab.ingest.validate import validate_trace
 
 
@@ -41,14 +47,17 @@ class Workspace:
 
 
 def source_format_of(path: Path) -> str:
-    """The format the file's content shows, else its name's; else wireshark_csv, whose reader
-    then says what is wrong with the file (empty, UTF-16, not text, a folder...)."""
+    """The format the file's content shows, else its name's; else the text format (CSV
+    exports), whose reader then says what is wrong with the file (empty, UTF-16, not text, a
+    folder...)."""
     found = content_format(path) if path.is_file() else None
-    return found or infer_format(str(path)) or "wireshark_csv"
+    return found or format_by_suffix(path) or TEXT_FORMAT.name
 
 
-def _normalized(path, timezone: str, source_format: str | None, work: Workspace) -> dict:
-    """Validate and normalize `path` into `work`; return the validation report."""
+def _normalized(path, timezone: str, source_format: str | None, work: Workspace,
+                settings: dict | None = None) -> dict:
+    """Validate and normalize `path` into `work` (config's `validation` section: `settings`
+    over its defaults); return the validation report."""
     path = Path(path)
     if not path.exists():  # checked here: the capture reader expects an existing file
         raise TraceInputError(path, "readable", "no such file")
@@ -59,7 +68,8 @@ def _normalized(path, timezone: str, source_format: str | None, work: Workspace)
     try:
         report = validate_trace(trace=trace, source=str(path), source_format=source_format,
                                 staged_path=work.staged, report_path=work.report,
-                                invalid_path=work.invalid, timezone=timezone)
+                                invalid_path=work.invalid, timezone=timezone,
+                                settings=settings)
     except TraceInputError as error:
         # The report named by the error is in the temporary directory, gone on return.
         raise TraceInputError(error.path, error.check, error.detail, row=error.row,
@@ -88,12 +98,16 @@ def read(path, timezone: str = "UTC", source_format: str | None = None) -> pa.Ta
         return pq.read_table(work.packets)
 
 
-def inspect(path, timezone: str = "UTC", source_format: str | None = None) -> dict:
+def inspect(path, timezone: str = "UTC", source_format: str | None = None,
+            max_invalid_fraction: float | None = None) -> dict:
     """What the pipeline learns of one trace file: its validation report under `validation`
-    and the per-trace summary of results/features/{trace}/summary.json under `summary`."""
+    and the per-trace summary of results/features/{trace}/summary.json under `summary`;
+    `max_invalid_fraction` replaces config's validation.max_invalid_fraction default."""
     with tempfile.TemporaryDirectory(prefix="tracelab-") as tmp:
         work = Workspace.inside(tmp)
-        report = _normalized(path, timezone, source_format, work)
+        settings = None if max_invalid_fraction is None else {
+            "max_invalid_fraction": max_invalid_fraction}
+        report = _normalized(path, timezone, source_format, work, settings)
         summary = trace_features(trace=report["trace"], packets_path=work.packets,
                                  summary_path=work.summary,
                                  distributions_path=work.distributions)

@@ -18,18 +18,11 @@ import pandas as pd
 import yaml
 
 from tracelab.api import inspect
-from tracelab.core.atomic import atomic_path
+from tracelab.core.atomic import atomic_path, is_disk_full, unwritten_path
 from tracelab.core.config import ConfigError, check_config
 from tracelab.core.errors import TraceInputError
-from tracelab.ingest.sheet import (
-    COLUMNS,
-    CONTENT_NAMES,
-    TraceSheetError,
-    check_sheet,
-    content_format,
-    read_sheet,
-    trace_name_for,
-)
+from tracelab.ingest.formats import content_format, shown_as_text, trace_name_for
+from tracelab.ingest.sheet import COLUMNS, TraceSheetError, check_sheet, read_sheet
 
 CONFIG_FILE = Path("config/config.yaml")
 REPORT = "results/report.html"
@@ -94,15 +87,33 @@ def summary_lines(path: str, found: dict) -> list[tuple[str, str]]:
     ]
 
 
+def terminal_text(text: str) -> str:
+    """`text` with every character that is not printable (escape sequences, bell, line breaks,
+    bidi overrides) quoted as repr quotes it, so a trace's strings cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _fraction(text: str) -> float:
+    """An --max-invalid-fraction value: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
 def command_inspect(args) -> int:
-    found = inspect(args.file, timezone=args.timezone)
-    if args.json:
+    found = inspect(args.file, timezone=args.timezone,
+                    max_invalid_fraction=args.max_invalid_fraction)
+    if args.json:  # JSON escapes control characters itself
         print(json.dumps(found, indent=2, default=str))
         return 0
     lines = summary_lines(args.file, found)
     width = max(len(name) for name, _ in lines) + 1
     for name, value in lines:
-        print(f"{name + ':':<{width}} {value}")
+        print(f"{name + ':':<{width}} {terminal_text(value)}")
     return 0
 
 
@@ -130,9 +141,8 @@ def new_row(args, root: Path, sheet: pd.DataFrame) -> dict:
     source_format = content_format(file)
     if source_format is None:
         raise UsageError(
-            f"{args.file}: its first bytes show neither a {CONTENT_NAMES['pcap']}, nor "
-            f"{CONTENT_NAMES['pcapng']}, nor {CONTENT_NAMES['wireshark_csv']} (gzip-compressed "
-            f"or not); `tracelab inspect {args.file}` says more")
+            f"{args.file}: not a trace file: its first bytes show none of {shown_as_text()} "
+            f"(gzip-compressed or not); `tracelab inspect {args.file}` says more")
     name = args.name or trace_name_for(file)
     for existing in sheet.to_dict("records"):
         if existing["trace"] == name:
@@ -178,6 +188,21 @@ def snakemake(root: Path, options: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "snakemake", *options], cwd=root)
 
 
+def check_snakemake_options(options: list[str]) -> None:
+    """Raise UsageError, in one line, for an option snakemake would refuse (it would print its
+    whole usage, some hundred lines, before saying which)."""
+    from snakemake.cli import get_argument_parser  # heavy: only for the commands that need it
+
+    def refuse(message: str):
+        raise UsageError(f"snakemake option: {message}")
+
+    snakemake_parser = get_argument_parser()
+    snakemake_parser.error = refuse
+    _, unknown = snakemake_parser.parse_known_args(options)
+    if unknown:
+        refuse(f"unrecognized arguments: {' '.join(unknown)} (see python -m snakemake --help)")
+
+
 def command_run(args) -> int:
     options = list(args.options)
     if not any(option.split("=")[0] in CORES_OPTIONS or
@@ -207,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
                           help="IANA zone of a CSV export's local clock (default UTC)")
     inspect_.add_argument("--json", action="store_true",
                           help="print the validation report and the summary as JSON")
+    inspect_.add_argument("--max-invalid-fraction", type=_fraction, default=None,
+                          metavar="F", help="the share of rows that may be invalid before the "
+                          "trace is refused, 0..1 (default: config's validation section)")
     inspect_.set_defaults(handler=command_inspect)
 
     add = commands.add_parser(
@@ -227,13 +255,13 @@ def parser() -> argparse.ArgumentParser:
         "run", help="run the pipeline with snakemake (--cores all unless given)",
         description="Run snakemake in the checkout; every other option is passed on to it.",
         usage="tracelab run [snakemake options and targets]")
-    run.set_defaults(handler=command_run)
+    run.set_defaults(handler=command_run, usage=run)
 
     report = commands.add_parser(
         "report", help=f"build {REPORT} from the finished run",
         description=f"Run `snakemake --report {REPORT}` in the checkout; every other option "
         "is passed on to it.", usage="tracelab report [snakemake options]")
-    report.set_defaults(handler=command_report)
+    report.set_defaults(handler=command_report, usage=report)
     return main
 
 
@@ -242,8 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     args, args.options = commands.parse_known_args(argv)
     if args.options and args.command not in PASSES_OPTIONS:
         commands.error(f"unrecognized arguments: {' '.join(args.options)}")
+    if args.command in PASSES_OPTIONS:
+        try:
+            check_snakemake_options(args.options)
+        except UsageError as error:
+            args.usage.error(str(error))  # the command's usage line and this one
     try:
         return args.handler(args)
     except (UsageError, TraceInputError, TraceSheetError, ConfigError) as error:
-        print(f"tracelab {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        return failed(args.command, str(error))
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        return failed(args.command, f"no space left on device writing "
+                                    f"{unwritten_path(error) or 'a temporary file'}")
+
+
+def failed(command: str, message: str) -> int:
+    print(f"tracelab {command}: error: {terminal_text(message)}", file=sys.stderr)
+    return 1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,10 @@ import pyarrow.parquet as pq
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 OUTPUT_MODE = 0o666 & ~_UMASK
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# The note a full disk's error gets from the first output it made us give up on: pyarrow's
+# errors name no file.
+WRITING = "writing "
 
 
 class AtomicPath:
@@ -46,6 +52,9 @@ class AtomicPath:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
         self.settled = True
+        error = sys.exc_info()[1]  # the error that made us give up, if one is being handled
+        if is_disk_full(error) and _noted_path(error) is None:
+            error.add_note(f"{WRITING}{self.path}")
 
     def __enter__(self) -> Path:
         return self.tmp
@@ -76,6 +85,31 @@ def _remove_stale_temporaries(path: Path) -> None:
         if stale.fullmatch(entry.name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
+
+
+def _chain(error: BaseException | None):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it came from, is a full disk or quota (pyarrow's errors
+    carry the errno in their text only)."""
+    return any(isinstance(e, OSError) and (e.errno in DISK_FULL or any(
+        f"[errno {number}]" in str(e).lower() for number in DISK_FULL)) for e in _chain(error))
+
+
+def _noted_path(error: BaseException) -> str | None:
+    notes = (note for each in _chain(error) for note in getattr(each, "__notes__", ()))
+    return next((note.removeprefix(WRITING) for note in notes if note.startswith(WRITING)), None)
+
+
+def unwritten_path(error: BaseException) -> str | None:
+    """The file a full disk stopped: the output it made us give up on first (not its
+    temporary), else the error's own file name."""
+    filenames = (each.filename for each in _chain(error) if getattr(each, "filename", None))
+    return _noted_path(error) or next(map(str, filenames), None)
 
 
 def write_text(path, text: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -57,22 +58,32 @@ def with_defaults(section: str, values: dict | None) -> dict:
     return merged
 
 
+class ConfigError(ValueError):
+    pass
+
+
 def settings(cls, section: str, values: dict | None = None):
     """A settings dataclass of a config section: the given values over the schema's defaults
-    (nested sections are flattened when the dataclass has their keys as fields)."""
+    (nested sections are flattened when the dataclass has their keys as fields). The one way
+    every stage reads its section: a key without a field, or a field without a key, is an
+    error rather than a setting silently dropped or defaulted in code."""
     merged = with_defaults(section, values)
     names = {field.name for field in dataclasses.fields(cls)}
     flat = {}
     for key, value in merged.items():
         if isinstance(value, dict) and key not in names:
-            flat.update(value)
+            flat.update({f"{key}.{inner}": (inner, item) for inner, item in value.items()})
         else:
-            flat[key] = value
-    return cls(**{key: value for key, value in flat.items() if key in names})
-
-
-class ConfigError(ValueError):
-    pass
+            flat[key] = (key, value)
+    unused = sorted(dotted for dotted, (key, _) in flat.items() if key not in names)
+    missing = sorted(names - {key for key, _ in flat.values()})
+    if unused or missing:
+        raise ConfigError(
+            f"config section {section!r} and {cls.__name__} disagree: "
+            + "; ".join(filter(None, [
+                unused and f"key(s) without a field: {', '.join(unused)}",
+                missing and f"field(s) without a key: {', '.join(missing)}"])))
+    return cls(**dict(flat.values()))
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,23 @@ def lookup(config: dict, dotted: str):
     return config
 
 
+def _finite_number(checker, instance) -> bool:
+    return (jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number")
+            and math.isfinite(instance))
+
+
+# YAML's .nan and .inf pass every bound of the schema (nan > 0 is false, so is nan <= 0), and
+# fail in the job that uses them: a number in the config must be finite.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number))
+
+
+def _not_finite(error: jsonschema.ValidationError) -> bool:
+    return (error.validator == "type" and isinstance(error.instance, float)
+            and not math.isfinite(error.instance))
+
+
 def _schema_problem(error: jsonschema.ValidationError) -> str:
     where = ".".join(str(part) for part in error.absolute_path)
     if error.validator == "additionalProperties":
@@ -120,13 +148,14 @@ def _schema_problem(error: jsonschema.ValidationError) -> str:
                 f"known keys: {', '.join(known)}")
     meaning = error.schema.get("description") if isinstance(error.schema, dict) else None
     key = f"key {where!r}: " if where else ""
-    return key + error.message + (f" ({meaning})" if meaning and where else "")
+    message = f"{error.instance} is not a finite number" if _not_finite(error) else error.message
+    return key + message + (f" ({meaning})" if meaning and where else "")
 
 
 def check_config(config: dict, source: str = "config") -> dict:
     """The config with the schema's defaults filled in; raises ConfigError naming `source`, the
     key and the check that failed (the schema's first, then the cross-field RULES)."""
-    validator = jsonschema.Draft202012Validator(config_schema())
+    validator = Validator(config_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(f"{source}: {_schema_problem(error)}")

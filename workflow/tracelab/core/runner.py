@@ -8,6 +8,7 @@ import time
 import traceback
 
 from tracelab.core import progress
+from tracelab.core.atomic import is_disk_full, unwritten_path
 from tracelab.core.errors import TraceInputError
 
 log = logging.getLogger("tracelab")
@@ -19,6 +20,9 @@ def run_stage(snakemake, stage, **kwargs):
     The log opens with a line naming the job and closes with its wall time, with progress
     lines in between (every progress_interval_s of the config) while a long stage runs.
     """
+    # A log that cannot be written (a full disk) must not add a traceback of its own to the
+    # job's one line on stderr.
+    logging.raiseExceptions = False
     handler = logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
@@ -29,11 +33,21 @@ def run_stage(snakemake, stage, **kwargs):
     try:
         result = stage(**kwargs)
     except TraceInputError as error:
-        log.error("%s", error)
-        print(f"tracelab: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(error))
+    except OSError as error:
+        if not is_disk_full(error):
+            log.error("unexpected failure:\n%s", traceback.format_exc())
+            raise
+        fail(f"no space left on device writing {unwritten_path(error) or 'an output'}")
     except Exception:
         log.error("unexpected failure:\n%s", traceback.format_exc())
         raise
     log.info("%s: finished in %.1f s", job, time.monotonic() - started)
     return result
+
+
+def fail(message: str):
+    """Exit 1 with `message`, one line, in the log and on stderr."""
+    log.error("%s", message)
+    print(f"tracelab: error: {message}", file=sys.stderr)
+    sys.exit(1)

@@ -6,12 +6,7 @@ row and the problem.
 
 from __future__ import annotations
 
-import codecs
-import gzip
-import os
 import re
-import struct
-import zlib
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,42 +14,24 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from tracelab.ingest.capture.reader import GZIP_MAGIC, PCAP_MAGIC, PCAPNG_SHB
+from tracelab.ingest.formats import (
+    BY_NAME,
+    content_format,
+    format_by_suffix,
+    suffixes_text,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "traces.schema.yaml"
 COLUMNS = ["trace", "path", "format", "label", "timezone", "description"]
 REQUIRED = ["trace", "path"]
-FORMAT_BY_SUFFIX = {
-    ".csv": "wireshark_csv",
-    ".pcap": "pcap",
-    ".cap": "pcap",
-    ".pcapng": "pcapng",
-}
-# How each format is named when the content shows one format and the sheet says another.
-CONTENT_NAMES = {"wireshark_csv": "UTF-8 text (a CSV export)", "pcap": "a pcap capture",
-                 "pcapng": "a pcapng capture"}
-HEAD_BYTES = 4096
+# Snakemake refuses a wildcard value that ends in 20 or more repeats of one substring (its
+# PeriodicityDetector takes it for a cyclic dependency): such a name would pass here and stop the
+# run with a PeriodicWildcardError.
+PERIODIC = re.compile(r"(.+)\1{19,}$")
 
 
 class TraceSheetError(ValueError):
     pass
-
-
-def infer_format(path: str) -> str | None:
-    """Format from the file name, looking through a trailing .gz."""
-    name = Path(path).name.lower()
-    name = name.removesuffix(".gz")
-    return FORMAT_BY_SUFFIX.get(Path(name).suffix)
-
-
-def trace_name_for(path) -> str:
-    """A trace name from a file name: without .gz and the format's suffix, and with anything a
-    name may not hold (see the sheet schema's pattern) replaced by `_`."""
-    name = Path(path).name
-    name = name[:-3] if name.lower().endswith(".gz") else name
-    stem, suffix = os.path.splitext(name)
-    name = stem if suffix.lower() in FORMAT_BY_SUFFIX else name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-") or "trace"
 
 
 def is_time_zone(name: str) -> bool:
@@ -64,41 +41,6 @@ def is_time_zone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError):
         return False
     return True
-
-
-def _head(path: Path) -> bytes:
-    """The file's first HEAD_BYTES, gunzipped if it starts with the gzip magic (b"" if that
-    much cannot be read: the reader then says what is wrong)."""
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == GZIP_MAGIC
-        handle.seek(0)
-        stream = gzip.GzipFile(fileobj=handle) if compressed else handle
-        try:
-            return stream.read(HEAD_BYTES)
-        except (OSError, EOFError, zlib.error):
-            return b""
-
-
-def _is_utf8_text(head: bytes) -> bool:
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    return b"\x00" not in head
-
-
-def content_format(path) -> str | None:
-    """The format the file's first bytes show, through gzip: pcap or pcapng by their magic
-    number, wireshark_csv for UTF-8 text; None when they show none of these (empty, damaged,
-    UTF-16 or other binary data), which the format's reader reports in detail."""
-    head = _head(Path(path))
-    if len(head) >= 4 and struct.unpack_from("<I", head)[0] == PCAPNG_SHB:
-        return "pcapng"
-    if head[:4] in PCAP_MAGIC:
-        return "pcap"
-    if head and _is_utf8_text(head):
-        return "wireshark_csv"
-    return None
 
 
 def read_sheet(sheet_path) -> pd.DataFrame:
@@ -144,12 +86,43 @@ def load_trace_sheet(sheet_path, root) -> pd.DataFrame:
     return check_sheet(read_sheet(sheet_path), f"trace sheet {sheet_path}", root)
 
 
+def _name_problem(name: str, seen: dict[str, tuple[str, int]]) -> str | None:
+    """What keeps `name` from naming output files next to the names `seen` so far (casefolded
+    name -> (name, line)), or None."""
+    if name.casefold() in seen:
+        first, line = seen[name.casefold()]
+        if first == name:
+            return f"duplicate trace name, first used on line {line}"
+        return (f"trace name differs from {first!r} (line {line}) only by case; the two would "
+                f"share output files on a case-insensitive file system")
+    periodic = PERIODIC.search(name)
+    if periodic:
+        return (f"field 'trace': ends in {periodic.group(1)!r} repeated 20 or more times, "
+                f"which Snakemake refuses as a periodic wildcard; choose another name")
+    return None
+
+
+def _source_format(row: dict, path: Path, here: str) -> str:
+    """The row's format: as given or from the suffix, and not contradicted by the content."""
+    fmt = row["format"] or format_by_suffix(row["path"])
+    if fmt is None:
+        raise TraceSheetError(
+            f"{here}: field 'format': cannot infer the format of {row['path']!r}; name it "
+            f"({', '.join(BY_NAME)}) or use a known suffix ({suffixes_text()})")
+    found = content_format(path)
+    if found not in (None, fmt):
+        raise TraceSheetError(
+            f"{here}: field 'format': {fmt!r}, but the file holds {BY_NAME[found].shown_as}; "
+            f"set the format to {found}")
+    return fmt
+
+
 def check_sheet(sheet: pd.DataFrame, where: str, root) -> pd.DataFrame:
     """Check every row of `sheet` (as read_sheet gives it); return the rows indexed by trace,
     with `path` made absolute and format, label and timezone filled in."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[str, int]] = {}
     rows = []
     for row in sheet.to_dict("records"):
         line = row.pop("line")
@@ -160,26 +133,17 @@ def check_sheet(sheet: pd.DataFrame, where: str, root) -> pd.DataFrame:
             meaning = error.schema.get("description") if isinstance(error.schema, dict) else None
             raise TraceSheetError(f"{here}: field {field!r}: {error.message}"
                                   + (f" ({meaning})" if meaning else ""))
-        if name in seen:
-            raise TraceSheetError(f"{here}: duplicate trace name, first used on line {seen[name]}")
-        seen[name] = line
+        problem = _name_problem(name, seen)
+        if problem:
+            raise TraceSheetError(f"{here}: {problem}")
+        seen[name.casefold()] = (name, line)
         path = Path(row["path"])
         path = path if path.is_absolute() else Path(root) / path
         if not path.exists():
             raise TraceSheetError(f"{here}: field 'path': file not found: {path}")
         if not path.is_file():
             raise TraceSheetError(f"{here}: field 'path': not a regular file: {path}")
-        fmt = row["format"] or infer_format(row["path"])
-        if fmt is None:
-            raise TraceSheetError(
-                f"{here}: field 'format': cannot infer the format of {row['path']!r}; "
-                f"name it (wireshark_csv, pcap, pcapng) or use a known suffix "
-                f"({', '.join(sorted(FORMAT_BY_SUFFIX))}, optionally .gz)")
-        found = content_format(path)
-        if found not in (None, fmt):
-            raise TraceSheetError(
-                f"{here}: field 'format': {fmt!r}, but the file holds {CONTENT_NAMES[found]}; "
-                f"set the format to {found}")
+        fmt = _source_format(row, path, here)
         timezone = row["timezone"] or schema["properties"]["timezone"]["default"]
         if not is_time_zone(timezone):
             raise TraceSheetError(f"{here}: field 'timezone': unknown IANA time zone {timezone!r}")

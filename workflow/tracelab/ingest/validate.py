@@ -17,13 +17,11 @@ from pathlib import Path
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.errors import TraceInputError
+from tracelab.ingest.formats import FORMATS
 from tracelab.ingest.outcome import InvalidRows, ValidationOutcome, validation_settings
 
-READERS = {
-    "wireshark_csv": "tracelab.ingest.wireshark_csv",
-    "pcap": "tracelab.ingest.capture.reader",
-    "pcapng": "tracelab.ingest.capture.reader",
-}
+# format -> its reader module (also the Snakefile's: a job's code version is its reader's).
+READERS = {fmt.name: fmt.reader for fmt in FORMATS}
 
 
 def validate_trace(*, trace: str, source, source_format: str, staged_path, report_path,
