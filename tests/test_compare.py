@@ -51,7 +51,7 @@ def test_html_tables_escape_every_cell_and_heading():
                                      "duration_s": [86.602703]}))
     assert "<script>" not in table and "<b>" not in table
     assert "&lt;script&gt;" in table and "14,328" in table and "86.6" in table
-    assert '<td class="num">14,328</td>' in table
+    assert '<td class="num" data-sort="14328">14,328</td>' in table
 
 
 def test_markdown_of_the_package_becomes_html_with_its_text_escaped():
@@ -74,4 +74,5 @@ def test_the_summary_page_has_a_column_per_trace():
                             "protocol_counts": {"TCP": 2}}], {"a": "scan", "b": "normal"})
     page = summary_html(table)
     assert "<th>a</th><th>b</th>" in page
-    assert "<td>packets</td><td class=\"num\">1,586</td><td class=\"num\">14,328</td>" in page
+    assert ('<td>packets</td><td class="num" data-sort="1586">1,586</td>'
+            '<td class="num" data-sort="14328">14,328</td>') in page

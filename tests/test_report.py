@@ -7,6 +7,7 @@ websocket library and no browser download). Nothing is installed here; CI instal
 apt (see .ci/run).
 """
 
+import base64
 import contextlib
 import csv
 import fcntl
@@ -16,16 +17,20 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, copy_workflow, run_snakemake
+
+from tracelab.core.html import PAGE_BYTES, html_table, write_html
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -42,8 +47,6 @@ HOSTILE_URI = (
 )
 HOSTILE_ROWS = 300  # enough of the bundled scan for its HTTP requests and a few windows
 TIMEOUT_S = 60
-# Top-level entries of the repo that a fresh checkout has not got.
-NOT_COPIED = {"results", ".snakemake", ".git", ".pytest_cache", ".hypothesis", ".venv"}
 
 
 class DevTools:
@@ -147,16 +150,6 @@ def write_hostile_trace(path):
         csv.writer(export, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
 
 
-def run_snakemake(checkout, *args, check=True):
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=checkout, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(checkout / "workflow")}, timeout=1200,
-    )
-    if check:
-        assert run.returncode == 0, f"snakemake {' '.join(args)}:\n{run.stderr[-8000:]}"
-    return run
-
-
 def require_chromium():
     if not CHROMIUM.exists():
         # CI installs chromium: there its absence is a failure, not a skip.
@@ -168,11 +161,7 @@ def require_chromium():
 def checkout_with_traces(tmp_path_factory, name, hostile_label="scan"):
     """A copy of the repo whose trace sheet holds the hostile scan and the bundled browsing."""
     checkout = tmp_path_factory.mktemp(name) / "tracelab"
-    shutil.copytree(
-        REPO, checkout, symlinks=True,
-        ignore=lambda folder, names: NOT_COPIED.intersection(names)
-        if Path(folder) == REPO else {"__pycache__"},
-    )
+    copy_workflow(checkout)
     write_hostile_trace(checkout / "data" / "hostile_scan.csv.gz")
     with open(checkout / "config" / "traces.tsv", "w", newline="") as sheet:
         rows = csv.writer(sheet, delimiter="\t", lineterminator="\n")
@@ -299,13 +288,11 @@ def test_every_figure_is_shown(page, report):
     assert page_problems(browser) == []
 
 
-def rendered_text(browser, session, path):
-    """The text a reader sees when the report shows the HTML result `path`: the report puts
-    it in a frame of its own (a data: URI, another origin), so the text is read in that
-    frame through the DevTools protocol, once its document has loaded."""
-    data_uri = browser.evaluate(session, f"results[{json.dumps(path)}].data_uri")
-    browser.evaluate(session, f"""app.setView({{content: "html", contentPath:
-        results[{json.dumps(path)}].data_uri, resultPath: {json.dumps(path)}}})""")
+def frame_world(browser, session, data_uri):
+    """An execution context in the loaded frame that shows `data_uri`. The report puts each
+    HTML result in a frame of its own (a data: URI, another origin), so it is read through the
+    DevTools protocol, in a world of its own; DOM events dispatched there reach the page's
+    script."""
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
         tree = browser.send("Page.getFrameTree", session=session)["frameTree"]
@@ -314,14 +301,75 @@ def rendered_text(browser, session, path):
         if frames:
             world = browser.send("Page.createIsolatedWorld", session=session,
                                  frameId=frames[0])["executionContextId"]
-            text = browser.send(
-                "Runtime.evaluate", session=session, contextId=world, returnByValue=True,
-                expression="document.readyState === 'complete' ? document.body.innerText : ''",
-            )["result"].get("value")
-            if text:
-                return text
+            if in_frame(browser, session, world, "document.readyState === 'complete'"):
+                return world
         time.sleep(0.1)
-    raise AssertionError(f"{path} was not shown")
+    raise AssertionError(f"{data_uri[:80]}… was not shown")
+
+
+def in_frame(browser, session, world, expression):
+    result = browser.send("Runtime.evaluate", session=session, contextId=world,
+                          expression=expression, returnByValue=True)
+    if "exceptionDetails" in result:
+        raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def shown(browser, session, path):
+    """The frame world of the HTML result `path`, opened as the report's menu opens it."""
+    data_uri = browser.evaluate(session, f"results[{json.dumps(path)}].data_uri")
+    browser.evaluate(session, f"""app.setView({{content: "html", contentPath:
+        results[{json.dumps(path)}].data_uri, resultPath: {json.dumps(path)}}})""")
+    return frame_world(browser, session, data_uri)
+
+
+def rendered_text(browser, session, path):
+    """The text a reader sees when the report shows the HTML result `path`."""
+    return in_frame(browser, session, shown(browser, session, path), "document.body.innerText")
+
+
+# A reader's hands on the tables of a page: `probe.use(t)` picks table t, then each call
+# clicks, types or reads what is shown (cell texts of the rows on screen).
+TABLE_PROBE = """globalThis.probe = {
+  table: null,
+  use(table) { this.table = table; return true; },
+  heads() { return Array.from(this.table.tHead.rows[0].cells, (cell) => cell.textContent); },
+  sort(name) { this.table.tHead.rows[0].cells[this.heads().indexOf(name)].click(); },
+  tools() { return this.table.previousElementSibling; },
+  status() { return this.tools().querySelector("span").textContent; },
+  type(text) {
+    const box = this.tools().querySelector("input");
+    box.value = text;
+    box.dispatchEvent(new Event("input"));
+  },
+  button(label) {
+    return Array.from(this.tools().querySelectorAll("button"))
+      .find((button) => button.textContent.includes(label));
+  },
+  rows() { return Array.from(this.table.tBodies[0].rows,
+                             (row) => Array.from(row.cells, (cell) => cell.textContent)); },
+  everyRow() {  // page by page, as a reader pages through
+    while (!this.button("previous").disabled) this.button("previous").click();
+    const rows = this.rows();
+    while (!this.button("next").disabled) {
+      this.button("next").click();
+      rows.push(...this.rows());
+    }
+    return rows;
+  },
+};"""
+
+
+def probe(browser, session, world, call):
+    return in_frame(browser, session, world, f"probe.{call}")
+
+
+def framed(page_path: Path, wrapper: Path) -> str:
+    """`page_path` in a frame of `wrapper` as the report shows it (a base64 data: URI)."""
+    data_uri = ("data:text/html;charset=utf8;filename=t.html;base64,"
+                + base64.b64encode(page_path.read_bytes()).decode())
+    wrapper.write_text(f'<!DOCTYPE html><iframe src="{data_uri}"></iframe>')
+    return data_uri
 
 
 def test_tables_show_their_numbers_in_the_page(page, report):
@@ -397,3 +445,101 @@ def test_script_in_a_trace_label_runs_nowhere(tmp_path_factory):
     with opened(checkout / "results" / "report.html") as (browser, session):
         browser.evaluate(session, "new Promise(resolve => setTimeout(resolve, 500))")
         assert page_problems(browser) == []
+
+
+def table_page(tmp_path, frame, name="t.html"):
+    """`frame` as tracelab writes a table page, framed as the report frames it: (wrapper,
+    data URI of the page)."""
+    write_html(tmp_path / name, "t", html_table(frame))
+    return tmp_path / "wrapper.html", framed(tmp_path / name, tmp_path / "wrapper.html")
+
+
+def test_a_table_sorts_filters_and_pages_in_the_browser(tmp_path):
+    require_chromium()
+    generator = np.random.default_rng(3)
+    frame = pd.DataFrame({
+        "address": [f"10.0.{i % 7}.{i}" for i in range(250)],
+        "uri": [HOSTILE_URI if i % 50 == 0 else f"/p/{i}" for i in range(250)],
+        "bytes": generator.integers(1, 10**7, 250),  # thousands separators: 1,234,567
+    })
+    wrapper, data_uri = table_page(tmp_path, frame)
+    with opened(wrapper) as (browser, session):
+        world = frame_world(browser, session, data_uri)
+        in_frame(browser, session, world, TABLE_PROBE)
+        probe(browser, session, world, "use(document.querySelector('table'))")
+        assert probe(browser, session, world, "status()") == "rows 1\u2013100 of 250"
+        assert probe(browser, session, world, "rows()") == [
+            [row.address, row.uri, f"{row.bytes:,}"] for row in frame.head(100).itertuples()]
+        for ascending in (True, False):  # the first click sorts up, the second down
+            probe(browser, session, world, "sort('bytes')")
+            expected = frame.sort_values("bytes", ascending=ascending, kind="stable")
+            assert [row[2] for row in probe(browser, session, world, "rows()")] == [
+                f"{value:,}" for value in expected["bytes"].head(100)]
+        probe(browser, session, world, "button('next').click()")
+        assert probe(browser, session, world, "status()") == "rows 101\u2013200 of 250"
+        assert [row[0] for row in probe(browser, session, world, "rows()")] == (
+            expected["address"].iloc[100:200].tolist())
+        probe(browser, session, world, "type('10.0.3.')")  # a host's /24, sorted by bytes
+        host = expected[expected["address"].str.contains("10.0.3.", regex=False)]
+        assert [row[0] for row in probe(browser, session, world, "rows()")] == (
+            host["address"].tolist())
+        assert probe(browser, session, world, "status()") == (
+            f"rows 1\u2013{len(host)} of {len(host)} matching (of 250)")
+        probe(browser, session, world, "type('SCRIPT tracelab-xss')")  # every word, any case
+        assert [row[1] for row in probe(browser, session, world, "rows()")] == [HOSTILE_URI] * 5
+        probe(browser, session, world, "type('no such host')")
+        assert probe(browser, session, world, "rows()") == []
+        assert probe(browser, session, world, "status()") == "no row matches (of 250)"
+        assert page_problems(browser) == []
+
+
+def test_a_table_larger_than_a_report_page_keeps_the_rows_that_fit(tmp_path):
+    """100,000 conversations: cut to the first rows that fit the report's frame (Chromium
+    opens no larger data: URI), which load, sort and page."""
+    require_chromium()
+    frame = pd.DataFrame({"address_a": [f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+                                        for i in range(100_000)],
+                          "bytes": np.arange(100_000) * 1013 % 999_983})
+    wrapper, data_uri = table_page(tmp_path, frame)
+    assert len((tmp_path / "t.html").read_bytes()) <= PAGE_BYTES
+    assert len(data_uri) <= 2 * 1024 * 1024
+    with opened(wrapper) as (browser, session):
+        world = frame_world(browser, session, data_uri)
+        in_frame(browser, session, world, TABLE_PROBE)
+        probe(browser, session, world, "use(document.querySelector('table'))")
+        kept = int(probe(browser, session, world, "status()").split(" of ")[1].replace(",", ""))
+        assert 10_000 < kept < 100_000
+        note = in_frame(browser, session, world, "document.querySelector('p.note').textContent")
+        assert f"the first {kept:,} of these 100,000 rows" in note
+        probe(browser, session, world, "sort('bytes')")
+        probe(browser, session, world, "sort('bytes')")
+        assert probe(browser, session, world, "rows()")[0][1] == f"{frame['bytes'][:kept].max():,}"
+        assert page_problems(browser) == []
+
+
+def test_the_report_sorts_and_filters_conversations(page, report):
+    """What a student does: sort a trace's TCP conversations by bytes, then look for a host.
+    Checked against conversations.parquet, read with pyarrow."""
+    browser, session = page
+    trace = report / "results" / "features" / "web_browsing"
+    tcp = pq.read_table(trace / "conversations.parquet").to_pandas().query("type == 'TCP'")
+    world = shown(browser, session, "results/features/web_browsing/statistics.html")
+    in_frame(browser, session, world, TABLE_PROBE)
+    assert probe(browser, session, world, """use((() => {
+        let next = Array.from(document.querySelectorAll("h3"))
+            .find((h) => h.textContent.startsWith("TCP conversations"));
+        while (next.tagName !== "TABLE") next = next.nextElementSibling;
+        return next;
+    })())""")
+    probe(browser, session, world, "sort('bytes')")
+    probe(browser, session, world, "sort('bytes')")
+    in_page = probe(browser, session, world, "everyRow()")
+    column = probe(browser, session, world, "heads()").index("bytes")
+    sizes = [int(row[column].replace(",", "")) for row in in_page]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == tcp["bytes"].max()
+    host = tcp.loc[tcp["bytes"].idxmax(), "address_b"]
+    probe(browser, session, world, f"type({json.dumps(host)})")
+    matching = probe(browser, session, world, "everyRow()")
+    assert matching == [row for row in in_page if host in "\t".join(row)]
+    assert all(host in row for row in matching) and len(matching) < len(in_page)
+    assert page_problems(browser) == []

@@ -1,12 +1,26 @@
-"""HTML pages of tables, for the Snakemake report (which shows HTML results in the page).
+"""HTML pages of tables, for the Snakemake report (which shows each HTML result in a frame).
 
 Every text from a trace or the sheet is escaped here, once, whatever the caller passes: a URI
-like `/<script>alert(1)</script>` shows as text. Pages are self-contained (inline style, no
-script, no link out).
+like `/<script>alert(1)</script>` shows as text. Pages are self-contained: inline style, one
+inline script (TABLE_SCRIPT), no link out, and a Content-Security-Policy that lets no other
+script run and nothing load.
+
+Every table is sortable (click or Enter on a heading: ascending, then descending; numbers by the
+`data-sort` key written here, so "14,328" sorts as 14328; text in natural order, so 10.0.0.9
+before 10.0.0.10; empty cells last), filterable (a box above it keeps the rows holding every word
+typed, case-insensitive) and shown 100 rows a page (previous / next). The script only moves the
+rows the page holds, never reads text as HTML; without it the page is the plain table.
+
+Tables hold every row they are given, unless the page would be too large for the report's
+frame (PAGE_BYTES, about 1.5 MB): then the longest tables keep their first rows (the caller's
+order, e.g. most bytes first) and say so under the table; the complete tables are the CSV and
+Parquet files beside the page.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import itertools
 import math
@@ -17,16 +31,109 @@ import pandas as pd
 
 from tracelab.core.atomic import write_text
 
+# Chromium opens no data: URL over 2 MiB, and the report embeds each page as one, base64 (4
+# bytes for 3) after a prefix naming type and file (< 256 bytes): a larger page is a blank frame.
+PAGE_BYTES = 3 * (2**21 - 256) // 4
+# Rows of one table worth keeping for a page (callers reading a table in batches keep this many):
+# at ~150 bytes a row (a conversation row takes ~350) they fill a page.
+MAX_ROWS = 10_000
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em; color: #1e293b; }
 h1 { font-size: 1.35em; } h2 { font-size: 1.15em; margin-top: 1.6em; } h3 { font-size: 1em; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #cbd5e1; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #e2e8f0; position: sticky; top: 0; }
+th { background: #e2e8f0; position: sticky; top: 0; cursor: pointer; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
 tr:nth-child(even) td { background: #f8fafc; }
+tr.mark td { background: #fde8d7; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 p.note { color: #475569; }
+div.table-tools { display: flex; gap: 0.5em; align-items: center; margin-top: 0.6em; }
+div.table-tools span { color: #475569; font-size: 13px; }
 """
+TABLE_SCRIPT = """
+"use strict";
+(() => {
+  const PAGE = 100;
+  const collator = new Intl.Collator("en", {numeric: true, sensitivity: "base"});
+  const key = (cell) => !cell ? "" :
+    cell.dataset.sort !== undefined ? Number(cell.dataset.sort) : cell.textContent.trim();
+  function compare(a, b, direction) {
+    if (a === "" || b === "") return (a === "") - (b === "");  // empty cells last
+    if (typeof a !== typeof b) return typeof a === "number" ? -1 : 1;  // numbers before text
+    return direction * (typeof a === "number" ? a - b : collator.compare(a, b));
+  }
+  function control(tag, properties) {
+    return Object.assign(document.createElement(tag), properties);
+  }
+  function setUp(table) {
+    const body = table.tBodies[0];
+    const text = (row) => Array.from(row.cells, (cell) => cell.textContent).join("\\t");
+    const rows = Array.from(body.rows, (row) => ({row, text: text(row).toLowerCase()}));
+    const filter = control("input", {type: "search", placeholder: "Filter rows"});
+    filter.setAttribute("aria-label", "Filter rows");
+    const previous = control("button", {type: "button", textContent: "\\u2039 previous"});
+    const next = control("button", {type: "button", textContent: "next \\u203A"});
+    const status = control("span", {});
+    const tools = control("div", {className: "table-tools"});
+    tools.append(filter, previous, next, status);
+    table.before(tools);
+    let order = rows, shown = rows, page = 0;
+    function render() {
+      const pages = Math.max(1, Math.ceil(shown.length / PAGE));
+      page = Math.min(Math.max(page, 0), pages - 1);
+      const first = page * PAGE, last = Math.min(shown.length, first + PAGE);
+      body.replaceChildren(...shown.slice(first, last).map((r) => r.row));
+      const of = rows.length.toLocaleString("en");
+      status.textContent = !shown.length ? `no row matches (of ${of})` :
+        `rows ${first + 1}\\u2013${last} of ${shown.length.toLocaleString("en")}` +
+        (shown.length < rows.length ? ` matching (of ${of})` : "");
+      previous.disabled = page === 0;
+      next.disabled = page === pages - 1;
+      previous.hidden = next.hidden = rows.length <= PAGE;
+    }
+    function refilter() {
+      const words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
+      shown = order.filter((r) => words.every((word) => r.text.includes(word)));
+      page = 0;
+      render();
+    }
+    Array.from(table.tHead.rows[0].cells).forEach((heading, column) => {
+      function sort() {
+        const direction = heading.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+        for (const other of heading.parentNode.cells) other.removeAttribute("aria-sort");
+        heading.setAttribute("aria-sort", direction > 0 ? "ascending" : "descending");
+        const keyed = rows.map((r) => [key(r.row.cells[column]), r]);
+        order = keyed.sort((x, y) => compare(x[0], y[0], direction)).map((x) => x[1]);
+        refilter();
+      }
+      heading.tabIndex = 0;
+      heading.addEventListener("click", sort);
+      heading.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sort(); }
+      });
+    });
+    filter.addEventListener("input", refilter);
+    previous.addEventListener("click", () => { page -= 1; render(); });
+    next.addEventListener("click", () => { page += 1; render(); });
+    render();
+  }
+  document.querySelectorAll("table").forEach(setUp);
+})();
+"""
+SCRIPT_ELEMENT = f"<script>{TABLE_SCRIPT}</script>"  # the only script of a page
+SCRIPT_HASH = base64.b64encode(hashlib.sha256(TABLE_SCRIPT.encode()).digest()).decode()
+# Only TABLE_SCRIPT may run (by its hash), no event handler, nothing may load.
+POLICY = (f"default-src 'none'; script-src 'sha256-{SCRIPT_HASH}'; style-src 'unsafe-inline'; "
+          "base-uri 'none'; form-action 'none'")
+# A number at the start of a cell's text, ended by a space or the cell's end: "14,328",
+# "0.12 [0.05, 0.2]", "12.5%"; not an address ("198.18.0.2") or a date.
+LEADING_NUMBER = re.compile(
+    r"\s*([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?)%?(?:\s|$)")
+NOTE_BYTES = 400  # room for the note under a table cut to fit (`_kept`)
+ROW_START = re.compile(r"(?=<tr[ >])")
+TABLE_BODY = re.compile(r"<tbody>(.*?)</tbody></table>\n", re.S)
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 BACKSLASH_ESCAPE = re.compile(r"\\(.)")
 STRONG = re.compile(r"(?<!\\)\*\*(.+?)(?<!\\)\*\*")
@@ -52,17 +159,47 @@ def escaped(value) -> str:
     return html.escape(display_value(value), quote=True)
 
 
-def _cell(value) -> str:
-    number = isinstance(value, Real) and not isinstance(value, bool)
-    return f'<td class="num">{escaped(value)}</td>' if number else f"<td>{escaped(value)}</td>"
+def is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def html_table(frame: pd.DataFrame) -> str:
-    """A table of `frame`: header and cells escaped, numbers right-aligned."""
-    head = "".join(f"<th>{escaped(column)}</th>" for column in frame.columns)
-    rows = "".join("<tr>" + "".join(map(_cell, row)) + "</tr>"
-                   for row in frame.astype(object).itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>\n"
+def sort_key(value) -> str | None:
+    """The number a cell sorts by, exact (not its rounded text), as JavaScript's Number()
+    reads it; None for text without a leading number (LEADING_NUMBER) and for missing values."""
+    if is_number(value):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if math.isinf(number):
+            return "Infinity" if number > 0 else "-Infinity"
+        return str(int(value)) if isinstance(value, Integral) else repr(number)
+    match = LEADING_NUMBER.match(value) if isinstance(value, str) else None
+    return match[1].replace(",", "") if match else None
+
+
+def _cell(value, text: str) -> str:
+    """A cell: `text` (already HTML) with its sort key; numbers right-aligned."""
+    key = sort_key(value)
+    attributes = (' class="num"' if is_number(value) else "") + (
+        f' data-sort="{key}"' if key is not None else "")
+    return f"<td{attributes}>{text}</td>"
+
+
+def _table(head: list[str], rows) -> str:
+    heads = "".join(f"<th>{cell}</th>" for cell in head)
+    return f"<table><thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table>\n"
+
+
+def html_table(frame: pd.DataFrame, marked: pd.Series | None = None) -> str:
+    """A table of every row of `frame`, in its order (callers put the most telling rows
+    first: a page too large for the report keeps its first rows, see `html_page`): header and
+    cells escaped, numbers right-aligned with their exact value in `data-sort`; rows where
+    `marked` (aligned with `frame`) holds are highlighted."""
+    flags = [False] * len(frame) if marked is None else list(marked.to_numpy(dtype=bool))
+    rows = (('<tr class="mark">' if flag else "<tr>")
+            + "".join(_cell(value, escaped(value)) for value in row) + "</tr>"
+            for row, flag in zip(frame.astype(object).itertuples(index=False), flags))
+    return _table([escaped(column) for column in frame.columns], rows)
 
 
 def heading(level: int, text) -> str:
@@ -84,13 +221,17 @@ def _inline(text: str) -> str:
     return BACKSLASH_ESCAPE.sub(r"\1", text)
 
 
+def _plain(text: str) -> str:
+    """The text a Markdown cell of `safe_text.markdown_cell` stands for (for its sort key)."""
+    return html.unescape(BACKSLASH_ESCAPE.sub(r"\1", text))
+
+
 def _table_html(lines: list[str]) -> str:
-    cells = [[_inline(cell.strip()) for cell in UNESCAPED_PIPE.split(line.strip())[1:-1]]
+    cells = [[cell.strip() for cell in UNESCAPED_PIPE.split(line.strip())[1:-1]]
              for line in lines]
-    head = "".join(f"<th>{cell}</th>" for cell in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
-                   for row in cells[2:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+    rows = ("<tr>" + "".join(_cell(_plain(cell), _inline(cell)) for cell in row) + "</tr>"
+            for row in cells[2:])
+    return _table([_inline(cell) for cell in cells[0]], rows)
 
 
 def _line_kind(line: str) -> str:
@@ -121,10 +262,57 @@ def markdown_html(text: str) -> str:
     return "".join(parts)
 
 
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _share(sizes: list[int], room: int) -> int:
+    """The largest share s with sum(min(size, s)) <= room: what each table may keep."""
+    for done, size in enumerate(sorted(sizes)):
+        if size * (len(sizes) - done) > room:
+            return room // (len(sizes) - done)
+        room -= size
+    return max(sizes, default=0)
+
+
+def _kept(rows: list[str], share: int) -> str:
+    """The first rows that fit in `share` bytes, and a note after the table if any are cut."""
+    sizes = list(itertools.accumulate(map(_size, rows)))
+    kept = sum(size <= share for size in sizes)
+    if kept == len(rows):
+        return "".join(rows) + "</tbody></table>\n"
+    return ("".join(rows[:kept]) + "</tbody></table>\n" + paragraph(
+        f"Shown: the first {kept:,} of these {len(rows):,} rows, as many as the report's page "
+        "holds (sorting and the filter act on these); every row is in the CSV or Parquet "
+        "table this one is made from, in the results folder.", note=True))
+
+
+def fitted(body: str, room: int = PAGE_BYTES) -> str:
+    """`body` whole if it takes at most `room` bytes, else with the longest tables cut to
+    their first rows, each to the same share of what is left, so that the page fits."""
+    if _size(body) <= room:
+        return body
+    tables = list(TABLE_BODY.finditer(body))
+    rows = [[row for row in ROW_START.split(table[1]) if row] for table in tables]
+    sizes = [_size(table[1]) for table in tables]
+    share = _share(sizes, room - (_size(body) - sum(sizes)) - NOTE_BYTES * len(tables))
+    parts, end = [], 0
+    for table, table_rows in zip(tables, rows):
+        parts += [body[end:table.start(1)], _kept(table_rows, share)]
+        end = table.end()
+    return "".join(parts) + body[end:]
+
+
 def html_page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    """A page of `body` that the report can show: tables cut to fit PAGE_BYTES (`fitted`)
+    rather than a blank frame. A 100,000-row conversations table thus keeps its first few
+    thousand rows (~4,500), shown 100 at a time."""
+    head = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{POLICY}\">"
             f"<title>{escaped(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body>\n{heading(1, title)}{body}</body></html>\n")
+            f"<body>\n{heading(1, title)}")
+    tail = f"{SCRIPT_ELEMENT}</body></html>\n"
+    return head + fitted(body, PAGE_BYTES - _size(head + tail)) + tail
 
 
 def write_html(path, title: str, body: str) -> None:

@@ -1,0 +1,162 @@
+"""The report's HTML tables (tracelab.core.html), read back with the standard library's HTML
+parser: every row present and escaped, exact sort keys in `data-sort`, pages that fit the
+report's frame. Their behaviour in a browser (sort, filter, pages) is tested in test_report.py.
+"""
+
+import base64
+import hashlib
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tracelab.core.html import PAGE_BYTES, html_page, html_table, markdown_html
+from tracelab.core.safe_text import markdown_table
+
+HOSTILE = "/<script>alert(1)</script>"
+
+
+class Cells(HTMLParser):
+    """The tables of a page as the browser's parser sees them: per table its headings and its
+    rows of (text, attributes) cells; and the text of every <script> element."""
+
+    def __init__(self, page):
+        super().__init__(convert_charrefs=True)
+        self.tables, self.scripts, self.metas, self._cell, self._in_script = [], [], [], None, False
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append({"head": [], "rows": []})
+        elif tag == "tr":
+            self.tables[-1]["rows"].append(attrs)
+            self.tables[-1]["cells"] = self.tables[-1].get("cells", []) + [[]]
+        elif tag in ("td", "th"):
+            self._cell = [tag, "", attrs]
+        elif tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+        elif tag == "meta":
+            self.metas.append(attrs)
+        elif self._cell is not None or self._in_script:
+            raise AssertionError(f"element <{tag}> inside a cell or script")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            kind, text, attrs = self._cell
+            table = self.tables[-1]
+            if kind == "th":
+                table["head"].append(text)
+            else:
+                table["cells"][-1].append((text, attrs))
+            self._cell = None
+        elif tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+        elif self._cell is not None:
+            self._cell[1] += data
+
+    def body(self, index=0):
+        """Rows of table `index` below its heading row, as lists of (text, attributes)."""
+        return self.tables[index]["cells"][1:]
+
+
+def conversations(rows):
+    generator = np.random.default_rng(7)
+    return pd.DataFrame({
+        "address_a": [f"10.0.{i // 250}.{i % 250}" for i in range(rows)],
+        "uri": [HOSTILE if i % 97 == 0 else f"/page/{i}" for i in range(rows)],
+        "packets": generator.integers(1, 10**7, rows),
+        "bytes": generator.integers(1, 10**10, rows),
+        "duration_s": generator.random(rows) * 5000,
+    })
+
+
+def test_every_row_is_in_the_table_escaped_with_its_exact_sort_key():
+    frame = conversations(1234)
+    frame.loc[3, "duration_s"] = np.nan
+    frame.loc[5, "duration_s"] = np.inf
+    table = html_table(frame)
+    assert "<script>" not in table
+    parsed = Cells(table)
+    assert parsed.tables[0]["head"] == list(frame.columns)
+    rows = parsed.body()
+    assert len(rows) == len(frame) == 1234
+    for (_, row), cells in zip(frame.iterrows(), rows):
+        assert cells[0] == (row["address_a"], {})  # an address is text, no sort key
+        assert cells[1][0] == row["uri"]  # the hostile URI comes back as text
+        packets, size = cells[2], cells[3]
+        assert packets[0] == f"{row['packets']:,}" and size[0] == f"{row['bytes']:,}"
+        assert int(size[1]["data-sort"]) == row["bytes"] and size[1]["class"] == "num"
+        assert int(packets[1]["data-sort"]) == row["packets"]
+    durations = [cells[4][1].get("data-sort") for cells in rows]
+    assert durations[3] is None and rows[3][4][0] == ""
+    assert durations[5] == "Infinity"
+    exact = [float(key) for i, key in enumerate(durations) if i not in (3, 5)]
+    assert exact == frame["duration_s"].drop([3, 5]).tolist()  # not the 4 digits shown
+
+
+def test_text_cells_sort_by_a_leading_number_and_booleans_by_nothing():
+    frame = pd.DataFrame({"cell": ["14,328", "0.12 [0.05, 0.2]", "12.5%", "198.18.0.2",
+                                   "2026-12-07", "n/a", "-3e-05", "443", True]})
+    keys = [cells[0][1].get("data-sort") for cells in Cells(html_table(frame)).body()]
+    assert keys == ["14328", "0.12", "12.5", None, None, None, "-3e-05", "443", None]
+
+
+def test_marked_rows_are_highlighted():
+    frame = pd.DataFrame({"feature": ["a", "b", "c"], "d": [0.1, 0.9, 0.5]})
+    rows = Cells(html_table(frame, marked=frame["d"] > 0.4)).tables[0]["rows"]
+    assert [attrs.get("class") for attrs in rows[1:]] == [None, "mark", "mark"]
+
+
+def test_markdown_tables_get_the_same_sort_keys():
+    text = "## t\n\n" + markdown_table(pd.DataFrame({
+        "source": ["198.18.0.2", "198.18.0.3"], "packets": ["1,586", "14,328"],
+        "example": [HOSTILE + "|x", "0.5 [0.1, 0.9]"]}))
+    parsed = Cells(markdown_html(text))
+    rows = parsed.body()
+    assert [[attrs.get("data-sort") for _, attrs in cells] for cells in rows] == [
+        [None, "1586", None], [None, "14328", "0.5"]]
+    assert rows[0][2][0] == HOSTILE + "|x"
+
+
+def test_a_page_lets_only_its_own_script_run():
+    page = html_page("t <b>", html_table(conversations(20)))
+    parsed = Cells(page)
+    assert len(parsed.scripts) == 1
+    policy = next(meta["content"] for meta in parsed.metas
+                  if meta.get("http-equiv") == "Content-Security-Policy")
+    digest = base64.b64encode(hashlib.sha256(parsed.scripts[0].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy and "default-src 'none'" in policy
+    assert "innerHTML" not in parsed.scripts[0] and "eval" not in parsed.scripts[0]
+
+
+def test_a_small_page_keeps_every_row():
+    page = html_page("t", html_table(conversations(3000)) + html_table(conversations(10)))
+    assert len(page.encode()) <= PAGE_BYTES
+    assert [len(Cells(page).body(i)) for i in (0, 1)] == [3000, 10]
+    assert "Shown: the first" not in page
+
+
+@pytest.mark.parametrize("small_rows", [10, 5000])
+def test_a_large_page_keeps_the_first_rows_that_fit(small_rows):
+    large, small = conversations(100_000), conversations(small_rows)
+    page = html_page("t", "<p>before</p>" + html_table(large) + html_table(small) + "<p>after</p>")
+    assert PAGE_BYTES * 0.9 < len(page.encode()) <= PAGE_BYTES
+    parsed = Cells(page)
+    kept = parsed.body(0)
+    assert 2000 < len(kept) < 100_000
+    assert [cells[0][0] for cells in kept] == large["address_a"].head(len(kept)).tolist()
+    notes = re.findall(r"Shown: the first ([\d,]+) of these ([\d,]+) rows", page)
+    if small_rows == 10:  # the small table fits whole; the large one takes what is left
+        assert len(parsed.body(1)) == 10 and notes == [(f"{len(kept):,}", "100,000")]
+    else:  # both are cut to the same share of the page
+        assert len(notes) == 2 and abs(len(parsed.body(1)) - len(kept)) < 50
+    assert page.index("<p>before</p>") < page.index("<p>after</p>")
