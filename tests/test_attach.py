@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+from conftest import REPO, bundled_results
+from packet_factory import handshake, packet_frame, portless, tcp
 
 from tracelab.core.packets import read_staged
 from tracelab.ingest.validate import validate_trace

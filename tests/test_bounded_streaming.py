@@ -15,12 +15,12 @@ from tracelab.core import streaming
 from tracelab.core.config import defaults
 from tracelab.core.streaming import DistinctRows, NameIds, time_ordered
 from tracelab.security import hosts as hosts_module
-from tracelab.security import windows
+from tracelab.security import window_totals
 from tracelab.security.connections import write_connections
 from tracelab.security.hosts import file_hosts, hosts_table, scan_settings
+from tracelab.security.window_totals import merge_parts
 from tracelab.security.windows import (
     FEATURES,
-    merge_parts,
     table_totals,
     window_matrix,
     window_settings,
@@ -86,7 +86,7 @@ def test_streamed_windows_equal_the_whole_tables(trace_files, tmp_path, monkeypa
     table, paths = trace_files
     monkeypatch.setattr(streaming, "BATCH_ROWS", 4)
     monkeypatch.setattr(streaming, "COMPACT_ROWS", 3)
-    monkeypatch.setattr(windows, "MERGE_PARTS", 3)
+    monkeypatch.setattr(window_totals, "MERGE_PARTS", 3)
     settings = window_settings({"window_s": 5})
     write_windows(trace="t", packets_path=paths["packets.parquet"],
                   flows_path=paths["flows.parquet"], http_path=paths["http.parquet"],

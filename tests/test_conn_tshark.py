@@ -11,7 +11,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from packet_factory import REPO
+from conftest import REPO
 
 from tracelab.ingest.normalize import normalize_trace
 from tracelab.ingest.validate import validate_trace

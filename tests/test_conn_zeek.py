@@ -13,15 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
 
-from tracelab.security.http import HTTP
 from tracelab.security.connections import (
     FLOWS,
     assemble_connections,
-    connection_uids,
     flow_settings,
-    uid_sort_keys,
     write_connections,
 )
+from tracelab.security.http import HTTP
+from tracelab.security.uid import connection_uids, uid_sort_keys
 from tracelab.security.zeek_log import string_text, time_text
 
 C, S = "10.0.0.1", "10.0.0.2"

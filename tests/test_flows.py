@@ -9,7 +9,8 @@ import dpkt
 import numpy as np
 import pandas as pd
 import pytest
-from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp, udp
+from conftest import REPO, bundled_results
+from packet_factory import handshake, packet_frame, portless, tcp, udp
 
 from tracelab.security.connections import (
     FLOWS,

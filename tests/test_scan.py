@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import pytest
 import yaml
-from packet_factory import REPO, bundled_results, handshake, packet_frame, tcp
+from conftest import REPO, bundled_results
+from packet_factory import handshake, packet_frame, tcp
 
 from tracelab.security.connections import assemble_connections, flow_settings
 from tracelab.security.hosts import (

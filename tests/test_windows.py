@@ -10,19 +10,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from packet_factory import (
-    BASE,
-    bundled_results,
-    handshake,
-    packet_table,
-    portless,
-    tcp,
-    udp,
-)
+from conftest import bundled_results
+from packet_factory import BASE, handshake, packet_table, portless, tcp, udp
 
 from tracelab.security import windows
-from tracelab.security.http import http_requests
 from tracelab.security.connections import assemble_connections, flow_settings
+from tracelab.security.http import http_requests
 from tracelab.security.windows import (
     ARTEFACT,
     BEHAVIOURAL,

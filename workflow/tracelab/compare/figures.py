@@ -29,6 +29,8 @@ PNG_METADATA = {"Software": None}
 DPI = 110
 # A window feature's robustness class, declared or measured.
 CLASS_COLOURS = {"behavioural": "#1b9e77", "artefact": "#d95f02"}
+# The robustness experiment's measured classes: the declared ones and what too few windows leave.
+MEASURED_COLOURS = {**CLASS_COLOURS, "undetermined": "#7570b3", "not measured": "#999999"}
 # The n-th trace of a label: line style and width (a later trace draws inside an earlier one).
 SAME_LABEL_LINES = [("-", 2.6), ((0, (4, 2)), 1.4), ((0, (1, 1.5)), 1.4), ((0, (6, 2, 1, 2)), 1.2)]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -110,6 +112,15 @@ def save(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
+
+
+def feature_set_colour(name: str) -> tuple:
+    """A feature set of the robustness experiment ("behavioural (measured)", "all"): its
+    class's colour, paler when the class is the declared one; near-black for all features.
+    Never a trace's colour, so a feature set is not read as a trace."""
+    base = np.array(matplotlib.colors.to_rgb(MEASURED_COLOURS.get(name.split(" ")[0],
+                                                                  "#252525")))
+    return tuple(base + (1 - base) * 0.5) if "(declared)" in name else tuple(base)
 
 
 def set_theme() -> None:

@@ -42,7 +42,7 @@ from tracelab.compare.figures import (
 from tracelab.core.atomic import atomic_path, write_text
 from tracelab.core.html import markdown_html, write_html
 from tracelab.core.safe_text import figure_text, markdown_cell, markdown_table, spreadsheet_safe
-from tracelab.security.connections import ZEEK_CONN_STATES
+from tracelab.security.conn_state import ZEEK_CONN_STATES
 from tracelab.security.windows import recorded_features
 
 log = logging.getLogger(__name__)

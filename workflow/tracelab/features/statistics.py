@@ -6,7 +6,8 @@ disk (one a PARTITION_PACKETS packets), totals each partition alone, and merges 
 sorted rows into each table in its order: memory holds one partition's endpoints and
 conversations, whatever the trace's length (a large capture has millions of TCP endpoints and
 conversations). `file_statistics` holds all totals at once (running totals merged batch by
-batch). Wireshark's meanings:
+batch). The trace's page, statistics.html, is made in `tracelab.features.statistics_page`.
+Wireshark's meanings:
 
 - Bytes are frame lengths on the wire (`length`), as in every Wireshark statistic.
 - Endpoints (Statistics › Endpoints): every address, with the frames it sent (tx) and received
@@ -35,7 +36,6 @@ import json
 import logging
 import math
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +46,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path, tracelab_metadata
-from tracelab.core.html import heading, html_table, paragraph, write_html
+from tracelab.core.html import write_html
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
 from tracelab.core.tables import DICT_STRING, Column, Table
+from tracelab.features.statistics_page import Largest, statistics_html
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ COLUMNS = ["t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port"
 BATCH_ROWS = 1 << 16
 # Grouped rows that wait before they are merged into the running totals.
 MERGE_ROWS = 1 << 18
-# Rows of each endpoint and conversation type shown in the HTML page (largest by bytes).
-SHOWN_ROWS = 25
 # Packets per partition of a large trace: its endpoints are totalled partition by partition of
 # their address, its conversations of their address pair, so memory follows this, not the
 # trace's length (a trace of one partition is totalled in memory at once).
@@ -467,24 +466,6 @@ def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Ta
 
 
 @dataclass
-class Largest:
-    """What the page shows of a table read in order, batch by batch: the SHOWN_ROWS rows with
-    the most bytes of each type (ties in the table's order) and how many rows each type has."""
-
-    shown: dict[str, pd.DataFrame] = field(default_factory=dict)
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, rows: pa.Table) -> None:
-        frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
-        frame["type"] = frame["type"].astype(str)
-        for type_, part in frame.groupby("type", sort=True):
-            self.counts[type_] += len(part)
-            both = pd.concat([self.shown[type_], part]) if type_ in self.shown else part
-            self.shown[type_] = both.sort_values("bytes", ascending=False,
-                                                 kind="stable").head(SHOWN_ROWS)
-
-
-@dataclass
 class _PartitionedTable:
     """One of the two large tables, made partition by partition into sorted scratch files
     and merged into its file in its order."""
@@ -535,85 +516,6 @@ def partitioned_statistics(packets_path, trace: str, scratch: Path,
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
     return (endpoints.write(outputs["endpoints"], trace),
             conversations.write(outputs["conversations"], trace), hierarchy)
-
-
-def _summary_rows(summary: dict) -> pd.DataFrame:
-    rows = []
-    for key, value in summary.items():
-        if key == "trace":
-            continue
-        if isinstance(value, dict) and key == "protocol_counts":
-            rows.append((key, "; ".join(f"{p} {c:,}" for p, c in value.items())))
-        elif isinstance(value, dict):
-            rows += [(f"{key.removesuffix('_quantiles')} {name}", v) for name, v in value.items()]
-        else:
-            rows.append((key, value))
-    return pd.DataFrame(rows, columns=["quantity", "value"])
-
-
-def _validation_html(report: dict) -> str:
-    counts = pd.DataFrame([(key, report.get(key)) for key in (
-        "status", "format", "rows_read", "rows_valid", "rows_invalid", "invalid_fraction",
-        "max_invalid_fraction")], columns=["quantity", "value"])
-    failed = pd.DataFrame([(name, check.get("description", ""), check.get("failures", 0))
-                           for name, check in report.get("checks", {}).items()
-                           if check.get("failures")], columns=["check", "what", "failures"])
-    parts = [html_table(counts)]
-    parts += [paragraph(f"Structural error: {error}") for error in report.get(
-        "structural_errors", [])]
-    parts.append(html_table(failed) if not failed.empty else
-                 paragraph("Every check passed on every row.", note=True))
-    return "".join(parts)
-
-
-def _largest(largest: Largest, kind: str, columns: list[str]) -> str:
-    """The SHOWN_ROWS rows with the most bytes of each type, and how many there are."""
-    if not largest.counts:
-        return paragraph(f"No {kind}.", note=True)
-    parts = []
-    for type_ in sorted(largest.counts):
-        shown, count = largest.shown[type_].copy(), largest.counts[type_]
-        # Ports are names, not quantities: no thousands separator.
-        for port in [column for column in columns if column.startswith("port")]:
-            shown[port] = shown[port].astype("string")
-        parts.append(heading(3, f"{type_} {kind}: {count:,}"))
-        if count > len(shown):
-            parts.append(paragraph(f"The {len(shown)} with the most bytes; all {count:,} "
-                                   f"in {kind}.parquet.", note=True))
-        parts.append(html_table(shown[columns].dropna(axis=1, how="all")))
-    return "".join(parts)
-
-
-def statistics_html(trace: str, summary: dict, validation: dict, endpoints: Largest,
-                    conversations: Largest, hierarchy: pa.Table) -> str:
-    layers = hierarchy.to_pandas()
-    shown_hierarchy = pd.DataFrame({
-        "layers": layers["path"], "frames": layers["frames"],
-        "% of frames": (100 * layers["frames_share"]).round(2), "bytes": layers["bytes"],
-        "% of bytes": (100 * layers["bytes_share"]).round(2)})
-    return "".join([
-        heading(2, "Summary"), html_table(_summary_rows(summary)),
-        heading(2, "Validation"), _validation_html(validation),
-        heading(2, "Protocol hierarchy"),
-        paragraph("Frames and bytes (frame lengths) per layer path; a frame counts at its "
-                  "path and every shorter one. Derived from the Protocol, port and TCP flag "
-                  "columns: up to the transport layer as Wireshark counts, above it the "
-                  "frames where a message starts.", note=True),
-        html_table(shown_hierarchy),
-        heading(2, "Endpoints"),
-        paragraph("Frames and bytes each address sent (tx) and received (rx); TCP and UDP "
-                  "endpoints are address and port.", note=True),
-        _largest(endpoints, "endpoints", ["address", "port", "packets", "bytes", "tx_packets",
-                                          "tx_bytes", "rx_packets", "rx_bytes"]),
-        heading(2, "Conversations"),
-        paragraph("Frames and bytes between two addresses (or address:port pairs), each "
-                  "direction; A sent the first frame; start in seconds since the trace's "
-                  "first packet.", note=True),
-        _largest(conversations, "conversations",
-                 ["address_a", "port_a", "address_b", "port_b", "packets", "bytes",
-                  "packets_a_to_b", "bytes_a_to_b", "packets_b_to_a", "bytes_b_to_a",
-                  "rel_start_s", "duration_s"]),
-    ])
 
 
 def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,

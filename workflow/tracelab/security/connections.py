@@ -2,26 +2,9 @@
 
 A connection is the packets of one 5-tuple (either direction), cut into separate connections by
 an idle gap, by an active timeout, and by a new SYN after the previous one was closed (port
-reuse). Its originator is the first packet's sender unless Zeek would flip the roles
-(`TCPAnalyzer::WantConnection`, `Connection::FlipRoles`): a TCP connection whose first packet
-is not a pure SYN (a SYN-ACK or a mid-stream packet) sent from a likely server port
-(`LIKELY_SERVER_PORTS`) to a port that is not one, or to one with a higher number unless the
-packet is a SYN-ACK; a UDP connection whose first packet goes from a likely server port to a
-port that is not one. A flipped connection's history starts with `^`. (Zeek's other flip, a
-SYN arriving after its own SYN-ACK, is not made.) `history` and `conn_state` follow Zeek's
-definitions (TCPSessionAdapter.cc `update_history`, the endpoint state machine, and
-base/protocols/conn/main.zeek `conn_state`), computed from per-direction aggregates of the flag
-bits instead of a packet-by-packet state machine:
-
-- history letters, uppercase for the originator, lowercase for the responder, in order of first
-  occurrence: S (SYN without ACK), H (SYN+ACK), A (pure ACK), D (payload), F (FIN), R (RST),
-  I (FIN+RST in one packet), Q (SYN with FIN or RST), and logarithmically repeated T
-  (retransmitted payload, from Wireshark's "Retransmission" analysis) and W (zero window),
-  written at the 1st, 10th, 100th... occurrence; `^` first when the roles were flipped. UDP:
-  D/d. Zeek repeats S/F/R when a later packet carries a different sequence number; here each
-  appears once.
-- conn_state: S0, S1, SF, REJ, S2, S3, RSTO, RSTR, RSTOS0, RSTRH, SH, SHR, OTH (TCP); for UDP
-  SF (both sides sent), S0 (only the originator), SHR (only the responder: flipped roles).
+reuse). Who originated it (Zeek may flip the roles), its `history` and its `conn_state` follow
+Zeek's definitions: see `tracelab.security.conn_state`, which computes them from per-direction
+aggregates of the flag bits instead of a packet-by-packet state machine.
 
 Bytes, as Zeek counts them (`TCP_Endpoint::Size`, conn.log's `orig_bytes`): a TCP direction's
 payload bytes are the sequence space it covered, from its lowest sequence number to the highest
@@ -55,7 +38,9 @@ the tables hold the same rows whatever the number of partitions. Connections are
 the order of their first packet (ties: partition order), merged from the partitions; HTTP
 requests in partition order, by time within one. A uid is Zeek-style ('C' and 17 base62
 digits), a hash of the trace name, the connection's endpoints and its first packet's time:
-unique across traces, the same on every rerun and for any partitioning.
+unique across traces, the same on every rerun and for any partitioning
+(`tracelab.security.uid`). conn.log is written in Zeek's ASCII format
+(`tracelab.security.zeek_log`).
 """
 
 from __future__ import annotations
@@ -85,43 +70,34 @@ from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
-from tracelab.security.partitions import partition_count, split_packets
-from tracelab.security.zeek_log import (
-    LogField,
-    ZeekLogWriter,
-    count_text,
-    interval_text,
-    string_text,
-    time_text,
-    unset,
+from tracelab.security.conn_state import (
+    ZEEK_CONN_STATES,
+    FlowRows,
+    flipped_roles,
+    zeek_conn_state,
+    zeek_history,
 )
+from tracelab.security.flow_arrays import (
+    Membership,
+    PacketArrays,
+    concat_per_flow,
+    run_starts,
+)
+from tracelab.security.partitions import partition_tables
+from tracelab.security.uid import connection_uids
+from tracelab.security.zeek_log import ZeekLogWriter, conn_log_fields, conn_log_writer, trace_span
 
 log = logging.getLogger(__name__)
 
 FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
-
-ZEEK_CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH",
-                    "SH", "SHR", "OTH")
 
 # Protocols below the transport layer: their rows carry no ports and belong to no connection.
 NOT_TRANSPORT = re.compile(
     r"^(?:ARP|RARP|ICMP|ICMPv6|IGMP(?:v\d)?|MLD(?:v\d)?|STP|RSTP|LLDP|CDP|EAPOL|VRRP|OSPF|"
     r"PIM(?:v\d)?|GRE|ESP|AH|IPv4|IPv6|LLC|NDP)$")
 
-# Zeek's `likely_server_ports` is the set of ports its analyzers register. Here: the IANA
-# well-known ports (0-1023) and the ports Zeek's base analyzers register above them.
-LIKELY_SERVER_PORTS = np.zeros(65536, bool)
-LIKELY_SERVER_PORTS[:1024] = True
-LIKELY_SERVER_PORTS[[1080, 1194, 1433, 1434, 1812, 1813, 1883, 2049, 2123, 2152, 2811, 3128,
-                     3268, 3306, 3389, 3544, 4789, 5060, 5072, 5222, 5223, 5269, 5353, 5355,
-                     5432, 5900, 6081, 6379, 6666, 6667, 6668, 6669, 8000, 8080, 8443, 8888,
-                     20000]] = True
-
 # Bytes of the link-layer header assumed (Ethernet II), and of IPv4/IPv6 and UDP headers.
 LINK_HEADER, IPV4_HEADER, IPV6_HEADER, UDP_HEADER = 14, 20, 40, 8
-
-# Endpoint states of Zeek's TCP analyzer (analyzer/protocol/tcp/TCP_Endpoint.h).
-INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
 PACKET_COLUMNS = ["frame", "ts", "src", "dst", "protocol", "length", "src_port", "dst_port",
                   "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win", "tcp_len", "tcp_analysis",
@@ -186,28 +162,6 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
     Column("len_max", pa.float64(), "Largest frame length.", unit="bytes"),
 ])
 
-# conn.log: Zeek's default fields, in Zeek's order, each from a FLOWS column (None: unset).
-CONN_LOG_FIELDS = [
-    (LogField("ts", "time"), "first_ts"), (LogField("uid", "string"), "uid"),
-    (LogField("id.orig_h", "addr"), "orig"), (LogField("id.orig_p", "port"), "orig_port"),
-    (LogField("id.resp_h", "addr"), "resp"), (LogField("id.resp_p", "port"), "resp_port"),
-    (LogField("proto", "enum"), "proto"), (LogField("service", "string"), "service"),
-    (LogField("duration", "interval"), "duration_s"),
-    (LogField("orig_bytes", "count"), "orig_bytes"),
-    (LogField("resp_bytes", "count"), "resp_bytes"),
-    (LogField("conn_state", "string"), "conn_state"),
-    (LogField("local_orig", "bool"), None), (LogField("local_resp", "bool"), None),
-    (LogField("missed_bytes", "count"), "missed_bytes"),
-    (LogField("history", "string"), "history"),
-    (LogField("orig_pkts", "count"), "orig_pkts"),
-    (LogField("orig_ip_bytes", "count"), "orig_ip_bytes"),
-    (LogField("resp_pkts", "count"), "resp_pkts"),
-    (LogField("resp_ip_bytes", "count"), "resp_ip_bytes"),
-    (LogField("tunnel_parents", "set[string]"), None),
-]
-# Zeek's analyzer names for the services Wireshark names otherwise.
-ZEEK_SERVICE_NAMES = {"tls": "ssl"}
-
 
 @dataclass(frozen=True)
 class FlowSettings:
@@ -240,107 +194,9 @@ class Connections:
         return uids[self.packet_flow]
 
 
-@dataclass
-class _Packets:
-    """The packet columns connections are made of, as numpy arrays, one entry a packet;
-    addresses as codes into `addresses`, protocols as codes into `protocols`."""
-
-    frame: np.ndarray
-    t: np.ndarray
-    length: np.ndarray
-    addresses: np.ndarray
-    src: np.ndarray
-    dst: np.ndarray
-    ported: np.ndarray
-    src_port: np.ndarray
-    dst_port: np.ndarray
-    known_flags: np.ndarray
-    flags: np.ndarray
-    is_tcp: np.ndarray
-    seq: np.ndarray
-    ack: np.ndarray
-    tcp_len: np.ndarray
-    window: np.ndarray
-    retransmission: np.ndarray
-    protocols: np.ndarray
-    protocol: np.ndarray
-
-    @classmethod
-    def of(cls, table: pa.Table) -> _Packets:
-        src_names, src = _dictionary(table.column("src"))
-        dst_names, dst = _dictionary(table.column("dst"))
-        addresses = pd.Index(src_names).union(pd.Index(dst_names))
-        protocols, protocol = _dictionary(table.column("protocol"))
-        ported = _valid(table.column("src_port")) & _valid(table.column("dst_port"))
-        known_flags = _valid(table.column("tcp_flags"))
-        return cls(
-            frame=_integers(table.column("frame")), t=_integers(table.column("ts")),
-            length=_integers(table.column("length")), addresses=addresses.to_numpy(object),
-            src=addresses.get_indexer(src_names)[src], dst=addresses.get_indexer(dst_names)[dst],
-            ported=ported, src_port=_integers(table.column("src_port")),
-            dst_port=_integers(table.column("dst_port")), known_flags=known_flags,
-            flags=_integers(table.column("tcp_flags")), is_tcp=known_flags & ported,
-            seq=_floats(table.column("tcp_seq")), ack=_floats(table.column("tcp_ack")),
-            tcp_len=_floats(table.column("tcp_len")), window=_floats(table.column("tcp_win")),
-            retransmission=pc.fill_null(pc.match_substring(
-                table.column("tcp_analysis"), "Retransmission"), False).to_numpy(
-                    zero_copy_only=False),
-            protocols=protocols, protocol=protocol)
-
-    def pair(self, rows: np.ndarray) -> np.ndarray:
-        """A number for the unordered address pair of each of `rows`."""
-        low = np.minimum(self.src[rows], self.dst[rows])
-        return low * len(self.addresses) + np.maximum(self.src[rows], self.dst[rows])
-
-
-def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A dictionary or string column as (distinct values, each row's code)."""
-    if pa.types.is_dictionary(column.type):
-        column = column.unify_dictionaries()
-    array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    if not pa.types.is_dictionary(array.type):
-        array = array.dictionary_encode()
-    names = array.dictionary.to_numpy(zero_copy_only=False).astype(object)
-    return names, pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _valid(column: pa.ChunkedArray) -> np.ndarray:
-    return column.is_valid().to_numpy(zero_copy_only=False)
-
-
-def _integers(column: pa.ChunkedArray) -> np.ndarray:
-    """Integers (timestamps as nanoseconds) with null as 0."""
-    if pa.types.is_timestamp(column.type):
-        column = column.cast(pa.int64())
-    return pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
-    """Numbers as float64 with null as NaN."""
-    return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-
-
 def load_packets(path) -> pa.Table:
     """The packet columns connections need, the whole table at once."""
     return pq.read_table(path, columns=PACKET_COLUMNS)
-
-
-def _concat_per_flow(flow: np.ndarray, chars: np.ndarray, n_flows: int) -> np.ndarray:
-    """The characters of each flow joined in order (rows sorted by flow), without a Python
-    loop: each flow's characters fill one row of a fixed-width grid, read back as a string."""
-    starts = _starts(flow)
-    position = np.arange(len(flow)) - np.flatnonzero(starts)[np.cumsum(starts) - 1]
-    width = int(position.max(initial=0)) + 1
-    grid = np.zeros((n_flows, width), dtype="U1")
-    grid[flow, position] = chars
-    return grid.view(f"U{width}").ravel()
-
-
-def _starts(values: np.ndarray) -> np.ndarray:
-    """True where a run of equal values begins (always at the first element)."""
-    starts = np.ones(len(values), bool)
-    starts[1:] = values[1:] != values[:-1]
-    return starts
 
 
 def _flow_boundaries(key, ts, flags, is_tcp, settings: FlowSettings) -> np.ndarray:
@@ -348,7 +204,7 @@ def _flow_boundaries(key, ts, flags, is_tcp, settings: FlowSettings) -> np.ndarr
     n = len(key)
     idle_ns = int(settings.idle_timeout_s * 1e9)
     active_ns = int(settings.active_timeout_s * 1e9)
-    segment_start = _starts(key) | (np.diff(ts, prepend=ts[:1]) > idle_ns)
+    segment_start = run_starts(key) | (np.diff(ts, prepend=ts[:1]) > idle_ns)
     # Port reuse: a SYN (no ACK) after a FIN or RST since the previous SYN starts a connection.
     pure_syn = is_tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
     closing = is_tcp & ((flags & (FIN | RST)) != 0)
@@ -364,11 +220,11 @@ def _flow_boundaries(key, ts, flags, is_tcp, settings: FlowSettings) -> np.ndarr
         late = (ts - start_ts) >= active_ns
         if not late.any():
             break
-        first_late = late & _starts(late)
+        first_late = late & run_starts(late)
         chunk[late] += 1
         restart = np.maximum.accumulate(np.where(first_late, np.arange(n), 0))
         start_ts = np.where(late, ts[restart], start_ts)
-    return np.cumsum(boundary | _starts(chunk)) - 1
+    return np.cumsum(boundary | run_starts(chunk)) - 1
 
 
 def _attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> pd.DataFrame:
@@ -376,29 +232,8 @@ def _attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> 
     connection the evidence decides: see `tracelab.security.attach`."""
     return attach_portless(rows, ported, idle_ns).attached
 
-@dataclass
-class _Membership:
-    """Each packet's flow (-1: none; flows numbered in 5-tuple order) and direction, each
-    flow's first packet and whether its roles were flipped."""
 
-    flow_of: np.ndarray
-    is_orig: np.ndarray
-    first_row: np.ndarray
-    flipped: np.ndarray
-
-
-def _flipped(packets: _Packets, first_row: np.ndarray) -> np.ndarray:
-    """Zeek's `WantConnection` role flip, from each connection's first packet (module docs)."""
-    flags = packets.flags[first_row]
-    src_port, dst_port = packets.src_port[first_row], packets.dst_port[first_row]
-    src_server = LIKELY_SERVER_PORTS[src_port]
-    dst_server = LIKELY_SERVER_PORTS[dst_port]
-    syn, ack = (flags & SYN) != 0, (flags & ACK) != 0
-    tcp_flip = (~syn | ack) & src_server & (~dst_server | (~syn & (src_port < dst_port)))
-    return np.where(packets.is_tcp[first_row], tcp_flip, src_server & ~dst_server)
-
-
-def _membership(packets: _Packets, settings: FlowSettings) -> _Membership:
+def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
     """Flows of the ported rows: canonical 5-tuples (the lower address and port first), cut by
     `_flow_boundaries`, oriented by the first packet and Zeek's flip."""
     index = np.flatnonzero(packets.ported)
@@ -413,18 +248,18 @@ def _membership(packets: _Packets, settings: FlowSettings) -> _Membership:
     rows = index[order]
     flow_sorted = _flow_boundaries(key[order], packets.t[rows], packets.flags[rows],
                                    packets.is_tcp[rows], settings)
-    first_row = rows[_starts(flow_sorted)]
-    flipped = _flipped(packets, first_row)
+    first_row = rows[run_starts(flow_sorted)]
+    flipped = flipped_roles(packets, first_row)
     flow_of = np.full(len(packets.frame), -1, np.int64)
     flow_of[rows] = flow_sorted
     is_orig = np.zeros(len(packets.frame), bool)
     first = first_row[flow_sorted]
     is_orig[rows] = ((packets.src[rows] == packets.src[first])
                      & (packets.src_port[rows] == packets.src_port[first])) ^ flipped[flow_sorted]
-    return _Membership(flow_of, is_orig, first_row, flipped)
+    return Membership(flow_of, is_orig, first_row, flipped)
 
 
-def _row_frame(packets: _Packets, index: np.ndarray) -> pd.DataFrame:
+def _row_frame(packets: PacketArrays, index: np.ndarray) -> pd.DataFrame:
     """The rows `index` in the frame `_attach_portless` takes (indexed by row number)."""
     return pd.DataFrame({
         "row": index, "src_code": packets.src[index], "dst_code": packets.dst[index],
@@ -432,7 +267,7 @@ def _row_frame(packets: _Packets, index: np.ndarray) -> pd.DataFrame:
         index=index)
 
 
-def _attach(packets: _Packets, member: _Membership, settings: FlowSettings) -> None:
+def _attach(packets: PacketArrays, member: Membership, settings: FlowSettings) -> None:
     """Rows without ports (not below the transport layer) join a connection of their pair."""
     transport_like = ~pd.Series(packets.protocols, dtype="string").str.match(
         NOT_TRANSPORT.pattern, na=False).to_numpy(bool)
@@ -459,7 +294,7 @@ def assemble_connections(packets: pa.Table | pd.DataFrame, settings: FlowSetting
     see the module docstring for the rules."""
     if isinstance(packets, pd.DataFrame):
         packets = pa.Table.from_pandas(packets[PACKET_COLUMNS], preserve_index=False)
-    arrays = _Packets.of(packets.select(PACKET_COLUMNS))
+    arrays = PacketArrays.of(packets.select(PACKET_COLUMNS))
     member = _membership(arrays, settings)
     _attach(arrays, member, settings)
     inside = member.flow_of >= 0
@@ -469,182 +304,6 @@ def assemble_connections(packets: pa.Table | pd.DataFrame, settings: FlowSetting
     packet_flow = np.append(rank, -1)[member.flow_of]
     return Connections(flows=flows, packet_flow=packet_flow,
                        packet_is_orig=member.is_orig & inside, left_out=left_out)
-
-
-class _PerFlow:
-    """Per-flow reductions of row arrays sorted by flow, every flow 0..n-1 present."""
-
-    def __init__(self, flow: np.ndarray):
-        self.flow = flow
-        self.starts = np.flatnonzero(_starts(flow))
-
-    def any(self, mask) -> np.ndarray:
-        return np.logical_or.reduceat(mask, self.starts)
-
-    def sum(self, values) -> np.ndarray:
-        return np.add.reduceat(values, self.starts)
-
-    def min(self, values) -> np.ndarray:
-        """Smallest value, ignoring NaN (NaN when all are)."""
-        return np.fmin.reduceat(values, self.starts)
-
-    def max(self, values) -> np.ndarray:
-        return np.fmax.reduceat(values, self.starts)
-
-    def first_position(self, mask) -> np.ndarray:
-        """Row position of the first row where `mask` holds (inf when none)."""
-        return self.min(np.where(mask, np.arange(len(mask)), np.inf))
-
-    def mean_std(self, values) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and population standard deviation, ignoring NaN."""
-        known = ~np.isnan(values)
-        count = self.sum(known.astype(np.int64))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.sum(np.where(known, values, 0.0)) / count
-            deviation = np.where(known, values - mean[self.flow], 0.0)
-            return mean, np.sqrt(self.sum(deviation ** 2) / count)
-
-
-@dataclass
-class _FlowRows:
-    """A partition's member rows sorted by (flow, time, frame), with what the history, state
-    and byte counts are made of."""
-
-    flow: np.ndarray
-    per: _PerFlow
-    orig: np.ndarray
-    tcp: np.ndarray
-    known: np.ndarray
-    syn: np.ndarray
-    fin: np.ndarray
-    rst: np.ndarray
-    ack: np.ndarray
-    payload: np.ndarray
-    retransmitted: np.ndarray
-    zero_window: np.ndarray
-
-    @classmethod
-    def of(cls, packets: _Packets, rows: np.ndarray, member: _Membership) -> _FlowRows:
-        flow = member.flow_of[rows]
-        per = _PerFlow(flow)
-        orig = member.is_orig[rows]
-        tcp = packets.is_tcp[member.first_row][flow]
-        known = packets.known_flags[rows]
-        flags = packets.flags[rows]
-        syn, fin, rst, ack = (((flags & bit) != 0) & known & tcp for bit in (SYN, FIN, RST, ACK))
-        # Payload: the segment length where known; else frame length less the flow's headers.
-        length, tcp_len = packets.length[rows], packets.tcp_len[rows]
-        overhead = per.min(length - tcp_len)
-        payload = np.where(np.isnan(tcp_len), np.maximum(length - overhead[flow], 0), tcp_len)
-        payload = np.where(tcp, np.nan_to_num(payload), 0.0)
-        # Zeek's W: a zero window, not on or after a RST of this side, nor after the peer's FIN.
-        position = np.arange(len(rows))
-        own_rst = np.where(orig, per.first_position(rst & orig)[flow],
-                           per.first_position(rst & ~orig)[flow])
-        peer_fin = np.where(orig, per.first_position(fin & ~orig)[flow],
-                            per.first_position(fin & orig)[flow])
-        zero_window = tcp & (packets.window[rows] == 0) & (position < own_rst) & \
-            (position < peer_fin)
-        return cls(flow=flow, per=per, orig=orig, tcp=tcp, known=known, syn=syn, fin=fin,
-                   rst=rst, ack=ack, payload=payload,
-                   retransmitted=tcp & (payload > 0) & packets.retransmission[rows],
-                   zero_window=zero_window)
-
-
-# History letters by code (0: none; 1-8 in Zeek's order of checks), the originator's in upper
-# case and the responder's in lower case; then T, W and the flip mark.
-_LETTERS = np.array([list(" IQHSFRDATW^"), list(" iqhsfrdatw^")])
-T_CODE, W_CODE, FLIP_CODE = 9, 10, 11
-
-
-def _history(rows: _FlowRows, flipped: np.ndarray) -> np.ndarray:
-    """Zeek's history string per flow."""
-    several = (rows.syn.astype(int) + rows.fin + rows.rst) > 1
-    data = rows.payload > 0
-    code = np.select(
-        [several & rows.fin & rows.rst, several, rows.syn & rows.ack, rows.syn, rows.fin,
-         rows.rst, data, rows.ack & rows.known], np.arange(1, 9), 0)
-    code = np.where(rows.tcp, code, 7)
-    # First occurrence of each letter of each side of each flow.
-    lettered = np.flatnonzero(code > 0)
-    key = (rows.flow[lettered] * 2 + rows.orig[lettered]) * 16 + code[lettered]
-    first = lettered[np.unique(key, return_index=True)[1]]
-    events = [(rows.flow[first], first * 3, code[first], rows.orig[first])]
-    for slot, (letter, happened) in enumerate(((T_CODE, rows.retransmitted),
-                                               (W_CODE, rows.zero_window)), start=1):
-        hits = np.flatnonzero(happened)
-        side = rows.flow[hits] * 2 + rows.orig[hits]
-        by_side = np.argsort(side, kind="stable")
-        nth = np.empty(len(hits), np.int64)
-        nth[by_side] = np.arange(len(hits)) - np.flatnonzero(_starts(side[by_side]))[
-            np.cumsum(_starts(side[by_side])) - 1]
-        kept = hits[np.isin(nth + 1, 10 ** np.arange(19))]
-        events.append((rows.flow[kept], kept * 3 + slot, np.full(len(kept), letter),
-                       rows.orig[kept]))
-    flips = np.flatnonzero(flipped)
-    events.append((flips, np.full(len(flips), -1), np.full(len(flips), FLIP_CODE),
-                   np.ones(len(flips), bool)))
-    flow, order, letters, orig = (np.concatenate(parts) for parts in zip(*events))
-    sort = np.lexsort((order, flow))
-    chars = _LETTERS[(~orig[sort]).astype(np.int64), letters[sort]]
-    return _concat_per_flow(flow[sort], chars, len(flipped))
-
-
-def _endpoint_state(pre, rst, fin, rst_order, fin_order, peer_fin):
-    """Final state: RESET after a RST, CLOSED after a FIN; a RST after our own FIN and the
-    peer's FIN (a normal close followed by a reset) leaves the endpoint CLOSED, as in Zeek."""
-    reset_after_close = rst & fin & (fin_order < rst_order) & peer_fin
-    return np.select([rst & ~reset_after_close, fin | reset_after_close], [RESET, CLOSED], pre)
-
-
-def _side_flags(rows: _FlowRows, mine: np.ndarray) -> dict[str, np.ndarray]:
-    """One side's per-flow control bits, in the terms of Zeek's endpoint states."""
-    per = rows.per
-    return {"syn": per.any(rows.syn & ~rows.ack & mine), "synack": per.any(rows.syn & rows.ack
-                                                                          & mine),
-            "fin": per.any(rows.fin & mine), "rst": per.any(rows.rst & mine),
-            "any": per.any(mine), "data": per.any((rows.payload > 0) & mine),
-            "fin_order": per.first_position(rows.fin & mine),
-            "rst_order": per.first_position(rows.rst & mine)}
-
-
-def _conn_state(is_tcp, o: dict, r: dict, no_payload, history) -> np.ndarray:
-    """Zeek's conn_state (base/protocols/conn/main.zeek) from per-direction aggregates."""
-    o_pre = np.select([~o["any"], o["syn"] & (r["syn"] | r["synack"]), o["syn"],
-                       o["synack"] & r["syn"], o["synack"]],
-                      [INACTIVE, ESTABLISHED, SYN_SENT, ESTABLISHED, SYN_ACK_SENT], PARTIAL)
-    # A responder that only acks a SYN (no SYN-ACK, no data) stays inactive, as in Zeek.
-    r_pre = np.select([r["syn"] | r["synack"], ~r["any"], o["syn"] & ~r["data"]],
-                      [ESTABLISHED, INACTIVE, INACTIVE], PARTIAL)
-    os_ = _endpoint_state(o_pre, o["rst"], o["fin"], o["rst_order"], o["fin_order"], r["fin"])
-    rs = _endpoint_state(r_pre, r["rst"], r["fin"], r["rst_order"], r["fin_order"], o["fin"])
-    o_inactive = (os_ == INACTIVE) | (os_ == PARTIAL)
-    r_inactive = (rs == INACTIVE) | (rs == PARTIAL)
-    syn_then_reset = pd.Series(history, dtype="string").str.contains(
-        r"^\^?S[^HAFGIQ]*R", regex=True).to_numpy(bool)
-    tcp_state = np.select(
-        [
-            (rs == RESET) & ((os_ == SYN_SENT) | (os_ == SYN_ACK_SENT)
-                             | ((os_ == RESET) & no_payload)),
-            (rs == RESET) & o_inactive,
-            rs == RESET,
-            (os_ == RESET) & r_inactive & syn_then_reset,
-            (os_ == RESET) & r_inactive,
-            os_ == RESET,
-            (rs == CLOSED) & (os_ == CLOSED),
-            (os_ == CLOSED) & r_inactive,
-            os_ == CLOSED,
-            (rs == CLOSED) & o_inactive,
-            rs == CLOSED,
-            (os_ == SYN_SENT) & (rs == INACTIVE),
-            (os_ == ESTABLISHED) & (rs == ESTABLISHED),
-        ],
-        ["REJ", "RSTRH", "RSTR", "RSTOS0", "OTH", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0",
-         "S1"],
-        "OTH")
-    # UDP: each side active once it sent anything.
-    udp_state = np.select([o["any"] & r["any"], o["any"], r["any"]], ["SF", "S0", "SHR"], "OTH")
-    return np.where(is_tcp, tcp_state, udp_state)
 
 
 @dataclass
@@ -657,7 +316,7 @@ class _SideBytes:
     ip: np.ndarray
 
 
-def _side_bytes(packets: _Packets, rows: np.ndarray, flow_rows: _FlowRows,
+def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
                 mine: np.ndarray) -> _SideBytes:
     fr, per = flow_rows, flow_rows.per
     seq, ack_number = packets.seq[rows], packets.ack[rows]
@@ -681,7 +340,7 @@ def _side_bytes(packets: _Packets, rows: np.ndarray, flow_rows: _FlowRows,
         ip=per.sum(np.where(mine, np.maximum(length - LINK_HEADER, 0), 0)))
 
 
-def _services(packets: _Packets, rows: np.ndarray, flow: np.ndarray, n_flows: int):
+def _services(packets: PacketArrays, rows: np.ndarray, flow: np.ndarray, n_flows: int):
     """Each flow's protocols above TCP/UDP (TLS/SSL versions as TLS), sorted, comma-joined."""
     names = pd.Series(packets.protocols, dtype="string")
     names = names.where(~names.isin(["TCP", "UDP"]))
@@ -691,72 +350,30 @@ def _services(packets: _Packets, rows: np.ndarray, flow: np.ndarray, n_flows: in
     keyed = np.unique(flow[service >= 0] * (len(catalogue) + 1) + service[service >= 0])
     present_flow, present = keyed // (len(catalogue) + 1), keyed % (len(catalogue) + 1)
     # Code points 1.. stand for the names (0 is the grid's padding).
-    combination = _concat_per_flow(present_flow, (present + 1).astype(np.uint32).view("U1"),
+    combination = concat_per_flow(present_flow, (present + 1).astype(np.uint32).view("U1"),
                                    n_flows)
     joined = {combo: ",".join(catalogue[ord(c) - 1] for c in combo)
               for combo in np.unique(combination) if combo}
     return pd.Series(combination).map(joined).to_numpy(object)
 
 
-UID_ALPHABET = np.frombuffer(
-    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)
-UID_DIGITS = 17  # the lowest 17 base62 digits of a 128-bit hash: about 101 bits
-# SipHash keys (16 bytes each) of the two 64-bit halves of a uid's hash.
-UID_KEYS = ("tracelab-uid-hi:", "tracelab-uid-lo:")
-
-
-def connection_uids(keys: pa.Array) -> np.ndarray:
-    """Zeek-style uids: 'C' and the lowest 17 base62 digits of a 128-bit hash (two SipHashes)
-    of each key's text; Zeek's are 'C' and base62 of 96 random bits."""
-    text = keys.to_numpy(zero_copy_only=False).astype(object)
-    high, low = (pd.util.hash_array(text, hash_key=key, categorize=False) for key in UID_KEYS)
-    mask = np.uint64(0xFFFFFFFF)
-    limbs = [high >> np.uint64(32), high & mask, low >> np.uint64(32), low & mask]
-    digits = np.empty((len(text), UID_DIGITS + 1), np.uint8)
-    digits[:, 0] = ord("C")
-    for place in range(UID_DIGITS, 0, -1):  # long division of the 128-bit number by 62
-        remainder = np.zeros(len(text), np.uint64)
-        for index, limb in enumerate(limbs):
-            value = (remainder << np.uint64(32)) | limb
-            limbs[index], remainder = value // np.uint64(62), value % np.uint64(62)
-        digits[:, place] = UID_ALPHABET[remainder.astype(np.int64)]
-    return digits.view(f"S{UID_DIGITS + 1}").ravel().astype(str).astype(object)
-
-
-def uid_sort_keys(uids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Two int64 arrays whose (first, second) order is the uids' text order: the 17 characters
-    after 'C', each as its byte less ord('0') (0 to 74), ten in base 75 and then seven."""
-    if isinstance(uids, pa.ChunkedArray):
-        uids = uids.combine_chunks()
-    width = UID_DIGITS + 1
-    fixed = uids.cast(pa.binary(width))
-    text = np.frombuffer(fixed.buffers()[1], np.uint8, count=len(fixed) * width,
-                         offset=fixed.offset * width).reshape(-1, width)
-    digits = text[:, 1:].astype(np.int64) - ord("0")
-    high, low = digits[:, :10], digits[:, 10:]  # 75**10 < 2**63
-    return high @ 75 ** np.arange(9, -1, -1), low @ 75 ** np.arange(6, -1, -1)
-
-
-def _aggregate(packets: _Packets, member: _Membership, trace: str):
+def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     """One row a flow, ordered by first packet; and each flow's row in that order."""
     n_flows = len(member.first_row)
     if not n_flows:
         return FLOWS.schema.empty_table().to_pandas(), np.zeros(0, np.int64)
     rows = np.flatnonzero(member.flow_of >= 0)
     rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
-    flow_rows = _FlowRows.of(packets, rows, member)
+    flow_rows = FlowRows.of(packets, rows, member)
     per, flow = flow_rows.per, flow_rows.flow
-    history = _history(flow_rows, member.flipped)
-    o = _side_flags(flow_rows, flow_rows.orig)
-    r = _side_flags(flow_rows, ~flow_rows.orig)
+    history = zeek_history(flow_rows, member.flipped)
     orig_bytes = _side_bytes(packets, rows, flow_rows, flow_rows.orig)
     resp_bytes = _side_bytes(packets, rows, flow_rows, ~flow_rows.orig)
     flow_is_tcp = packets.is_tcp[member.first_row]
-    no_payload = ~o["data"] & ~r["data"]
-    conn_state = _conn_state(flow_is_tcp, o, r, no_payload, history)
+    conn_state = zeek_conn_state(flow_rows, flow_is_tcp, history)
 
     t = packets.t[rows]
-    iat = np.where(_starts(flow), np.nan, np.diff(t, prepend=t[:1]) / 1e9)
+    iat = np.where(run_starts(flow), np.nan, np.diff(t, prepend=t[:1]) / 1e9)
     iat_mean, iat_std = per.mean_std(iat)
     length = packets.length[rows].astype(np.float64)
     len_mean, len_std = per.mean_std(length)
@@ -801,45 +418,6 @@ def _aggregate(packets: _Packets, member: _Membership, trace: str):
     return flows.iloc[order].reset_index(drop=True), rank
 
 
-def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
-    """conn.log's fields of each flow (a FLOWS table) as Zeek text. As Zeek's conn.log does,
-    duration and the payload byte counts are left unset for a connection of no duration, and
-    an empty history or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
-    flows = flows.combine_chunks()
-    timed = pc.greater(flows.column("duration_s"), 0)
-    first_ns = flows.column("first_ts").cast(pa.int64())
-    last_ns = flows.column("last_ts").cast(pa.int64())
-    service = pc.utf8_lower(flows.column("service"))
-    for wireshark, zeek in ZEEK_SERVICE_NAMES.items():
-        service = pc.replace_substring_regex(service, rf"\b{wireshark}\b", zeek)
-    history = flows.column("history")
-    text = {
-        "first_ts": time_text(first_ns),
-        "duration_s": interval_text(pc.if_else(timed, pc.subtract(last_ns, first_ns), None)),
-        "service": string_text(service),
-        "history": string_text(pc.if_else(pc.equal(history, ""), None, history)),
-    }
-    fields = []
-    for log_field, column in CONN_LOG_FIELDS:
-        if column is None:
-            fields.append(unset(flows.num_rows))
-        elif column in text:
-            fields.append(text[column])
-        elif column in ("orig_bytes", "resp_bytes"):
-            fields.append(count_text(pc.if_else(timed, flows.column(column), None)))
-        elif log_field.type in ("count", "port"):
-            fields.append(count_text(flows.column(column)))
-        else:
-            fields.append(string_text(flows.column(column)))
-    return [values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-            for values in fields]
-
-
-def conn_log_writer(handle, opened: str) -> ZeekLogWriter:
-    """A conn.log writer on `handle` (binary), its header dated `opened`."""
-    return ZeekLogWriter(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
-
-
 class _TableAppender:
     """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
     metadata: known at the start in the Arrow schema, found on the way in the file's."""
@@ -864,30 +442,6 @@ class _TableAppender:
     def close(self, metadata: dict) -> None:
         self.writer.add_key_value_metadata(tracelab_metadata(metadata))
         self.writer.close()
-
-
-def _partition_tables(packets_path, settings: FlowSettings, scratch: Path):
-    """The packet table (PACKET_COLUMNS) in partitions of about `partition_packets` rows."""
-    rows = pq.ParquetFile(packets_path).metadata.num_rows
-    count = partition_count(rows, settings.partition_packets)
-    log.info("%d packets in %d partition(s)", rows, count)
-    if count == 1:
-        return [load_packets(packets_path)]
-    return split_packets(packets_path, PACKET_COLUMNS, count, scratch).tables()
-
-
-def _trace_span(packets_path) -> tuple[str, str]:
-    """The first and last packet's times (from the row groups' statistics), as conn.log's
-    #open and #close."""
-    parquet = pq.ParquetFile(packets_path)
-    column = parquet.schema_arrow.get_field_index("ts")
-    stats = [parquet.metadata.row_group(g).column(column).statistics
-             for g in range(parquet.num_row_groups)]
-    times = [s.min for s in stats if s is not None and s.has_min_max] + \
-        [s.max for s in stats if s is not None and s.has_min_max]
-    if not times:
-        return ("1970-01-01-00-00-00",) * 2
-    return tuple(pd.Timestamp(t).strftime("%Y-%m-%d-%H-%M-%S") for t in (min(times), max(times)))
 
 
 # The order flows.parquet and conn.log are written in: their connections' first packet.
@@ -956,7 +510,7 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
     `conn_log_path` is None (a shard's job: the merge writes it), conn.log of one trace, one
     partition of the packet table at a time (`threads` at once)."""
     flow_settings_ = flow_settings(settings)
-    opened, closed = _trace_span(packets_path)
+    opened, closed = trace_span(packets_path)
     Path(flows_path).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
@@ -970,7 +524,8 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
                 stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
                 opened),
             trace=trace, scratch=scratch)
-        tables = _partition_tables(packets_path, flow_settings_, scratch)
+        tables = partition_tables(packets_path, PACKET_COLUMNS,
+                                  flow_settings_.partition_packets, scratch)
         for packets, connections in _assembled(tables, flow_settings_, trace, threads):
             out.write(packets, connections)
         out.close(closed)

@@ -45,7 +45,7 @@ from tracelab.core.streaming import (
     time_ranges,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
-from tracelab.security.connections import uid_sort_keys
+from tracelab.security.uid import uid_sort_keys
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ FIRST_ORDER = ["t", *UID_ORDER]
 
 HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
     "One row a source: an originator of at least one connection, with its fan-out, failed "
-    "attempts and the verdicts of the three scan detectors (see `security_hosts`). File "
+    "attempts and the verdicts of the three scan detectors (docs/security.md). File "
     "metadata: `tracelab.scan_settings` (the thresholds, and TRW's eta0, eta1)."), [
     Column("trace", DICT_STRING, "Trace name, as in the trace sheet."),
     Column("source", DICT_STRING, "The originator's address.", unique=True),

@@ -14,6 +14,7 @@ group by row group, only the columns asked for.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracelab.core.streaming import derived_row_groups, route
+
+log = logging.getLogger(__name__)
 
 # Fibonacci hashing's multiplier (2^64 / golden ratio): spreads the summed address hashes.
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -87,3 +90,15 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> 
             writer.close()
             sink.close()
     return Partitions(paths)
+
+
+def partition_tables(packets_path, columns: list[str], partition_packets: int, scratch: Path):
+    """The packet table (`columns` only) as Arrow tables of about `partition_packets` rows each,
+    one in memory at a time: the whole table when it is that small, else its partitions, split
+    into files in `scratch`."""
+    rows = pq.ParquetFile(packets_path).metadata.num_rows
+    count = partition_count(rows, partition_packets)
+    log.info("%d packets in %d partition(s)", rows, count)
+    if count == 1:
+        return [pq.read_table(packets_path, columns=columns)]
+    return split_packets(packets_path, columns, count, scratch).tables()

@@ -31,15 +31,9 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.streaming import merge_sorted, record_batches, route
+from tracelab.security.connections import FLOW_ORDER, PACKET_COLUMNS, write_connections
 from tracelab.security.partitions import address_hash, partition_count
-from tracelab.security.connections import (
-    FLOW_ORDER,
-    PACKET_COLUMNS,
-    _trace_span,
-    conn_log_fields,
-    conn_log_writer,
-    write_connections,
-)
+from tracelab.security.zeek_log import conn_log_fields, conn_log_writer, trace_span
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +101,7 @@ def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_p
         return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
                                  http_path=http_path, conn_log_path=conn_log_path,
                                  settings=settings, threads=threads)
-    flows = _merge_flows(shards.flows, flows_path, conn_log_path, _trace_span(packets_path))
+    flows = _merge_flows(shards.flows, flows_path, conn_log_path, trace_span(packets_path))
     requests = _append_parquet(shards.http, http_path)
     log.info("%s: %d connections, %d HTTP requests, merged from %d shards", trace, flows,
              requests, len(shards.flows))

@@ -20,14 +20,19 @@ backslash or any other non-printable byte is written `\\xNN`, and a whole field 
 as `-` or `(empty)` has its first character escaped, as Zeek does. `#open` and `#close` give
 times of the data (the first and last packet of the trace), not of the run, so a rerun writes
 the same bytes.
+
+conn.log (`conn_log_writer`, `conn_log_fields`) has Zeek's default fields in Zeek's order, each
+from a column of the flows table (`tracelab.security.connections.FLOWS`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 SEPARATOR = "\t"
 SET_SEPARATOR = ","
@@ -121,3 +126,81 @@ class ZeekLogWriter:
 
     def close(self, close_text: str) -> None:
         self.handle.write(f"#close{SEPARATOR}{close_text}\n".encode())
+
+
+# ---- conn.log ------------------------------------------------------------------------------
+
+# Zeek's default fields, in Zeek's order, each from a FLOWS column (None: unset).
+CONN_LOG_FIELDS = [
+    (LogField("ts", "time"), "first_ts"), (LogField("uid", "string"), "uid"),
+    (LogField("id.orig_h", "addr"), "orig"), (LogField("id.orig_p", "port"), "orig_port"),
+    (LogField("id.resp_h", "addr"), "resp"), (LogField("id.resp_p", "port"), "resp_port"),
+    (LogField("proto", "enum"), "proto"), (LogField("service", "string"), "service"),
+    (LogField("duration", "interval"), "duration_s"),
+    (LogField("orig_bytes", "count"), "orig_bytes"),
+    (LogField("resp_bytes", "count"), "resp_bytes"),
+    (LogField("conn_state", "string"), "conn_state"),
+    (LogField("local_orig", "bool"), None), (LogField("local_resp", "bool"), None),
+    (LogField("missed_bytes", "count"), "missed_bytes"),
+    (LogField("history", "string"), "history"),
+    (LogField("orig_pkts", "count"), "orig_pkts"),
+    (LogField("orig_ip_bytes", "count"), "orig_ip_bytes"),
+    (LogField("resp_pkts", "count"), "resp_pkts"),
+    (LogField("resp_ip_bytes", "count"), "resp_ip_bytes"),
+    (LogField("tunnel_parents", "set[string]"), None),
+]
+# Zeek's analyzer names for the services Wireshark names otherwise.
+ZEEK_SERVICE_NAMES = {"tls": "ssl"}
+
+
+def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
+    """conn.log's fields of each flow (a FLOWS table) as Zeek text. As Zeek's conn.log does,
+    duration and the payload byte counts are left unset for a connection of no duration, and
+    an empty history or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
+    flows = flows.combine_chunks()
+    timed = pc.greater(flows.column("duration_s"), 0)
+    first_ns = flows.column("first_ts").cast(pa.int64())
+    last_ns = flows.column("last_ts").cast(pa.int64())
+    service = pc.utf8_lower(flows.column("service"))
+    for wireshark, zeek in ZEEK_SERVICE_NAMES.items():
+        service = pc.replace_substring_regex(service, rf"\b{wireshark}\b", zeek)
+    history = flows.column("history")
+    text = {
+        "first_ts": time_text(first_ns),
+        "duration_s": interval_text(pc.if_else(timed, pc.subtract(last_ns, first_ns), None)),
+        "service": string_text(service),
+        "history": string_text(pc.if_else(pc.equal(history, ""), None, history)),
+    }
+    fields = []
+    for log_field, column in CONN_LOG_FIELDS:
+        if column is None:
+            fields.append(unset(flows.num_rows))
+        elif column in text:
+            fields.append(text[column])
+        elif column in ("orig_bytes", "resp_bytes"):
+            fields.append(count_text(pc.if_else(timed, flows.column(column), None)))
+        elif log_field.type in ("count", "port"):
+            fields.append(count_text(flows.column(column)))
+        else:
+            fields.append(string_text(flows.column(column)))
+    return [values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+            for values in fields]
+
+
+def conn_log_writer(handle, opened: str) -> ZeekLogWriter:
+    """A conn.log writer on `handle` (binary), its header dated `opened`."""
+    return ZeekLogWriter(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
+
+
+def trace_span(packets_path) -> tuple[str, str]:
+    """The first and last packet's times (from the row groups' statistics), as conn.log's
+    #open and #close."""
+    parquet = pq.ParquetFile(packets_path)
+    column = parquet.schema_arrow.get_field_index("ts")
+    stats = [parquet.metadata.row_group(g).column(column).statistics
+             for g in range(parquet.num_row_groups)]
+    times = [s.min for s in stats if s is not None and s.has_min_max] + \
+        [s.max for s in stats if s is not None and s.has_min_max]
+    if not times:
+        return ("1970-01-01-00-00-00",) * 2
+    return tuple(pd.Timestamp(t).strftime("%Y-%m-%d-%H-%M-%S") for t in (min(times), max(times)))
