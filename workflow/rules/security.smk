@@ -32,8 +32,13 @@ rule security_connections:
 rule security_hosts:
     input:
         flows=rules.security_connections.output.flows,
+        http=rules.security_connections.output.http,
+        packets=rules.normalize_trace.output.packets,
     output:
         hosts="results/features/{trace}/hosts.parquet",
+        notice_log="results/features/{trace}/notice.log",
+        http_log="results/features/{trace}/http.log",
+        dns_log="results/features/{trace}/dns.log",
     log:
         "results/logs/security/hosts/{trace}.log",
     benchmark:

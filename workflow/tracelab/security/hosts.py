@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from pandera.pandas import Check
 
 from tracelab.core import streaming
+from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
 from tracelab.core.streaming import (
     DistinctRows,
@@ -45,7 +47,11 @@ from tracelab.core.streaming import (
     time_ranges,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, TIMESTAMP, Column, Table
+from tracelab.security.names import trace_dns_answers
+from tracelab.security.notice import write_notice_log
+from tracelab.security.protocol_logs import write_dns_log, write_http_log
 from tracelab.security.uid import uid_sort_keys
+from tracelab.security.zeek_log import trace_span
 
 log = logging.getLogger(__name__)
 
@@ -463,3 +469,25 @@ def write_hosts(*, trace: str, flows_path, hosts_path, settings: dict) -> dict:
     log.info("%s: %d sources, flagged: %s", trace, len(hosts),
              dict(zip(flagged["source"], flagged["flagged_by"])) or "none")
     return {"sources": len(hosts), "flagged": len(flagged)}
+
+
+def hosts_stage(*, trace: str, packets_path, flows_path, http_path, hosts_path, notice_log_path,
+                http_log_path, dns_log_path, settings: dict) -> dict:
+    """Stage of the hosts rule: hosts.parquet, then notice.log of its scan findings
+    (`tracelab.security.notice`), and http.log and dns.log of the trace
+    (`tracelab.security.protocol_logs`)."""
+    counts = write_hosts(trace=trace, flows_path=flows_path, hosts_path=hosts_path,
+                         settings=settings)
+    dns, span = trace_dns_answers(packets_path), trace_span(packets_path)
+    with contextlib.ExitStack() as stack:
+        def handle(path):
+            return stack.enter_context(stack.enter_context(atomic_path(path)).open("wb"))
+
+        counts["notices"] = write_notice_log(handle(notice_log_path), hosts_path, dns, span)
+        counts["http_log"] = write_http_log(handle(http_log_path), http_path, flows_path, dns,
+                                            span)
+        counts["dns_log"] = write_dns_log(handle(dns_log_path), packets_path, flows_path, dns,
+                                          span)
+    log.info("%s: notice.log %d, http.log %d, dns.log %d records", trace, counts["notices"],
+             counts["http_log"], counts["dns_log"])
+    return counts

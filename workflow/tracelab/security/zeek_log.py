@@ -22,7 +22,11 @@ times of the data (the first and last packet of the trace), not of the run, so a
 the same bytes.
 
 conn.log (`conn_log_writer`, `conn_log_fields`) has Zeek's default fields in Zeek's order, each
-from a column of the flows table (`tracelab.security.connections.FLOWS`).
+from a column of the flows table (`tracelab.security.connections.FLOWS`), then two fields of its
+own, `orig_name` and `resp_name`, as Zeek scripts add fields at the end. `id.orig_h` and
+`id.resp_h` are Zeek `addr` fields: they hold an address where the trace gives one (the endpoint
+itself, or the address the trace reveals for a name: `tracelab.security.names`) and are unset
+otherwise; the name an export showed goes to `orig_name`/`resp_name` (unset for an address).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from tracelab.security.names import address_of_endpoint, is_address
 
 SEPARATOR = "\t"
 SET_SEPARATOR = ","
@@ -148,15 +154,32 @@ CONN_LOG_FIELDS = [
     (LogField("resp_pkts", "count"), "resp_pkts"),
     (LogField("resp_ip_bytes", "count"), "resp_ip_bytes"),
     (LogField("tunnel_parents", "set[string]"), None),
+    (LogField("orig_name", "string"), "orig_name"), (LogField("resp_name", "string"), "resp_name"),
 ]
 # Zeek's analyzer names for the services Wireshark names otherwise.
 ZEEK_SERVICE_NAMES = {"tls": "ssl"}
 
 
-def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
-    """conn.log's fields of each flow (a FLOWS table) as Zeek text. As Zeek's conn.log does,
-    duration and the payload byte counts are left unset for a connection of no duration, and
-    an empty history or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
+def endpoint_fields(endpoints, dns: dict[str, str]) -> tuple[pa.Array, pa.Array]:
+    """An endpoint column (addresses or names, plain or dictionary) as Zeek text of its address
+    (`addr`, unset where the trace gives none) and of its name (unset for an address), resolved
+    once a distinct value."""
+    if isinstance(endpoints, pa.ChunkedArray):
+        endpoints = endpoints.combine_chunks()
+    if not pa.types.is_dictionary(endpoints.type):
+        endpoints = pc.dictionary_encode(endpoints)
+    values = pc.cast(endpoints.dictionary, pa.string())
+    address = address_of_endpoint(values, dns)
+    name = pc.if_else(is_address(values), None, values)
+    return (string_text(pc.take(address, endpoints.indices)),
+            string_text(pc.take(name, endpoints.indices)))
+
+
+def conn_log_fields(flows: pa.Table, dns: dict[str, str]) -> list[pa.Array]:
+    """conn.log's fields of each flow (a FLOWS table) as Zeek text, names resolved with the
+    trace's DNS answers `dns` (name -> address). As Zeek's conn.log does, duration and the
+    payload byte counts are left unset for a connection of no duration, and an empty history
+    or service unset; service names are Zeek's (lowercase, `ssl` for TLS)."""
     flows = flows.combine_chunks()
     timed = pc.greater(flows.column("duration_s"), 0)
     first_ns = flows.column("first_ts").cast(pa.int64())
@@ -165,7 +188,10 @@ def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
     for wireshark, zeek in ZEEK_SERVICE_NAMES.items():
         service = pc.replace_substring_regex(service, rf"\b{wireshark}\b", zeek)
     history = flows.column("history")
+    orig, orig_name = endpoint_fields(flows.column("orig"), dns)
+    resp, resp_name = endpoint_fields(flows.column("resp"), dns)
     text = {
+        "orig": orig, "orig_name": orig_name, "resp": resp, "resp_name": resp_name,
         "first_ts": time_text(first_ns),
         "duration_s": interval_text(pc.if_else(timed, pc.subtract(last_ns, first_ns), None)),
         "service": string_text(service),
@@ -187,9 +213,21 @@ def conn_log_fields(flows: pa.Table) -> list[pa.Array]:
             for values in fields]
 
 
-def conn_log_writer(handle, opened: str) -> ZeekLogWriter:
-    """A conn.log writer on `handle` (binary), its header dated `opened`."""
-    return ZeekLogWriter(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
+class ConnLogWriter(ZeekLogWriter):
+    """conn.log: ZeekLogWriter that writes flows, their names resolved with `dns`."""
+
+    def __init__(self, handle, opened: str, dns: dict[str, str]):
+        super().__init__(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
+        self.dns = dns
+
+    def write_flows(self, flows: pa.Table) -> None:
+        self.write(conn_log_fields(flows, self.dns))
+
+
+def conn_log_writer(handle, opened: str, dns: dict[str, str]) -> ConnLogWriter:
+    """A conn.log writer on `handle` (binary), its header dated `opened`, names resolved with
+    the trace's DNS answers `dns` (`tracelab.security.names.trace_dns_answers`)."""
+    return ConnLogWriter(handle, opened, dns)
 
 
 def trace_span(packets_path) -> tuple[str, str]:

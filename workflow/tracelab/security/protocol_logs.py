@@ -1,0 +1,270 @@
+"""http.log and dns.log beside conn.log (and notice.log, `tracelab.security.notice`): Zeek's
+logs of the same trace, from the tables tracelab has, in Zeek's ASCII format
+(`tracelab.security.zeek_log`).
+
+Each log has the fields of Zeek's `Info` record (HTTP::Info of base/protocols/http/main.zeek
+with the file fields of http/entities.zeek; DNS::Info of base/protocols/dns/main.zeek;
+notice.log: `tracelab.security.notice`) in Zeek's order with Zeek's types; a field tracelab
+cannot fill is declared and left unset (`-`), never guessed. Like conn.log, each adds
+`orig_name`/`resp_name` at the end, and `id.orig_h`/`id.resp_h` hold the trace's addresses
+(`tracelab.security.names`).
+
+- http.log: one record a request of http.parquet: `trans_depth` (its rank in the connection,
+  from 1), `method`, `uri`, `status_code` (its response's status). Unset: `host`, `referrer`,
+  `version`, `user_agent`, `origin`, the body lengths, `status_msg`, `info_*`, `tags`,
+  credentials, `proxied` and the file fields (a Wireshark export shows request and status
+  lines only; tracelab keeps no headers of captures either).
+- dns.log: one record a DNS transaction (a query and its response; a message without its
+  pair alone), from the packets with a DNS question (`dns_query`: DNS, mDNS, LLMNR), each in
+  its connection of flows.parquet. A query is what the connection's originator sent; the n-th
+  response of a connection (of a transaction id, where known) answers the n-th query. `rtt`
+  is response time less query time. From Wireshark's Info of an export: `trans_id`, `qtype`,
+  `qtype_name`, `rcode`, `rcode_name` and `answers` (the records Info lists, where the answer
+  is NOERROR). Unset: `qclass`, the header bits `AA`, `TC`, `RD`, `RA`, `Z`, `TTLs` and
+  `rejected` (neither an export nor tracelab's capture decoder keeps them), and from a capture
+  every field Info gives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tracelab.core.streaming import derived_row_groups, non_empty_groups
+from tracelab.security.zeek_log import (
+    LogField,
+    ZeekLogWriter,
+    count_text,
+    endpoint_fields,
+    interval_text,
+    string_text,
+    time_text,
+    unset,
+)
+
+log = logging.getLogger(__name__)
+
+ID_FIELDS = [LogField("id.orig_h", "addr"), LogField("id.orig_p", "port"),
+             LogField("id.resp_h", "addr"), LogField("id.resp_p", "port")]
+NAME_FIELDS = [LogField("orig_name", "string"), LogField("resp_name", "string")]
+
+
+def _fields(*pairs: tuple[str, str]) -> list[LogField]:
+    return [LogField(name, type_) for name, type_ in pairs]
+
+
+HTTP_LOG_FIELDS = [
+    *_fields(("ts", "time"), ("uid", "string")), *ID_FIELDS,
+    *_fields(("trans_depth", "count"), ("method", "string"), ("host", "string"),
+             ("uri", "string"), ("referrer", "string"), ("version", "string"),
+             ("user_agent", "string"), ("origin", "string"), ("request_body_len", "count"),
+             ("response_body_len", "count"), ("status_code", "count"), ("status_msg", "string"),
+             ("info_code", "count"), ("info_msg", "string"), ("tags", "set[enum]"),
+             ("username", "string"), ("password", "string"), ("proxied", "set[string]"),
+             ("orig_fuids", "vector[string]"), ("orig_filenames", "vector[string]"),
+             ("orig_mime_types", "vector[string]"), ("resp_fuids", "vector[string]"),
+             ("resp_filenames", "vector[string]"), ("resp_mime_types", "vector[string]")),
+    *NAME_FIELDS]
+DNS_LOG_FIELDS = [
+    *_fields(("ts", "time"), ("uid", "string")), *ID_FIELDS,
+    *_fields(("proto", "enum"), ("trans_id", "count"), ("rtt", "interval"),
+             ("query", "string"), ("qclass", "count"), ("qclass_name", "string"),
+             ("qtype", "count"), ("qtype_name", "string"), ("rcode", "count"),
+             ("rcode_name", "string"), ("AA", "bool"), ("TC", "bool"), ("RD", "bool"),
+             ("RA", "bool"), ("Z", "count"), ("answers", "vector[string]"),
+             ("TTLs", "vector[interval]"), ("rejected", "bool")),
+    *NAME_FIELDS]
+
+FLOW_COLUMNS = ["uid", "proto", "orig", "orig_port", "resp", "resp_port", "first_ts",
+                "last_ts"]
+DNS_PACKET_COLUMNS = ["frame", "ts", "src", "src_port", "dst", "dst_port", "info", "dns_query"]
+# Wireshark's Info of a DNS message: id, the error of a response, the question's type and
+# name, then (in a response) the records as "TYPE value".
+DNS_INFO = (r"^Standard query (?P<response>response )?0x(?P<id>[0-9a-fA-F]{1,4}) "
+            r"(?:(?P<error>No such name|Server failure|Refused|Format error|Not implemented) )?"
+            r"(?P<qtype>[A-Z][A-Z0-9]*) (?P<name>[^\s,]+)(?P<records>.*)$")
+DNS_RECORD = r"(?:^|\s)(?:[A-Z][A-Z0-9]*) ([^\s,]+)"
+# RFC 1035 / IANA numbers of the names Zeek writes (DNS::rcode_types, DNS::query_types).
+RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
+WIRESHARK_RCODES = {"No such name": "NXDOMAIN", "Server failure": "SERVFAIL",
+                    "Refused": "REFUSED", "Format error": "FORMERR", "Not implemented": "NOTIMP"}
+QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "HINFO": 13, "MX": 15, "TXT": 16,
+          "AAAA": 28, "SRV": 33, "NAPTR": 35, "DS": 43, "RRSIG": 46, "NSEC": 47,
+          "DNSKEY": 48, "SVCB": 64, "HTTPS": 65, "ANY": 255, "CAA": 257}
+
+
+def _flows_of(flows_path, keep) -> pd.DataFrame:
+    """The FLOW_COLUMNS of the flows `keep(row group)` selects (a boolean array), streamed."""
+    parquet = pq.ParquetFile(flows_path)
+    parts = [rows.filter(keep(rows)) for rows in derived_row_groups(
+        parquet, FLOW_COLUMNS, non_empty_groups(parquet))]
+    if not parts:
+        return pd.DataFrame(columns=FLOW_COLUMNS)
+    table = pa.concat_tables(parts)
+    return table.cast(pa.schema([pa.field(f.name, pa.string())
+                                 if pa.types.is_dictionary(f.type) else f
+                                 for f in table.schema])).to_pandas()
+
+
+def _ids(frame: pd.DataFrame, dns: dict[str, str]) -> dict[str, pa.Array]:
+    """id.* and the name fields of rows with orig, orig_port, resp, resp_port columns."""
+    orig, orig_name = endpoint_fields(pa.array(frame["orig"], pa.string()), dns)
+    resp, resp_name = endpoint_fields(pa.array(frame["resp"], pa.string()), dns)
+    return {"id.orig_h": orig, "id.orig_p": _counts(frame["orig_port"]), "id.resp_h": resp,
+            "id.resp_p": _counts(frame["resp_port"]), "orig_name": orig_name,
+            "resp_name": resp_name}
+
+
+def _counts(values: pd.Series) -> pa.Array:
+    return count_text(pa.array(values.astype("Int64"), pa.int64()))
+
+
+def _ns(values: pd.Series) -> pa.Array:
+    """Times (null: unset) as int64 nanoseconds since the epoch."""
+    stamps = pa.array(pd.to_datetime(values, utc=True), pa.timestamp("ns", "UTC"))
+    return stamps.cast(pa.int64())
+
+
+def _strings(values: pd.Series) -> pa.Array:
+    return string_text(pa.array(values.astype("object").where(values.notna(), None),
+                                pa.string()))
+
+
+def _in_order(fields: list[LogField], values: dict[str, pa.Array], rows: int) -> list[pa.Array]:
+    return [values.get(f.name, unset(rows)) for f in fields]
+
+
+# ---- http.log ------------------------------------------------------------------------------
+
+def http_log_fields(http: pd.DataFrame, flows: pd.DataFrame,
+                    dns: dict[str, str]) -> list[pa.Array]:
+    """http.log's fields of the requests `http` (HTTP columns ts, frame, uid, src, dst, method,
+    uri, status) in time order, their ids from `flows` (FLOW_COLUMNS, by uid; a request in no
+    connection has its client and server, no ports)."""
+    http = http.sort_values(["ts", "frame"], kind="stable").reset_index(drop=True)
+    ends = http.merge(flows[["uid", "orig", "orig_port", "resp", "resp_port"]], on="uid",
+                      how="left")
+    ends["orig"] = ends["orig"].where(ends["orig"].notna(), ends["src"])
+    ends["resp"] = ends["resp"].where(ends["resp"].notna(), ends["dst"])
+    depth = http.groupby(http["uid"].fillna(""), sort=False).cumcount() + 1
+    values = {"ts": time_text(_ns(http["ts"])), "uid": _strings(http["uid"]),
+              "trans_depth": _counts(depth.where(http["uid"].notna())),
+              "method": _strings(http["method"]), "uri": _strings(http["uri"]),
+              "status_code": _counts(http["status"]), **_ids(ends, dns)}
+    return _in_order(HTTP_LOG_FIELDS, values, len(http))
+
+
+def write_http_log(handle, http_path, flows_path, dns, span) -> int:
+    http = pq.read_table(http_path, columns=["ts", "frame", "uid", "src", "dst", "method",
+                                             "uri", "status"]).to_pandas()
+    uids = pa.array(http["uid"].dropna().unique(), pa.string())
+    flows = _flows_of(flows_path, lambda rows: pc.is_in(rows.column("uid"), uids))
+    writer = ZeekLogWriter(handle, "http", HTTP_LOG_FIELDS, span[0])
+    writer.write(http_log_fields(http, flows, dns))
+    writer.close(span[1])
+    return len(http)
+
+
+# ---- dns.log -------------------------------------------------------------------------------
+
+def _dns_rows(rows: pa.Table) -> pa.Table:
+    return rows.filter(pc.is_valid(rows.column("dns_query")))
+
+
+def _endpoint_keys(address, port) -> pa.Array:
+    return pc.binary_join_element_wise(pc.cast(address, pa.string()),
+                                       pc.cast(port, pa.string()), "|")
+
+
+def dns_messages(packets_path, flows_path) -> pd.DataFrame:
+    """The packets with a DNS question, each with its connection (FLOW_COLUMNS) and whether
+    the originator sent it; a message in no connection is left out."""
+    parquet = pq.ParquetFile(packets_path)
+    parts = list(derived_row_groups(parquet, DNS_PACKET_COLUMNS, non_empty_groups(parquet),
+                                    _dns_rows))
+    if not parts or not sum(p.num_rows for p in parts):
+        return pd.DataFrame(columns=[*DNS_PACKET_COLUMNS, *FLOW_COLUMNS, "from_orig"])
+    packets = pa.concat_tables(parts)
+    src = _endpoint_keys(packets.column("src"), packets.column("src_port"))
+    dst = _endpoint_keys(packets.column("dst"), packets.column("dst_port"))
+    ends = pa.concat_arrays([src.combine_chunks(), dst.combine_chunks()]).unique()
+    flows = _flows_of(flows_path, lambda rows: pc.is_in(
+        _endpoint_keys(rows.column("orig"), rows.column("orig_port")), ends))
+    frame = packets.to_pandas().assign(src_key=src.to_pylist(), dst_key=dst.to_pylist())
+    frame["src"], frame["dst"] = frame["src"].astype("object"), frame["dst"].astype("object")
+    flows = flows.assign(orig_key=[f"{a}|{p}" for a, p in zip(flows["orig"], flows["orig_port"])],
+                         resp_key=[f"{a}|{p}" for a, p in zip(flows["resp"],
+                                                                 flows["resp_port"])])
+    sent = frame.merge(flows, left_on=["src_key", "dst_key"], right_on=["orig_key", "resp_key"])
+    answered = frame.merge(flows, left_on=["dst_key", "src_key"],
+                           right_on=["orig_key", "resp_key"])
+    both = pd.concat([sent.assign(from_orig=True), answered.assign(from_orig=False)],
+                     ignore_index=True)
+    both = both[(both["first_ts"] <= both["ts"]) & (both["ts"] <= both["last_ts"])]
+    # a port pair reused: the connection that started last before the packet
+    both = both.sort_values(["frame", "first_ts"]).drop_duplicates("frame", keep="last")
+    return both[[*DNS_PACKET_COLUMNS, *FLOW_COLUMNS, "from_orig"]].sort_values(
+        ["ts", "frame"], kind="stable").reset_index(drop=True)
+
+
+def _info(messages: pd.DataFrame) -> pd.DataFrame:
+    """The parts of Wireshark's Info of each message (columns of DNS_INFO; null for none)."""
+    parsed = messages["info"].fillna("").str.extract(DNS_INFO)
+    parsed["trans_id"] = parsed["id"].map(lambda h: int(h, 16), na_action="ignore")
+    parsed["rcode_name"] = parsed["error"].map(WIRESHARK_RCODES).where(
+        parsed["error"].notna(), np.where(parsed["response"].notna(), "NOERROR", None))
+    parsed["answers"] = [",".join(rec) if name == "NOERROR" and rec else None
+                         for name, rec in zip(parsed["rcode_name"],
+                                              parsed["records"].fillna("").str.findall(
+                                                  DNS_RECORD))]
+    return parsed
+
+
+def dns_transactions(messages: pd.DataFrame) -> pd.DataFrame:
+    """One row a transaction: each query with the response that answers it (suffix _r),
+    responses without a query and queries without a response alone."""
+    messages = pd.concat([messages, _info(messages)], axis=1)
+    key = messages["uid"] + "|" + messages["trans_id"].astype("Int64").astype("string").fillna("")
+    messages = messages.assign(key=key, nth=messages.groupby([key, messages["from_orig"]])
+                               .cumcount())
+    queries = messages[messages["from_orig"]]
+    responses = messages[~messages["from_orig"]]
+    pairs = queries.merge(responses, on=["key", "nth"], how="outer", suffixes=("", "_r"))
+    pairs["answered"] = pairs["frame"].notna() & pairs["frame_r"].notna()
+    for column in [*FLOW_COLUMNS, "ts", "frame", "dns_query", "qtype", "trans_id"]:
+        pairs[column] = pairs[column].where(pairs[column].notna(), pairs[f"{column}_r"])
+    return pairs.sort_values(["ts", "frame"], kind="stable").reset_index(drop=True)
+
+
+def dns_log_fields(transactions: pd.DataFrame, dns: dict[str, str]) -> list[pa.Array]:
+    """dns.log's fields of `dns_transactions`."""
+    t = transactions
+    rtt = pc.if_else(pa.array(t["answered"], pa.bool_()),
+                     pc.subtract(_ns(t["ts_r"]), _ns(t["ts"])), None)
+    values = {"ts": time_text(_ns(t["ts"])), "uid": _strings(t["uid"]),
+              "proto": _strings(t["proto"]),
+              "trans_id": _counts(t["trans_id"]),
+              "rtt": interval_text(rtt),
+              "query": _strings(t["dns_query"]), "qtype_name": _strings(t["qtype"]),
+              "qtype": _counts(t["qtype"].map(QTYPES)),
+              "rcode_name": _strings(t["rcode_name_r"]),
+              "rcode": _counts(t["rcode_name_r"].map(RCODES)),
+              "answers": _strings(t["answers_r"]), **_ids(t, dns)}
+    return _in_order(DNS_LOG_FIELDS, values, len(t))
+
+
+def write_dns_log(handle, packets_path, flows_path, dns, span) -> int:
+    messages = dns_messages(packets_path, flows_path)
+    writer = ZeekLogWriter(handle, "dns", DNS_LOG_FIELDS, span[0])
+    rows = 0
+    if len(messages):
+        transactions = dns_transactions(messages)
+        writer.write(dns_log_fields(transactions, dns))
+        rows = len(transactions)
+    writer.close(span[1])
+    return rows
