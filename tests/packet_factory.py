@@ -1,26 +1,15 @@
-"""Small hand-made packet tables in tracelab.core.packets.PACKET_SCHEMA, and the bundled traces'
-security outputs computed once per test session."""
+"""Small hand-made packet tables in tracelab.core.packets.PACKET_SCHEMA."""
 
 from __future__ import annotations
-
-import atexit
-import functools
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
 from tracelab.core.packets import PACKET_SCHEMA, TCP_FLAG_BITS
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = pd.Timestamp("2026-01-01 12:00:00", tz="UTC")
 FLAG_LETTERS = {"F": "FIN", "S": "SYN", "R": "RST", "P": "PSH", "A": "ACK"}
 HEADER_BYTES = 66  # Ethernet + IPv4 + TCP with timestamps
-SECURITY_TARGETS = ("results/compare/features.csv", "results/compare/scan_report.md")
 
 
 def flag_bits(letters: str) -> int:
@@ -57,7 +46,7 @@ def packet_table(rows: list[dict]) -> pa.Table:
     columns = {field.name: [] for field in PACKET_SCHEMA}
     first = min(row["t"] for row in rows) if rows else 0.0
     for frame, row in enumerate(rows, start=1):
-        values = {"frame": frame, "ts": BASE + pd.Timedelta(seconds=row["t"]),
+        values = {"trace": "t", "frame": frame, "ts": BASE + pd.Timedelta(seconds=row["t"]),
                   "t_rel_s": row["t"] - first, "info": row.get("info", ""),
                   "http_version": "HTTP/1.1" if row.get("http_method") else None, **row}
         for name in columns:
@@ -81,19 +70,3 @@ def handshake(t: float, client: str, sport: int, server: str, dport: int) -> lis
     return [tcp(t, client, sport, server, dport, "S", seq=0, ack=None),
             tcp(t + 0.001, server, dport, client, sport, "SA", seq=0, ack=1),
             tcp(t + 0.002, client, sport, server, dport, "A", seq=1, ack=1)]
-
-
-@functools.cache
-def bundled_results() -> Path:
-    """The bundled traces run through the security stages once (a copy of the workflow)."""
-    workdir = Path(tempfile.mkdtemp(prefix="tracelab-security-"))
-    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    shutil.copytree(REPO, workdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        "results", ".snakemake", ".git", ".venv", "__pycache__", ".pytest_cache",
-        ".hypothesis", "*.egg-info"))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *SECURITY_TARGETS], cwd=workdir,
-        capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return workdir / "results"

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracelab.core.packets import INFO_FIELDS, PACKETS, TCP_FLAG_BITS
+from tracelab.ingest.export.times import parse_time
 from tracelab.ingest.normalize import normalize_table, parse_info
-from tracelab.ingest.wireshark_csv import _parse_time
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
@@ -68,7 +68,7 @@ def test_info_parser_never_raises_and_its_values_pass_the_packet_model(rows):
         "protocol": protocols, "length": pa.array([60] * len(rows), pa.int64()),
         "info": infos,
     })
-    table = normalize_table(staged, 10**18)
+    table = normalize_table(staged, 10**18, "t")
     PACKETS.check(table)
     assert table.column("info").to_pylist() == infos  # kept as text, never evaluated
 
@@ -202,13 +202,13 @@ def test_well_formed_info_lines_parse_back_to_their_fields(lines):
 @PROPERTY_SETTINGS
 @given(st.lists(NEAR_TIME, min_size=1, max_size=12), TIMEZONES)
 def test_time_parser_never_raises_and_each_value_stands_alone(values, timezone):
-    times = _parse_time(pa.array(values, pa.string()), timezone)
+    times = parse_time(pa.array(values, pa.string()), timezone)
     ts, formats = times.ts, times.formats
     assert len(ts) == len(values)
     assert ts.type == pa.timestamp("ns", tz="UTC")
     assert formats["absolute"] + formats["epoch_seconds"] == len(values) - ts.null_count
     # A bad value elsewhere in the batch changes nothing about a row's own result.
-    alone = [_parse_time(pa.array([value], pa.string()), timezone).ts[0].as_py()
+    alone = [parse_time(pa.array([value], pa.string()), timezone).ts[0].as_py()
              for value in values]
     assert ts.to_pylist() == alone
 
@@ -224,7 +224,7 @@ def test_absolute_utc_times_parse_back(moment, extra_ns, separator, nanoseconds)
     if nanoseconds:
         text += f"{extra_ns:03d}"
         expected += extra_ns
-    times = _parse_time(pa.array([text]), "UTC")
+    times = parse_time(pa.array([text]), "UTC")
     ts, formats = times.ts, times.formats
     assert ts.cast(pa.int64()).to_pylist() == [expected]
     assert formats == {"absolute": 1, "epoch_seconds": 0}
@@ -238,7 +238,7 @@ def test_local_times_in_zones_without_daylight_saving_parse_back(moment, timezon
     local = moment.replace(tzinfo=ZoneInfo(timezone))
     expected = (local - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) \
         // dt.timedelta(microseconds=1) * 1000
-    ts = _parse_time(pa.array([text]), timezone).ts
+    ts = parse_time(pa.array([text]), timezone).ts
     assert ts.cast(pa.int64()).to_pylist() == [expected]
 
 
@@ -246,7 +246,7 @@ def test_local_times_in_zones_without_daylight_saving_parse_back(moment, timezon
 @given(st.integers(0, 9_223_372_035), st.text(alphabet="0123456789", max_size=9))
 def test_epoch_seconds_parse_back(seconds, fraction):
     text = f"{seconds}.{fraction}" if fraction else str(seconds)
-    times = _parse_time(pa.array([text]), "UTC")
+    times = parse_time(pa.array([text]), "UTC")
     ts, formats = times.ts, times.formats
     assert ts.cast(pa.int64()).to_pylist() == [seconds * 10**9 + int(fraction.ljust(9, "0"))]
     assert formats == {"absolute": 0, "epoch_seconds": 1}

@@ -23,7 +23,8 @@ from conftest import REPO
 from tracelab.core.html import SCRIPT_ELEMENT
 from tracelab.core.packets import PACKETS
 from tracelab.features import statistics
-from tracelab.features.statistics import file_statistics, layer_path, trace_statistics
+from tracelab.features.protocol_hierarchy import layer_path
+from tracelab.features.statistics import file_statistics, trace_statistics
 from tracelab.ingest.normalize import normalize_trace
 from tracelab.ingest.validate import validate_trace
 from tracelab.synth.capture import write_capture
@@ -158,6 +159,9 @@ def test_layer_paths():
     assert layer_path("IPv4", None, "HTTP") == "frame:ip:tcp:http"  # an export's HTTP row
     assert layer_path("IPv4", "tcp", "TLSv1.3") == "frame:ip:tcp:tls"
     assert layer_path("IPv4", "tcp", "TCP") == "frame:ip:tcp"
+    # An export's "[TCP segment of a reassembled PDU]" row shows neither ports nor flags.
+    assert layer_path("IPv4", None, "TCP") == "frame:ip:tcp"
+    assert layer_path("IPv6", None, "UDP") == "frame:ipv6:udp"
     assert layer_path("IPv4", "udp", "DNS") == "frame:ip:udp:dns"
     assert layer_path("IPv4", None, "ICMP") == "frame:ip:icmp"
     assert layer_path("IPv6", None, "ICMPv6") == "frame:ipv6:icmpv6"
@@ -171,11 +175,16 @@ ADDRESSES = ["10.0.0.1", "10.0.0.2", "192.168.1.7", "2001:db8::1", "fe80::2",
 
 def packet_table(rows: int, seed: int = 3) -> pd.DataFrame:
     """Random packets of every kind the statistics tell apart: TCP (flags and ports), UDP
-    (ports only), an export's HTTP row (no ports), ICMP, ARP between MAC addresses, names."""
+    (ports only), an export's HTTP row (no ports; between two hosts with no connection, so
+    that none is placed in one: tests/test_statistics_exports.py places them), ICMP, ARP
+    between MAC addresses, names."""
     rng = np.random.default_rng(seed)
     kind = rng.choice(["TCP", "UDP", "HTTP", "ICMP"], rows, p=[0.55, 0.2, 0.15, 0.1])
     src = rng.choice(ADDRESSES[:5] + ADDRESSES[6:], rows)
     dst = rng.choice(ADDRESSES[:5] + ADDRESSES[6:], rows)
+    web = rng.random(rows) < 0.5
+    src = np.where(kind == "HTTP", np.where(web, "10.0.0.8", "10.0.0.9"), src)
+    dst = np.where(kind == "HTTP", np.where(web, "10.0.0.9", "10.0.0.8"), dst)
     ported = np.isin(kind, ["TCP", "UDP"])
     frame = pd.DataFrame({
         "frame": np.arange(1, rows + 1),
@@ -194,6 +203,7 @@ def packet_table(rows: int, seed: int = 3) -> pd.DataFrame:
     frame.loc[arp, ["src", "dst", "protocol"]] = ["aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02", "ARP"]
     frame.loc[arp, ["src_port", "dst_port", "tcp_flags"]] = pd.NA
     frame["t_rel_s"] = (frame["ts"] - frame["ts"].min()).dt.total_seconds()
+    frame["trace"] = "t"
     return frame
 
 

@@ -63,5 +63,7 @@ rule trace_statistics:
         runtime=runtime_minutes(10, 1),
     params:
         code=rule_code("trace_statistics"),
+        # Rows without ports are placed in their connection as security_connections does.
+        flows=stable_params(config["security"]["flows"]),
     script:
         "../scripts/trace_statistics.py"

@@ -12,4 +12,5 @@ run_stage(
     conversations_path=snakemake.output.conversations,
     hierarchy_path=snakemake.output.hierarchy,
     html_path=snakemake.output.html,
+    flows=snakemake.params.flows,
 )

@@ -26,6 +26,8 @@ PACKETS = Table("packets", "results/packets/{trace}.parquet", (
     "capture), the same columns whatever the format. Zstd, row groups of "
     "`normalize.row_group_rows`, file metadata `tracelab.source_path`, "
     "`tracelab.source_sha256`."), [
+    Column("trace", DICT_STRING, "Trace name, as in the trace sheet (so that a glob of packet "
+           "tables, e.g. DuckDB's `results/packets/*.parquet`, tells the traces apart)."),
     Column("frame", pa_arrow.int64(), "Frame number: the export's `No.`, a capture's record "
            "number.", checks=[Check.gt(0)]),
     Column("ts", TIMESTAMP, "When the packet was captured.", unit="ns"),

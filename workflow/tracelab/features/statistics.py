@@ -23,11 +23,20 @@ Wireshark's meanings:
   approximation, from the packet table's columns rather than a dissector: the network layer
   comes from the source address (IPv4 `ip`, IPv6 `ipv6`, a MAC address none, a resolved name
   `ip`); the transport is `tcp` where the row has TCP flags, `udp` where it has ports but no
-  flags, else implied by the protocol (HTTP, TLS: tcp; DNS, QUIC...: udp); the last layer is
-  the Protocol column (TLSv1.2 and other TLS/SSL versions as `tls`). The root is `frame`,
-  whatever the link layer. Up to the transport, the counts equal Wireshark's; above it
-  Wireshark counts every segment of a reassembled message and shows `data` and `_ws.short`,
-  while the Protocol column names the segment where a message starts.
+  flags, that of its connection for a row placed in one (below), else implied by the protocol
+  (TCP, HTTP, TLS: tcp; UDP, DNS, QUIC...: udp); the last layer is the Protocol column
+  (TLSv1.2 and other TLS/SSL versions as `tls`). The root is `frame`, whatever the link layer.
+  Up to the transport, the counts equal Wireshark's; above it Wireshark counts every segment
+  of a reassembled message and shows `data` and `_ws.short`, while the Protocol column names
+  the segment where a message starts.
+
+An export's rows without ports (HTTP, TLS, "[TCP segment of a reassembled PDU]") are placed in
+their connection as the connection stage places them, and count in its TCP/UDP endpoints and
+conversations; the rows left unplaced count in the address rows only, and both are counted in
+the tables' metadata (`tracelab.rows_without_ports_placed`, `..._unplaced`) and on the page
+(`tracelab.features.statistics_placement`). Ports are int32 with nulls on address rows; the
+files carry pandas' metadata, so `pandas.read_parquet` gives them as nullable Int32, not
+float64 (one table of both kinds, as Wireshark's dialog lists them, rather than two).
 """
 
 from __future__ import annotations
@@ -48,8 +57,17 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.html import write_html
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
-from tracelab.core.tables import DICT_STRING, Column, Table
+from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
+from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
 from tracelab.features.statistics_page import Largest, statistics_html
+from tracelab.features.statistics_placement import (
+    PLACED_TCP,
+    Placement,
+    PlacementRun,
+    has_waiting_rows,
+    placed_batches,
+)
+from tracelab.security.connections import flow_settings
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +93,6 @@ ADDRESS_TYPES = ["IPv4", "IPv6", "Ethernet", "name"]
 ENDPOINT_TYPES = [*ADDRESS_TYPES, "TCP", "UDP"]
 TRANSPORTS = ["tcp", "udp"]
 NO_PORT = -1
-NETWORK_LAYER = {"IPv4": "ip", "IPv6": "ipv6", "Ethernet": None, "name": "ip"}
-# Transport implied by the protocol when a row has neither TCP flags nor ports (an export's
-# HTTP and TLS rows show no ports in Info).
-IMPLIED_TRANSPORT = {"http": "tcp", "tls": "tcp", "dns": "udp", "mdns": "udp", "llmnr": "udp",
-                     "nbns": "udp", "ssdp": "udp", "quic": "udp", "dhcp": "udp", "ntp": "udp",
-                     "snmp": "udp"}
 
 COUNTS = [
     Column("packets", pa.int64(), "Frames, both directions.", unit="frames"),
@@ -90,12 +102,15 @@ TRACE = Column("trace", DICT_STRING, "Trace name from the sheet.")
 
 ENDPOINTS = Table("endpoints", "results/features/{trace}/endpoints.parquet", (
     "One row an endpoint, as Wireshark's Statistics › Endpoints: an address, or an address "
-    "and a TCP/UDP port."), [
+    "and a TCP/UDP port. An export's rows without ports count in the port rows where the "
+    "connection stage places them; metadata `tracelab.rows_without_ports_placed`, "
+    "`tracelab.rows_without_ports_unplaced`."), [
     TRACE,
     Column("type", DICT_STRING, "IPv4, IPv6, Ethernet (MAC address of a non-IP frame), name "
            "(an address the export shows resolved), TCP or UDP (address and port)."),
     Column("address", pa.string(), "The address (or name)."),
-    Column("port", pa.int32(), "The port, for TCP and UDP endpoints.", nullable=True),
+    Column("port", pa.int32(), "The port, for TCP and UDP endpoints; null on address rows "
+           "(pandas reads it as nullable Int32).", nullable=True),
     *COUNTS,
     Column("tx_packets", pa.int64(), "Frames it sent.", unit="frames"),
     Column("tx_bytes", pa.int64(), "Frame bytes it sent.", unit="bytes"),
@@ -105,10 +120,11 @@ ENDPOINTS = Table("endpoints", "results/features/{trace}/endpoints.parquet", (
 
 CONVERSATIONS = Table("conversations", "results/features/{trace}/conversations.parquet", (
     "One row a conversation, as Wireshark's Statistics › Conversations: two addresses, or two "
-    "address:port endpoints of TCP or UDP; A sent the first frame."), [
+    "address:port endpoints of TCP or UDP; A sent the first frame. Rows without ports and "
+    "metadata as in endpoints."), [
     TRACE,
     Column("type", DICT_STRING, "IPv4, IPv6, Ethernet or name (an address's type; where an "
-           "export pairs a name with an address, that of the one coded first), TCP or UDP."),
+           "export pairs a name with an address, the address's), TCP or UDP."),
     Column("address_a", pa.string(), "Address of A, the sender of the first frame."),
     Column("port_a", pa.int32(), "A's port (TCP, UDP).", nullable=True),
     Column("address_b", pa.string(), "Address of B."),
@@ -292,8 +308,11 @@ class TraceStatistics:
         t_rel_s = batch.column("t_rel_s").to_numpy()
         src_port, dst_port = _ports(batch, "src_port"), _ports(batch, "dst_port")
         ported = (src_port != NO_PORT) & (dst_port != NO_PORT)
-        # tcp where the row has TCP flags, udp where it has ports but no flags, else none.
+        # tcp where the row has TCP flags (or was placed in a TCP connection), udp where it
+        # has ports but no flags, else none.
         tcp = batch.column("tcp_flags").is_valid().to_numpy(zero_copy_only=False)
+        if PLACED_TCP in batch.schema.names:
+            tcp = tcp | batch.column(PLACED_TCP).fill_null(False).to_numpy(zero_copy_only=False)
         transport = np.where(tcp, TRANSPORTS.index("tcp"),
                              np.where(ported, TRANSPORTS.index("udp"), -1)).astype(np.int8)
         self.layers.add(pa.table({
@@ -323,11 +342,12 @@ class TraceStatistics:
     def _add_conversation(self, sender, receiver, t_rel_s: np.ndarray,
                           length: np.ndarray) -> None:
         """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
-        direction; the conversation's type is the low address's (one type a pair, even where
-        an export pairs a name with an address)."""
+        direction; the conversation's type is the first of its two addresses' in ENDPOINT_TYPES
+        (one type a pair whatever the codes: where an export pairs a name with an address, the
+        address's, as Wireshark shows the capture)."""
         (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
         forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
-        types = np.where(forward, src_type, dst_type)
+        types = np.minimum(src_type, dst_type)
         keep = types >= 0
         forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
         src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
@@ -394,7 +414,7 @@ class TraceStatistics:
                                     self.protocols.names[protocol])
                          for kind, way, protocol in zip(frame["type"], frame["transport"],
                                                         frame["protocol"])]
-        return _with_trace(_prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
+        return _with_trace(prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
 
 
 def _ordered(frame: pd.DataFrame, order: dict[str, bool]) -> pd.DataFrame:
@@ -423,46 +443,35 @@ def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.
 
 
 def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
-    return table.conform(frame.assign(trace=trace))
+    """`frame` as `table` declares it, with pandas' metadata (`pandas_metadata`)."""
+    return table.conform(frame.assign(trace=trace)).replace_schema_metadata(
+        pandas_metadata(table))
 
 
-def layer_path(address_type: str, transport: str | None, protocol: str) -> str:
-    """The approximate protocol layer path of a frame (see the module docstring)."""
-    name = protocol.lower()
-    if name.startswith(("tls", "ssl")):
-        name = "tls"
-    transport = transport or IMPLIED_TRANSPORT.get(name)
-    layers = ["frame", NETWORK_LAYER[address_type], transport,
-              None if name in ("tcp", "udp") else name]
-    return ":".join(layer for layer in layers if layer)
-
-
-def _prefix_totals(frame: pd.DataFrame) -> pd.DataFrame:
-    """Frames and bytes per path counted at the path and every prefix of it, with shares."""
-    prefixes = frame.assign(path=frame["path"].str.split(":").map(
-        lambda layers: [":".join(layers[:n]) for n in range(1, len(layers) + 1)])).explode("path")
-    nodes = prefixes.groupby("path", sort=True)[["frames", "bytes"]].sum().reset_index()
-    nodes["protocol"] = nodes["path"].str.rsplit(":", n=1).str[-1]
-    nodes["depth"] = nodes["path"].str.count(":")
-    total = nodes.loc[nodes["depth"] == 0, ["frames", "bytes"]].sum()
-    nodes["frames_share"] = nodes["frames"] / total["frames"]
-    nodes["bytes_share"] = nodes["bytes"] / total["bytes"]
-    return nodes
-
-
-def _fed(packets_path, statistics: TraceStatistics) -> TraceStatistics:
-    """`statistics` fed the packet file, batch by batch."""
-    packets = pq.ParquetFile(packets_path)
-    for batch in record_batches(packets, COLUMNS, batch_size=BATCH_ROWS):
+def _fed(packets_path, statistics: TraceStatistics, run: PlacementRun) -> TraceStatistics:
+    """`statistics` fed the packet file, batch by batch: in file order, or, where rows without
+    ports wait to be placed in their connection (an export's), a partition of address pairs
+    after another with those rows placed (`tracelab.features.statistics_placement`). Either
+    order gives the same totals: a conversation's rows are in one partition, in file order."""
+    if has_waiting_rows(packets_path):
+        batches = placed_batches(packets_path, COLUMNS, run, BATCH_ROWS)
+    else:
+        batches = record_batches(pq.ParquetFile(packets_path), COLUMNS, batch_size=BATCH_ROWS)
+    for batch in batches:
         if batch.num_rows:
             statistics.add(batch)
     return statistics
 
 
-def file_statistics(packets_path, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+def file_statistics(packets_path, trace: str,
+                    flows: dict | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Endpoints, conversations and protocol hierarchy of a packet file, streamed, the totals
-    held in memory (the stage, `trace_statistics`, holds one partition at a time)."""
-    return _fed(packets_path, TraceStatistics()).tables(trace)
+    held in memory (the stage, `trace_statistics`, holds one partition at a time); rows without
+    ports placed with the connection stage's settings `flows` (config's security.flows over its
+    defaults)."""
+    with tempfile.TemporaryDirectory(prefix="tracelab-statistics-") as scratch:
+        run = PlacementRun(flow_settings(flows), trace, Path(scratch), Placement())
+        return _fed(packets_path, TraceStatistics(), run).tables(trace)
 
 
 @dataclass
@@ -479,11 +488,13 @@ class _PartitionedTable:
         pq.write_table(_order_keys(self.table.check(rows), self.order, names), self.paths[-1],
                        compression="lz4", row_group_size=MERGE_BATCH_ROWS)
 
-    def write(self, path, trace: str) -> Largest:
-        """Merge the partitions into `path`; what the page shows of it."""
+    def write(self, path, metadata: dict) -> Largest:
+        """Merge the partitions into `path` (with `tracelab.*` `metadata` and pandas' own);
+        what the page shows of it."""
         keys = tuple(f"_key{index}" for index in range(len(self.order)))
         largest = Largest()
-        schema = self.table.schema.with_metadata(tracelab_metadata({"trace": trace}))
+        schema = self.table.schema.with_metadata({**tracelab_metadata(metadata),
+                                                  **pandas_metadata(self.table)})
         with atomic_path(path) as temporary, \
                 pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
             for rows in merge_sorted(self.paths, keys):
@@ -493,16 +504,17 @@ class _PartitionedTable:
         return largest
 
 
-def partitioned_statistics(packets_path, trace: str, scratch: Path,
+def partitioned_statistics(packets_path, run: PlacementRun,
                            outputs: dict) -> tuple[Largest, Largest, pa.Table]:
     """Write the three tables to `outputs` (endpoints, conversations, hierarchy paths),
     holding one partition of PARTITION_PACKETS packets' endpoints and conversations at a
     time; return what the page shows of them."""
+    trace, scratch = run.trace, run.scratch
     rows = pq.ParquetFile(packets_path).metadata.num_rows
     count = max(1, math.ceil(rows / PARTITION_PACKETS))
     statistics = TraceStatistics()
     statistics.route(scratch, count)
-    _fed(packets_path, statistics)
+    _fed(packets_path, statistics, run)
     for sink in (statistics.endpoints.sink, statistics.conversations.sink):
         sink.close()
     names = pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
@@ -514,27 +526,45 @@ def partitioned_statistics(packets_path, trace: str, scratch: Path,
         conversations.add(part._conversation_table(trace), names, scratch)
     hierarchy = statistics._hierarchy_table(trace)
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
-    return (endpoints.write(outputs["endpoints"], trace),
-            conversations.write(outputs["conversations"], trace), hierarchy)
+    metadata = {"trace": trace, **run.placement.metadata()}
+    return (endpoints.write(outputs["endpoints"], metadata),
+            conversations.write(outputs["conversations"], metadata), hierarchy)
+
+
+def pandas_metadata(table: Table) -> dict[bytes, bytes]:
+    """pandas' schema metadata declaring each nullable integer column of `table` with its
+    nullable dtype (PANDAS_TYPES), so that pandas reads a port as Int32 with nulls where
+    the row has none, not as float64."""
+    frame = table.schema.empty_table().to_pandas()
+    for column in table.columns:
+        if column.nullable and column.type in PANDAS_TYPES:
+            frame[column.name] = frame[column.name].astype(PANDAS_TYPES[column.type])
+    return pa.Schema.from_pandas(frame, preserve_index=False).metadata
 
 
 def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,
-                     endpoints_path, conversations_path, hierarchy_path, html_path) -> dict:
-    """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page."""
+                     endpoints_path, conversations_path, hierarchy_path, html_path,
+                     flows: dict | None = None) -> dict:
+    """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page; rows
+    without ports placed with the connection stage's settings `flows` (security.flows)."""
     with tempfile.TemporaryDirectory(prefix=".statistics-",
                                      dir=Path(endpoints_path).parent) as scratch:
+        run = PlacementRun(flow_settings(flows), trace, Path(scratch), Placement())
         endpoints, conversations, hierarchy = partitioned_statistics(
-            packets_path, trace, Path(scratch), {"endpoints": endpoints_path,
-                                                 "conversations": conversations_path,
-                                                 "hierarchy": hierarchy_path})
+            packets_path, run, {"endpoints": endpoints_path,
+                                "conversations": conversations_path,
+                                "hierarchy": hierarchy_path})
     with open(summary_path, encoding="utf-8") as handle:
         summary = json.load(handle)
     with open(validation_path, encoding="utf-8") as handle:
         validation = json.load(handle)
     write_html(html_path, f"Trace {trace}", statistics_html(
-        trace, summary, validation, endpoints, conversations, hierarchy))
+        summary, validation, (endpoints, conversations, hierarchy), run.placement))
     counts = {"endpoints": sum(endpoints.counts.values()),
-              "conversations": sum(conversations.counts.values())}
-    log.info("%s: %d endpoints, %d conversations, %d protocol paths", trace,
-             counts["endpoints"], counts["conversations"], hierarchy.num_rows)
+              "conversations": sum(conversations.counts.values()),
+              **run.placement.metadata()}
+    log.info("%s: %d endpoints, %d conversations, %d protocol paths; rows without ports: "
+             "%d placed in their connection, %d not", trace, counts["endpoints"],
+             counts["conversations"], hierarchy.num_rows, run.placement.placed,
+             run.placement.unplaced)
     return counts

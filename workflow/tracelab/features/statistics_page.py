@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tracelab.core.html import MAX_ROWS, heading, html_table, paragraph
+from tracelab.features.statistics_placement import Placement
 
 # Rows of each endpoint and conversation type the HTML page holds (largest by bytes): every
 # row up to the most a sortable, searchable page can hold (core.html); the rest are in the
@@ -83,10 +84,23 @@ def _largest(largest: Largest, kind: str, columns: list[str]) -> str:
     return "".join(parts)
 
 
-def statistics_html(trace: str, summary: dict, validation: dict, endpoints: Largest,
-                    conversations: Largest, hierarchy: pa.Table) -> str:
+def _placement_note(placement: Placement) -> str:
+    """How many rows without ports (an export's) were placed in their connection."""
+    if not placement.placed + placement.unplaced:
+        return ""
+    return paragraph(
+        f"Rows without ports (an export's HTTP, TLS and TCP rows whose Info shows none): "
+        f"{placement.placed:,} placed in their TCP or UDP connection as the connection stage "
+        f"places them, and counted there; {placement.unplaced:,} not placed (the export does "
+        f"not decide their connection), counted in the address rows only.", note=True)
+
+
+def statistics_html(summary: dict, validation: dict,
+                    tables: tuple[Largest, Largest, pa.Table], placement: Placement) -> str:
     """The page's body: summary.json and the validation report as tables, the protocol
-    hierarchy, and the largest endpoints and conversations of each type."""
+    hierarchy, the largest endpoints and conversations of each type (`tables`: endpoints,
+    conversations, hierarchy), and how many rows without ports were placed."""
+    endpoints, conversations, hierarchy = tables
     layers = hierarchy.to_pandas()
     shown_hierarchy = pd.DataFrame({
         "layers": layers["path"], "frames": layers["frames"],
@@ -104,6 +118,7 @@ def statistics_html(trace: str, summary: dict, validation: dict, endpoints: Larg
         heading(2, "Endpoints"),
         paragraph("Frames and bytes each address sent (tx) and received (rx); TCP and UDP "
                   "endpoints are address and port.", note=True),
+        _placement_note(placement),
         _largest(endpoints, "endpoints", ["address", "port", "packets", "bytes", "tx_packets",
                                           "tx_bytes", "rx_packets", "rx_bytes"]),
         heading(2, "Conversations"),

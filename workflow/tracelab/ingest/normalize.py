@@ -131,9 +131,12 @@ def seconds_since(ts_ns: pa.Array, first_ts_ns: int) -> pa.Array:
     return pc.divide(pc.cast(elapsed_ns, pa.float64(), safe=False), 1e9)
 
 
-def normalize_table(staged: pa.Table, first_ts_ns: int) -> pa.Table:
-    """One batch of staged rows as PACKET_SCHEMA rows (`first_ts_ns` anchors t_rel_s)."""
+def normalize_table(staged: pa.Table, first_ts_ns: int, trace: str) -> pa.Table:
+    """One batch of staged rows of `trace` as PACKET_SCHEMA rows (`first_ts_ns` anchors
+    t_rel_s)."""
     columns = {name: staged.column(name).combine_chunks() for name in staged.column_names}
+    columns["trace"] = pa.DictionaryArray.from_arrays(
+        pa.repeat(pa.scalar(0, pa.int32()), staged.num_rows), pa.array([trace], pa.string()))
     for name in ("src", "dst", "protocol"):
         if columns[name].type != DICT_STRING:
             columns[name] = pc.dictionary_encode(columns[name])
@@ -161,7 +164,7 @@ def normalize_trace(*, trace: str, staged_path, source, source_format: str, pack
     workers = max(threads, 1)
 
     def prepare(rows: pa.Table) -> pa.Table:
-        table = normalize_table(rows, first_ts_ns)
+        table = normalize_table(rows, first_ts_ns, trace)
         PACKETS.check(table)
         return table
 
