@@ -188,8 +188,9 @@ def test_conn_log_is_zeek_ascii_and_matches_the_flows(tmp_path):
     expected_ts = (BASE + pd.Timedelta(0)).timestamp()
     assert log.loc[web, "ts"] == f"{expected_ts:.6f}"
     assert (log.loc[web, "id.orig_h"], log.loc[web, "id.orig_p"]) == (C, "40000")
+    # Zeek stops the clock at the second FIN (0.04 s); the last ACK still counts (orig_pkts 5)
     assert (log.loc[web, "proto"], log.loc[web, "service"], log.loc[web, "duration"]) == (
-        "tcp", "http", "0.050000")
+        "tcp", "http", "0.040000")
     assert (log.loc[web, "orig_bytes"], log.loc[web, "resp_bytes"]) == ("100", "200")
     assert (log.loc[web, "conn_state"], log.loc[web, "history"]) == ("SF", "ShADdFf")
     assert (log.loc[web, "orig_pkts"], log.loc[web, "orig_ip_bytes"]) == ("5", str(5 * 52 + 100))

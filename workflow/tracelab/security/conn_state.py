@@ -45,14 +45,21 @@ FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 ZEEK_CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH",
                     "SH", "SHR", "OTH")
 
-# Zeek's `likely_server_ports` is the set of ports its analyzers register. Here: the IANA
-# well-known ports (0-1023) and the ports Zeek's base analyzers register above them.
-LIKELY_SERVER_PORTS = np.zeros(65536, bool)
-LIKELY_SERVER_PORTS[:1024] = True
-LIKELY_SERVER_PORTS[[1080, 1194, 1433, 1434, 1812, 1813, 1883, 2049, 2123, 2152, 2811, 3128,
-                     3268, 3306, 3389, 3544, 4789, 5060, 5072, 5222, 5223, 5269, 5353, 5355,
-                     5432, 5900, 6081, 6379, 6666, 6667, 6668, 6669, 8000, 8080, 8443, 8888,
-                     20000]] = True
+# Zeek's `likely_server_ports` (init-bare.zeek): the server ports the base scripts pass to
+# `Analyzer::register_for_ports` / `PacketAnalyzer::register_for_ports` (zeek/zeek a13de64,
+# scripts/base/protocols/*/main.zeek and packet-protocols/*/main.zeek), per transport: not
+# every well-known port (dhcp's client port 68/udp is not one, its server port 67/udp is).
+ZEEK_SERVER_PORTS = {
+    "tcp": (21, 22, 25, 53, 79, 80, 81, 88, 135, 139, 143, 389, 443, 445, 465, 502, 514, 563,
+            585, 587, 614, 631, 636, 989, 990, 992, 993, 995, 1080, 1434, 1883, 2811, 3128,
+            3268, 3306, 3389, 5222, 5223, 5269, 5432, 6379, 6666, 6667, 6668, 6669, 8000, 8080,
+            8888, 20000),
+    "udp": (53, 67, 88, 123, 137, 161, 162, 389, 443, 514, 1812, 2123, 2152, 3389, 3544, 4011,
+            4754, 4789, 5060, 5072, 5353, 5355, 6081, 20000),
+}
+LIKELY_SERVER_PORTS = np.zeros((2, 65536), bool)  # row 0 UDP, row 1 TCP
+LIKELY_SERVER_PORTS[0, list(ZEEK_SERVER_PORTS["udp"])] = True
+LIKELY_SERVER_PORTS[1, list(ZEEK_SERVER_PORTS["tcp"])] = True
 
 # Endpoint states of Zeek's TCP analyzer (analyzer/protocol/tcp/TCP_Endpoint.h).
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -62,11 +69,12 @@ def flipped_roles(packets: PacketArrays, first_row: np.ndarray) -> np.ndarray:
     """Zeek's `WantConnection` role flip, from each connection's first packet (module docs)."""
     flags = packets.flags[first_row]
     src_port, dst_port = packets.src_port[first_row], packets.dst_port[first_row]
-    src_server = LIKELY_SERVER_PORTS[src_port]
-    dst_server = LIKELY_SERVER_PORTS[dst_port]
+    is_tcp = packets.is_tcp[first_row].astype(np.int64)
+    src_server = LIKELY_SERVER_PORTS[is_tcp, src_port]
+    dst_server = LIKELY_SERVER_PORTS[is_tcp, dst_port]
     syn, ack = (flags & SYN) != 0, (flags & ACK) != 0
     tcp_flip = (~syn | ack) & src_server & (~dst_server | (~syn & (src_port < dst_port)))
-    return np.where(packets.is_tcp[first_row], tcp_flip, src_server & ~dst_server)
+    return np.where(is_tcp == 1, tcp_flip, src_server & ~dst_server)
 
 
 @dataclass
@@ -213,3 +221,16 @@ def zeek_conn_state(rows: FlowRows, is_tcp: np.ndarray, history: np.ndarray) -> 
     # UDP: each side active once it sent anything.
     udp_state = np.select([o["any"] & r["any"], o["any"], r["any"]], ["SF", "S0", "SHR"], "OTH")
     return np.where(is_tcp, tcp_state, udp_state)
+
+
+def zeek_last_time(rows: FlowRows, t: np.ndarray) -> np.ndarray:
+    """Each flow's last time (ns; `t`: its rows' times) as Zeek keeps it: TCPSessionAdapter.cc
+    `Process` stops calling `SetLastTime` once both endpoints `did_close` (each sent a FIN or
+    a RST), so the packets after the one that closed the second side (the last ACK) add to the
+    counts but not to the duration."""
+    closing = rows.fin | rows.rst
+    closed = np.fmax(rows.per.first_position(closing & rows.orig),
+                     rows.per.first_position(closing & ~rows.orig))
+    counted = np.arange(len(t)) <= closed[rows.flow]
+    return np.maximum.reduceat(np.where(counted, t, np.iinfo(np.int64).min), rows.per.starts)
+

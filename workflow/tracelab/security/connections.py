@@ -1,10 +1,12 @@
 """Connections: packets grouped into bidirectional TCP/UDP connections, in Zeek's conn.log terms.
 
-A connection is the packets of one 5-tuple (either direction), cut into separate connections by
-an idle gap, by an active timeout, and by a new SYN after the previous one was closed (port
-reuse). Who originated it (Zeek may flip the roles), its `history` and its `conn_state` follow
-Zeek's definitions: see `tracelab.security.conn_state`, which computes them from per-direction
-aggregates of the flag bits instead of a packet-by-packet state machine.
+A connection is the packets of one 5-tuple (either direction), cut into separate connections
+where Zeek's timers would have removed it (idle, attempt, close and reset delays), by a new SYN
+after the previous one was closed (port reuse) and, if set, by an active timeout: see
+`tracelab.security.conn_timers`. Who originated it (Zeek may flip the roles), its `history`,
+`conn_state` and last time follow Zeek's definitions: see `tracelab.security.conn_state`, which
+computes them from per-direction aggregates of the flag bits instead of a packet-by-packet
+state machine; its `service`, `tracelab.security.services`.
 
 Bytes, as Zeek counts them (`TCP_Endpoint::Size`, conn.log's `orig_bytes`): a TCP direction's
 payload bytes are the sequence space it covered, from its lowest sequence number to the highest
@@ -14,7 +16,8 @@ packet with a sequence number (UDP, or rows of an export whose Info shows none),
 the sum of its packets' payload: TCP's segment length where known, else the frame length less
 the connection's header overhead (below); UDP's the frame length less a 14-byte Ethernet
 header, the IP header (20 bytes IPv4, 40 IPv6) and 8. `missed_bytes` is the sequence space of
-both directions that no captured, non-retransmitted payload covers. `*_ip_bytes` are IP-level
+both directions that no captured payload covers (a gap a retransmission later filled is not
+missed, as Zeek's reassembler delivers it). `*_ip_bytes` are IP-level
 bytes: frame lengths less a 14-byte Ethernet II header (the link type of Wireshark exports and
 of the bundled captures; Ethernet padding of short frames is counted too); `*_frame_bytes` are
 frame lengths as captured.
@@ -76,16 +79,20 @@ from tracelab.security.conn_state import (
     flipped_roles,
     zeek_conn_state,
     zeek_history,
+    zeek_last_time,
 )
+from tracelab.security.conn_timers import LONG_IDLE_PORTS, KeyedRows, connection_numbers
 from tracelab.security.flow_arrays import (
     Membership,
     PacketArrays,
-    concat_per_flow,
     run_starts,
+    union_length,
 )
+from tracelab.security.names import trace_dns_answers
 from tracelab.security.partitions import partition_tables
+from tracelab.security.services import zeek_services
 from tracelab.security.uid import connection_uids
-from tracelab.security.zeek_log import ZeekLogWriter, conn_log_fields, conn_log_writer, trace_span
+from tracelab.security.zeek_log import ConnLogWriter, conn_log_writer, trace_span
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +125,13 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
     Column("resp", DICT_STRING, "Responder's address (id.resp_h)."),
     Column("resp_port", pa.int32(), "Responder's port (id.resp_p).", checks=[PORT_CHECK]),
     Column("first_ts", TIMESTAMP, "First packet (Zeek's ts).", unit="ns"),
-    Column("last_ts", TIMESTAMP, "Last packet.", unit="ns"),
+    Column("last_ts", TIMESTAMP, "Zeek's last time: the last packet, or the one with which "
+           "both sides had closed (sent a FIN or RST) if earlier.", unit="ns"),
     Column("duration_s", pa.float64(), "last_ts - first_ts (Zeek's duration).", unit="s",
            checks=[Check.ge(0)]),
-    Column("service", pa.string(), "Protocols above TCP/UDP seen in the connection, sorted, "
-           "comma-joined, as Wireshark names them (TLS for every TLS/SSL version).",
+    Column("service", pa.string(), "Zeek's names (http, ssl, dns, ...) of the protocols "
+           "above TCP/UDP seen in the connection, sorted, comma-joined (Zeek's service; "
+           "`tracelab.security.services`).",
            nullable=True),
     Column("orig_bytes", pa.int64(), "Payload bytes the originator sent, from sequence "
            "numbers (Zeek's orig_bytes).", **_BYTES),
@@ -167,9 +176,15 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
 class FlowSettings:
     """The `security.flows` config section (defaults: the config schema)."""
 
-    idle_timeout_s: float
+    tcp_idle_timeout_s: float
+    udp_idle_timeout_s: float
     active_timeout_s: float
     partition_packets: int
+
+    @property
+    def idle_ns(self) -> tuple[int, int]:
+        """(TCP, UDP) idle timeouts in nanoseconds."""
+        return int(self.tcp_idle_timeout_s * 1e9), int(self.udp_idle_timeout_s * 1e9)
 
 
 def flow_settings(values: dict | None = None) -> FlowSettings:
@@ -199,34 +214,6 @@ def load_packets(path) -> pa.Table:
     return pq.read_table(path, columns=PACKET_COLUMNS)
 
 
-def _flow_boundaries(key, ts, flags, is_tcp, settings: FlowSettings) -> np.ndarray:
-    """Flow number of each row; rows sorted by (key, ts). Cuts: idle gap, reuse, active timeout."""
-    n = len(key)
-    idle_ns = int(settings.idle_timeout_s * 1e9)
-    active_ns = int(settings.active_timeout_s * 1e9)
-    segment_start = run_starts(key) | (np.diff(ts, prepend=ts[:1]) > idle_ns)
-    # Port reuse: a SYN (no ACK) after a FIN or RST since the previous SYN starts a connection.
-    pure_syn = is_tcp & ((flags & (SYN | ACK | RST | FIN)) == SYN)
-    closing = is_tcp & ((flags & (FIN | RST)) != 0)
-    block = np.cumsum(pure_syn | segment_start) - 1
-    block_closed = np.bincount(block, weights=closing, minlength=block.max(initial=-1) + 1) > 0
-    reuse = pure_syn & ~segment_start & block_closed[np.maximum(block - 1, 0)]
-    boundary = segment_start | reuse
-    # Active timeout: each step moves every over-long flow's start to its first late packet;
-    # the loop runs once per chunk of the longest flow, not once per packet.
-    start_ts = ts[np.maximum.accumulate(np.where(boundary, np.arange(n), 0))]
-    chunk = np.zeros(n, np.int64)
-    while True:
-        late = (ts - start_ts) >= active_ns
-        if not late.any():
-            break
-        first_late = late & run_starts(late)
-        chunk[late] += 1
-        restart = np.maximum.accumulate(np.where(first_late, np.arange(n), 0))
-        start_ts = np.where(late, ts[restart], start_ts)
-    return np.cumsum(boundary | run_starts(chunk)) - 1
-
-
 def _attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> pd.DataFrame:
     """Each portless row's flow and direction (row, flow, is_orig), for the rows whose
     connection the evidence decides: see `tracelab.security.attach`."""
@@ -235,7 +222,7 @@ def _attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> 
 
 def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
     """Flows of the ported rows: canonical 5-tuples (the lower address and port first), cut by
-    `_flow_boundaries`, oriented by the first packet and Zeek's flip."""
+    `connection_numbers`, oriented by the first packet and Zeek's flip."""
     index = np.flatnonzero(packets.ported)
     src, dst = packets.src[index], packets.dst[index]
     src_port, dst_port = packets.src_port[index], packets.dst_port[index]
@@ -246,8 +233,13 @@ def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
         (np.where(src_low, dst_port, src_port) << 2) | packets.is_tcp[index]
     order = np.lexsort((packets.frame[index], packets.t[index], key))
     rows = index[order]
-    flow_sorted = _flow_boundaries(key[order], packets.t[rows], packets.flags[rows],
-                                   packets.is_tcp[rows], settings)
+    flags = packets.flags[rows]
+    keyed = KeyedRows(key=key[order], ts=packets.t[rows], flags=flags,
+                      is_tcp=packets.is_tcp[rows], forward=src_low[order],
+                      flips=flipped_roles(packets, rows),
+                      long_idle=packets.is_tcp[rows] & ((flags & (SYN | ACK)) == SYN | ACK)
+                      & np.isin(packets.src_port[rows], LONG_IDLE_PORTS))
+    flow_sorted = connection_numbers(keyed, settings.idle_ns, int(settings.active_timeout_s * 1e9))
     first_row = rows[run_starts(flow_sorted)]
     flipped = flipped_roles(packets, first_row)
     flow_of = np.full(len(packets.frame), -1, np.int64)
@@ -283,7 +275,7 @@ def _attach(packets: PacketArrays, member: Membership, settings: FlowSettings) -
         flags=packets.flags[rows], seq=packets.seq[rows], ack=packets.ack[rows],
         len=packets.tcp_len[rows])
     attached = _attach_portless(_row_frame(packets, portless), ported,
-                                int(settings.idle_timeout_s * 1e9))
+                                settings.idle_ns[0])
     member.flow_of[attached["row"].to_numpy()] = attached["flow"].to_numpy()
     member.is_orig[attached["row"].to_numpy()] = attached["is_orig"].to_numpy()
 
@@ -331,30 +323,19 @@ def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
                          IPV4_HEADER)[packets.src[rows]]
     udp_payload = np.maximum(length - LINK_HEADER - ip_header - UDP_HEADER, 0)
     summed = per.sum(np.where(mine, np.where(fr.tcp, fr.payload, udp_payload), 0.0))
-    seen = per.sum(np.where(mine & ~fr.retransmitted & ~fr.rst, fr.payload, 0.0))
+    # Zeek's missed_bytes: gaps its reassembler skipped, so a gap a retransmission later
+    # filled is not missed: the sequence space no captured segment covers, counting the
+    # payload of rows without a sequence number (attached export rows) as covering.
+    data = np.flatnonzero(own & (fr.payload > 0))
+    seen = union_length(fr.flow[data], seq[data], seq[data] + fr.payload[data], len(per.starts))
+    seen = seen + per.sum(np.where(mine & fr.tcp & ~fr.rst & np.isnan(seq) & ~fr.retransmitted,
+                                   fr.payload, 0.0))
     numbered = ~np.isnan(start)
     return _SideBytes(
         payload=np.rint(np.where(numbered, size, summed)).astype(np.int64),
         missed=np.rint(np.where(numbered, np.maximum(size - seen, 0), 0)).astype(np.int64),
         frame=per.sum(np.where(mine, length, 0)),
         ip=per.sum(np.where(mine, np.maximum(length - LINK_HEADER, 0), 0)))
-
-
-def _services(packets: PacketArrays, rows: np.ndarray, flow: np.ndarray, n_flows: int):
-    """Each flow's protocols above TCP/UDP (TLS/SSL versions as TLS), sorted, comma-joined."""
-    names = pd.Series(packets.protocols, dtype="string")
-    names = names.where(~names.isin(["TCP", "UDP"]))
-    names = names.where(~names.str.match(r"^(?:TLS|SSL)", na=False), "TLS")
-    codes, catalogue = pd.factorize(names, sort=True)  # code order is name order; -1: none
-    service = codes[packets.protocol[rows]]
-    keyed = np.unique(flow[service >= 0] * (len(catalogue) + 1) + service[service >= 0])
-    present_flow, present = keyed // (len(catalogue) + 1), keyed % (len(catalogue) + 1)
-    # Code points 1.. stand for the names (0 is the grid's padding).
-    combination = concat_per_flow(present_flow, (present + 1).astype(np.uint32).view("U1"),
-                                   n_flows)
-    joined = {combo: ",".join(catalogue[ord(c) - 1] for c in combo)
-              for combo in np.unique(combination) if combo}
-    return pd.Series(combination).map(joined).to_numpy(object)
 
 
 def _aggregate(packets: PacketArrays, member: Membership, trace: str):
@@ -377,7 +358,7 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     iat_mean, iat_std = per.mean_std(iat)
     length = packets.length[rows].astype(np.float64)
     len_mean, len_std = per.mean_std(length)
-    first_ts, last_ts = t[per.starts], np.maximum.reduceat(t, per.starts)
+    first_ts, last_ts = t[per.starts], zeek_last_time(flow_rows, t)
 
     first, flipped = member.first_row, member.flipped
     orig = np.where(flipped, packets.dst[first], packets.src[first])
@@ -398,7 +379,7 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
         "first_ts": pd.DatetimeIndex(first_ts.astype("datetime64[ns]")).tz_localize("UTC"),
         "last_ts": pd.DatetimeIndex(last_ts.astype("datetime64[ns]")).tz_localize("UTC"),
         "duration_s": (last_ts - first_ts) / 1e9,
-        "service": _services(packets, rows, flow, n_flows),
+        "service": zeek_services(packets, rows, flow, flow_is_tcp),
         "orig_bytes": orig_bytes.payload, "resp_bytes": resp_bytes.payload,
         "conn_state": conn_state,
         "missed_bytes": orig_bytes.missed + resp_bytes.missed,
@@ -457,7 +438,7 @@ class _Outputs:
 
     flows: _TableAppender
     http: _TableAppender
-    conn_log: ZeekLogWriter | None
+    conn_log: ConnLogWriter | None
     trace: str
     scratch: Path
     partition_flows: list[Path] = field(default_factory=list)
@@ -481,7 +462,7 @@ class _Outputs:
         for flows in merge_sorted(self.partition_flows, FLOW_ORDER):
             self.flows.append(flows)
             if self.conn_log is not None:
-                self.conn_log.write(conn_log_fields(flows))
+                self.conn_log.write_flows(flows)
         if self.conn_log is not None:
             self.conn_log.close(closed)
         self.flows.close({"rows_in_no_connection": json.dumps(dict(self.left_out))})
@@ -522,7 +503,7 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
                                 {"trace": trace}),
             conn_log=None if conn_log_path is None else conn_log_writer(
                 stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
-                opened),
+                opened, trace_dns_answers(packets_path)),
             trace=trace, scratch=scratch)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
                                   flow_settings_.partition_packets, scratch)

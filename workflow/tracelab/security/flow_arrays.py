@@ -105,6 +105,17 @@ def concat_per_flow(flow: np.ndarray, chars: np.ndarray, n_flows: int) -> np.nda
     return grid.view(f"U{width}").ravel()
 
 
+def union_length(flow: np.ndarray, start: np.ndarray, end: np.ndarray,
+                 n_flows: int) -> np.ndarray:
+    """Per flow, the length of the union of its intervals [start, end) (rows in any order):
+    each interval adds what lies past the furthest end of the ones that start before it."""
+    order = np.lexsort((start, flow))
+    flow, start, end = flow[order], start[order], end[order]
+    reach = pd.Series(end).groupby(flow).cummax().to_numpy(np.float64)
+    before = np.where(run_starts(flow), -np.inf, np.roll(reach, 1))
+    return np.bincount(flow, np.maximum(end - np.maximum(start, before), 0), minlength=n_flows)
+
+
 def run_starts(values: np.ndarray) -> np.ndarray:
     """True where a run of equal values begins (always at the first element)."""
     starts = np.ones(len(values), bool)

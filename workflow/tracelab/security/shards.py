@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import atomic_path
 from tracelab.core.streaming import merge_sorted, record_batches, route
 from tracelab.security.connections import FLOW_ORDER, PACKET_COLUMNS, write_connections
+from tracelab.security.names import trace_dns_answers
 from tracelab.security.partitions import address_hash, partition_count
-from tracelab.security.zeek_log import conn_log_fields, conn_log_writer, trace_span
+from tracelab.security.zeek_log import conn_log_writer, trace_span
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_p
         return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
                                  http_path=http_path, conn_log_path=conn_log_path,
                                  settings=settings, threads=threads)
-    flows = _merge_flows(shards.flows, flows_path, conn_log_path, trace_span(packets_path))
+    flows = _merge_flows(shards.flows, flows_path, conn_log_path, trace_span(packets_path),
+                         trace_dns_answers(packets_path))
     requests = _append_parquet(shards.http, http_path)
     log.info("%s: %d connections, %d HTTP requests, merged from %d shards", trace, flows,
              requests, len(shards.flows))
@@ -113,10 +115,11 @@ def _without(schema: pa.Schema, key: bytes) -> pa.Schema:
         {k: v for k, v in (schema.metadata or {}).items() if k != key})
 
 
-def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, str]) -> int:
+def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, str],
+                 dns: dict[str, str]) -> int:
     """The shards' flows in the order of their first packet, into one flows file (the first
     shard's schema and metadata, the rows left out summed) and conn.log (dated by the whole
-    trace); the rows written."""
+    trace, names resolved with its DNS answers `dns`); the rows written."""
     key = b"tracelab.rows_in_no_connection"
     opened, closed = span
     schema = _without(pq.ParquetFile(paths[0]).schema_arrow, key)
@@ -127,10 +130,10 @@ def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, s
     with atomic_path(flows_path) as flows_file, \
             pq.ParquetWriter(flows_file, schema, compression="zstd") as writer, \
             atomic_path(conn_log_path) as log_file, log_file.open("wb") as handle:
-        conn_log = conn_log_writer(handle, opened)
+        conn_log = conn_log_writer(handle, opened, dns)
         for flows in merge_sorted(paths, FLOW_ORDER):
             writer.write_table(flows)
-            conn_log.write(conn_log_fields(flows))
+            conn_log.write_flows(flows)
             rows += flows.num_rows
         conn_log.close(closed)
         writer.add_key_value_metadata({key.decode(): json.dumps(dict(left_out))})
