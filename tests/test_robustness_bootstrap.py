@@ -80,5 +80,18 @@ def test_perturbed_windows_meet_the_original_window_their_middle_falls_in():
     # A copy started at 10.6 s and moved 12 h later: its windows' middles fall in 10-20, 20-30,
     # 30-40, and past the original's end.
     later = windows(np.array([10.6, 20.6, 30.6, 40.6]) + 12 * 3600)
-    rows, original_rows = match_windows(original, later, 12 * 3600 * 10**9)
+    start = pd.Timestamp("2026-01-01", tz="UTC").value
+    shift = {"original_from_ns": start, "perturbed_from_ns": start + 12 * 3600 * 10**9,
+             "scale": 1.0}
+    rows, original_rows = match_windows(original, later, shift)
     assert rows.tolist() == [0, 1, 2] and original_rows.tolist() == [1, 2, 3]
+
+
+def test_a_stretched_copy_maps_its_windows_back_through_the_scale():
+    original = windows([0, 10, 20, 30])
+    # Twice as slow from the first packet: copy windows 0-10, 10-20, ... stood at 0-5, 5-10...
+    slower = windows([0, 10, 20, 30, 40, 50, 60])
+    start = pd.Timestamp("2026-01-01", tz="UTC").value
+    rows, original_rows = match_windows(original, slower, {
+        "original_from_ns": start, "perturbed_from_ns": start, "scale": 2.0})
+    assert rows.tolist() == list(range(7)) and original_rows.tolist() == [0, 0, 1, 1, 2, 2, 3]

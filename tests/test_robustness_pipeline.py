@@ -1,30 +1,19 @@
-"""The robustness rules run by the real `snakemake` on the bundled traces (three of the
-perturbations, to keep the run short: the others are the same rules with another name)."""
+"""The robustness rules in the real `snakemake` run on the bundled traces, every configured
+perturbation."""
 
 from __future__ import annotations
 
 import json
 
 import pandas as pd
-import pytest
 import yaml
-from conftest import copy_workflow, planned_jobs, run_snakemake
+from conftest import REPO, planned_jobs
 
 from tracelab.security.windows import FEATURES
 
 TARGETS = ("results/robustness/separation.csv", "results/robustness/transfer.csv")
-SOME = ["hour_shift", "first_half", "names_to_addresses"]
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("robustness") / "wf")
-    config_path = workdir / "config/config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["robustness"]["perturbations"] = SOME
-    config_path.write_text(yaml.safe_dump(config))
-    run_snakemake(workdir, "--cores", "2", *TARGETS, timeout=1800)
-    return workdir
+PERTURBATIONS = yaml.safe_load((REPO / "config/config.yaml").read_text())["robustness"][
+    "perturbations"]
 
 
 def traces(workdir):
@@ -36,29 +25,34 @@ def test_every_output_is_there_and_perturbed_tables_are_temporary(bundled):
     for name in ("invariance.csv", "invariance.png", "classes.csv", "classes.md",
                  "classes.html", "perturbations.md", "perturbations.html", "separation.csv",
                  "separation.md", "separation.html", "separation.png", "transfer.csv",
-                 "transfer.md", "transfer.html", "transfer.png"):
+                 "transfer.md", "transfer.html", "transfer.png", "answer.png", "answer.md"):
         assert (out / name).stat().st_size > 0, name
     for trace in traces(bundled):
-        for name in SOME:
-            variant = out / trace / name
-            assert sorted(p.name for p in variant.iterdir()) == ["perturbation.json",
-                                                                 "windows.parquet"]
-            record = json.loads((variant / "perturbation.json").read_text())
-            assert record["trace"] == trace and record["perturbation"] == name
+        # One job a trace: its copies' windows and one record; no packet table is left.
+        assert sorted(p.name for p in (out / trace).iterdir()) == sorted(
+            [*PERTURBATIONS, "perturbations.json"])
+        records = json.loads((out / trace / "perturbations.json").read_text())
+        assert list(records) == PERTURBATIONS
+        for name in PERTURBATIONS:
+            assert [p.name for p in (out / trace / name).iterdir()] == ["windows.parquet"]
+            assert records[name]["trace"] == trace and records[name]["perturbation"] == name
+        assert records["hour_shift"]["connections"] == "the original's, relabelled"
+        assert records["packet_loss"]["connections"] == "assembled again"
 
 
 def test_bundled_classes_and_the_export_format_pair(bundled):
     out = bundled / "results/robustness"
     classes = pd.read_csv(out / "classes.csv").set_index("feature")
     assert set(classes.index) == set(FEATURES)
-    assert set(classes["measured"]) <= {"behavioural", "artefact"}
+    assert set(classes["measured"]) <= {"behavioural", "artefact", "undetermined"}
     assert classes.at["hour_of_day_utc", "moved_most_by"] == "hour_shift"
     # Names are shown in the CSV export and not in the capture of the same traffic.
     assert "export_format" in classes.at["resolved_name_share", "moving"]
     table = pd.read_csv(out / "invariance.csv")
-    assert set(table["perturbation"]) == {*SOME, "export_format"}
+    assert set(table["perturbation"]) == {*PERTURBATIONS, "export_format"}
     pair = table[table["perturbation"] == "export_format"]
-    assert set(pair["captures"]) == {1} and set(pair["windows"]) == {2}
+    # log4j_scan and log4j_scan_2, each beside its own capture.
+    assert set(pair["captures"]) == {2}
     assert "<table>" in (out / "classes.html").read_text()
 
 
@@ -72,6 +66,6 @@ def test_a_perturbation_setting_reruns_only_its_copies_and_the_comparison(bundle
         jobs = planned_jobs(bundled, *TARGETS)
     finally:
         config_path.write_text(original)
-    assert jobs == {"robustness_windows": len(traces(bundled)), "robustness_invariance": 1,
+    assert jobs == {"robustness_variants": len(traces(bundled)), "robustness_invariance": 1,
                     "robustness_separation": 1, "robustness_transfer": 1}
     assert planned_jobs(bundled, *TARGETS) == {}

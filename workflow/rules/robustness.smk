@@ -1,13 +1,16 @@
-# Which window features survive a change of recording conditions. Every trace's packet table is
-# perturbed (another hour, a cut, names toggled, a coarser clock, other client ports, a snap
-# length), each copy goes through the same connection and window stages as the original, and
-# the comparison measures how far each perturbation moves each feature, how well the features
+# Which window features survive a change of recording and network conditions. Every trace's
+# packet table is perturbed (another hour, a cut, names toggled, a coarser clock, other ports, a
+# snap length, a slower path, loss...) in one job a trace that reads it once; each copy's
+# connections and windows are made as the original's are (or, for a time shift or a
+# one-to-one renaming, relabelled from the original's). The comparison measures how far each
+# perturbation moves each feature against the windows' own noise, how well the features
 # separate the labels (with block-bootstrap intervals), and whether detectors transfer to a
 # capture they have not seen. Outputs in results/robustness/.
 from tracelab.robustness.perturbations import PERTURBATIONS
 
 ROBUSTNESS = config["robustness"]
-unknown_perturbations = sorted(set(ROBUSTNESS["perturbations"]) - set(PERTURBATIONS))
+CHOSEN = ROBUSTNESS["perturbations"]
+unknown_perturbations = sorted(set(CHOSEN) - set(PERTURBATIONS))
 if unknown_perturbations:
     raise WorkflowError(
         f"config robustness.perturbations: unknown {unknown_perturbations}; "
@@ -25,55 +28,52 @@ SKIPPED_PAIRS = [
     for trace, other in ROBUSTNESS["format_pairs"].items()
     if trace not in FORMAT_PAIRS
 ]
-VARIANTS = [(t, p) for t in TRACES.index for p in ROBUSTNESS["perturbations"]]
-VARIANT_WILDCARDS = {
-    "trace": [t for t, _ in VARIANTS],
-    "perturbation": [p for _, p in VARIANTS],
-}
+# `robustness.perturbations: []` leaves the copies out (the pages say so).
+VARIANT_TRACES = list(TRACES.index) if CHOSEN else []
+VARIANTS = [(t, p) for p in CHOSEN for t in VARIANT_TRACES]  # as expand orders the outputs
 
 
-wildcard_constraints:
-    perturbation="|".join(PERTURBATIONS),
-
-
-rule robustness_windows:
+rule robustness_variants:
     input:
         packets=rules.normalize_trace.output.packets,
+        flows=rules.security_connections.output.flows,
+        http=rules.security_connections.output.http,
+        windows=rules.security_windows.output.windows,
     output:
-        packets=temp("results/robustness/{trace}/{perturbation}/packets.parquet"),
-        flows=temp("results/robustness/{trace}/{perturbation}/flows.parquet"),
-        http=temp("results/robustness/{trace}/{perturbation}/http.parquet"),
-        conn_log=temp("results/robustness/{trace}/{perturbation}/conn.log"),
-        windows="results/robustness/{trace}/{perturbation}/windows.parquet",
-        record="results/robustness/{trace}/{perturbation}/perturbation.json",
+        windows=expand(
+            "results/robustness/{{trace}}/{perturbation}/windows.parquet",
+            perturbation=CHOSEN,
+        ),
+        records="results/robustness/{trace}/perturbations.json",
     log:
-        "results/logs/robustness/windows/{trace}.{perturbation}.log",
+        "results/logs/robustness/variants/{trace}.log",
     benchmark:
-        "results/benchmarks/robustness/windows/{trace}.{perturbation}.tsv"
+        "results/benchmarks/robustness/variants/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        # security_connections dominates (its slope).
-        mem_mb=memory_mb(512, 28),
-        runtime=runtime_minutes(10, 6),
+        # One copy's connections at a time, as the connection stage holds them.
+        mem_mb=lambda wc, attempt: attempt * connection_memory_mb(known_packets(wc.trace)),
+        runtime=runtime_minutes(10, 6 * max(len(CHOSEN), 1)),
     params:
-        code=rule_code("robustness_windows"),
-        perturbation_settings=lambda wc: stable_params(
-            ROBUSTNESS["parameters"].get(wc.perturbation, {})
+        code=rule_code("robustness_variants"),
+        perturbations=CHOSEN,
+        parameters=lambda wc: stable_params(
+            {name: ROBUSTNESS["parameters"].get(name, {}) for name in CHOSEN}
         ),
         seed=ROBUSTNESS["seed"],
-        # The copy's connections and windows are made as the original's are.
+        # The copies' connections and windows are made as the original's are.
         settings=stable_params({key: config["security"][key] for key in ("flows", "windows")}),
     script:
-        "../scripts/robustness_windows.py"
+        "../scripts/robustness_variants.py"
 
 
 rule robustness_invariance:
     input:
         windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        variant_windows=expand(rules.robustness_windows.output.windows, zip, **VARIANT_WILDCARDS),
-        records=expand(rules.robustness_windows.output.record, zip, **VARIANT_WILDCARDS),
+        variant_windows=expand(rules.robustness_variants.output.windows, trace=VARIANT_TRACES),
+        records=expand(rules.robustness_variants.output.records, trace=VARIANT_TRACES),
     output:
         table=report(
             "results/robustness/invariance.csv",
@@ -208,6 +208,14 @@ rule robustness_transfer:
             subcategory="Transfer",
             labels={"figure": "accuracy per left-out trace"},
         ),
+        answer=report(
+            "results/robustness/answer.png",
+            caption="../report/robustness_answer.rst",
+            category="Robust features",
+            subcategory="Answer",
+            labels={"figure": "which features transfer to an unseen capture"},
+        ),
+        answer_md="results/robustness/answer.md",
     log:
         "results/logs/robustness/transfer.log",
     benchmark:
@@ -222,6 +230,7 @@ rule robustness_transfer:
         code=rule_code("robustness_transfer"),
         traces=list(TRACES.index),
         labels=trace_labels(),
+        format_pairs=FORMAT_PAIRS,
         settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap", "transfer")}),
     script:
         "../scripts/robustness_transfer.py"

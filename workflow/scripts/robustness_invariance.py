@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.robustness.robustness_invariance import write_invariance
+from tracelab.robustness.invariance import write_invariance
 
 run_stage(
     snakemake,

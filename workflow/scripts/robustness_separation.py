@@ -1,5 +1,5 @@
 from tracelab.core.runner import run_stage
-from tracelab.robustness.robustness_separation import write_separation
+from tracelab.robustness.separation import write_separation
 
 run_stage(
     snakemake,

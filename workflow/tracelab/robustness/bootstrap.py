@@ -15,15 +15,34 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from tracelab.core.config import settings as config_settings
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    resamples: int
+    block_windows: int
+    confidence: float
+
+
+def bootstrap_settings(values: dict | None = None) -> BootstrapSettings:
+    """BootstrapSettings from config values over the schema's defaults."""
+    return config_settings(BootstrapSettings, "robustness.bootstrap", values)
+
+
+def job_seed(seed: int, *names: str) -> list[int]:
+    """A seed of its own for each (seed, trace, perturbation or stage): the same in every run
+    and on every machine (crc32, unlike hash(), is not salted per process)."""
+    return [seed, *(zlib.crc32(name.encode()) for name in names)]
+
 
 def job_rng(seed: int, *names: str) -> np.random.Generator:
-    """A generator of its own for each (seed, trace, perturbation or stage): the same in every
-    run and on every machine (crc32, unlike hash(), is not salted per process)."""
-    return np.random.default_rng([seed, *(zlib.crc32(name.encode()) for name in names)])
+    return np.random.default_rng(job_seed(seed, *names))
 
 
 def moving_block_indices(lengths: Sequence[int], block: int, resamples: int,

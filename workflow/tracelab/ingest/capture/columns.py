@@ -12,9 +12,10 @@ import pyarrow as pa
 PADDING = 512
 
 
-def padded(buffer: bytes) -> np.ndarray:
-    """A batch's bytes as the uint8 array Bytes reads from."""
-    return np.frombuffer(buffer + bytes(PADDING), dtype=np.uint8)
+def bits(word: np.ndarray, shift: int, width: int) -> np.ndarray:
+    """Bits shift..shift+width of Bytes.u64 reads, as int64: several header fields from one
+    gather (each gather costs several times a whole-array operation)."""
+    return ((word >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
 
 
 class Bytes:
@@ -23,7 +24,8 @@ class Bytes:
     `data` ends in PADDING zero bytes: offsets up to a packet's captured length plus a few
     hundred bytes may be read without bounds checks (the `has` masks say what is real);
     loops that walk further (TLS records, DNS labels, TCP options) clip with `within`.
-    Multi-byte fields come from strided views of the same memory: one gather per field.
+    Multi-byte fields come from strided views of the same memory: one gather per field, or one
+    u64 gather for several neighbouring fields (`bits`).
     """
 
     def __init__(self, data: np.ndarray, start: np.ndarray, captured: np.ndarray,

@@ -24,6 +24,7 @@ from tracelab.ingest.capture.columns import (
     Names,
     as_string,
     binary_array,
+    bits,
     distinct,
     masked_column,
     scatter,
@@ -61,6 +62,8 @@ HTTP_REQUEST = (rb"^(?P<method>" + "|".join(HTTP_METHODS).encode()
                 + rb") (?P<uri>[^ \r\n]*)(?: (?P<version>HTTP/\d\.\d))?")
 HTTP_RESPONSE = rb"^(?P<version>HTTP/\d\.\d) (?P<status>[1-9]\d{2})(?:[ \r\n]|$)"
 HTTP_LINE_MAX = 8192
+# Bytes of each payload read first: most hold their first line break (see _first_lines).
+HTTP_LINE_PEEK = 512
 
 
 @dataclass
@@ -134,27 +137,29 @@ class Decoder:
             protocol[igmp & ~v3 & (igmp_type == 0x12)] = self.protocols.code("IGMPv1")
             protocol[igmp & ~v3 & (igmp_type != 0x12)] = self.protocols.code("IGMPv2")
 
-        columns = dict(zip(("src", "dst"), addresses(link, net)))
+        columns = dict(zip(("src", "dst"), addresses(packet, link, net)))
 
         tcp = net["transport"] & (net["proto"] == 6) & packet.has(net["l4"], 20)
         udp = net["transport"] & (net["proto"] == 17) & packet.has(net["l4"], 8)
         l4 = packet.within(net["l4"])
         ports = tcp | udp
-        port_pair = packet.u32(l4)   # both ports in one read
-        src_port = np.where(ports, port_pair >> 16, 0)
-        dst_port = np.where(ports, port_pair & 0xFFFF, 0)
+        # The transport header's first 16 bytes in two reads: ports, then TCP's seq, ack, data
+        # offset and flags, window (UDP's length).
+        words = packet.u64(l4), packet.u64(l4 + 8)
+        src_port = np.where(ports, bits(words[0], 48, 16), 0)
+        dst_port = np.where(ports, bits(words[0], 32, 16), 0)
         columns["src_port"] = masked_column(src_port, ports, pa.int32())
         columns["dst_port"] = masked_column(dst_port, ports, pa.int32())
 
         # TCP header fields.
-        offset_flags = packet.u16(l4 + 12)   # data offset (4 bits), reserved, flags (9 bits)
+        offset_flags = bits(words[1], 16, 16)   # data offset (4 bits), reserved, flags (9)
         header_len = np.where(tcp, (offset_flags >> 12) * 4, 0)
         flags = np.where(tcp, offset_flags & 0x1FF, 0)
         tcp_len = net["l4_len"] - header_len
         sane = tcp & (header_len >= 20) & (tcp_len >= 0)
         payload = np.where(tcp, l4 + header_len, l4 + 8)
         wire_payload = np.where(tcp, np.where(sane, tcp_len, 0),
-                                np.where(udp, packet.u16(l4 + 4) - 8, 0))
+                                np.where(udp, bits(words[0], 16, 16) - 8, 0))
         visible = np.clip(np.minimum(captured - payload, wire_payload), 0, None)
         visible = np.where(ports, visible, 0)
 
@@ -186,8 +191,8 @@ class Decoder:
         segments = Segments(
             key=net["key"][tcp_rows], family=net["family"][tcp_rows],
             src_port=src_port[tcp_rows], dst_port=dst_port[tcp_rows],
-            seq=tcp_packet.u32(tcp_l4 + 4), ack=tcp_packet.u32(tcp_l4 + 8),
-            flags=flags[tcp_rows], window=tcp_packet.u16(tcp_l4 + 14),
+            seq=bits(words[0][tcp_rows], 0, 32), ack=bits(words[1][tcp_rows], 32, 32),
+            flags=flags[tcp_rows], window=bits(words[1][tcp_rows], 0, 16),
             seglen=np.where(sane, tcp_len, 0)[tcp_rows], window_shift=window_shift,
             ts_ns=ts_ns[tcp_rows], frame=frame[tcp_rows],
             server_version=server_version[tcp_rows])
@@ -227,15 +232,13 @@ class Decoder:
 
     def _http(self, packet: Bytes, candidates, payload, visible, app, columns) -> bool:
         """Request or status lines at the start of TCP payloads (any port, as the heuristic)."""
-        candidates = candidates & (visible >= 4)
-        candidates &= np.isin(packet.u32(payload), HTTP_PREFIXES)
-        rows = np.flatnonzero(candidates)
+        rows = np.flatnonzero(candidates & (visible >= 4))
+        rows = rows[np.isin(packet.subset(rows).u32(payload[rows]), HTTP_PREFIXES)]
         if not len(rows):
             return False
         n = len(app)
-        sub = packet.subset(rows)
-        flat, offsets = sub.slices(payload[rows], np.minimum(visible[rows], HTTP_LINE_MAX))
-        lines = binary_array(flat, offsets, len(rows))
+        lines = _first_lines(packet.subset(rows), payload[rows],
+                             np.minimum(visible[rows], HTTP_LINE_MAX))
         request = pc.extract_regex(lines, HTTP_REQUEST)
         response = pc.extract_regex(lines, HTTP_RESPONSE)
         is_request = np.asarray(request.is_valid())
@@ -257,6 +260,19 @@ class Decoder:
         columns["http_status"] = scatter(
             n, rows, pc.cast(as_string(status), pa.int16()), pa.int16())
         return True
+
+
+def _first_lines(p: Bytes, start: np.ndarray, length: np.ndarray) -> pa.Array:
+    """The payloads' first `length` bytes, as the HTTP regexes read them, copying as little:
+    neither regex reads past a line's first CR or LF (nor 14 bytes into a status line), so a
+    payload cut at HTTP_LINE_PEEK bytes matches as the whole does once a CR or LF shows in the
+    cut; when one does not, all are copied whole."""
+    peek = np.minimum(length, HTTP_LINE_PEEK)
+    flat, offsets = p.slices(start, peek)
+    breaks = np.logical_or.reduceat((flat == 13) | (flat == 10), offsets[:-1])
+    if ((peek < length) & ~breaks).any():
+        flat, offsets = p.slices(start, length)
+    return binary_array(flat, offsets, len(start))
 
 
 def _window_scale_option(p: Bytes, l4: np.ndarray, header_len: np.ndarray,

@@ -17,10 +17,11 @@ def pick(pairs: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 def factorize_rows(columns: list[np.ndarray]) -> np.ndarray:
     """Dense codes, in order of first appearance, of the distinct rows of several non-negative
-    integer columns (exact: columns are folded in pairwise, each pair's codes fitting in one
-    int64). A column of one value changes nothing and is skipped; one of small values (ports)
-    is folded in as it is, without factorizing it first."""
+    integer columns (exact: columns are folded into one int64 while their product of sizes
+    fits in it, then factorized). A column of one value changes nothing and is skipped; one of
+    small values (ports) is folded in as it is, without factorizing it first."""
     codes = np.zeros(len(columns[0]), dtype=np.int64)
+    bound = 1       # codes < bound
     for column in columns:
         low, high = int(column.min()), int(column.max())
         if low == high:
@@ -30,8 +31,12 @@ def factorize_rows(columns: list[np.ndarray]) -> np.ndarray:
         else:
             more, uniques = pd.factorize(column)
             size = len(uniques)
-        codes, _ = pd.factorize(codes * size + more)
-    return codes
+        if bound * size >= 1 << 62:
+            codes, uniques = pd.factorize(codes)
+            bound = len(uniques)
+        codes = codes * size + more
+        bound *= size
+    return pd.factorize(codes)[0]
 
 
 def group_starts(group: np.ndarray) -> np.ndarray:

@@ -18,6 +18,10 @@ from tracelab.ingest.capture.columns import Bytes, distinct
 LINKTYPE_NAMES = {0: "NULL", 1: "EN10MB", 12: "RAW", 14: "RAW", 101: "RAW", 108: "LOOP",
                   113: "LINUX_SLL", 228: "IPV4", 229: "IPV6", 276: "LINUX_SLL2"}
 ETHERNET, NULL, LOOP, SLL, SLL2 = 1, 0, 108, 113, 276
+# Wireshark's encapsulation of each (its short name, as capinfos -M and editcap -T write it).
+WIRESHARK_ENCAPSULATIONS = {0: "null", 1: "ether", 12: "rawip", 14: "rawip", 101: "rawip",
+                            108: "loop", 113: "linux-sll", 228: "rawip4", 229: "rawip6",
+                            276: "linux-sll2"}
 RAW_IP = (12, 14, 101)
 
 IPV4, IPV6, ARP, RARP = 0x0800, 0x86DD, 0x0806, 0x8035
@@ -48,10 +52,10 @@ def link_layer(packet: Bytes, linktype: np.ndarray) -> dict:
     n = len(linktype)
     ethertype = np.full(n, UNKNOWN, dtype=np.int64)
     net = np.zeros(n, dtype=np.int64)
-    mac_src = np.zeros(n, dtype=np.int64)
-    mac_dst = np.zeros(n, dtype=np.int64)
-    has_src = np.zeros(n, dtype=bool)
-    has_dst = np.zeros(n, dtype=bool)
+    # Where each frame's link-layer addresses are (-1: none); read only for frames shown by
+    # them (`addresses`), not for every frame.
+    mac_src = np.full(n, -1, dtype=np.int64)
+    mac_dst = np.full(n, -1, dtype=np.int64)
     for value in distinct(linktype)[0]:
         rows = np.flatnonzero(linktype == value)
         count = len(rows)
@@ -69,8 +73,8 @@ def link_layer(packet: Bytes, linktype: np.ndarray) -> dict:
                 et = np.where(tagged, p.u16(at + 2), et)
                 at = np.where(tagged, at + 4, at)
             et, at = _llc(p, et, at, et < 0x0600)
-            mac_dst[rows], mac_src[rows] = p.u48(0), p.u48(6)
-            has_src[rows] = has_dst[rows] = p.has(0, 12)
+            whole = p.has(0, 12)
+            mac_dst[rows], mac_src[rows] = np.where(whole, 0, -1), np.where(whole, 6, -1)
         elif value in (SLL, SLL2):
             if value == SLL:
                 et, at = p.u16(14), np.full(count, 16, dtype=np.int64)
@@ -81,8 +85,7 @@ def link_layer(packet: Bytes, linktype: np.ndarray) -> dict:
             et = np.where(whole, et, UNKNOWN)
             et, at = _llc(p, et, at, et == 0x0004)
             et = np.where((et >= 0) & (et < 0x0600), UNKNOWN, et)
-            mac_src[rows] = p.u48(address_at)
-            has_src[rows] = whole & (address_len == 6)
+            mac_src[rows] = np.where(whole & (address_len == 6), address_at, -1)
         elif value in RAW_IP or value in (228, 229):
             version = p.u8(0) >> 4
             et = np.where(version == 4, IPV4, np.where(version == 6, IPV6, UNKNOWN))
@@ -105,8 +108,8 @@ def link_layer(packet: Bytes, linktype: np.ndarray) -> dict:
         else:
             et, at = np.full(count, UNKNOWN), np.zeros(count, dtype=np.int64)
         ethertype[rows], net[rows] = et, at
-    return {"linktype": linktype, "ethertype": ethertype, "net": net, "mac_src": mac_src,
-            "mac_dst": mac_dst, "has_mac_src": has_src, "has_mac_dst": has_dst}
+    return {"linktype": linktype, "ethertype": ethertype, "net": net, "mac_src_at": mac_src,
+            "mac_dst_at": mac_dst}
 
 
 def _llc(p: Bytes, et: np.ndarray, at: np.ndarray, is_llc: np.ndarray):
@@ -125,7 +128,9 @@ def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
     """IPv4/IPv6 headers (and IPv6 extension headers): addresses, protocol, where the
     transport header starts and how long its datagram is on the wire, fragments."""
     et, at = link["ethertype"], link["net"]
-    first = packet.u8(at)   # version, and IPv4's header length
+    # IPv4's first 8 bytes in one read: version and header length, total length, fragment.
+    head = packet.u64(at)
+    first = (head >> np.uint64(56)).astype(np.int64)
     version = first >> 4
     v4 = (et == IPV4) & packet.has(at, 20) & (version == 4)
     ihl = (first & 0x0F) * 4
@@ -135,9 +140,9 @@ def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
     ip = v4 | v6
 
     # IPv4: total length 0 means a TSO capture: the frame tells the length.
-    total = packet.u16(at + 2)
+    total = ((head >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
     ip_len = np.where(total >= ihl, total, original - at)
-    fragment_field = packet.u16(at + 6)
+    fragment_field = (head & np.uint64(0xFFFF)).astype(np.int64)
     more = (fragment_field & 0x2000) != 0
     offset = fragment_field & 0x1FFF
     proto = np.where(v4, packet.u8(at + 9), -1)
@@ -190,8 +195,9 @@ def _endpoint_keys(packet: Bytes, v4, v6, at) -> np.ndarray:
     if v4.any():
         rows = np.flatnonzero(v4)
         p = packet.subset(rows)
-        key[:, 1][rows] = p.u32(at[rows] + 12)
-        key[:, 3][rows] = p.u32(at[rows] + 16)
+        both = p.u64(at[rows] + 12)   # source and destination in one read
+        key[:, 1][rows] = both >> np.uint64(32)
+        key[:, 3][rows] = both & np.uint64(0xFFFFFFFF)
     if v6.any():
         rows = np.flatnonzero(v6)
         p = packet.subset(rows)
@@ -200,7 +206,7 @@ def _endpoint_keys(packet: Bytes, v4, v6, at) -> np.ndarray:
     return key
 
 
-def addresses(link: dict, net: dict) -> tuple[pa.Array, pa.Array]:
+def addresses(packet: Bytes, link: dict, net: dict) -> tuple[pa.Array, pa.Array]:
     """src and dst as Wireshark writes them: IPv4/IPv6 text, else the MAC addresses.
 
     The distinct IP addresses of both sides are formatted once; each column is then a single
@@ -215,10 +221,10 @@ def addresses(link: dict, net: dict) -> tuple[pa.Array, pa.Array]:
     known = len(v4_text) + len(v6_text)
     columns = []
     for side in (0, 1):
-        mac = link["mac_src"] if side == 0 else link["mac_dst"]
-        has_mac = (link["has_mac_src"] if side == 0 else link["has_mac_dst"]) & ~net["ip"]
-        macs = np.flatnonzero(has_mac)
-        text = pa.concat_arrays([v4_text, v6_text, _mac_strings(mac[macs]), pa.array([""])])
+        mac_at = link["mac_src_at"] if side == 0 else link["mac_dst_at"]
+        macs = np.flatnonzero((mac_at >= 0) & ~net["ip"])
+        mac = packet.subset(macs).u48(mac_at[macs])
+        text = pa.concat_arrays([v4_text, v6_text, _mac_strings(mac), pa.array([""])])
         index = np.full(n, known + len(macs), dtype=np.int64)
         index[v4] = v4_codes[side * len(v4):(side + 1) * len(v4)]
         index[v6] = v6_codes[side * len(v6):(side + 1) * len(v6)]

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tracelab.ingest.capture.columns import Bytes, scatter, utf8_strings
+from tracelab.ingest.capture.columns import Bytes, bits, scatter, utf8_strings
 
 TLS_VERSION_NAMES = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
                      0x0304: "TLSv1.3"}
@@ -41,11 +41,12 @@ HRR_RANDOM_PREFIX = bytes.fromhex("cf21ad74e59a6111")
 
 def tls_records(packet: Bytes, candidates, payload, visible) -> dict:
     """TLS records starting a TCP payload: record version, ServerHello version, message list."""
-    first = candidates & (visible >= 5)
-    content = packet.u8(payload)
-    first &= (content >= 20) & (content <= 24) & (packet.u8(payload + 1) == 3)
-    first &= (packet.u8(payload + 2) <= 4) & (packet.u16(payload + 3) <= TLS_RECORD_MAX)
-    rows = np.flatnonzero(first)
+    rows = np.flatnonzero(candidates & (visible >= 5))
+    # The record header (content type, version, length) of those rows alone, in one read.
+    head = packet.subset(rows).u64(payload[rows])
+    content = bits(head, 56, 8)
+    rows = rows[(content >= 20) & (content <= 24) & (bits(head, 48, 8) == 3)
+                & (bits(head, 40, 8) <= 4) & (bits(head, 24, 16) <= TLS_RECORD_MAX)]
     m = len(rows)
     result = {"rows": rows, "record_version": np.zeros(m, dtype=np.int64),
               "server_version": np.zeros(m, dtype=np.int64), "message": pa.nulls(m, pa.string())}

@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 
-from tracelab.ingest.capture.columns import padded
 from tracelab.ingest.capture.records import (
     CaptureDamaged,
     FramingReader,
@@ -38,8 +37,8 @@ class PcapReader(FramingReader):
             raise CaptureDamaged("file header", f"the pcap file header is cut short: "
                                  f"{len(head)} of {PCAP_FILE_HEADER} bytes", offset=0)
         major, minor, thiszone, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", head, 4)
-        super().__init__(stream, head[PCAP_FILE_HEADER:], batch_bytes)
-        self._base = PCAP_FILE_HEADER
+        super().__init__(stream, head, batch_bytes)
+        self._drop(PCAP_FILE_HEADER)
         self.version = f"{major}.{minor}"
         self.thiszone = thiszone
         # The upper bits of the link type field carry FCS information.
@@ -52,7 +51,7 @@ class PcapReader(FramingReader):
             notes["thiszone_ignored_s"] = self.thiszone   # as libpcap and Wireshark do
         return notes
 
-    def _frame(self, buffer: bytes):
+    def _frame(self, buffer: memoryview, data: np.ndarray):
         end = len(buffer)
         header = self.header_len
         # views[k][j]: the word at byte 4 * j + k + 8, the captured length of a record at
@@ -68,7 +67,6 @@ class PcapReader(FramingReader):
         if not offsets:
             return None, 0
         at = np.array(offsets, dtype=np.int64)
-        data = padded(buffer)
         captured = u32_at(data, at + 8, self.big)
         absurd = np.flatnonzero(captured > self.max_captured)
         if absurd.size:
@@ -95,7 +93,7 @@ class PcapReader(FramingReader):
             ts_ns=seconds * 1_000_000_000 + fraction * self.fraction_ns,
             interface=np.zeros(len(at), dtype=np.int64), room=captured), used
 
-    def _tail(self, buffer: bytes) -> Tail:
+    def _tail(self, buffer: memoryview) -> Tail:
         index, offset = self.records_seen + 1, self._base
         if len(buffer) < self.header_len:
             return Tail(index, offset, len(buffer), None)

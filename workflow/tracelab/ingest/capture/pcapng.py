@@ -11,7 +11,6 @@ import struct
 
 import numpy as np
 
-from tracelab.ingest.capture.columns import padded
 from tracelab.ingest.capture.records import (
     MAX_NS,
     CaptureDamaged,
@@ -54,14 +53,13 @@ class PcapngReader(FramingReader):
             raise CaptureDamaged("file header", "the pcapng section header block is cut "
                                  "short or its length is impossible", offset=0)
         self._start_section(head, 0)
-        self._buffer = head[length:]
-        self._base = length
+        self._drop(length)
 
     @property
     def _order(self) -> str:
         return ">" if self.big else "<"
 
-    def _section_length(self, buffer: bytes, pos: int) -> int | None:
+    def _section_length(self, buffer: bytes | memoryview, pos: int) -> int | None:
         """A section header's total length, read in its own byte order (None if unreadable)."""
         if pos + 28 > len(buffer):
             return None
@@ -85,12 +83,12 @@ class PcapngReader(FramingReader):
                                  offset=self._base + pos)
         return length
 
-    def _start_section(self, buffer: bytes, pos: int) -> None:
+    def _start_section(self, buffer: bytes | memoryview, pos: int) -> None:
         self.big = struct.unpack_from("<I", buffer, pos + 8)[0] != PCAPNG_BYTE_ORDER
         self.section_base = len(self.interfaces)
         self.sections += 1
 
-    def _interface(self, buffer: bytes, pos: int, length: int) -> None:
+    def _interface(self, buffer: memoryview, pos: int, length: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self._order + "HHI", buffer, pos + 8)
         interface = Interface(linktype, snaplen, mul=1000)
         for code, value in self._options(buffer, pos + 16, pos + length - 4):
@@ -102,13 +100,15 @@ class PcapngReader(FramingReader):
                     interface.mul, interface.div = 10**(9 - exponent), 1
                 else:
                     interface.mul, interface.div = 1, 10**(exponent - 9)
+            elif code == 2:                            # if_name, UTF-8
+                interface.name = bytes(value).decode("utf-8", "replace").rstrip("\x00")
             elif code == 14 and len(value) >= 8:       # if_tsoffset, seconds
                 seconds = struct.unpack_from(self._order + "q", value)[0]
                 # Within int64 ns: an offset beyond it puts every time out of range anyway.
                 interface.offset_ns = max(-MAX_NS, min(MAX_NS, seconds * 10**9))
         self.interfaces.append(interface)
 
-    def _options(self, buffer: bytes, pos: int, end: int):
+    def _options(self, buffer: memoryview, pos: int, end: int):
         while pos + 4 <= end:
             code, length = struct.unpack_from(self._order + "HH", buffer, pos)
             if code == 0:
@@ -126,9 +126,8 @@ class PcapngReader(FramingReader):
             f"{self.records_seen + packets_before}): {detail}; the file is damaged here",
             offset=self._base + pos, record=self.records_seen + packets_before + 1)
 
-    def _frame(self, buffer: bytes):
+    def _frame(self, buffer: memoryview, data: np.ndarray):
         end = len(buffer)
-        data = padded(buffer)
         parts = []              # per run of one section: packet blocks and their context
         packets = 0
         pos = 0
@@ -173,7 +172,7 @@ class PcapngReader(FramingReader):
             return None, pos
         return self._records(data, parts), pos
 
-    def _blocks(self, buffer: bytes, data: np.ndarray, pos: int):
+    def _blocks(self, buffer: memoryview, data: np.ndarray, pos: int):
         """Offsets, types and total lengths (rounded up to a multiple of 4) of the blocks from
         `pos` on, up to one whose length cannot be followed."""
         lengths_at = words(buffer, pos, len(buffer), self.big)
@@ -265,7 +264,7 @@ class PcapngReader(FramingReader):
                        original=merged["original"], ts_ns=ts_ns,
                        interface=merged["interface"], room=merged["room"])
 
-    def _tail(self, buffer: bytes) -> Tail:
+    def _tail(self, buffer: memoryview) -> Tail:
         index, offset = self.records_seen + 1, self._base
         if len(buffer) < 8:
             return Tail(index, offset, len(buffer), None)

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.packets import INFO_FIELDS, STAGED_BASE, StagedWriter
+from tracelab.core.progress import Progress
 from tracelab.ingest.capture import decode
 from tracelab.ingest.capture.link import LINKTYPE_NAMES
 from tracelab.ingest.capture.pcap import PCAP_MAGIC, PcapReader
@@ -113,12 +114,22 @@ class _KeptNotes:
         self.time_order = TimeOrder()
         self.epoch = EpochClock()
         self.snapped = 0
+        self.snapped_captured = [np.inf, -np.inf]   # capinfos' "packet size limit (inferred)"
+        self.per_interface = np.zeros(0, dtype=np.int64)
         self.above_snap = {"count": 0, "examples": []}
 
     def update(self, kept: Records, snaplen: np.ndarray) -> None:
         self.time_order.update(kept.ts_ns, kept.place)
         self.epoch.update(kept.ts_ns, kept.place)
-        self.snapped += int((kept.captured < kept.original).sum())
+        snapped = kept.captured[kept.captured < kept.original]
+        self.snapped += snapped.size
+        if snapped.size:
+            self.snapped_captured = [min(self.snapped_captured[0], snapped.min()),
+                                     max(self.snapped_captured[1], snapped.max())]
+        counts = np.bincount(kept.interface)
+        self.per_interface = np.pad(self.per_interface, (0, max(0, counts.size
+                                                                 - self.per_interface.size)))
+        self.per_interface[:counts.size] += counts
         # Wireshark shows such packets as they are: the header's snap length is what is off.
         above = np.flatnonzero((snaplen > 0) & (kept.captured > snaplen))
         if above.size:
@@ -130,6 +141,10 @@ class _KeptNotes:
 
     def capture_notes(self) -> dict:
         return {"snap_truncated_packets": self.snapped,
+                "packets_per_interface": self.per_interface.tolist(),
+                **({"snap_length_inferred": {"min": int(self.snapped_captured[0]),
+                                             "max": int(self.snapped_captured[1])}}
+                   if self.snapped else {}),
                 **({"above_snap_length": self.above_snap} if self.above_snap["count"] else {})}
 
     def time_notes(self) -> dict:
@@ -161,7 +176,8 @@ def stage(source: Path, *, staged_path: Path, invalid_path: Path, report: Valida
         with atomic_path(staged_path) as tmp, \
                 StagedWriter(tmp, schema) as writer, \
                 _Pipeline(decoder, writer, schema) as pipeline:
-            for records in reader.batches():
+            tracker = Progress(f"{report.trace}: validating", total_bytes=source.stat().st_size)
+            for records in tracker.track(reader.batches(), lambda: reader.stream.position):
                 keep = _check_records(records, reader, report, sink, settings)
                 report.rows_read += len(records)
                 report.rows_valid += int(keep.sum())

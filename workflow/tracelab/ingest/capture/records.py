@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracelab.ingest.capture import link
+from tracelab.ingest.capture.columns import PADDING
 
 # The largest timestamp int64 ns since the epoch can hold (2262-04-11).
 MAX_NS = (1 << 63) - 1
@@ -31,7 +32,7 @@ class CaptureDamaged(Exception):
 
 @dataclass
 class Interface:
-    """A capture interface: its link type, snap length and clock."""
+    """A capture interface: its link type, snap length, clock and (pcapng if_name) name."""
 
     linktype: int
     snaplen: int
@@ -39,13 +40,15 @@ class Interface:
     mul: int = 1000
     div: int = 1
     offset_ns: int = 0
+    name: str = ""
 
     def describe(self) -> dict:
         return {"linktype": self.linktype,
                 "link": link.LINKTYPE_NAMES.get(self.linktype, f"linktype {self.linktype}"),
                 "snaplen": self.snaplen,
                 "timestamp_resolution_ns": self.mul / self.div,
-                **({"timestamp_offset_s": self.offset_ns // 10**9} if self.offset_ns else {})}
+                **({"timestamp_offset_s": self.offset_ns // 10**9} if self.offset_ns else {}),
+                **({"name": self.name} if self.name else {})}
 
 
 @dataclass
@@ -149,7 +152,9 @@ class FramingReader:
         self.records_seen = 0
         self.tail: Tail | None = None
         self.damage: CaptureDamaged | None = None   # what ended reading before the file did
-        self._buffer = head
+        self._buffer = memoryview(b"")   # the bytes not framed yet, a view of _data
+        self._data = np.zeros(PADDING, dtype=np.uint8)   # the same, then PADDING zero bytes
+        self._join(head)
         self._base = 0        # file offset of _buffer[0]
         self._eof = False
 
@@ -157,11 +162,10 @@ class FramingReader:
         while True:
             if not self._eof and len(self._buffer) < self.batch_bytes:
                 self._read_more()
-            records, used = self._frame(self._buffer)
+            records, used = self._frame(self._buffer, self._data)
             if records is not None and len(records):
                 yield records
-            self._base += used
-            self._buffer = self._buffer[used:]
+            self._drop(used)
             if self.damage is not None:
                 return
             if self._eof:
@@ -178,10 +182,29 @@ class FramingReader:
             self.damage, more = damage, b""
         self._eof = not more
         if more:
-            self._buffer = self._buffer + more
+            self._join(more)
 
-    def _frame(self, buffer: bytes):
+    def _join(self, more: bytes) -> None:
+        """The bytes not framed yet and `more`, in a new array that ends in PADDING zero bytes:
+        one copy, which is the batch's Records.data as it is (records framed from the old array
+        keep it: another thread may still be decoding them)."""
+        size = len(self._buffer) + len(more)
+        data = np.empty(size + PADDING, dtype=np.uint8)
+        data[:len(self._buffer)] = self._data[:len(self._buffer)]
+        data[len(self._buffer):size] = np.frombuffer(more, dtype=np.uint8)
+        data[size:] = 0
+        self._data = data
+        self._buffer = memoryview(data)[:size]
+
+    def _drop(self, used: int) -> None:
+        """Move past `used` framed bytes (views: nothing is copied)."""
+        self._base += used
+        self._buffer = self._buffer[used:]
+        self._data = self._data[used:]
+
+    def _frame(self, buffer: memoryview, data: np.ndarray):
         """(Records of the whole records at the start of `buffer`, or None; bytes used).
+        `data` is `buffer` followed by PADDING zero bytes, as an array (Records.data).
         Damage found sets `self.damage` after the records before it."""
         raise NotImplementedError
 

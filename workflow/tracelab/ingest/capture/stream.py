@@ -78,6 +78,11 @@ class CaptureStream:
         self.consumed += len(data)
         return data
 
+    @property
+    def position(self) -> int:
+        """Bytes of the file read so far (compressed bytes of a gzip file): the share done."""
+        return self._file.tell()
+
     def close(self) -> None:
         self._file.close()
 

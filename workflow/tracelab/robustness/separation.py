@@ -18,17 +18,18 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from tracelab.compare.figures import CLASS_COLOURS, save
+from tracelab.compare.figures import MEASURED_COLOURS, empty_note, save
 from tracelab.compare.security import comparisons
 from tracelab.core.safe_text import figure_text
 from tracelab.robustness.bootstrap import (
+    BootstrapSettings,
+    bootstrap_settings,
     job_rng,
     ks_statistic,
     moving_block_indices,
     percentile_interval,
     roc_auc,
 )
-from tracelab.robustness.invariance import BootstrapSettings
 from tracelab.robustness.tables import (
     read_traces,
     sides,
@@ -38,6 +39,10 @@ from tracelab.robustness.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["comparison", "group_a", "group_b", "feature", "declared", "measured", "ks_d",
+                 "ks_low", "ks_high", "auc", "auc_low", "auc_high", "windows_a", "captures_a",
+                 "windows_b", "captures_b"]
 
 
 def _side(windows: pd.DataFrame, features: list[str], resamples: np.ndarray) -> tuple:
@@ -76,7 +81,7 @@ def separation_table(windows: pd.DataFrame, classes: pd.DataFrame, bootstrap: Bo
                 "captures_a": side_a["trace"].nunique(),
                 "windows_b": int((~np.isnan(point_b)).sum()),
                 "captures_b": side_b["trace"].nunique()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -97,32 +102,58 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
                                  zip(ordered["windows_b"], ordered["captures_b"])]})
 
 
+def why_no_comparison(windows: pd.DataFrame) -> str:
+    """Why the sheet gives nothing to compare ("" when it does)."""
+    if windows["trace"].nunique() < 2:
+        return ("Nothing to compare: the sheet holds one trace. Separation needs two labels, or "
+                "two traces of one label.")
+    return ""
+
+
+def direction_free(auc: pd.Series, low: pd.Series, high: pd.Series) -> tuple:
+    """max(AUC, 1 - AUC) and its interval: how well a threshold on the feature separates the
+    two sides, whichever side is higher (an interval across 0.5 starts at 0.5)."""
+    value = np.maximum(auc, 1 - auc)
+    lower = np.where(low >= 0.5, low, np.where(high <= 0.5, 1 - high, 0.5))
+    upper = np.where(low >= 0.5, high, np.where(high <= 0.5, 1 - low, np.maximum(1 - low, high)))
+    return value, lower, upper
+
+
 def separation_figure(table: pd.DataFrame, windows: pd.DataFrame, confidence: float,
                       path) -> None:
-    """AUC with its interval per feature, for the first comparison, coloured by measured class."""
+    """Direction-free separability with its interval per feature, for the label comparison
+    (else the first), coloured by measured class; the marker says which side is higher."""
     fig = Figure(figsize=(9, 0.3 * max(table["feature"].nunique(), 4) + 2))
     ax = fig.subplots()
     if table.empty:
-        ax.text(0.5, 0.5, "No comparison: fewer than two traces", ha="center",
-                transform=ax.transAxes)
+        ax.set_axis_off()
+        empty_note(ax, why_no_comparison(windows) or "No comparison")
         save(fig, path)
         return
-    kind, a, b = table.iloc[0][["comparison", "group_a", "group_b"]]
+    kinds = table["comparison"].tolist()
+    kind, a, b = table.iloc[kinds.index("label") if "label" in kinds else 0][
+        ["comparison", "group_a", "group_b"]]
     first = table[(table["comparison"] == kind) & (table["group_a"] == a)
-                  & (table["group_b"] == b)].sort_values("auc", kind="stable")
+                  & (table["group_b"] == b)].copy()
+    first["separability"], first["sep_low"], first["sep_high"] = direction_free(
+        first["auc"], first["auc_low"], first["auc_high"])
+    first = first.sort_values(["separability", "feature"], kind="stable")
     positions = np.arange(len(first))
-    for measured, part in first.groupby("measured"):
-        at = positions[first["measured"].to_numpy() == measured]
-        ax.errorbar(part["auc"], at, xerr=[part["auc"] - part["auc_low"],
-                                           part["auc_high"] - part["auc"]],
-                    fmt="o", color=CLASS_COLOURS.get(measured, "grey"), capsize=3,
-                    label=f"measured {measured}")
+    for (measured, higher), part in first.groupby(
+            ["measured", np.where(first["auc"] >= 0.5, b, a)]):
+        at = positions[((first["measured"] == measured)
+                        & (np.where(first["auc"] >= 0.5, b, a) == higher)).to_numpy()]
+        ax.errorbar(part["separability"], at,
+                    xerr=[part["separability"] - part["sep_low"],
+                          part["sep_high"] - part["separability"]],
+                    fmt=">" if higher == b else "<", color=MEASURED_COLOURS.get(measured, "grey"),
+                    capsize=3, label=figure_text(f"measured {measured}; higher in {higher}"))
     ax.set_yticks(positions, [figure_text(f"{f} (declared {d})") for f, d in
                               zip(first["feature"], first["declared"])])
-    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel(f"ROC AUC of the feature for {b} over {a}, with its {confidence:.0%} "
-                  "block-bootstrap interval (0.5 = chance)")
+    ax.set_xlim(0.48, 1.02)
+    ax.set_xlabel(f"separability max(AUC, 1 - AUC) of {a} vs {b}, with its {confidence:.0%} "
+                  "block-bootstrap interval (0.5 = chance, 1 = a threshold separates all "
+                  "windows, whichever side is higher)")
     ax.legend(loc="lower right", fontsize=8)
     in_a, in_b = windows[windows[kind] == a], windows[windows[kind] == b]
     ax.set_title(figure_text(f"{kind} {a}: {sides(in_a)}; {b}: {sides(in_b)}"), fontsize=10)
@@ -134,7 +165,7 @@ def write_separation(*, traces: list[str], labels: dict[str, str], windows_paths
                      figure_png) -> dict:
     """Stage: results/robustness/separation.{csv,md,html,png}."""
     sns.set_theme(style="whitegrid", context="notebook")
-    bootstrap = BootstrapSettings(**settings["bootstrap"])
+    bootstrap = bootstrap_settings(settings["bootstrap"])
     classes = pd.read_csv(classes_csv)
     windows = read_traces(windows_paths, traces, labels)
     table = separation_table(windows, classes, bootstrap, job_rng(settings["seed"], "separation"))
@@ -146,10 +177,10 @@ def write_separation(*, traces: list[str], labels: dict[str, str], windows_paths
                f"are in the last two columns. All traces: {sides(windows)}. Resampling "
                f"windows cannot show how another capture would differ: with one capture on a "
                f"side, a perfect score keeps an interval of zero width (the transfer table "
-               f"tests that).")
+               f"tests that). {why_no_comparison(windows)}")
     write_tables(shown_table(table), markdown=table_md, html_path=table_html,
                  title="Separation with uncertainty", caption=caption)
     separation_figure(table, windows, bootstrap.confidence, figure_png)
-    log.info("%d comparisons x %d features", table[["comparison", "group_a", "group_b"]]
-             .drop_duplicates().shape[0] if len(table) else 0, len(classes))
+    log.info("%d comparisons x %d features",
+             len(table[["comparison", "group_a", "group_b"]].drop_duplicates()), len(classes))
     return {"rows": len(table)}

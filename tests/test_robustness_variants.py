@@ -1,0 +1,122 @@
+"""The copies of one trace, made in one job: a time shift or a one-to-one renaming applied to the
+original's connections gives the windows that assembling the copy's connections again gives,
+and the copies do not depend on how the packet table is cut into row groups."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO
+from packet_factory import handshake, packet_table, portless, tcp, udp
+
+from tracelab.robustness import perturbations as registry
+from tracelab.robustness.variants import write_variants
+from tracelab.security.connections import write_connections
+from tracelab.security.windows import write_windows
+
+CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
+RELABELLING = sorted(name for name, spec in registry.PERTURBATIONS.items() if spec.relabel)
+CLIENT, SCANNER = "198.18.0.3", "198.18.0.2"
+
+
+def mixed_rows() -> list[dict]:
+    """Browsing with names from DNS answers and port-less HTTP rows, and a SYN sweep."""
+    rows = [udp(0.0, CLIENT, 5353, "198.18.0.53", 53, protocol="DNS",
+                info="Standard query response 0x1a2b A www.example.com A 198.18.1.47")]
+    for k in range(60):
+        t = 0.5 + 0.9 * k
+        server = ("www.example.com", "198.18.1.48", "49.1.18.198.host.example.net")[k % 3]
+        rows += handshake(t, CLIENT, 40000 + k, server, 80)
+        rows += [portless(t + 0.01, CLIENT, server, "HTTP", http_method="GET",
+                          http_uri=f"/page/{k}?q=%41"),
+                 portless(t + 0.03, server, CLIENT, "HTTP", http_version="HTTP/1.1",
+                          http_status=200 if k % 4 else 404),
+                 tcp(t + 0.05, CLIENT, 40000 + k, server, 80, "FA", seq=120, ack=900),
+                 tcp(t + 0.06, server, 80, CLIENT, 40000 + k, "FA", seq=900, ack=121)]
+        rows.append(tcp(t + 0.2, SCANNER, 50000 + k, f"198.18.7.{k}", 8443, "S"))
+        if k % 2:
+            rows.append(tcp(t + 0.201, f"198.18.7.{k}", 8443, SCANNER, 50000 + k, "RA", seq=0,
+                            ack=1))
+    return sorted(rows, key=lambda row: row["t"])
+
+
+def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000) -> dict:
+    """The copies' window matrices (perturbation -> frame) and records of the mixed trace, its
+    clock in microseconds (as a CSV export's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"{name}.parquet" for name in ("packets", "flows", "http")}
+    table = packet_table(mixed_rows())
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    field = table.schema.field("ts")
+    table = table.set_column(table.schema.get_field_index("ts"), field,
+                             pa.array(ts - ts % 1000).cast(field.type))
+    pq.write_table(table, paths["packets"], row_group_size=row_group_size)
+    write_connections(trace="mixed", packets_path=paths["packets"], flows_path=paths["flows"],
+                      http_path=paths["http"], settings=CONFIG["security"]["flows"])
+    write_windows(trace="mixed", packets_path=paths["packets"], flows_path=paths["flows"],
+                  http_path=paths["http"], windows_path=folder / "windows.parquet",
+                  settings=CONFIG["security"]["windows"])
+    windows = [folder / name / "windows.parquet" for name in perturbations]
+    write_variants(trace="mixed", perturbations=perturbations, packets_path=paths["packets"],
+                   flows_path=paths["flows"], http_path=paths["http"],
+                   original_windows_path=folder / "windows.parquet", windows_paths=windows,
+                   records_path=folder / "perturbations.json",
+                   parameters=CONFIG["robustness"]["parameters"], seed=14,
+                   settings=CONFIG["security"])
+    records = json.loads((folder / "perturbations.json").read_text())
+    return {name: pq.read_table(path).to_pandas() for name, path in zip(perturbations, windows)}, \
+        records
+
+
+def test_relabelling_after_assembly_gives_the_windows_of_assembling_again(tmp_path, monkeypatch):
+    assert {"hour_shift", "date_shift", "names_to_addresses", "addresses_to_names",
+            "server_addresses"} <= set(RELABELLING)
+    relabelled, records = run_copies(tmp_path / "relabelled", RELABELLING)
+    for name in RELABELLING:
+        assert records[name]["connections"] == "the original's, relabelled"
+        spec = registry.PERTURBATIONS[name]
+        monkeypatch.setitem(registry.PERTURBATIONS, name, dataclasses.replace(spec, relabel=None))
+    again, records = run_copies(tmp_path / "again", RELABELLING)
+    for name in RELABELLING:
+        assert records[name]["connections"] == "assembled again"
+        assert records[name]["changed"]["ts" if "shift" in name else "dst"] > 0, name
+        pd.testing.assert_frame_equal(relabelled[name], again[name], check_exact=False,
+                                      rtol=1e-12, obj=name)
+
+
+@pytest.mark.parametrize("row_group_size", [37, 500])
+def test_copies_do_not_depend_on_the_row_groups(tmp_path, row_group_size):
+    chosen = CONFIG["robustness"]["perturbations"]
+    whole, whole_records = run_copies(tmp_path / "whole", chosen)
+    cut, cut_records = run_copies(tmp_path / "cut", chosen, row_group_size)
+    for name in chosen:
+        pd.testing.assert_frame_equal(whole[name], cut[name], check_exact=False, rtol=1e-12,
+                                      obj=name)
+        assert whole_records[name] == cut_records[name], name
+
+
+def test_a_renaming_that_merges_two_endpoints_is_not_applied_after_assembly():
+    # Two names of one address: their connections could merge, so the copy is assembled again.
+    merging = registry.Relabel(names={"www.example.com": "198.18.1.47",
+                                      "47.1.18.198.host.example.net": "198.18.1.47"})
+    assert not merging.one_to_one(["www.example.com", "47.1.18.198.host.example.net"])
+    onto_existing = registry.Relabel(names={"www.example.com": "198.18.1.47"})
+    assert not onto_existing.one_to_one(["www.example.com", "198.18.1.47"])
+    assert registry.Relabel(offset_ns=5).one_to_one(["a", "b"])
+
+
+def test_a_copy_that_changed_nothing_keeps_the_original_windows(tmp_path):
+    # The mixed trace's clock is in microseconds already: clock_us changes no value.
+    copies, records = run_copies(tmp_path, ["clock_us", "clock_ms"])
+    assert records["clock_us"]["connections"] == "unchanged: the original's windows"
+    assert sum(records["clock_us"]["changed"].values()) == 0
+    original = pq.read_table(tmp_path / "windows.parquet").to_pandas()
+    pd.testing.assert_frame_equal(copies["clock_us"], original)
+    assert records["clock_ms"]["connections"] == "assembled again"
+    assert records["clock_ms"]["changed"]["ts"] > 0

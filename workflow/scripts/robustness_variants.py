@@ -1,0 +1,18 @@
+from tracelab.core.runner import run_stage
+from tracelab.robustness.variants import write_variants
+
+run_stage(
+    snakemake,
+    write_variants,
+    trace=snakemake.wildcards.trace,
+    perturbations=snakemake.params.perturbations,
+    packets_path=snakemake.input.packets,
+    flows_path=snakemake.input.flows,
+    http_path=snakemake.input.http,
+    original_windows_path=snakemake.input.windows,
+    windows_paths=list(snakemake.output.windows),
+    records_path=snakemake.output.records,
+    parameters=snakemake.params.parameters,
+    seed=snakemake.params.seed,
+    settings=snakemake.params.settings,
+)

@@ -1,0 +1,217 @@
+"""Stage: the window matrices of every perturbed copy of one trace, and what each changed.
+
+One job a trace, whatever the number of perturbations: the packet table is read once (after a
+pass over a few columns for `TraceFacts`), each row group perturbed by every perturbation and
+appended to that copy's scratch file. A copy then goes through the security stages' own
+functions (connections, then windows) as the original does, one copy at a time, and its
+scratch files are deleted; memory is that of the connection and window stages, plus one row
+group per copy being written.
+
+A perturbation that only moves every time by one offset or renames endpoints one-to-one
+(`Perturbation.relabel`) cannot change which packets form which connection: it is applied to
+the original's connections and requests instead of assembling them again, which skips the
+dearest step. Where its renaming is not one-to-one on this trace (two names for one address),
+its copy is assembled again like the others. A copy in which the perturbation changed no value
+(a microsecond clock on a microsecond export) is the original, and keeps its windows.
+
+The record of a copy says which packets it kept, how its time maps back to the original's
+(first packet and scale, so that its windows can be matched with the original windows they
+cover) and how many values of each column it changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tracelab.core.atomic import atomic_path, write_json
+from tracelab.core.packets import PACKET_SCHEMA
+from tracelab.core.streaming import derived_row_groups, non_empty_groups
+from tracelab.robustness.bootstrap import job_seed
+from tracelab.robustness.perturbations import (
+    PERTURBATIONS,
+    PerturbationContext,
+    Relabel,
+    gather_facts,
+    timestamps_ns,
+)
+from tracelab.security import connections
+from tracelab.security import windows as window_stage
+
+log = logging.getLogger(__name__)
+
+# A copy holds every column of the packet table but the time since its first packet, which a
+# cut or a stretch would change and no later stage reads.
+COPY_COLUMNS = [name for name in PACKET_SCHEMA.names if name != "t_rel_s"]
+
+
+def _differs(before: pa.ChunkedArray, after: pa.ChunkedArray) -> int:
+    """Rows whose value changed (null to value and back count; null to null does not)."""
+    if pa.types.is_dictionary(before.type):
+        before, after = before.cast(pa.string()), after.cast(pa.string())
+    same = pc.fill_null(pc.equal(before, after), False)
+    both_null = pc.and_(pc.is_null(before), pc.is_null(after))
+    return int(pc.sum(pc.invert(pc.or_(same, both_null))).as_py() or 0)
+
+
+@dataclass
+class Record:
+    """What one perturbation did to a trace, added up row group by row group."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    kept: list = field(default_factory=lambda: [np.iinfo(np.int64).max, np.iinfo(np.int64).min])
+    moved: list = field(default_factory=lambda: [np.iinfo(np.int64).max, np.iinfo(np.int64).min])
+    changed: dict = field(default_factory=dict)
+
+    def add(self, original: pa.Table, perturbed: pa.Table) -> None:
+        position = pc.index_in(perturbed.column("frame"), value_set=original.column("frame"))
+        if position.null_count:
+            raise ValueError("a perturbation added packets; it may only keep or change them")
+        kept = original.take(position)
+        self.packets_in += original.num_rows
+        self.packets_out += perturbed.num_rows
+        for span, ts in ((self.kept, timestamps_ns(kept)), (self.moved, timestamps_ns(perturbed))):
+            if ts.size:
+                span[:] = [min(span[0], int(ts.min())), max(span[1], int(ts.max()))]
+        for name in original.schema.names:
+            self.changed[name] = self.changed.get(name, 0) + _differs(kept.column(name),
+                                                                      perturbed.column(name))
+
+    def unchanged(self) -> bool:
+        return self.packets_out == self.packets_in and not any(self.changed.values())
+
+    def summary(self) -> dict:
+        """The record as written; `time_map`: a time t of the copy stood at
+        original_from_ns + (t - perturbed_from_ns) / scale in the original."""
+        empty = self.packets_out == 0
+        kept_span, moved_span = self.kept[1] - self.kept[0], self.moved[1] - self.moved[0]
+        return {
+            "packets_in": self.packets_in, "packets_out": self.packets_out,
+            "kept_from": None if empty else self.kept[0],
+            "kept_to": None if empty else self.kept[1],
+            "time_offset_ns": 0 if empty else self.moved[0] - self.kept[0],
+            "time_map": {"original_from_ns": 0 if empty else self.kept[0],
+                         "perturbed_from_ns": 0 if empty else self.moved[0],
+                         "scale": moved_span / kept_span if not empty and kept_span > 0 else 1.0},
+            "changed": self.changed}
+
+
+@dataclass
+class Copy:
+    """One perturbed copy of the trace being written: its scratch file, record, and the
+    relabelling applied to the original's connections instead of assembling it again."""
+
+    name: str
+    context: PerturbationContext
+    packets: Path
+    writer: pq.ParquetWriter
+    mapping: Relabel | None  # a relabelling perturbation's change, worked out once
+    relabel: Relabel | None  # ...when it is applied after assembly
+    record: Record = field(default_factory=Record)
+
+    def add(self, rows: pa.Table) -> None:
+        perturbed = PERTURBATIONS[self.name].func(rows, self.context) if self.mapping is None \
+            else self.mapping.apply(rows, ("ts",), ("src", "dst"))
+        self.record.add(rows, perturbed)
+        self.writer.write_table(perturbed)
+
+
+def open_copies(perturbations: list[str], contexts: dict, schema: pa.Schema, scratch: Path,
+                endpoints: list[str]) -> list[Copy]:
+    copies = []
+    for name in perturbations:
+        make = PERTURBATIONS[name].relabel
+        mapping = make(contexts[name]) if make else None
+        relabel = mapping if mapping is not None and mapping.one_to_one(endpoints) else None
+        if mapping is not None and relabel is None:
+            log.info("%s: not one-to-one on this trace; its connections are assembled again", name)
+        path = scratch / f"{name}.packets.parquet"
+        copies.append(Copy(name, contexts[name], path, pq.ParquetWriter(path, schema), mapping,
+                           relabel))
+    return copies
+
+
+def relabel_table(source, destination, relabel: Relabel, times: tuple, addresses: tuple) -> None:
+    """A table of the original's (connections, requests) relabelled, row group by row group."""
+    parquet = pq.ParquetFile(source)
+    with pq.ParquetWriter(destination, parquet.schema_arrow) as writer:
+        for group in range(parquet.num_row_groups):
+            writer.write_table(relabel.apply(parquet.read_row_group(group), times, addresses))
+
+
+def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings: dict,
+                 scratch: Path) -> str:
+    """The copy's window matrix, and how its connections were made: the original's windows
+    where the perturbation changed no value on this trace (a µs clock on a µs export), else its
+    connections assembled again or the original's relabelled."""
+    flows_path = scratch / f"{copy.name}.flows.parquet"
+    http_path = scratch / f"{copy.name}.http.parquet"
+    if copy.record.unchanged():
+        with atomic_path(windows_path) as tmp:
+            shutil.copyfile(originals["windows"], tmp)
+        copy.packets.unlink()
+        return "unchanged: the original's windows"
+    if copy.relabel is None:
+        connections.write_connections(trace=trace, packets_path=copy.packets,
+                                      flows_path=flows_path, http_path=http_path,
+                                      settings=settings["flows"])
+    else:
+        relabel_table(originals["flows"], flows_path, copy.relabel, ("first_ts", "last_ts"),
+                      ("orig", "resp"))
+        relabel_table(originals["http"], http_path, copy.relabel, ("ts",), ("src", "dst"))
+    window_stage.write_windows(trace=trace, packets_path=copy.packets, flows_path=flows_path,
+                               http_path=http_path, windows_path=windows_path,
+                               settings=settings["windows"])
+    for path in (copy.packets, flows_path, http_path):
+        path.unlink()
+    return "assembled again" if copy.relabel is None else "the original's, relabelled"
+
+
+def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_path, http_path,
+                   original_windows_path, windows_paths: list, records_path, parameters: dict,
+                   seed: int, settings: dict) -> dict:
+    """Stage: results/robustness/{trace}/{perturbation}/windows.parquet for every perturbation,
+    and results/robustness/{trace}/perturbations.json (`settings`: the config's `security`
+    section, whose flows and windows settings the copies share with the original)."""
+    chosen = window_stage.window_settings(settings["windows"])
+    facts = gather_facts(packets_path, chosen.window_s)
+    contexts = {name: PerturbationContext(
+        seed=job_seed(seed, trace, name),
+        params=parameters.get(name, {}), window_s=chosen.window_s,
+        min_coverage=chosen.min_coverage, facts=facts) for name in perturbations}
+    parquet = pq.ParquetFile(packets_path)
+    schema = pa.schema([parquet.schema_arrow.field(name) for name in COPY_COLUMNS])
+    records = {}
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=".variants-", dir=Path(windows_paths[0]).parent.parent)))
+        copies = open_copies(perturbations, contexts, schema, scratch, facts.endpoints)
+        for rows in derived_row_groups(parquet, COPY_COLUMNS, non_empty_groups(parquet)):
+            for copy in copies:
+                copy.add(rows)
+        for copy in copies:
+            copy.writer.close()
+        originals = {"flows": flows_path, "http": http_path, "windows": original_windows_path}
+        for copy, path in zip(copies, windows_paths):
+            made = copy_windows(copy, trace, originals, path, settings, scratch)
+            records[copy.name] = {
+                "trace": trace, "perturbation": copy.name,
+                "description": PERTURBATIONS[copy.name].description,
+                "params": parameters.get(copy.name, {}), "connections": made,
+                **copy.record.summary()}
+            log.info("%s, %s: %d of %d packets kept, changed %s", trace, copy.name,
+                     records[copy.name]["packets_out"], records[copy.name]["packets_in"],
+                     {k: v for k, v in records[copy.name]["changed"].items() if v})
+    write_json(records_path, records)
+    return {"copies": len(records)}
+
