@@ -31,6 +31,7 @@ from tracelab.core.code_version import code_version, module_file
 from tracelab.core.config import ConfigError, check_config
 from tracelab.core.fingerprint import content_fingerprint
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
+from tracelab.ingest.formats import BY_NAME as FORMATS_BY_NAME
 from tracelab.ingest.validate import READERS
 from tracelab.security.shards import shard_count
 
@@ -114,6 +115,11 @@ onstart:
                 shutil.rmtree(output)
             else:
                 os.remove(output)
+
+
+def validation_threads(wildcards):
+    """The cores the trace's reader keeps busy (its format's declaration)."""
+    return FORMATS_BY_NAME[trace_row(wildcards)["format"]].threads
 
 
 def source_fingerprint(wildcards):

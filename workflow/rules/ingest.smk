@@ -26,7 +26,7 @@ rule validate_trace:
         "results/benchmarks/validate/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: 1
+    threads: validation_threads
     resources:
         # Streams the source in batch_bytes batches: ~600 MB peak from 0.03 to 330 MB of input.
         mem_mb=memory_mb(1024),

@@ -36,6 +36,8 @@ class TraceFormat:
     reader: str
     # Text formats: UTF-8 whose first line holds one of these field delimiters.
     delimiters: tuple[str, ...] = ()
+    # Cores the reader keeps busy (the capture reader frames, decodes and analyses on threads).
+    threads: int = 1
 
     def shows(self, head: bytes) -> bool:
         """Whether content starting with `head` is of this format."""
@@ -53,10 +55,10 @@ FORMATS = (
     TraceFormat("pcap", (".pcap", ".cap"),
                 (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
                  b"\xa1\xb2\x3c\x4d", b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34"),
-                "a pcap capture", "tracelab.ingest.capture.reader"),
+                "a pcap capture", "tracelab.ingest.capture.reader", threads=2),
     # pcapng's section header block type reads the same in both byte orders.
     TraceFormat("pcapng", (".pcapng",), (b"\x0a\x0d\x0d\x0a",), "a pcapng capture",
-                "tracelab.ingest.capture.reader"),
+                "tracelab.ingest.capture.reader", threads=2),
 )
 BY_NAME = {fmt.name: fmt for fmt in FORMATS}
 BY_SUFFIX = {suffix: fmt for fmt in FORMATS for suffix in fmt.suffixes}
