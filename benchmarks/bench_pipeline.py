@@ -15,7 +15,7 @@ and measures, each in its own subprocess (peak memory is the subprocess's max RS
 - each per-trace stage called through the package, with the parameters of config/config.yaml,
   as the rules pass them (STAGE_FUNCTIONS below; packets/s counts the function call, not
   interpreter start);
-- the whole `snakemake --cores 2` run of every stage but the robustness experiment (eleven
+- the whole `snakemake --cores 2` run of every stage but the robustness experiment (the
   perturbed copies of the trace; --robustness adds it; --core-only: validate, normalize,
   features, compare only) on a temporary copy of the workflow whose trace sheet lists only the
   generated trace (peak memory: the largest process of the run; per-job figures come from the
@@ -66,8 +66,8 @@ CORES = 2  # `snakemake --cores 2`; a stage that takes `threads` gets as many as
 # runs the workflow's default target instead, with every later stage.
 CORE_TARGETS = ("results/features/{trace}/summary.json", "results/compare/summary.csv")
 # Every per-trace stage and comparison: the default target less the robustness experiment, which
-# makes eleven perturbed copies of every trace (meant for course-sized traces; --robustness adds
-# it back).
+# makes perturbed copies of every trace (meant for course-sized traces; --robustness adds it
+# back).
 ALL_BUT_ROBUSTNESS_TARGETS = (
     *CORE_TARGETS, "results/features/{trace}/statistics.html", "results/compare/summary.html",
     "results/compare/features.csv", "results/compare/scan_report.md",

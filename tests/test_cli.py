@@ -4,8 +4,10 @@ installed `tracelab` script runs it), and the one-call Python functions."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,9 +27,9 @@ CSV = REPO / "data/log4j_scan.csv.gz"
 PCAPNG = REPO / "data/log4j_scan.pcapng"
 
 
-def tracelab(*args, cwd) -> subprocess.CompletedProcess:
+def tracelab(*args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tracelab", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def fields(output: str) -> dict[str, str]:
@@ -54,16 +56,21 @@ def test_inspect_a_csv_export_matches_pandas_on_the_raw_file(tmp_path, raw_expor
     result = tracelab("inspect", CSV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     found = fields(result.stdout)
-    duration = (raw_export["Time"].max() - raw_export["Time"].min()).total_seconds()
+    span = raw_export["Time"].max() - raw_export["Time"].min()
+    duration = span.total_seconds()
     data_bytes = int(raw_export["Length"].sum())
-    assert found["File format"] == "wireshark_csv"
+    assert found["File type"] == "wireshark_csv"
     assert found["Validation"] == f"passed ({len(raw_export):,} of {len(raw_export):,} rows valid)"
     assert found["Number of packets"] == f"{len(raw_export):,}"
     assert found["First packet time"].startswith(
         raw_export["Time"].min().strftime("%Y-%m-%dT%H:%M:%S.%f"))
     assert found["Last packet time"].startswith(
         raw_export["Time"].max().strftime("%Y-%m-%dT%H:%M:%S.%f"))
-    assert found["Capture duration"] == f"{duration:,.6f} seconds"
+    seconds, ns = divmod(span.value, 10**9)
+    assert found["Capture duration"] == f"{seconds:,}.{ns:09d} seconds"
+    assert found["SHA256"] == hashlib.sha256(CSV.read_bytes()).hexdigest()
+    assert found["File size"] == f"{CSV.stat().st_size:,} bytes"
+    assert found["Strict time order"] == str(raw_export["Time"].is_monotonic_increasing)
     assert found["Data size"] == f"{data_bytes:,} bytes"
     assert found["Average packet size"] == f"{data_bytes / len(raw_export):,.2f} bytes"
     assert found["Average packet rate"] == f"{len(raw_export) / duration:,.2f} packets/s"
@@ -77,9 +84,73 @@ def test_inspect_a_csv_export_matches_pandas_on_the_raw_file(tmp_path, raw_expor
 
 def test_inspect_the_capture_of_the_same_traffic(tmp_path, raw_export):
     found = fields(tracelab("inspect", PCAPNG, cwd=tmp_path).stdout)
-    assert found["File format"] == "pcapng"
+    assert found["File type"] == "pcapng"
     assert found["Number of packets"] == f"{len(raw_export):,}"
     assert found["Data size"] == f"{int(raw_export['Length'].sum()):,} bytes"
+
+
+def capinfos(path, *options: str) -> str:
+    return subprocess.run(["capinfos", *options, str(path)], capture_output=True, text=True,
+                          check=True, env={**os.environ, "TZ": "UTC"}).stdout
+
+
+def capinfos_table(path) -> dict[str, str]:
+    """capinfos' machine-readable table report (-M -T), its header row naming the fields."""
+    header, row = capinfos(path, "-M", "-T").splitlines()
+    return dict(zip(header.split("\t"), row.split("\t")))
+
+
+@pytest.fixture(scope="module")
+def pcap(tmp_path_factory):
+    """The bundled pcapng rewritten by editcap as a pcap (µs clock, a file-wide snap length)."""
+    path = tmp_path_factory.mktemp("pcap") / "log4j_scan.pcap"
+    subprocess.run(["editcap", "-F", "pcap", str(PCAPNG), str(path)], check=True)
+    return path
+
+
+def plain(value: str) -> str:
+    """A value of the summary as capinfos -M writes it: no unit, no thousands separators."""
+    return value.split(" ")[0].replace(",", "")
+
+
+@pytest.mark.parametrize("which", ["pcapng", "pcap"])
+def test_inspect_a_capture_says_what_capinfos_says(tmp_path, pcap, which):
+    path = PCAPNG if which == "pcapng" else pcap
+    expected = capinfos_table(path)
+    result = tracelab("inspect", path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = fields(result.stdout)
+    assert found["File type"] == expected["File type"]
+    assert found["File encapsulation"] == expected["File encapsulation"]
+    if expected["Packet size limit"] == "(not set)":  # pcapng: the interfaces' only
+        assert "Packet size limit" not in found
+    else:
+        assert plain(found["Packet size limit"]) == expected["Packet size limit"]
+    for name in ("min", "max"):
+        assert plain(found[f"Packet size limit {name} (inferred)"]) == \
+            expected[f"Packet size limit {name} (inferred)"]
+    for ours, theirs in [("Number of packets", "Number of packets"),
+                         ("File size", "File size (bytes)"), ("Data size", "Data size (bytes)"),
+                         ("Capture duration", "Capture duration (seconds)"),
+                         ("Data byte rate", "Data byte rate (bytes/sec)"),
+                         ("Data bit rate", "Data bit rate (bits/sec)"),
+                         ("Average packet size", "Average packet size (bytes)"),
+                         ("Average packet rate", "Average packet rate (packets/sec)"),
+                         ("SHA256", "SHA256"), ("Strict time order", "Strict time order")]:
+        assert plain(found[ours]) == expected[theirs], ours
+    for ours, theirs in [("First packet time", "Start time"), ("Last packet time", "End time")]:
+        assert pd.Timestamp(found[ours]) == pd.Timestamp(expected[theirs], tz="UTC")
+    # The interfaces, as capinfos' long report lists them.
+    described = re.findall(r"Interface #(\d+) info:\n(.*?)Number of packets = (\d+)",
+                           capinfos(path, "-M", "-I"), re.DOTALL)
+    assert len(described) == len([name for name in found if name.startswith("Interface #")])
+    for number, text, packets in described:
+        parts = found[f"Interface #{number}"].split(", ")
+        name = re.search(r"Name = (.*)", text)
+        assert parts[0] == (name.group(1) if name else parts[0])
+        snaplen = int(re.search(r"Capture length = (\d+)", text).group(1))
+        assert f"snap length {snaplen:,}" in parts
+        assert parts[-1] == f"{int(packets):,} packets"
 
 
 def test_inspect_json(tmp_path, raw_export):
@@ -87,6 +158,40 @@ def test_inspect_json(tmp_path, raw_export):
     found = json.loads(result.stdout)
     assert found["validation"]["status"] == "passed"
     assert found["summary"]["packets"] == len(raw_export)
+    assert found["file"] == {"size_bytes": CSV.stat().st_size,
+                             "sha256": hashlib.sha256(CSV.read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("args,status,check", [
+    (["missing.pcap"], 1, "readable"),
+    (["bad.csv"], 1, "zero valid rows"),
+    (["--max-invalid-fraction", "2", "x.pcap"], 2, "usage"),
+    (["--bogus", "x.pcap"], 2, "usage"),
+])
+def test_inspect_json_reports_an_error_as_json(tmp_path, args, status, check):
+    write_export(tmp_path / "bad.csv", [(1, "2026-11-28 08:00:00", "a", "b", "TCP", "0", "x")])
+    result = tracelab("inspect", "--json", *args, cwd=tmp_path)
+    assert result.returncode == status
+    error = json.loads(result.stdout)["error"]
+    assert error["check"] == check and error["message"]
+    if status == 1:  # the one-line message, and its parts for a script to use
+        assert error["file"] == args[0] and error["message"].startswith(args[0])
+        assert f"check '{check}' failed" in error["message"]
+        assert (error["row"], error["field"]) == ((2, "Length") if check == "zero valid rows"
+                                                  else (None, None))
+
+
+def test_version_is_the_installed_distributions():
+    result = tracelab("--version", cwd=REPO)
+    assert result.returncode == 0
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert result.stdout == f"tracelab {version}\n"
+
+
+def test_add_explains_its_file_argument():
+    usage = tracelab("add", "--help", cwd=REPO).stdout
+    assert re.search(r"^  file +the trace file: a Wireshark CSV export, pcap or pcapng",
+                     usage, re.MULTILINE), usage
 
 
 def test_inspect_a_bad_file_says_what_failed_in_one_line(tmp_path):
@@ -226,12 +331,16 @@ def test_an_option_snakemake_does_not_know_gets_one_usage_line(workflow_copy, co
 
 @pytest.mark.slow
 def test_run_then_report(workflow_copy):
-    run = tracelab("run", cwd=workflow_copy / "config")  # from a subfolder of the checkout
+    # The whole pipeline: as long as conftest's bundled run may take on a busy machine.
+    run = tracelab("run", cwd=workflow_copy / "config", timeout=1800)  # from a subfolder
     assert run.returncode == 0, run.stderr[-3000:]
     assert (workflow_copy / "results/compare/summary.csv").exists()
     assert "Provided cores: " in run.stderr
     report = tracelab("report", cwd=workflow_copy)
     assert report.returncode == 0, report.stderr[-3000:]
+    # A clean console: no warning under Python's default filters (Snakemake's TBDString
+    # RuntimeWarning came from resource functions reading input.size_mb).
+    assert not re.search(r"\w+Warning\b", report.stdout + report.stderr), report.stderr
     page = (workflow_copy / "results/report.html").read_text()
     assert "<html" in page.lower() and "log4j_scan" in page
 

@@ -1,13 +1,22 @@
 """Progress lines of long jobs: at most one per interval, with rows, rate, elapsed and time left;
-and every job's log opens with a start line and closes with its wall time."""
+every job's log opens with a start line and closes with its wall time; outside Snakemake, a bar
+on a terminal and the same lines otherwise."""
 
 from __future__ import annotations
 
+import fcntl
+import io
 import logging
+import os
+import pty
 import re
+import struct
+import subprocess
+import sys
+import termios
 
 import pytest
-from conftest import run_snakemake
+from conftest import REPO, run_snakemake
 
 from tracelab.core import progress
 from tracelab.core.progress import Progress
@@ -93,3 +102,72 @@ def test_job_logs_have_start_progress_and_end_lines(workflow_copy):
     normalize = (logs / "normalize/log4j_scan.log").read_text()
     assert re.search(r"tracelab.progress: log4j_scan: normalizing: 1,586 rows in [\d.]+ s "
                      r"\([\d,]+ rows/s\), 100% done", normalize), normalize
+
+
+# --- On the console: the command line and the Python API ------------------------------------
+
+PCAPNG = REPO / "data/log4j_scan.pcapng"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_bar_instead_of_lines(lines):
+    terminal = FakeTerminal()
+    with progress.on_console(terminal):
+        tracker = Progress("t: validating", total_bytes=4096, interval_s=0)
+        tracker.update(rows=10, bytes_done=1024)
+        tracker.close()
+    drawn = terminal.getvalue()
+    assert "t: validating:  25%|" in drawn and "1.00k/4.00k" in drawn
+    assert lines() == []
+    assert progress.SETTINGS.bar_file is None  # the block's setting only
+
+
+@pytest.mark.parametrize("path", [PCAPNG, REPO / "data/log4j_scan.csv.gz"])
+def test_a_pipe_keeps_the_log_lines(path):
+    """Not a terminal: the workflow's progress lines, on stderr (logging not configured)."""
+    code = ("import tracelab; from tracelab.core import progress; "
+            f"progress.set_interval(1e-9); tracelab.read({str(path)!r})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=True)
+    assert re.search(r"^tracelab: log4j_scan: validating: 1,586 rows in [\d.]+ s \([\d,]+ "
+                     r"rows/s\), 100% done, about 0 s left$", result.stderr, re.MULTILINE), \
+        result.stderr
+    assert re.search(r"^tracelab: log4j_scan: normalizing: 1,586 rows in ", result.stderr,
+                     re.MULTILINE)
+    assert "\r" not in result.stderr and "%|" not in result.stderr
+
+
+def on_terminal(*args: str) -> tuple[int, str, str]:
+    """`python -m tracelab ARGS` with stderr on a pseudo-terminal: (status, stdout, terminal)."""
+    leader, follower = pty.openpty()
+    # 24 rows of 100 columns, as a terminal window has (a new pseudo-terminal has 0 x 0).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "tracelab", *args], stdout=subprocess.PIPE,
+                               stderr=follower, text=True)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    stdout = process.stdout.read()
+    return process.wait(timeout=300), stdout, drawn.decode()
+
+
+def test_inspect_on_a_terminal_draws_bars_and_prints_the_summary_unchanged():
+    status, stdout, drawn = on_terminal("inspect", str(PCAPNG))
+    assert status == 0
+    assert re.search(r"log4j_scan: validating: +100%\|", drawn), drawn
+    assert re.search(r"log4j_scan: normalizing: +100%\|[^\r]* 1\.59k/1\.59k \[[^\r]* rows/s\]",
+                     drawn), drawn
+    assert "rows/s)" not in drawn  # no log lines beside the bars
+    assert stdout.startswith("File name:") and "\r" not in stdout

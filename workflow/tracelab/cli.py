@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from tracelab.api import inspect
 from tracelab.core.atomic import atomic_path, is_disk_full, unwritten_path
 from tracelab.core.config import ConfigError, check_config
 from tracelab.core.errors import TraceInputError
+from tracelab.ingest.capture.link import WIRESHARK_ENCAPSULATIONS
 from tracelab.ingest.formats import content_format, shown_as_text, trace_name_for
 from tracelab.ingest.sheet import COLUMNS, TraceSheetError, check_sheet, read_sheet
 
@@ -61,25 +64,70 @@ def _validation_line(report: dict) -> str:
     return line
 
 
+def time_digits(resolution_ns: float) -> int:
+    """Decimal places that show a clock of this resolution (capinfos' time precision)."""
+    return max(0, min(9, math.ceil(9 - math.log10(resolution_ns) - 1e-9)))
+
+
+def duration_text(first: str, last: str, digits: int) -> str:
+    """The time between two timestamps exactly (integer ns), at `digits` decimal places."""
+    ns = (pd.Timestamp(last) - pd.Timestamp(first)).value
+    seconds, fraction = divmod(ns, 10**9)
+    text = f"{seconds:,}"
+    return f"{text}.{fraction // 10**(9 - digits):0{digits}d}" if digits else text
+
+
+def capture_lines(capture: dict) -> list[tuple[str, str]]:
+    """capinfos' lines about a capture's encapsulation, snap length and interfaces."""
+    interfaces = capture["interfaces"]
+    encapsulations = {WIRESHARK_ENCAPSULATIONS.get(i["linktype"], i["link"])
+                      for i in interfaces}
+    lines = [("File encapsulation",
+              encapsulations.pop() if len(encapsulations) == 1 else "per-packet")]
+    if capture["format"] == "pcap":  # pcapng has no file-wide snap length, only interfaces'
+        lines.append(("Packet size limit", f"{interfaces[0]['snaplen']:,} bytes"))
+    inferred = capture.get("snap_length_inferred")
+    if inferred:
+        lines += [("Packet size limit min (inferred)", f"{inferred['min']:,} bytes"),
+                  ("Packet size limit max (inferred)", f"{inferred['max']:,} bytes")]
+    counts = capture["packets_per_interface"]
+    for number, interface in enumerate(interfaces):
+        lines.append((f"Interface #{number}", ", ".join(filter(None, [
+            interface.get("name", ""),
+            WIRESHARK_ENCAPSULATIONS.get(interface["linktype"], interface["link"]),
+            f"snap length {interface['snaplen']:,}",
+            f"{time_digits(interface['timestamp_resolution_ns'])}-digit clock",
+            f"{counts[number] if number < len(counts) else 0:,} packets"]))))
+    return lines
+
+
 def summary_lines(path: str, found: dict) -> list[tuple[str, str]]:
-    """capinfos' fields (and tracelab's protocol counts) as (name, value) pairs."""
-    report, summary = found["validation"], found["summary"]
-    packets, duration = summary["packets"], summary["duration_s"]
-    data_bytes = summary["bytes"]
+    """capinfos' fields (and tracelab's validation, addresses and protocol counts) as
+    (name, value) pairs."""
+    report, summary, file = found["validation"], found["summary"], found["file"]
+    packets, data_bytes = summary["packets"], summary["bytes"]
     protocols = summary["protocol_counts"]
+    capture = report.get("capture")
+    digits = 9 if capture is None else max(
+        time_digits(i["timestamp_resolution_ns"]) for i in capture["interfaces"])
     return [
         ("File name", path),
-        ("File format", report["format"]),
+        ("File type", report["format"]),
+        *(capture_lines(capture) if capture else []),
         ("Validation", _validation_line(report)),
         ("Number of packets", _number(packets)),
+        *([("File size", f"{_number(file['size_bytes'])} bytes")] if file else []),
+        ("Data size", f"{_number(data_bytes)} bytes"),
+        ("Capture duration",
+         f"{duration_text(summary['first_ts'], summary['last_ts'], digits)} seconds"),
         ("First packet time", str(summary["first_ts"])),
         ("Last packet time", str(summary["last_ts"])),
-        ("Capture duration", f"{duration:,.6f} seconds"),
-        ("Data size", f"{_number(data_bytes)} bytes"),
-        ("Average packet size", f"{summary['mean_length']:,.2f} bytes"),
-        ("Average packet rate", f"{summary['mean_pps']:,.2f} packets/s"),
         ("Data byte rate", f"{summary['mean_bps'] / 8:,.2f} bytes/s"),
         ("Data bit rate", f"{summary['mean_bps']:,.2f} bits/s"),
+        ("Average packet size", f"{summary['mean_length']:,.2f} bytes"),
+        ("Average packet rate", f"{summary['mean_pps']:,.2f} packets/s"),
+        *([("SHA256", file["sha256"])] if file else []),
+        ("Strict time order", str(report["time_backwards"]["count"] == 0)),
         ("Distinct sources", _number(summary["unique_sources"])),
         ("Distinct destinations", _number(summary["unique_destinations"])),
         ("Protocols", ", ".join(f"{name} {_number(count)} ({count / packets:.1%})"
@@ -217,31 +265,39 @@ def command_report(args) -> int:
 
 # --- parsing --------------------------------------------------------------------------------
 
+def inspect_arguments(inspect_: argparse.ArgumentParser) -> None:
+    inspect_.add_argument("file", help="a Wireshark CSV export, pcap or pcapng (or .gz)")
+    inspect_.add_argument("--timezone", default="UTC",
+                          help="IANA zone of a CSV export's local clock (default UTC)")
+    inspect_.add_argument("--json", action="store_true",
+                          help="print the validation report, the summary and the file's size "
+                          "and SHA-256 as JSON; an error too, as {\"error\": ...}, exit 1")
+    inspect_.add_argument("--max-invalid-fraction", type=_fraction, default=None,
+                          metavar="F", help="the share of rows that may be invalid before the "
+                          "trace is refused, 0..1 (default: config's validation section)")
+    inspect_.set_defaults(handler=command_inspect)
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="tracelab", description="Packet traces to validated tables, security features "
         "and comparisons.")
+    main.add_argument("--version", action="version",
+                      version=f"%(prog)s {importlib.metadata.version('tracelab')}")
     commands = main.add_subparsers(dest="command", required=True)
 
     inspect_ = commands.add_parser(
         "inspect", help="summarize one trace file (CSV export or capture), without Snakemake",
         description="Validate and normalize one trace file in a temporary folder and print a "
         "capinfos-like summary: packets, times, sizes, rates, protocols, validation result.")
-    inspect_.add_argument("file", help="a Wireshark CSV export, pcap or pcapng (or .gz)")
-    inspect_.add_argument("--timezone", default="UTC",
-                          help="IANA zone of a CSV export's local clock (default UTC)")
-    inspect_.add_argument("--json", action="store_true",
-                          help="print the validation report and the summary as JSON")
-    inspect_.add_argument("--max-invalid-fraction", type=_fraction, default=None,
-                          metavar="F", help="the share of rows that may be invalid before the "
-                          "trace is refused, 0..1 (default: config's validation section)")
-    inspect_.set_defaults(handler=command_inspect)
+    inspect_arguments(inspect_)
 
     add = commands.add_parser(
         "add", help="append a trace file to the trace sheet",
         description="Append a row for FILE to the trace sheet, its format read from the file's "
         "first bytes; the row is checked as the workflow checks it before it is written.")
-    add.add_argument("file")
+    add.add_argument("file", help="the trace file: a Wireshark CSV export, pcap or pcapng "
+                     "(or .gz); its format is read from its first bytes")
     add.add_argument("--name", help="trace name (default: from the file name)")
     add.add_argument("--label", help="short class name such as scan or normal "
                                      "(default: the trace name)")
@@ -266,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"] and "--json" in argv and not {"-h", "--help"} & set(argv):
+        return inspect_json(argv)
     commands = parser()
     args, args.options = commands.parse_known_args(argv)
     if args.options and args.command not in PASSES_OPTIONS:
@@ -289,3 +348,34 @@ def main(argv: list[str] | None = None) -> int:
 def failed(command: str, message: str) -> int:
     print(f"tracelab {command}: error: {terminal_text(message)}", file=sys.stderr)
     return 1
+
+
+class _JsonParser(argparse.ArgumentParser):
+    """Raises a usage mistake instead of printing usage: `inspect --json` reports it as JSON."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def inspect_json(argv: list[str]) -> int:
+    """`tracelab inspect --json`: the result, or any error, as one JSON document on stdout (a
+    script parses it either way); exit 0, or 1 (2 for a usage mistake) with {"error": ...}."""
+    inspect_parser = _JsonParser(prog="tracelab inspect")
+    inspect_arguments(inspect_parser)
+    status, error = 1, None
+    try:
+        return command_inspect(inspect_parser.parse_args(argv[1:]))
+    except UsageError as mistake:
+        status, error = 2, {"check": "usage", "message": f"tracelab inspect: {mistake}"}
+    except TraceInputError as bad:
+        error = {"message": str(bad), "file": str(bad.path), "check": bad.check,
+                 "row": bad.row, "field": bad.field, "detail": bad.detail}
+    except ConfigError as bad:
+        error = {"check": "setting", "message": str(bad)}
+    except OSError as failure:
+        if not is_disk_full(failure):
+            raise
+        error = {"check": "disk space", "message": "no space left on device writing "
+                 f"{unwritten_path(failure) or 'a temporary file'}"}
+    print(json.dumps({"error": error}, indent=2))
+    return status

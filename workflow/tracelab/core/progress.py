@@ -1,26 +1,37 @@
-"""Progress lines for long jobs: rows done, rate, elapsed and estimated remaining time, written
-to the job's log at most once every `interval_s` (follow them with `tail -f results/logs/...`).
+"""Progress of long passes: rows done, rate, elapsed and estimated remaining time.
 
 A stage makes one Progress per pass over its input and calls `update` as it goes (or wraps its
-loop in `track`). The interval is the config's progress_interval_s, which run_stage sets for the
-whole job with `set_interval`; until then (a stage called from Python) nothing is logged.
+loop in `track`). Where it shows depends on who called the stage, set once per process:
+
+- a workflow job (run_stage calls `set_interval` with the config's progress_interval_s): a log
+  line at most every interval, in the job's log (`tail -f results/logs/...`);
+- the command line and the Python API (`on_console`): a tqdm bar when stderr is a terminal, the
+  same log lines otherwise (on stderr unless logging is configured);
+- a stage called any other way (a test, a notebook calling a stage function): nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
+
+from tracelab.core.config import defaults
 
 log = logging.getLogger("tracelab.progress")
 
 
 @dataclass
 class ProgressSettings:
-    """The job's setting, made once by run_stage: there is one job per process."""
+    """The process's setting, made once by run_stage or on_console."""
     interval_s: float = math.inf
+    bar_file: TextIO | None = None   # a terminal: bars there instead of log lines
 
 
 SETTINGS = ProgressSettings()
@@ -29,6 +40,32 @@ SETTINGS = ProgressSettings()
 def set_interval(seconds: float) -> None:
     """Seconds between two progress lines, for every Progress made after this call."""
     SETTINGS.interval_s = float(seconds)
+
+
+@contextlib.contextmanager
+def on_console(stream: TextIO | None = None) -> Iterator[None]:
+    """Progress of the passes inside the block shown on `stream` (default stderr): bars on a
+    terminal, log lines every progress_interval_s (the config's default, unless set) otherwise.
+    The lines go to the `tracelab.progress` logger; with logging not configured, to `stream`."""
+    stream = stream or sys.stderr
+    before = dataclasses.replace(SETTINGS)
+    if math.isinf(SETTINGS.interval_s):
+        SETTINGS.interval_s = float(defaults()["progress_interval_s"])
+    handler = None
+    if stream.isatty():
+        SETTINGS.bar_file = stream
+    elif not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("tracelab: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        SETTINGS.interval_s, SETTINGS.bar_file = before.interval_s, before.bar_file
+        if handler is not None:
+            log.removeHandler(handler)
+            log.setLevel(logging.NOTSET)
 
 
 @dataclass
@@ -42,13 +79,25 @@ class Progress:
     interval_s: float = field(default_factory=lambda: SETTINGS.interval_s)
     started: float = field(init=False)
     last: float = field(init=False)
+    bar: object = field(init=False, default=None)
 
     def __post_init__(self):
         self.started = self.last = self.clock()
+        if SETTINGS.bar_file is not None:
+            from tqdm import tqdm  # only on a terminal: a job never draws one
+            in_bytes = self.total_bytes is not None
+            self.bar = tqdm(desc=self.what, total=self.total_bytes if in_bytes
+                            else self.total_rows, unit="B" if in_bytes else " rows",
+                            unit_scale=True, unit_divisor=1024 if in_bytes else 1000,
+                            file=SETTINGS.bar_file, leave=False, dynamic_ncols=True)
 
     def update(self, rows: int, bytes_done: int | None = None) -> None:
         """Record that `rows` rows (and `bytes_done` bytes of the input) are done so far;
-        log a line if `interval_s` has passed since the last one."""
+        move the bar, or log a line if `interval_s` has passed since the last one."""
+        if self.bar is not None:
+            done = bytes_done if self.total_bytes is not None else rows
+            self.bar.update((done or 0) - self.bar.n)
+            return
         now = self.clock()
         if now - self.last < self.interval_s:
             return
@@ -67,10 +116,21 @@ class Progress:
             return min(rows / self.total_rows, 1.0)
         return None
 
-    def track(self, batches: Iterable) -> Iterator:
-        """The batches (anything with a length in rows), unchanged, updating as they pass."""
+    def close(self) -> None:
+        """The pass is over: the bar drawn as it ends (tqdm skips draws less than 0.1 s
+        apart), then taken off the terminal."""
+        if self.bar is not None:
+            self.bar.refresh()
+            self.bar.close()
+
+    def track(self, batches: Iterable, bytes_done: Callable[[], int] | None = None) -> Iterator:
+        """The batches (anything with a length in rows), unchanged, updating as they pass;
+        `bytes_done()`, when given, says how much of the input they took."""
         rows = 0
-        for batch in batches:
-            yield batch
-            rows += len(batch)
-            self.update(rows)
+        try:
+            for batch in batches:
+                yield batch
+                rows += len(batch)
+                self.update(rows, None if bytes_done is None else bytes_done())
+        finally:
+            self.close()

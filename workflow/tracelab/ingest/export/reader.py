@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 
 from tracelab.core.atomic import AtomicPath
 from tracelab.core.packets import STAGED_BASE, StagedWriter
+from tracelab.core.progress import Progress
 from tracelab.ingest.export.duplicates import (
     DUPLICATE_LOOKBACK,
     KEY_COLUMNS,
@@ -248,6 +249,7 @@ class _RowReader:
     def __init__(self, source: Path, header: Header, state: _StreamState, out: _Outputs,
                  settings: ValidationSettings):
         self.header, self.state, self.out, self.settings = header, state, out, settings
+        self.size = source.stat().st_size
         self.lines = Lines()
         self.stream = ExportBytes(source, quoted=header.quoted,
                                   cr_line_ends=header.cr_line_ends)
@@ -281,7 +283,9 @@ class _RowReader:
         pending = None  # the batch being typed ahead: (its future, its lines)
         with ThreadPoolExecutor(max_workers=1) as ahead:
             try:
-                for batch in self.open():
+                tracker = Progress(f"{self.out.report.trace}: validating",
+                                   total_bytes=self.size)
+                for batch in tracker.track(self.open(), lambda: self.stream.position):
                     batch_lines = self.lines.place(batch)
                     typing = ahead.submit(typed_batch, batch, self.row_schema,
                                           self.state.timezone)

@@ -94,6 +94,7 @@ class Inflated:
     def __init__(self, source: Path):
         self.damage: str | None = None
         self.trailing: str | None = None
+        self.position = 0  # compressed bytes read so far (the progress shown)
         self._chunks: queue.Queue = queue.Queue(maxsize=8)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._inflate, args=(source,), daemon=True)
@@ -108,6 +109,7 @@ class Inflated:
                 while not self._stop.is_set():
                     piece_at = at = handle.tell()
                     compressed = handle.read(self.CHUNK)
+                    self.position = at + len(compressed)
                     if not compressed:
                         if inflate is None or not inflate.eof:
                             self.damage = (f"the gzip stream ends at compressed byte {size} "
@@ -224,6 +226,11 @@ class Plain:
 
     def read(self) -> bytes:
         return self._handle.read(self.CHUNK)
+
+    @property
+    def position(self) -> int:
+        """Bytes read so far."""
+        return self._handle.tell()
 
     def close(self) -> None:
         self._handle.close()

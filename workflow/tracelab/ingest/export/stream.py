@@ -59,6 +59,11 @@ class ExportBytes:
         return self._source.damage
 
     @property
+    def position(self) -> int:
+        """Bytes of the file read so far (compressed bytes of a gzip file)."""
+        return self._source.position
+
+    @property
     def trailing(self) -> str | None:
         return self._source.trailing
 
