@@ -70,3 +70,11 @@ def test_the_docs_name_every_category_of_the_report():
     assert set(listed.group(2).split(", ")) == categories
     numbers = {"four": 4, "five": 5, "six": 6, "seven": 7}
     assert numbers[listed.group(1)] == len(categories)
+
+
+def test_the_statistics_memory_formula_knows_the_partition_size():
+    from tracelab.features.statistics import PARTITION_PACKETS
+
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    declared = re.search(r"^STATISTICS_PARTITION_PACKETS = ([\d_]+)$", common, re.MULTILINE)
+    assert int(declared.group(1)) == PARTITION_PACKETS

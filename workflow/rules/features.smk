@@ -57,9 +57,7 @@ rule trace_statistics:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        # Grows with the endpoints and conversations of one partition of 2M packets, then stays
-        # flat: 296 MB peak at 400k packets, 491 MB at 2M (61 MB input), 551 MB at 10M.
-        mem_mb=memory_mb(384, 8, cap=1024),
+        mem_mb=lambda wc, attempt: attempt * statistics_memory_mb(known_packets(wc.trace)),
         runtime=runtime_minutes(10, 1),
     params:
         code=rule_code("trace_statistics"),
