@@ -78,3 +78,19 @@ def test_the_statistics_memory_formula_knows_the_partition_size():
     common = (REPO / "workflow/rules/common.smk").read_text()
     declared = re.search(r"^STATISTICS_PARTITION_PACKETS = ([\d_]+)$", common, re.MULTILINE)
     assert int(declared.group(1)) == PARTITION_PACKETS
+
+
+def test_every_rule_runs_the_script_named_after_it_and_docs_list_it():
+    rules_text = "\n".join(path.read_text() for path in (REPO / "workflow/rules").glob("*.smk"))
+    blocks = re.split(r"^(?:rule|checkpoint) ", rules_text, flags=re.MULTILINE)[1:]
+    design = (REPO / "docs/design.md").read_text()
+    scripts = set()
+    for block in blocks:
+        name = block.split(":", 1)[0]
+        script = re.search(r'^    script:\n        "\.\./scripts/(\w+)\.py"', block, re.MULTILINE)
+        if name == "all":
+            continue
+        assert script and script.group(1) == name, name
+        assert f"`{name}`" in design, f"docs/design.md's table lacks {name}"
+        scripts.add(name)
+    assert {path.stem for path in (REPO / "workflow/scripts").glob("*.py")} == scripts
