@@ -18,7 +18,7 @@ import dpkt
 import numpy as np
 import pandas as pd
 import pytest
-from test_capture import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
+from trace_files import T0, A, F, P, S, ether, ipv4, stage, tcp, udp
 
 from tracelab.ingest.normalize import normalize_trace
 from tracelab.security.connections import (

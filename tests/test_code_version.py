@@ -1,31 +1,60 @@
 """A code change reruns exactly the rules that run the changed module.
 
-For every module of the package: append a comment, dry-run, and compare the jobs whose params
-changed with the rules that import the module. The expected set is found by Python's own import
-system (import what each rule's script imports, in a fresh interpreter, and list the package
-files in sys.modules), not by the static import walk the workflow uses.
+The workflow finds a rule's package modules by reading imports (tracelab.core.code_version);
+the expected set here is found by Python's own import system: import what the rule's script
+imports (and validate_trace's reader, loaded by format at run time) in a fresh interpreter and
+list the package files in sys.modules. Every job of the bundled run recorded its code version
+among its params (Snakemake's metadata): it must be the digest of exactly those files. The slow
+lane also edits every module in turn and asks Snakemake which outputs it would rerun.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_snakemake
+from conftest import REPO, bundled_run, edited, run_snakemake
 
-pytestmark = pytest.mark.slow
+from tracelab.core.code_version import files_digest, import_closure, module_file
+from tracelab.ingest.validate import READERS
 
-RUNTIME_CLOSURE = """
-import importlib, json, sys
-for name in sys.argv[1:]:
-    importlib.import_module(name)
-print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())
-                        if n.split(".")[0] == "tracelab" and getattr(m, "__file__", None))))
+# For each list of modules: a child of an interpreter that has imported every third-party
+# module the package names (and no package module), importing the list, prints the package
+# files in sys.modules. One start-up for all lists, each list in a clean process.
+RUNTIME_CLOSURES = """
+import importlib, json, os, sys
+third_party, module_lists = json.loads(sys.argv[1])
+for name in third_party:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+assert not [name for name in sys.modules if name.split(".")[0] == "tracelab"]
+closures = []
+for modules in module_lists:
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        for name in modules:
+            importlib.import_module(name)
+        files = [m.__file__ for n, m in list(sys.modules.items())
+                 if n.split(".")[0] == "tracelab" and getattr(m, "__file__", None)]
+        os.write(write, json.dumps(files).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        closures.append(json.loads(pipe.read()))
+    assert os.wait()[1] == 0, modules
+print(json.dumps(closures))
 """
+CODE_PARAM = re.compile(r"'([0-9a-f]{16})'")
 
 
 def script_imports(script: Path) -> list[str]:
@@ -37,12 +66,80 @@ def script_imports(script: Path) -> list[str]:
     return names
 
 
-def runtime_closure(workdir: Path, modules: list[str]) -> set[Path]:
-    env = {"PYTHONPATH": str(workdir / "workflow"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", RUNTIME_CLOSURE, *modules], env=env,
-                            capture_output=True, text=True, check=True)
-    return {Path(path).resolve() for path in json.loads(result.stdout)}
+def third_party_modules(package: Path) -> list[str]:
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+    return sorted(name for name in names if name.split(".")[0] != "tracelab")
 
+
+def runtime_closures(workdir: Path, module_lists: list[tuple[str, ...]]) -> list[set[Path]]:
+    """The package files Python imports for each list of modules, in the checkout `workdir`."""
+    package = workdir / "workflow" / "tracelab"
+    argument = json.dumps([third_party_modules(package), module_lists])
+    env = {"PYTHONPATH": str(workdir / "workflow"), "PATH": os.environ["PATH"],
+           "OPENBLAS_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-c", RUNTIME_CLOSURES, argument], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    closures = [{Path(path).resolve() for path in files} for files in json.loads(result.stdout)]
+    assert all(path.is_relative_to(package.resolve()) for files in closures for path in files)
+    return closures
+
+
+def test_each_scripts_import_closure_is_what_python_imports():
+    """Every rule's script, those the bundled run does not use (the shard rules) included."""
+    scripts = sorted((REPO / "workflow" / "scripts").glob("*.py"))
+    assert len(scripts) > 5
+    # validate_trace with every reader here; the bundled run's jobs with one reader each.
+    entries = [(script, *READERS.values()) if script.stem == "validate_trace" else (script,)
+               for script in scripts]
+    imports = [tuple(script_imports(script)) + tuple(modules) for script, *modules in entries]
+    package = REPO / "workflow" / "tracelab"
+    for (script, *modules), runtime in zip(entries, runtime_closures(REPO, imports)):
+        readers = [module_file(name, package) for name in modules]
+        static = set(import_closure(script, *readers, package_dir=package))
+        assert static == runtime, (script.name, sorted(static ^ runtime))
+
+
+def recorded_jobs(workdir: Path) -> dict[tuple[str, str, str], str]:
+    """(rule, script, source format or '') -> the code version the jobs recorded, from
+    Snakemake's metadata of every output of the last run."""
+    jobs = {}
+    for path in (workdir / ".snakemake" / "metadata").iterdir():
+        record = json.loads(path.read_text())
+        codes = [m.group(1) for p in record["params"] if (m := CODE_PARAM.fullmatch(p))]
+        if not codes:
+            continue
+        assert len(codes) == 1, (base64.b64decode(path.name), record["params"])
+        script = record["code"].strip().strip('"')
+        formats = [p.strip("'") for p in record["params"] if p.strip("'") in READERS]
+        source_format = formats[0] if record["rule"] == "validate_trace" else ""
+        key = (record["rule"], script, source_format)
+        assert jobs.setdefault(key, codes[0]) == codes[0], key
+    return jobs
+
+
+def test_every_jobs_code_version_is_the_digest_of_what_python_imports():
+    workdir = bundled_run()
+    jobs = recorded_jobs(workdir)
+    assert {rule for rule, _, _ in jobs} >= {"validate_trace", "normalize_trace",
+                                             "security_connections", "compare_traces"}
+    assert {fmt for _, _, fmt in jobs} >= {"wireshark_csv", "pcapng"}
+    rules_dir = workdir / "workflow" / "rules"
+    imports = [tuple(script_imports(rules_dir / script))
+               + ((READERS[source_format],) if source_format else ())
+               for _, script, source_format in jobs]
+    package = workdir / "workflow" / "tracelab"
+    for (key, recorded), files in zip(jobs.items(), runtime_closures(workdir, imports)):
+        assert files_digest(files, package) == recorded, key
+
+
+# --- Slow lane: Snakemake itself asked about an edit of each module ----------------------------
 
 def summary(workdir: Path) -> dict[str, tuple[str, str]]:
     """Output file -> (rule, status), from Snakemake's summary of the last run."""
@@ -72,37 +169,30 @@ def code_changes(workdir: Path) -> tuple[set[tuple[str, str]], set[str]]:
     return changed, unknown
 
 
-def test_editing_any_module_reruns_exactly_the_rules_that_import_it(workflow_copy):
-    run_snakemake(workflow_copy, "--cores", "2")
-    package = workflow_copy / "workflow" / "tracelab"
+@pytest.mark.slow
+def test_editing_any_module_reruns_exactly_the_rules_that_import_it():
+    workdir = bundled_run()
+    package = workdir / "workflow" / "tracelab"
     sheet = [line.split("\t") for line in
-             (workflow_copy / "config" / "traces.tsv").read_text().splitlines()[1:]]
+             (workdir / "config" / "traces.tsv").read_text().splitlines()[1:]]
     formats = {row[0]: row[2] or ("wireshark_csv" if ".csv" in row[1] else "pcapng")
                for row in sheet}
-    readers = {"wireshark_csv": "tracelab.ingest.wireshark_csv",
-               "pcap": "tracelab.ingest.capture.reader",
-               "pcapng": "tracelab.ingest.capture.reader"}
-    outputs = {path: rule for path, (rule, status) in summary(workflow_copy).items()
-                if status == "ok"}   # temp() outputs are gone and cannot say
+    outputs = {path: rule for path, (rule, status) in summary(workdir).items()
+               if status == "ok"}   # temp() outputs are gone and cannot say
     assert {rule for rule in outputs.values()} >= {"validate_trace", "normalize_trace",
                                                     "security_connections"}
-    closures = {}
-    for rule, trace in {(rule, trace_of(path, list(formats))) for path, rule in outputs.items()}:
-        imports = script_imports(workflow_copy / "workflow" / "scripts" / f"{rule}.py")
-        if rule == "validate_trace":  # the reader is chosen by the trace's format at run time
-            imports.append(readers[formats[trace]])
-        closures[(rule, trace)] = runtime_closure(workflow_copy, imports)
-    assert code_changes(workflow_copy) == (set(), set())
+    keys = sorted({(rule, trace_of(path, list(formats))) for path, rule in outputs.items()})
+    imports = [tuple(script_imports(workdir / "workflow" / "scripts" / f"{rule}.py"))
+               + ((READERS[formats[trace]],) if rule == "validate_trace" else ())
+               for rule, trace in keys]
+    closures = dict(zip(keys, runtime_closures(workdir, imports)))
+    assert code_changes(workdir) == (set(), set())
 
     modules = sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
     assert len(modules) > 20
     for module in modules:
-        original = module.read_text()
-        module.write_text(original + "\n# an edit that changes nothing\n")
-        try:
-            changed, unknown = code_changes(workflow_copy)
-            expected = {(rule, path) for path, rule in outputs.items() if path not in unknown
-                        and module.resolve() in closures[(rule, trace_of(path, list(formats)))]}
-            assert changed == expected, module.relative_to(package)
-        finally:
-            module.write_text(original)
+        with edited(module, lambda source: source + b"\n# an edit that changes nothing\n"):
+            changed, unknown = code_changes(workdir)
+        expected = {(rule, path) for path, rule in outputs.items() if path not in unknown
+                    and module.resolve() in closures[(rule, trace_of(path, list(formats)))]}
+        assert changed == expected, module.relative_to(package)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tracelab.features import trace_features as features
+from tracelab.features import summary as features
 from tracelab.features.summary import (
     DISTRIBUTION_SCHEMA,
     DISTRIBUTIONS,

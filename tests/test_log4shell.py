@@ -8,8 +8,10 @@ import csv
 
 import pandas as pd
 import pytest
-from packet_factory import REPO, bundled_results, handshake, packet_frame, portless, tcp
+from conftest import REPO, bundled_results
+from packet_factory import handshake, packet_frame, portless, tcp
 
+from tracelab.security.connections import assemble_connections, flow_settings
 from tracelab.security.http import http_requests
 from tracelab.security.log4shell import (
     MAX_ESCAPE_LAYERS,
@@ -19,7 +21,6 @@ from tracelab.security.log4shell import (
     unwrap,
     uri_indicators,
 )
-from tracelab.security.connections import assemble_connections, flow_settings
 
 CORPUS = REPO / "tests/data/log4shell_corpus.tsv"
 

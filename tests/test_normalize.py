@@ -5,7 +5,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_export
+from trace_files import write_export
 
 from tracelab.core.packets import PACKET_SCHEMA
 from tracelab.ingest.normalize import normalize_trace, parse_info

@@ -15,13 +15,11 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import subprocess
-import sys
 import zlib
 
 import pyarrow.csv as pacsv
 import pytest
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, add_sheet_row, copy_workflow, dry_runs, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -169,20 +167,8 @@ CONFIG_CASES = {
 
 @pytest.fixture(scope="module")
 def config_runs(tmp_path_factory):
-    """`snakemake -n` on one copy per case, all started at once (each is mostly start-up)."""
-    running = {}
-    for case, (row, _) in CONFIG_CASES.items():
-        workdir = copy_workflow(tmp_path_factory.mktemp(case) / "wf")
-        sheet = workdir / "config/traces.tsv"
-        sheet.write_text(sheet.read_text() + row + "\n")
-        running[case] = (workdir, subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "-n"], cwd=workdir, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = {}
-    for case, (workdir, process) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[case] = (workdir, process.returncode, stdout + stderr)
-    return results
+    return dry_runs(tmp_path_factory,
+                    {case: add_sheet_row(row) for case, (row, _) in CONFIG_CASES.items()})
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))

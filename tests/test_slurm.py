@@ -20,11 +20,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_shards import assert_same_connections, connection_outputs, set_packets_per_shard
+from conftest import (
+    REPO,
+    assert_same_connections,
+    connection_outputs,
+    copy_workflow,
+    set_packets_per_shard,
+)
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[1]
 CONF_TEMPLATE = REPO / "tests" / "cluster" / "slurm.conf.template"
 REQUIRED_TOOLS = (
     "munged", "slurmctld", "slurmd", "unshare", "sinfo", "squeue", "sbatch", "srun", "scancel",
@@ -262,21 +267,9 @@ def test_executor_runs_jobs_as_slurm_jobs(slurm_cluster, tmp_path):
     assert len(set(job_ids)) == 2, f"jobs did not run as distinct SLURM jobs: {lines}"
 
 
-# Top-level entries of the repo that a fresh checkout has not got.
-NOT_COPIED = {"results", ".snakemake", ".git", ".pytest_cache", ".hypothesis", ".venv"}
 # results/ entries that record a run (timestamps, durations, memory), not its results.
 RUN_RECORDS = {"logs", "benchmarks"}
 TEXT_SUFFIXES = {".json", ".csv", ".md", ".tsv"}
-
-
-def copy_repo(dest):
-    shutil.copytree(
-        REPO, dest, symlinks=True,
-        ignore=lambda folder, names: (
-            NOT_COPIED.intersection(names) if Path(folder) == REPO else {"__pycache__"}
-        ),
-    )
-    return dest
 
 
 def result_files(root):
@@ -341,7 +334,7 @@ def result_difference(relative, local_root, cluster_root):
 @pytest.fixture(scope="module")
 def checkouts(tmp_path_factory):
     """Two identical copies of the repo, made before either run: one local, one on the cluster."""
-    local = copy_repo(tmp_path_factory.mktemp("local") / "tracelab")
+    local = copy_workflow(tmp_path_factory.mktemp("local") / "tracelab")
     cluster = tmp_path_factory.mktemp("slurm") / "tracelab"
     shutil.copytree(local, cluster, symlinks=True)
     return local, cluster

@@ -161,7 +161,7 @@ SECTIONS = {
 }
 
 
-def stage_settings(call: str, given: dict) -> dict[str, dict]:
+def call_config(call: str, given: dict) -> dict[str, dict]:
     """The config sections of `call` with the keyword settings `given` over the defaults, each
     key in the section that declares it, checked as the workflow checks its config."""
     owner = {key: section for section in SECTIONS[call] for key in defaults(section)}
@@ -189,7 +189,7 @@ def _connections(call: str, path, trace, timezone, source_format,
                  settings: dict) -> Iterator[tuple[str, Workspace, dict]]:
     """The trace validated, normalized and made into connections in a temporary directory:
     (trace, its files, the config sections of `call`)."""
-    sections = stage_settings(call, settings)
+    sections = call_config(call, settings)
     with on_console(), tempfile.TemporaryDirectory(prefix="tracelab-") as tmp:
         work = Workspace.inside(tmp)
         report = _normalized(path, timezone, source_format, work, sections["validation"],

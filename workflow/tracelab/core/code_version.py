@@ -56,12 +56,17 @@ def import_closure(*entries: Path | str, package_dir: Path = PACKAGE_DIR) -> lis
     return sorted(seen)
 
 
-def code_version(*entries: Path | str, package_dir: Path = PACKAGE_DIR) -> str:
-    """Digest of the import closure of the entry files (paths and contents), the package being
-    the one in `package_dir` (a checkout's own, whatever copy is installed)."""
+def files_digest(paths, package_dir: Path = PACKAGE_DIR) -> str:
+    """Digest of package files: each one's path inside the package and its contents."""
     digest = hashlib.sha256()
     package_dir = Path(package_dir).resolve()
-    for path in import_closure(*entries, package_dir=package_dir):
+    for path in sorted(Path(path).resolve() for path in paths):
         digest.update(str(path.relative_to(package_dir)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def code_version(*entries: Path | str, package_dir: Path = PACKAGE_DIR) -> str:
+    """Digest of the import closure of the entry files, the package being the one in
+    `package_dir` (a checkout's own, whatever copy is installed)."""
+    return files_digest(import_closure(*entries, package_dir=package_dir), package_dir)
