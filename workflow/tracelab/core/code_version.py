@@ -9,6 +9,7 @@ script imports, directly or not, reruns the rule; editing any other module does 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -25,9 +26,17 @@ def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path) -> set[str]:
+def _imported_modules(path: Path) -> frozenset[str]:
     """Package modules named by the file's imports, with the packages that contain them (an
     import runs every parent package's __init__)."""
+    stat = path.stat()
+    return _imports_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_of(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    """`_imported_modules` of one version of a file (its mtime and size in the key): every rule
+    of a workflow shares most modules, and a Snakefile parse read each once a rule."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -36,8 +45,8 @@ def _imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     inside = {name for name in names if name.split(".")[0] == PACKAGE}
-    return {".".join(name.split(".")[:depth]) for name in inside
-            for depth in range(1, name.count(".") + 2)}
+    return frozenset(".".join(name.split(".")[:depth]) for name in inside
+                     for depth in range(1, name.count(".") + 2))
 
 
 def import_closure(*entries: Path | str, package_dir: Path = PACKAGE_DIR) -> list[Path]:
