@@ -33,7 +33,7 @@ def _imported_modules(path: Path) -> frozenset[str]:
     return _imports_of(path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imports_of(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     """`_imported_modules` of one version of a file (its mtime and size in the key): every rule
     of a workflow shares most modules, and a Snakefile parse read each once a rule."""
