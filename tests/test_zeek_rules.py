@@ -9,8 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
-from scapy.packet import Raw
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, CookedLinux, Dot1Q, Ether, Loopback
+from scapy.packet import Padding, Raw
 from scapy.utils import wrpcap
 from trace_files import T0, stage
 
@@ -214,3 +215,102 @@ def test_an_ssh_connection_seen_mid_stream_keeps_five_minutes(tmp_path):
         seg(0, True, "PA", seq=101, ack=501, data=10, ports=ports),
         seg(1200, True, "PA", seq=111, ack=501, data=10, ports=ports)])
     assert len(flows) == 2
+
+
+# --- *_ip_bytes and UDP payload from the IP and UDP headers -----------------------------------
+# Zeek's ConnSize analyzer (src/analyzer/protocol/conn-size/ConnSize.cc, DeliverPacket) adds
+# ip->TotalLen() to orig/resp_ip_bytes (IPv4 total length; IPv6 40 + payload length) and
+# src/packet_analysis/protocol/udp/UDP.cc (DeliverPacket) counts a UDP side's payload as the
+# UDP length field less 8 (UpdateLength(is_orig, ulen)); TCPSessionAdapter.cc's payload comes
+# from sequence numbers. None of them sees the link header, VLAN tags or Ethernet padding.
+
+def _exchange(link, ip=IP):
+    """A handshake, 100 bytes each way and the close, under the link header `link()`."""
+    packets = []
+    for t, client, flags, seq, ack, data in [
+            (0.0, True, "S", 100, 0, 0), (0.01, False, "SA", 500, 101, 0),
+            (0.02, True, "A", 101, 501, 0), (0.03, True, "PA", 101, 501, 100),
+            (0.04, False, "PA", 501, 201, 100), (0.05, True, "FA", 201, 601, 0),
+            (0.06, False, "FA", 601, 202, 0), (0.07, True, "A", 202, 602, 0)]:
+        src, dst, sport, dport = (C, S, 40000, 80) if client else (S, C, 80, 40000)
+        if ip is IPv6:
+            src, dst = ("2001:db8::1", "2001:db8::2") if client else ("2001:db8::2", "2001:db8::1")
+        packet = link() / ip(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+                                                     seq=seq, ack=ack)
+        if data:
+            packet = packet / Raw(b"x" * data)
+        packet.time = T0 + t
+        packets.append(packet)
+    return packets
+
+
+def _ip_lengths(packets, client: bool) -> int:
+    """What Zeek's ConnSize adds up for one side: IP total lengths as the headers give them."""
+    total = 0
+    for packet in packets:
+        ip = packet[IP] if IP in packet else packet[IPv6]
+        if (ip.src in (C, "2001:db8::1")) == client:
+            total += ip.len if IP in packet else 40 + ip.plen
+    return total
+
+
+@pytest.mark.parametrize(("link", "ip", "header"), [
+    (lambda: CookedLinux(proto=0x0800), IP, 16),          # Linux cooked (SLL)
+    (lambda: Loopback(type=2), IP, 4),                    # BSD loopback (DLT_NULL)
+    (lambda: Ether() / Dot1Q(vlan=7), IP, 18),            # one VLAN tag
+    (lambda: Ether() / Dot1Q(vlan=7) / Dot1Q(vlan=9), IPv6, 22),   # QinQ, IPv6
+], ids=["linux-sll", "bsd-loopback", "vlan", "qinq-ipv6"])
+def test_ip_bytes_are_ip_total_lengths_on_every_link_type(tmp_path, link, ip, header):
+    """A 14-byte Ethernet header taken off the frame length is wrong for all of these."""
+    packets = _exchange(link, ip)
+    built = [p.__class__(bytes(p)) for p in packets]   # lengths filled in, as written
+    flows = connections(tmp_path, packets)
+    assert len(flows) == 1
+    row = flows.iloc[0]
+    assert (row["orig_ip_bytes"], row["resp_ip_bytes"]) == (
+        _ip_lengths(built, True), _ip_lengths(built, False))
+    # The frames are the IP packets plus the link header, so the old rule was off by this much.
+    assert row["orig_frame_bytes"] - row["orig_ip_bytes"] == 5 * header
+    assert (row["orig_bytes"], row["resp_bytes"]) == (100, 100)
+
+
+def test_a_padded_ethernet_syn_counts_its_ip_total_length(tmp_path):
+    """A bare SYN is 54 bytes of Ethernet, padded to the 60-byte minimum on the wire; Zeek
+    counts the IP total length (40), not 60 - 14 = 46."""
+    syn = Ether() / IP(src=C, dst=S) / TCP(sport=40000, dport=80, flags="S", seq=100) \
+        / Padding(b"\x00" * 6)
+    syn.time = T0
+    flows = connections(tmp_path, [syn])
+    row = flows.iloc[0]
+    assert row["orig_frame_bytes"] == 60
+    assert (row["orig_ip_bytes"], row["orig_bytes"], row["conn_state"]) == (40, 0, "S0")
+
+
+def test_udp_payload_is_the_udp_length_less_8_not_the_padded_frame(tmp_path):
+    """Two bytes of DNS-port payload in a frame padded to 60 bytes: the UDP length field says
+    10, so Zeek's orig_bytes is 2 and orig_ip_bytes 30 (the frame rule gave 18 and 46)."""
+    query = Ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
+        / Padding(b"\x00" * 16)
+    reply = Ether() / IP(src=S, dst=C) / UDP(sport=53, dport=40000) / Raw(b"r" * 30)
+    query.time, reply.time = T0, T0 + 0.01
+    flows = connections(tmp_path, [query, reply])
+    row = flows.iloc[0]
+    assert row["orig_frame_bytes"] == 60
+    assert (row["orig_bytes"], row["orig_ip_bytes"]) == (2, 30)
+    assert (row["resp_bytes"], row["resp_ip_bytes"]) == (30, 58)
+
+
+def test_packet_table_carries_the_header_lengths_and_nulls_for_non_ip(tmp_path):
+    """ip_len and udp_len in the packet table: the headers' lengths for IP and UDP packets,
+    null for an ARP frame (and for TCP's udp_len)."""
+    arp = Ether() / ARP(psrc=C, pdst=S)
+    arp.time = T0
+    udp = Ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
+        / Padding(b"\x00" * 16)
+    udp.time = T0 + 0.01
+    tcp = seg(0.02, True, "S", seq=100)
+    connections(tmp_path, [arp, udp, tcp])
+    packets = load_packets(tmp_path / "out_trace" / "packets.parquet")
+    assert packets.column("ip_len").to_pylist() == [None, 30, 40]
+    assert packets.column("udp_len").to_pylist() == [None, 2, None]
+

@@ -39,6 +39,13 @@ PACKETS = Table("packets", "results/packets/{trace}.parquet", (
            "TLSv1.3, DNS, ...)."),
     Column("length", pa_arrow.int64(), "Frame length on the wire.", unit="bytes",
            checks=[Check.gt(0)]),
+    Column("ip_len", pa_arrow.int32(), "IP packet length as its header gives it: IPv4's total "
+           "length, IPv6's 40 + payload length (Zeek's `IP_Hdr::TotalLen`, what conn.log's "
+           "`*_ip_bytes` add up). Captures only: null for Wireshark CSV exports and non-IP "
+           "frames.", unit="bytes", nullable=True, checks=[Check.ge(0)]),
+    Column("udp_len", pa_arrow.int32(), "UDP payload length as the UDP header gives it (its "
+           "length field less 8; Zeek's UDP payload bytes). Captures only: null for exports "
+           "and non-UDP packets.", unit="bytes", nullable=True, checks=[Check.ge(0)]),
     Column("info", pa_arrow.string(), "Wireshark's Info column (empty for captures).",
            nullable=True),
     Column("src_port", pa_arrow.int32(), "Source port (TCP/UDP).", nullable=True,
@@ -77,9 +84,10 @@ STAGED_BASE = pa_arrow.schema([
                    else PACKETS.column(name).type)
     for name in ("frame", "ts", "src", "dst", "protocol", "length", "info")])
 
-# Fields that come from the Info column of an export, or from the headers of a capture.
-INFO_FIELDS = pa_arrow.schema(PACKET_SCHEMA.field(name) for name in PACKETS.names[
-    PACKETS.names.index("src_port"):])
+# Fields that come from the Info column of an export, or from the headers of a capture (the
+# IP and UDP lengths from headers only: an export's are null).
+INFO_FIELDS = pa_arrow.schema(PACKET_SCHEMA.field(name) for name in PACKETS.names
+                              if name not in (*STAGED_BASE.names, "trace", "t_rel_s"))
 
 # Columns written with min/max statistics: the ones readers skip row groups by (time, frame,
 # length, ports); trace_features takes each row group's earliest timestamp from them.

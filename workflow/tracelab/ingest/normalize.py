@@ -78,7 +78,8 @@ def _flag_bits(flags_text: pa.Array) -> pa.Array:
 
 
 def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
-    """Every INFO_FIELDS column parsed from Wireshark's Info text (nulls where absent)."""
+    """Every INFO_FIELDS column parsed from Wireshark's Info text (nulls where absent; always
+    for the IP and UDP lengths, which only a capture's headers give)."""
     info = pc.fill_null(info, "")
     ports = pc.extract_regex(info, PORTS_INFO)
     numbers = pc.extract_regex(info, TCP_NUMBERS_INFO)
@@ -104,6 +105,9 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     is_tls = pc.fill_null(pc.take(pc.match_substring_regex(protocol.dictionary, r"^(?:TLS|SSL)"),
                                   protocol.indices), False)
     return {
+        # An export's Info gives no header lengths (connections fall back to frame lengths).
+        "ip_len": pa.nulls(len(info), pa.int32()),
+        "udp_len": pa.nulls(len(info), pa.int32()),
         "src_port": _port(_group(ports, "src_port")),
         "dst_port": _port(_group(ports, "dst_port")),
         "tcp_flags": pc.if_else(is_tcp, flags, None),

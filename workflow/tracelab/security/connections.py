@@ -14,13 +14,17 @@ of its own `seq + len (+1 for SYN, FIN)` and of the ACKs its peer sent, less one
 one for a FIN (RSTs carry no trustworthy numbers and are left out). Where a direction has no
 packet with a sequence number (UDP, or rows of an export whose Info shows none), its bytes are
 the sum of its packets' payload: TCP's segment length where known, else the frame length less
-the connection's header overhead (below); UDP's the frame length less a 14-byte Ethernet
-header, the IP header (20 bytes IPv4, 40 IPv6) and 8. `missed_bytes` is the sequence space of
-both directions that no captured payload covers (a gap a retransmission later filled is not
-missed, as Zeek's reassembler delivers it). `*_ip_bytes` are IP-level
-bytes: frame lengths less a 14-byte Ethernet II header (the link type of Wireshark exports and
-of the bundled captures; Ethernet padding of short frames is counted too); `*_frame_bytes` are
-frame lengths as captured.
+the connection's header overhead (below); UDP's the UDP header's length less 8 (a capture's
+`udp_len`, as Zeek's UDP analyzer counts it), else (an export) the frame length less a 14-byte
+Ethernet header, the IP header (20 bytes IPv4, 40 IPv6) and 8. `missed_bytes` is the sequence
+space of both directions that no captured payload covers (a gap a retransmission later filled
+is not missed, as Zeek's reassembler delivers it). `*_ip_bytes` are IP-level bytes as Zeek's
+ConnSize analyzer adds them, each packet's length as its IP header gives it (a capture's
+`ip_len`: IPv4 total length, IPv6 40 + payload length, whatever the link type, VLAN tags or
+Ethernet padding); an
+export gives no IP lengths, so there they are frame lengths less a 14-byte Ethernet II header
+(Ethernet padding of short frames then counts too); `*_frame_bytes` are frame lengths as
+captured.
 
 Rows without ports (in Wireshark CSV exports, HTTP and TLS rows and some reassembled segments:
 their Info shows no ports) are attached to a connection between the same two addresses, in the
@@ -103,12 +107,13 @@ NOT_TRANSPORT = re.compile(
     r"^(?:ARP|RARP|ICMP|ICMPv6|IGMP(?:v\d)?|MLD(?:v\d)?|STP|RSTP|LLDP|CDP|EAPOL|VRRP|OSPF|"
     r"PIM(?:v\d)?|GRE|ESP|AH|IPv4|IPv6|LLC|NDP)$")
 
-# Bytes of the link-layer header assumed (Ethernet II), and of IPv4/IPv6 and UDP headers.
+# Bytes of the link-layer header assumed where a packet has no IP length (an export: Ethernet
+# II), and of IPv4/IPv6 and UDP headers.
 LINK_HEADER, IPV4_HEADER, IPV6_HEADER, UDP_HEADER = 14, 20, 40, 8
 
-PACKET_COLUMNS = ["frame", "ts", "src", "dst", "protocol", "length", "src_port", "dst_port",
-                  "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win", "tcp_len", "tcp_analysis",
-                  "http_method", "http_uri", "http_version", "http_status"]
+PACKET_COLUMNS = ["frame", "ts", "src", "dst", "protocol", "length", "ip_len", "udp_len",
+                  "src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win", "tcp_len",
+                  "tcp_analysis", "http_method", "http_uri", "http_version", "http_status"]
 
 _BYTES = {"unit": "bytes", "checks": [Check.ge(0)]}
 FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
@@ -134,7 +139,7 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
            "`tracelab.security.services`).",
            nullable=True),
     Column("orig_bytes", pa.int64(), "Payload bytes the originator sent, from sequence "
-           "numbers (Zeek's orig_bytes).", **_BYTES),
+           "numbers (TCP) or UDP length fields (Zeek's orig_bytes).", **_BYTES),
     Column("resp_bytes", pa.int64(), "Payload bytes the responder sent (resp_bytes).", **_BYTES),
     Column("conn_state", DICT_STRING, "Zeek's connection state (S0, SF, REJ, ...).",
            checks=[Check.isin(list(ZEEK_CONN_STATES))]),
@@ -144,8 +149,10 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
            checks=[Check.str_matches(r"^\^?[SHADFRIQTWshadfriqtw]*$")]),
     Column("orig_pkts", pa.int64(), "Packets the originator sent.", unit="packets",
            checks=[Check.ge(0)]),
-    Column("orig_ip_bytes", pa.int64(), "IP-level bytes the originator sent: frame lengths "
-           "less the link header (orig_ip_bytes).", **_BYTES),
+    Column("orig_ip_bytes", pa.int64(), "IP-level bytes the originator sent: packet lengths "
+           "as the IP headers give them (orig_ip_bytes); for an export, frame lengths less 14 "
+           "(Ethernet II).",
+           **_BYTES),
     Column("resp_pkts", pa.int64(), "Packets the responder sent.", unit="packets",
            checks=[Check.ge(0)]),
     Column("resp_ip_bytes", pa.int64(), "IP-level bytes the responder sent (resp_ip_bytes).",
@@ -318,10 +325,20 @@ def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
     peer_ack = per.max(np.where(~mine & fr.tcp & ~fr.rst & fr.ack, ack_number, np.nan))
     size = np.fmax(own_end, peer_ack) - start - per.any(fr.syn & own)
     size = np.maximum(np.where((size > 0) & per.any(fr.fin & own), size - 1, size), 0)
+    # IP and UDP bytes as Zeek counts them: the ConnSize analyzer (analyzer/protocol/conn-size/
+    # ConnSize.cc, DeliverPacket) adds each packet's ip->TotalLen() to *_ip_bytes, and
+    # packet_analysis/protocol/udp/UDP.cc (DeliverPacket: UpdateLength(is_orig, ulen), ulen
+    # the UDP length field less 8) counts UDP payload from the UDP header, so neither the link
+    # header (BSD loopback 4, Linux cooked 16/20, raw IP 0), VLAN tags nor Ethernet padding
+    # is in them. A capture gives both lengths (ip_len, udp_len); an export only frame lengths,
+    # taken as Ethernet II (14 bytes) with a 20-byte IPv4 or 40-byte IPv6 header.
     length = packets.length[rows]
+    ip_len, udp_len = packets.ip_len[rows], packets.udp_len[rows]
+    ip_len = np.where(np.isnan(ip_len), np.maximum(length - LINK_HEADER, 0), ip_len)
     ip_header = np.where(np.char.find(packets.addresses.astype(str), ":") >= 0, IPV6_HEADER,
                          IPV4_HEADER)[packets.src[rows]]
-    udp_payload = np.maximum(length - LINK_HEADER - ip_header - UDP_HEADER, 0)
+    udp_payload = np.where(np.isnan(udp_len), np.maximum(ip_len - ip_header - UDP_HEADER, 0),
+                           udp_len)
     summed = per.sum(np.where(mine, np.where(fr.tcp, fr.payload, udp_payload), 0.0))
     # Zeek's missed_bytes: gaps its reassembler skipped, so a gap a retransmission later
     # filled is not missed: the sequence space no captured segment covers, counting the
@@ -335,7 +352,7 @@ def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
         payload=np.rint(np.where(numbered, size, summed)).astype(np.int64),
         missed=np.rint(np.where(numbered, np.maximum(size - seen, 0), 0)).astype(np.int64),
         frame=per.sum(np.where(mine, length, 0)),
-        ip=per.sum(np.where(mine, np.maximum(length - LINK_HEADER, 0), 0)))
+        ip=np.rint(per.sum(np.where(mine, ip_len, 0.0))).astype(np.int64))
 
 
 def _aggregate(packets: PacketArrays, member: Membership, trace: str):

@@ -16,11 +16,14 @@ import pyarrow.compute as pc
 @dataclass
 class PacketArrays:
     """The packet columns connections are made of, as numpy arrays, one entry a packet;
-    addresses as codes into `addresses`, protocols as codes into `protocols`."""
+    addresses as codes into `addresses`, protocols as codes into `protocols`; numbers that
+    may be unknown (sequence numbers, the IP and UDP header lengths) as floats, NaN if so."""
 
     frame: np.ndarray
     t: np.ndarray
     length: np.ndarray
+    ip_len: np.ndarray
+    udp_len: np.ndarray
     addresses: np.ndarray
     src: np.ndarray
     dst: np.ndarray
@@ -49,7 +52,8 @@ class PacketArrays:
         known_flags = _valid(table.column("tcp_flags"))
         return cls(
             frame=_integers(table.column("frame")), t=_integers(table.column("ts")),
-            length=_integers(table.column("length")), addresses=addresses.to_numpy(object),
+            length=_integers(table.column("length")), ip_len=_floats(table.column("ip_len")),
+            udp_len=_floats(table.column("udp_len")), addresses=addresses.to_numpy(object),
             src=addresses.get_indexer(src_names)[src], dst=addresses.get_indexer(dst_names)[dst],
             ported=ported, src_port=_integers(table.column("src_port")),
             dst_port=_integers(table.column("dst_port")), known_flags=known_flags,

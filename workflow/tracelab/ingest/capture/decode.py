@@ -43,9 +43,9 @@ from tracelab.ingest.capture.tcp_analysis import TcpConversations
 from tracelab.ingest.capture.tcp_batch import Segments
 
 # INFO_FIELDS this module supplies (the normalization stage leaves them as they are).
-HEADER_FIELDS = ("src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win",
-                 "tcp_len", "tcp_analysis", "http_method", "http_uri", "http_version",
-                 "http_status", "dns_query", "tls_message")
+HEADER_FIELDS = ("ip_len", "udp_len", "src_port", "dst_port", "tcp_flags", "tcp_seq",
+                 "tcp_ack", "tcp_win", "tcp_len", "tcp_analysis", "http_method", "http_uri",
+                 "http_version", "http_status", "dns_query", "tls_message")
 
 # Wireshark tries the lower port first.
 UDP_PORT_NAMES = {53: "DNS", 67: "DHCP", 68: "DHCP", 69: "TFTP", 123: "NTP", 137: "NBNS",
@@ -158,8 +158,13 @@ class Decoder:
         tcp_len = net["l4_len"] - header_len
         sane = tcp & (header_len >= 20) & (tcp_len >= 0)
         payload = np.where(tcp, l4 + header_len, l4 + 8)
-        wire_payload = np.where(tcp, np.where(sane, tcp_len, 0),
-                                np.where(udp, bits(words[0], 16, 16) - 8, 0))
+        udp_len = bits(words[0], 16, 16) - 8   # UDP's length field, less its header
+        wire_payload = np.where(tcp, np.where(sane, tcp_len, 0), np.where(udp, udp_len, 0))
+        # The lengths conn.log counts (Zeek's ConnSize analyzer adds IP_Hdr::TotalLen, its
+        # UDP analyzer the UDP length field less 8), not the frame's: the link header, VLAN
+        # tags and Ethernet padding are no part of them.
+        columns["ip_len"] = masked_column(net["ip_len"], net["ip"], pa.int32())
+        columns["udp_len"] = masked_column(udp_len, udp & (udp_len >= 0), pa.int32())
         visible = np.clip(np.minimum(captured - payload, wire_payload), 0, None)
         visible = np.where(ports, visible, 0)
 

@@ -125,8 +125,10 @@ def _llc(p: Bytes, et: np.ndarray, at: np.ndarray, is_llc: np.ndarray):
 
 
 def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
-    """IPv4/IPv6 headers (and IPv6 extension headers): addresses, protocol, where the
-    transport header starts and how long its datagram is on the wire, fragments."""
+    """IPv4/IPv6 headers (and IPv6 extension headers): addresses, protocol, the packet's
+    length (`ip_len`: IPv4's total length, IPv6's 40 + payload length; where the header says
+    0, a TSO capture, the frame's bytes from the IP header on), where the transport header
+    starts and how long its datagram is on the wire, fragments."""
     et, at = link["ethertype"], link["net"]
     # IPv4's first 8 bytes in one read: version and header length, total length, fragment.
     head = packet.u64(at)
@@ -142,6 +144,9 @@ def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
     # IPv4: total length 0 means a TSO capture: the frame tells the length.
     total = ((head >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
     ip_len = np.where(total >= ihl, total, original - at)
+    # The packet's length as its IP header says (IPv6 below): neither link header, VLAN tags
+    # nor Ethernet padding count, as in Zeek's IP_Hdr::TotalLen.
+    packet_len = np.where(v4, ip_len, 0)
     fragment_field = (head & np.uint64(0xFFFF)).astype(np.int64)
     more = (fragment_field & 0x2000) != 0
     offset = fragment_field & 0x1FFF
@@ -158,6 +163,7 @@ def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
         nh = p.u8(at[rows] + 6)
         pos = at[rows] + 40
         remaining = np.where(payload_len > 0, payload_len, original[rows] - pos)
+        packet_len[rows] = np.where(payload_len > 0, 40 + payload_len, original[rows] - at[rows])
         frag6 = np.zeros(len(rows), dtype=bool)
         more6 = np.zeros(len(rows), dtype=bool)
         for _ in range(8):
@@ -183,7 +189,8 @@ def network_layer(packet: Bytes, link: dict, original: np.ndarray) -> dict:
         not_last[rows] = more6
     transport = ip & ~fragment
     key = _endpoint_keys(packet, v4, v6, at)
-    return {"family": family, "ip": ip, "proto": proto, "l4": l4, "l4_len": l4_len,
+    return {"family": family, "ip": ip, "ip_len": packet_len, "proto": proto, "l4": l4,
+            "l4_len": l4_len,
             "fragment": fragment, "fragment_not_last": not_last, "transport": transport,
             "key": key, "v4": v4, "v6": v6, "at": at}
 
