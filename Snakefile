@@ -6,7 +6,9 @@
 #   packets/{trace}.parquet                  normalize_trace: one row a packet
 #   features/{trace}/                        trace_features: summary.json, distributions.parquet
 #                                            security_connections: flows, http, conn.log
-#                                            security_hosts: hosts; security_windows: windows
+#                                            security_hosts: hosts, notice/http/dns.log;
+#                                            security_windows: windows
+#   robustness/                              robustness_*: perturbed copies, invariance, transfer
 #   compare/                                 compare_traces, security_compare: tables, figures
 #   logs/, benchmarks/                       every job's log and timing
 # Every table's columns are documented in docs/tables.md.
@@ -27,6 +29,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/security.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/robustness.smk"
+
 
 rule all:
     default_target: True
