@@ -4,12 +4,14 @@
 # results/
 #   validation/{trace}.json, .invalid.csv   validate_trace: checks, counts, rejected rows
 #   packets/{trace}.parquet                  normalize_trace: one row a packet
-#   features/{trace}/                        trace_features: summary.json, distributions.parquet
+#   features/{trace}/                        trace_features: summary.json, distributions.parquet,
+#                                            endpoints, conversations, protocol hierarchy
 #                                            security_connections: flows, http, conn.log
-#                                            security_hosts: hosts, notice/http/dns.log;
+#                                            security_hosts: hosts, notice/http/dns.log
 #                                            security_windows: windows
-#   robustness/                              robustness_*: perturbed copies, invariance, transfer
-#   compare/                                 compare_traces, security_compare: tables, figures
+#   robustness/                              robustness_variants: perturbed copies;
+#                                            robustness_measures: invariance, separation, transfer
+#   compare/                                 compare_traces: tables, figures
 #   logs/, benchmarks/                       every job's log and timing
 # Every table's columns are documented in docs/tables.md.
 from snakemake.utils import min_version

@@ -66,6 +66,5 @@ def test_a_perturbation_setting_reruns_only_its_copies_and_the_comparison(bundle
         jobs = planned_jobs(bundled, *TARGETS)
     finally:
         config_path.write_text(original)
-    assert jobs == {"robustness_variants": len(traces(bundled)), "robustness_invariance": 1,
-                    "robustness_separation": 1, "robustness_transfer": 1}
+    assert jobs == {"robustness_variants": len(traces(bundled)), "robustness_measures": 1}
     assert planned_jobs(bundled, *TARGETS) == {}

@@ -254,12 +254,12 @@ def test_a_threshold_or_a_new_feature_reruns_only_that_stage_and_the_comparison(
     config = "config/config.yaml"
     traces = len(pd.read_csv(workdir / "config/traces.tsv", sep="\t"))
     assert edit_and_plan(workdir, config, threshold) == {"security_hosts": traces,
-                                                          "security_compare": 1}
+                                                          "compare_traces": 1}
     assert edit_and_plan(workdir, config, window_length) == {"security_windows": traces,
-                                                             "security_compare": 1}
+                                                             "compare_traces": 1}
     windows_module = "workflow/tracelab/security/windows.py"
     assert edit_and_plan(workdir, windows_module, new_feature) == {
-        "security_windows": traces, "security_compare": 1}
+        "security_windows": traces, "compare_traces": 1}
     assert planned(workdir) == {}
 
 

@@ -34,11 +34,6 @@ from tracelab.security.shards import (
     write_shard_connections,
 )
 
-SHARD_RULES = {"security_split_shards", "security_connections_shard"}
-# Everything downstream of the packet table that depends on connections.
-CONNECTION_RULES = {"security_connections", "security_hosts", "security_windows",
-                    "security_compare"}
-
 
 def test_shard_of_routes_both_directions_together_independently_of_the_partitions():
     src = pa.array([f"10.0.{i // 250}.{i % 250}" for i in range(2000)])
@@ -111,7 +106,7 @@ def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
     assert security_jobs(workdir) == {
         "all": 1, "security_split_shards": n, "security_connections_shard": sum(shards.values()),
         "security_connections": n, "security_hosts": n, "security_windows": n,
-        "security_compare": 1}
+        "compare_traces": 1}
     run_snakemake(workdir, "--cores", "2")
     assert planned_jobs(workdir) == {}
 
@@ -132,4 +127,4 @@ def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
     set_packets_per_shard(workdir, 10_000_000)
     assert security_jobs(workdir) == {
         "all": 1, "security_connections": n, "security_hosts": n, "security_windows": n,
-        "security_compare": 1}
+        "compare_traces": 1}

@@ -67,14 +67,14 @@ def trace_labels():
 def final_outputs():
     return [
         *expand(rules.trace_features.output.summary, trace=TRACES.index),
-        *expand(rules.trace_statistics.output.html, trace=TRACES.index),
+        *expand(rules.trace_features.output.html, trace=TRACES.index),
         rules.compare_traces.output.table,
-        rules.security_compare.output.features_csv,
-        rules.security_compare.output.scan_report,
-        rules.security_compare.output.scan_report_html,
+        rules.compare_traces.output.features_csv,
+        rules.compare_traces.output.scan_report,
+        rules.compare_traces.output.scan_report_html,
         rules.compare_traces.output.html,
-        rules.robustness_separation.output.table,
-        rules.robustness_transfer.output.table,
+        rules.robustness_measures.output.separation,
+        rules.robustness_measures.output.transfer,
     ]
 
 
@@ -164,16 +164,23 @@ def input_mb(input):
     return sum(os.path.getsize(path) for path in input if os.path.isfile(path)) / 2**20
 
 
-# trace_statistics totals one partition of this many packets at a time (PARTITION_PACKETS of
+# trace_features' statistics step totals one partition of this many packets at a time (PARTITION_PACKETS of
 # tracelab.features.statistics; tests/test_declarations.py checks they agree).
 STATISTICS_PARTITION_PACKETS = 2_000_000
 
 
 def statistics_memory_mb(packets):
-    """trace_statistics' memory for a table of `packets`: at worst one endpoint and one
+    """The statistics step's memory for a table of `packets`: at worst one endpoint and one
     conversation a packet (1.0 GB measured at 1M packets from 1M distinct sources; 491 MB at 2M
     packets of lab traffic), up to one partition, then flat."""
     return 384 + min(packets, STATISTICS_PARTITION_PACKETS) * 7 // 10_000
+
+
+def features_memory_mb(wildcards, input, attempt):
+    """trace_features runs its summary, then its statistics: the larger of the two (the
+    summary's 256 MB + 8 a MiB of input)."""
+    summary = 256 + 8 * input_mb(input)
+    return math.ceil(max(summary, statistics_memory_mb(known_packets(wildcards.trace)))) * attempt
 
 
 def memory_mb(base, per_input_mb=0, cap=None):

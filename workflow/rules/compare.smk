@@ -2,6 +2,10 @@ rule compare_traces:
     input:
         summaries=expand(rules.trace_features.output.summary, trace=TRACES.index),
         distributions=expand(rules.trace_features.output.distributions, trace=TRACES.index),
+        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
+        hosts=expand(rules.security_hosts.output.hosts, trace=TRACES.index),
+        flows=expand(rules.security_connections.output.flows, trace=TRACES.index),
+        http=expand(rules.security_connections.output.http, trace=TRACES.index),
     output:
         table=report(
             "results/compare/summary.csv",
@@ -59,31 +63,6 @@ rule compare_traces:
             subcategory="Figures",
             labels={"figure": "distinct destinations over time"},
         ),
-    log:
-        "results/logs/compare/compare_traces.log",
-    benchmark:
-        "results/benchmarks/compare/compare_traces.tsv"
-    conda:
-        "../envs/tracelab.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(768, 8),
-        runtime=runtime_minutes(15, 1),
-    params:
-        code=rule_code("compare_traces"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
-    script:
-        "../scripts/compare_traces.py"
-
-
-rule security_compare:
-    input:
-        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        hosts=expand(rules.security_hosts.output.hosts, trace=TRACES.index),
-        flows=expand(rules.security_connections.output.flows, trace=TRACES.index),
-        http=expand(rules.security_connections.output.http, trace=TRACES.index),
-    output:
         features_csv=report(
             "results/compare/features.csv",
             caption="../report/security_features.rst",
@@ -141,18 +120,18 @@ rule security_compare:
             labels={"table": "scan report", "format": "HTML (shown here)"},
         ),
     log:
-        "results/logs/security/compare.log",
+        "results/logs/compare/compare_traces.log",
     benchmark:
-        "results/benchmarks/security/compare.tsv"
+        "results/benchmarks/compare/compare_traces.tsv"
     conda:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
+        mem_mb=memory_mb(768, 8),
+        runtime=runtime_minutes(15, 2),
     params:
-        code=rule_code("security_compare"),
+        code=rule_code("compare_traces"),
         traces=list(TRACES.index),
         labels=trace_labels(),
     script:
-        "../scripts/security_compare.py"
+        "../scripts/compare_traces.py"

@@ -1,6 +1,7 @@
 rule trace_features:
     input:
         packets=rules.normalize_trace.output.packets,
+        validation=rules.validate_trace.output.report,
     output:
         summary=report(
             "results/features/{trace}/summary.json",
@@ -16,29 +17,6 @@ rule trace_features:
             subcategory="Distributions",
             labels={"trace": "{trace}"},
         ),
-    log:
-        "results/logs/features/{trace}.log",
-    benchmark:
-        "results/benchmarks/features/{trace}.tsv"
-    conda:
-        "../envs/tracelab.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(256, 8),
-        runtime=runtime_minutes(10, 1),
-    params:
-        code=rule_code("trace_features"),
-        settings=stable_params(config["features"]),
-    script:
-        "../scripts/trace_features.py"
-
-
-rule trace_statistics:
-    input:
-        packets=rules.normalize_trace.output.packets,
-        summary=rules.trace_features.output.summary,
-        validation=rules.validate_trace.output.report,
-    output:
         endpoints="results/features/{trace}/endpoints.parquet",
         conversations="results/features/{trace}/conversations.parquet",
         hierarchy="results/features/{trace}/protocol_hierarchy.parquet",
@@ -50,18 +28,19 @@ rule trace_statistics:
             labels={"trace": "{trace}"},
         ),
     log:
-        "results/logs/features/{trace}.statistics.log",
+        "results/logs/features/{trace}.log",
     benchmark:
-        "results/benchmarks/features/{trace}.statistics.tsv"
+        "results/benchmarks/features/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: attempt * statistics_memory_mb(known_packets(wc.trace)),
-        runtime=runtime_minutes(10, 1),
+        mem_mb=features_memory_mb,
+        runtime=runtime_minutes(10, 2),
     params:
-        code=rule_code("trace_statistics"),
+        code=rule_code("trace_features"),
+        settings=stable_params(config["features"]),
         # Rows without ports are placed in their connection as security_connections does.
         flows=stable_params(config["security"]["flows"]),
     script:
-        "../scripts/trace_statistics.py"
+        "../scripts/trace_features.py"

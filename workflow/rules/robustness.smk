@@ -69,13 +69,13 @@ rule robustness_variants:
         "../scripts/robustness_variants.py"
 
 
-rule robustness_invariance:
+rule robustness_measures:
     input:
         windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
         variant_windows=expand(rules.robustness_variants.output.windows, trace=VARIANT_TRACES),
         records=expand(rules.robustness_variants.output.records, trace=VARIANT_TRACES),
     output:
-        table=report(
+        invariance=report(
             "results/robustness/invariance.csv",
             caption="../report/robustness_invariance.rst",
             category="Robust features",
@@ -105,110 +105,58 @@ rule robustness_invariance:
             subcategory="Invariance",
             labels={"table": "what each perturbation changed", "format": "HTML"},
         ),
-        heatmap=report(
+        invariance_png=report(
             "results/robustness/invariance.png",
             caption="../report/robustness_invariance_figure.rst",
             category="Robust features",
             subcategory="Invariance",
             labels={"figure": "feature x perturbation"},
         ),
-    log:
-        "results/logs/robustness/invariance.log",
-    benchmark:
-        "results/benchmarks/robustness/invariance.tsv"
-    conda:
-        "../envs/tracelab.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
-    params:
-        code=rule_code("robustness_invariance"),
-        traces=list(TRACES.index),
-        variants=[list(variant) for variant in VARIANTS],
-        format_pairs=FORMAT_PAIRS,
-        skipped_pairs=SKIPPED_PAIRS,
-        settings=stable_params(
-            {key: ROBUSTNESS[key] for key in ("seed", "invariance", "bootstrap")}
-        ),
-    script:
-        "../scripts/robustness_invariance.py"
-
-
-rule robustness_separation:
-    input:
-        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        classes=rules.robustness_invariance.output.classes,
-    output:
-        table=report(
+        separation=report(
             "results/robustness/separation.csv",
             caption="../report/robustness_separation.rst",
             category="Robust features",
             subcategory="Separation",
             labels={"table": "KS D and AUC with intervals", "format": "CSV"},
         ),
-        markdown="results/robustness/separation.md",
-        html=report(
+        separation_md="results/robustness/separation.md",
+        separation_html=report(
             "results/robustness/separation.html",
             caption="../report/robustness_separation.rst",
             category="Robust features",
             subcategory="Separation",
             labels={"table": "KS D and AUC with intervals", "format": "HTML"},
         ),
-        figure=report(
+        separation_png=report(
             "results/robustness/separation.png",
             caption="../report/robustness_separation_figure.rst",
             category="Robust features",
             subcategory="Separation",
             labels={"figure": "AUC with intervals"},
         ),
-    log:
-        "results/logs/robustness/separation.log",
-    benchmark:
-        "results/benchmarks/robustness/separation.tsv"
-    conda:
-        "../envs/tracelab.yaml"
-    threads: 1
-    resources:
-        mem_mb=memory_mb(512, 4),
-        runtime=runtime_minutes(15, 1),
-    params:
-        code=rule_code("robustness_separation"),
-        traces=list(TRACES.index),
-        labels=trace_labels(),
-        settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap")}),
-    script:
-        "../scripts/robustness_separation.py"
-
-
-rule robustness_transfer:
-    input:
-        windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
-        classes=rules.robustness_invariance.output.classes,
-    output:
-        table=report(
+        transfer=report(
             "results/robustness/transfer.csv",
             caption="../report/robustness_transfer.rst",
             category="Robust features",
             subcategory="Transfer",
             labels={"table": "leave-one-capture-out", "format": "CSV"},
         ),
-        markdown="results/robustness/transfer.md",
-        html=report(
+        transfer_md="results/robustness/transfer.md",
+        transfer_html=report(
             "results/robustness/transfer.html",
             caption="../report/robustness_transfer.rst",
             category="Robust features",
             subcategory="Transfer",
             labels={"table": "leave-one-capture-out", "format": "HTML"},
         ),
-        figure=report(
+        transfer_png=report(
             "results/robustness/transfer.png",
             caption="../report/robustness_transfer_figure.rst",
             category="Robust features",
             subcategory="Transfer",
             labels={"figure": "accuracy per left-out trace"},
         ),
-        answer=report(
+        answer_png=report(
             "results/robustness/answer.png",
             caption="../report/robustness_answer.rst",
             category="Robust features",
@@ -217,20 +165,24 @@ rule robustness_transfer:
         ),
         answer_md="results/robustness/answer.md",
     log:
-        "results/logs/robustness/transfer.log",
+        "results/logs/robustness/measures.log",
     benchmark:
-        "results/benchmarks/robustness/transfer.tsv"
+        "results/benchmarks/robustness/measures.tsv"
     conda:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(768, 4),
-        runtime=runtime_minutes(15, 1),
+        runtime=runtime_minutes(30, 3),
     params:
-        code=rule_code("robustness_transfer"),
+        code=rule_code("robustness_measures"),
         traces=list(TRACES.index),
         labels=trace_labels(),
+        variants=[list(variant) for variant in VARIANTS],
         format_pairs=FORMAT_PAIRS,
-        settings=stable_params({key: ROBUSTNESS[key] for key in ("seed", "bootstrap", "transfer")}),
+        skipped_pairs=SKIPPED_PAIRS,
+        settings=stable_params(
+            {key: ROBUSTNESS[key] for key in ("seed", "invariance", "bootstrap", "transfer")}
+        ),
     script:
-        "../scripts/robustness_transfer.py"
+        "../scripts/robustness_measures.py"

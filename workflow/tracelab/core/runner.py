@@ -1,4 +1,4 @@
-"""Adapts a Snakemake `script:` job to a stage function: logging to the rule's log, clean errors."""
+"""Adapts a Snakemake `script:` job to its stage functions: the rule's log, clean errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 import traceback
+from functools import partial
 
 from tracelab.core import progress
 from tracelab.core.atomic import is_disk_full, unwritten_path
@@ -15,10 +16,17 @@ log = logging.getLogger("tracelab")
 
 
 def run_stage(snakemake, stage, **kwargs):
-    """Call `stage(**kwargs)`, logging to the job's log; bad input exits 1 with one clear line.
+    """Call `stage(**kwargs)` as the job's one step (see run_steps)."""
+    run_steps(snakemake, partial(stage, **kwargs))
 
-    The log opens with a line naming the job and closes with its wall time, with progress
-    lines in between (every progress_interval_s of the config) while a long stage runs.
+
+def run_steps(snakemake, *steps: partial):
+    """Call each step in turn, logging to the job's log; bad input exits 1 with one clear line.
+
+    One job runs several steps where they always run together on the same input: a job's
+    interpreter start-up and imports cost more than a small trace's work. The log opens with a
+    line naming the job and closes with its wall time, with progress lines in between (every
+    progress_interval_s of the config) while a long step runs.
     """
     # A log that cannot be written (a full disk) must not add a traceback of its own to the
     # job's one line on stderr.
@@ -31,7 +39,8 @@ def run_stage(snakemake, stage, **kwargs):
     log.info("%s: started", job)
     started = time.monotonic()
     try:
-        result = stage(**kwargs)
+        for step in steps:
+            step()
     except TraceInputError as error:
         fail(str(error))
     except OSError as error:
@@ -43,7 +52,6 @@ def run_stage(snakemake, stage, **kwargs):
         log.error("unexpected failure:\n%s", traceback.format_exc())
         raise
     log.info("%s: finished in %.1f s", job, time.monotonic() - started)
-    return result
 
 
 def fail(message: str):
