@@ -118,7 +118,8 @@ def reference_decode(record: dict) -> dict:
         row.update(src_port=transport.sport, dst_port=transport.dport)
     if proto == 17 and 53 in (transport.sport, transport.dport):
         row["protocol"] = "DNS"
-        row["dns_query"] = dpkt.dns.DNS(transport.data).qd[0].name
+        message = dpkt.dns.DNS(transport.data)
+        row.update(dns_query=message.qd[0].name, dns_id=message.id, dns_qtype=message.qd[0].type)
     if proto == 6:
         header = bytes(transport)[:transport.off * 4]
         payload = transport.data
@@ -209,7 +210,7 @@ def assert_matches_reference(table: pd.DataFrame, path) -> None:
     for column in ("src", "dst", "length"):
         assert (table[column].to_numpy() == expected[column].to_numpy()).all(), column
     for column in ("src_port", "dst_port", "tcp_flags", "tcp_len", "tcp_seq", "tcp_ack",
-                   "tcp_win", "dns_query"):
+                   "tcp_win", "dns_id", "dns_query", "dns_qtype"):
         got = table[column].astype(object).where(table[column].notna(), None)
         want = expected[column].astype(object).where(expected[column].notna(), None)
         mismatched = [i for i, (g, w) in enumerate(zip(got, want)) if g != w and not (
@@ -535,6 +536,9 @@ def test_protocol_names_and_fields(tmp_path):
         "MDNS", "DNS", "DNS", "HTTP", "HTTP", "TLSv1", "TLSv1.3", "TLSv1.3", "TLSv1.2", "IPv4",
         "UDP", "IPv6", "LLMNR", "ARP", "LLDP", "0x88b5", "STP", "IGMPv3"]
     assert table["dns_query"].tolist()[:3] == ["a.example.test"] * 3
+    # id 7 and type A (1) over mDNS, UDP and TCP (after its 2-byte length); tshark: dns.id,
+    # dns.qry.type
+    assert table["dns_id"].tolist()[:3] == [7] * 3 and table["dns_qtype"].tolist()[:3] == [1] * 3
     assert table["http_method"].tolist()[3] == "POST"
     assert table["http_uri"].tolist()[3] == "/login"
     assert table["http_version"].tolist()[3:5] == ["HTTP/1.0", "HTTP/1.1"]

@@ -81,9 +81,10 @@ def test_udp_states_depend_on_a_reply():
 
 HISTORY_CASES = {
     # originator sent the SYN-ACK (its SYN was not captured) between two ports that are not
-    # likely server ports, so Zeek keeps the roles: H, then the responder's ACK
-    "H": ([tcp(0, S, 40001, C, 40000, "SA", ack=1), tcp(0.01, C, 40000, S, 40001, "A", seq=1)],
-          "Ha"),
+    # likely server ports, so Zeek keeps the roles: H, then the responder's RST (an ACK would
+    # flip them: test_conn_history.py)
+    "H": ([tcp(0, S, 40001, C, 40000, "SA", ack=1), tcp(0.01, C, 40000, S, 40001, "R", seq=1)],
+          "Hr"),
     # simultaneous open: the responder's SYN without ACK is a lowercase s
     "s": ([tcp(0, C, 40000, S, 80, "S"), tcp(0.01, S, 80, C, 40000, "S")], "Ss"),
     "I": ([*handshake(0, C, 40000, S, 80), tcp(0.01, C, 40000, S, 80, "FR", seq=1)], "ShAI"),

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
-from packet_factory import handshake, packet_table, tcp, udp
+from packet_factory import BASE, handshake, packet_table, tcp, udp
 
 import tracelab
 from tracelab.security.connections import write_connections
@@ -154,8 +154,10 @@ def test_notice_log_reports_the_address_scan_as_zeek_scan_policy_does(log4j_scan
     row, host = scan.iloc[0], flagged.iloc[0]
     assert addresses([row["src"]]) == addresses([host["source"]])
     assert row["p"] == host["address_scan_port"]
-    assert row["msg"] == (f"{host['source']} scanned at least {host['address_scan_hosts']} "
-                          f"unique hosts on port {host['address_scan_port']}/tcp")
+    took = int((host["address_scan_crossed_ts"] - host["address_scan_first_ts"]).total_seconds())
+    assert row["msg"] == (f"{host['source']} scanned at least 25 unique hosts on port "
+                          f"{host['address_scan_port']}/tcp in {took // 60}m{took % 60}s")
+    assert row["ts"].round("us") == host["address_scan_crossed_ts"].tz_localize(None)
     assert row["sub"] == "local"  # 198.18.0.0/15 is in Zeek's Site::private_address_space
     assert row["suppress_for"] == pd.Timedelta(hours=1)
 
@@ -272,23 +274,45 @@ def test_a_port_scan_notice_names_the_host_the_trace_gives_no_address_for(tmp_pa
     row = notices.iloc[0]
     assert (row["src"], row["sub"]) == ("8.8.8.8", "remote")
     assert pd.isna(row["dst"]) and pd.isna(row["p"]) and pd.isna(row["proto"])
-    assert row["msg"] == "8.8.8.8 scanned at least 20 unique ports of host victim.example"
+    # scan.zeek: the 15th port (port_scan_threshold) crosses, 0.14 s after the first
+    assert row["msg"] == "8.8.8.8 scanned at least 15 unique ports of host victim.example in 0m0s"
+    assert row["ts"].round("us") == (BASE + pd.Timedelta(seconds=0.15)).tz_localize(None)
     assert row["actions"] == "Notice::ACTION_LOG"
+
+
+@pytest.mark.parametrize("step_s, took", [(0.5, "0m12s"), (3.0, "1m12s"), (0.01, "0m0s")])
+def test_an_address_scan_notice_is_dated_and_worded_as_scan_zeek_raises_it(tmp_path, step_s,
+                                                                          took):
+    """scan.zeek: the notice comes when the 25th distinct host (addr_scan_threshold) fails,
+    its message "%s scanned at least %d unique hosts on port %s in %s" with r$unique at that
+    moment and base/utils/time.zeek's duration_to_mins_secs of r$end - r$begin (whole
+    seconds as "<m>m<s>s"). 30 unanswered SYNs `step_s` apart: the 25th is 24 steps in."""
+    probes = [tcp(i * step_s, "8.8.8.8", 50000 + i, f"10.1.0.{i + 1}", 9200, "S")
+              for i in range(30)]
+    pq.write_table(packet_table(probes), tmp_path / "packets.parquet")
+    notices = zat(run_stages(tmp_path / "packets.parquet", tmp_path, "sweep")["notice.log"])
+    assert notices["note"].tolist() == ["Scan::Address_Scan"]
+    row = notices.iloc[0]
+    assert row["msg"] == f"8.8.8.8 scanned at least 25 unique hosts on port 9200/tcp in {took}"
+    assert row["ts"].round("us") == (BASE + pd.Timedelta(seconds=24 * step_s)).tz_localize(None)
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_dns_log_of_a_capture_agrees_with_tshark(tmp_path):
-    """Two lookups in a pcap written here (dpkt): dns.log has tshark's query names, and its rtt
-    is tshark's `dns.time` (the response's time since its query)."""
+    """Three lookups in a pcap written here (dpkt): dns.log has tshark's query names, ids
+    (`dns.id`) and question types (`dns.qry.type`), named as Zeek's DNS::query_types does (a
+    number it does not list as "query-<n>"), and its rtt is tshark's `dns.time` (the
+    response's time since its query)."""
     dpkt = pytest.importorskip("dpkt")
     client, resolver = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 53])
     path = tmp_path / "lookups.pcap"
     with path.open("wb") as handle:
         writer = dpkt.pcap.Writer(handle)
-        for k, (name, sent, answered) in enumerate(
-                [("www.example.test", 1.0, 1.031), ("mail.example.test", 2.0, 2.2005)]):
-            query = dpkt.dns.DNS(id=0x100 + k, qd=[dpkt.dns.DNS.Q(name=name)])
-            answer = dpkt.dns.DNS(id=0x100 + k, qr=dpkt.dns.DNS_R, qd=query.qd, an=[
+        for k, (name, qtype, sent, answered) in enumerate(
+                [("www.example.test", 1, 1.0, 1.031), ("mail.example.test", 28, 2.0, 2.2005),
+                 ("odd.example.test", 4242, 3.0, 3.5)]):
+            query = dpkt.dns.DNS(id=0xA100 + k, qd=[dpkt.dns.DNS.Q(name=name, type=qtype)])
+            answer = dpkt.dns.DNS(id=0xA100 + k, qr=dpkt.dns.DNS_R, qd=query.qd, an=[
                 dpkt.dns.DNS.RR(name=name, type=dpkt.dns.DNS_A, ttl=60,
                                 rdata=bytes([198, 18, 16, k + 1]))])
             for ts, src, dst, sport, dport, message in (
@@ -302,13 +326,18 @@ def test_dns_log_of_a_capture_agrees_with_tshark(tmp_path):
                 writer.writepkt(bytes(frame), ts=1_767_268_800 + ts)
     shown = subprocess.run(
         ["tshark", "-r", str(path), "-Y", "dns.flags.response == 1", "-T", "fields", "-e",
-         "dns.qry.name", "-e", "dns.time"], capture_output=True, text=True, check=True).stdout
-    expected = {name: pd.Timedelta(seconds=float(rtt)).round("us")
-                for name, rtt in (line.split("\t") for line in shown.splitlines())}
+         "dns.qry.name", "-e", "dns.time", "-e", "dns.id", "-e", "dns.qry.type"],
+        capture_output=True, text=True, check=True).stdout
+    lines = [line.split("\t") for line in shown.splitlines()]
+    expected = {name: pd.Timedelta(seconds=float(rtt)).round("us") for name, rtt, *_ in lines}
+    questions = {name: (int(id_, 16), int(qtype)) for name, _, id_, qtype in lines}
     pq.write_table(tracelab.read(path), tmp_path / "packets.parquet")
     paths = run_stages(tmp_path / "packets.parquet", tmp_path, "lookups")
     dns = zat(paths["dns.log"])
     assert dict(zip(dns["query"], dns["rtt"].dt.round("us"))) == expected
-    assert len(expected) == 2
+    assert len(expected) == 3
     assert (dns["id.resp_h"] == "10.0.0.53").all() and (dns["id.resp_p"] == 53).all()
-    assert dns["trans_id"].isna().all()  # a capture's transaction id is not kept
+    assert {name: (int(id_), int(qtype)) for name, id_, qtype in zip(
+        dns["query"], dns["trans_id"], dns["qtype"])} == questions
+    assert dict(zip(dns["query"], dns["qtype_name"])) == {
+        "www.example.test": "A", "mail.example.test": "AAAA", "odd.example.test": "query-4242"}

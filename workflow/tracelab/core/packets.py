@@ -72,7 +72,12 @@ PACKETS = Table("packets", "results/packets/{trace}.parquet", (
            nullable=True),
     Column("http_status", pa_arrow.int16(), "HTTP response status code.", nullable=True,
            checks=[Check.in_range(100, 999)]),
+    Column("dns_id", pa_arrow.int32(), "DNS message id (transaction id); a capture's only "
+           "(an export's Info shows it: dns.log reads it there).", nullable=True,
+           checks=[Check.in_range(0, 0xFFFF)]),
     Column("dns_query", pa_arrow.string(), "DNS query name.", nullable=True),
+    Column("dns_qtype", pa_arrow.int32(), "DNS type of the first question (1 A, 28 AAAA, ...); "
+           "a capture's only.", nullable=True, checks=[Check.in_range(0, 0xFFFF)]),
     Column("tls_message", pa_arrow.string(), "TLS messages of the record(s), as Wireshark's "
            "Info lists them.", nullable=True),
 ])

@@ -253,23 +253,26 @@ class NameIds:
 
 class DistinctRows:
     """The distinct rows of a few columns, exact: batches wait in a list and duplicates are
-    removed whenever the waiting rows outnumber the kept ones (and COMPACT_ROWS)."""
+    removed whenever the waiting rows outnumber the kept ones (and COMPACT_ROWS). With `key`
+    (some of `columns`), rows are distinct by the key and the first added is kept."""
 
-    def __init__(self, columns: list[str]):
+    def __init__(self, columns: list[str], key: list[str] | None = None):
         self.columns = columns
+        self.key = key
         self._parts: list[pd.DataFrame] = []
         self._kept = 0
         self._waiting = 0
 
     def add(self, frame: pd.DataFrame) -> None:
-        part = frame[self.columns].drop_duplicates()
+        part = frame[self.columns].drop_duplicates(self.key)
         self._parts.append(part)
         self._waiting += len(part)
         if self._waiting > max(COMPACT_ROWS, self._kept):
             self._compact()
 
     def _compact(self) -> None:
-        rows = (pd.concat(self._parts, ignore_index=True).drop_duplicates() if self._parts
+        rows = (pd.concat(self._parts, ignore_index=True).drop_duplicates(self.key)
+                if self._parts
                 else pd.DataFrame({name: pd.Series(dtype=np.int64) for name in self.columns}))
         self._parts, self._kept, self._waiting = [rows], len(rows), 0
 

@@ -121,7 +121,9 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
         "http_version": pc.dictionary_encode(
             pc.coalesce(_group(request, "version"), _group(response, "version"))),
         "http_status": pc.cast(_group(response, "status"), pa.int16()),
+        "dns_id": pa.nulls(len(info), pa.int32()),  # dns.log reads id and type off Info
         "dns_query": _group(dns, "name"),
+        "dns_qtype": pa.nulls(len(info), pa.int32()),
         "tls_message": _only_where(is_tls, info, pc.utf8_trim_whitespace),
     }
 

@@ -10,15 +10,23 @@ connections of a partition at once.
   packet is not a pure SYN (a SYN-ACK or a mid-stream packet) sent from a likely server port
   (`LIKELY_SERVER_PORTS`) to a port that is not one, or to one with a higher number unless the
   packet is a SYN-ACK; a UDP connection whose first packet goes from a likely server port to a
-  port that is not one. A flipped connection's history starts with `^`. (Zeek's other flip, a
-  SYN arriving after its own SYN-ACK, is not made.)
-- history letters (`zeek_history`), uppercase for the originator, lowercase for the
-  responder, in order of first occurrence: S (SYN without ACK), H (SYN+ACK), A (pure ACK),
-  D (payload), F (FIN), R (RST), I (FIN+RST in one packet), Q (SYN with FIN or RST), and
-  logarithmically repeated T (retransmitted payload, from Wireshark's "Retransmission"
-  analysis) and W (zero window), written at the 1st, 10th, 100th... occurrence; `^` first when
-  the roles were flipped. UDP: D/d. Zeek repeats S/F/R when a later packet carries a different
-  sequence number; here each appears once.
+  port that is not one. A flipped connection's history starts with `^`. Zeek's second flip
+  (TCP_Endpoint::CheckHistory) is made too: a connection left unflipped whose history is "H"
+  (its first packet a SYN-ACK) when a pure ACK or a data packet comes, from either side, is
+  flipped then: its history becomes "^h" and goes on with the roles swapped.
+- history letters (`zeek_history`; TCPSessionAdapter.cc `update_history`), uppercase for the
+  originator, lowercase for the responder, in the order Zeek adds them: S (SYN without ACK),
+  H (SYN+ACK), A (pure ACK), D (payload), F (FIN), R (RST), I (FIN+RST in one packet),
+  Q (SYN with FIN or RST). A, D, I and Q come once a side; S/H (one `hist_seen` bit for
+  both), F and R come at a side's first such packet and again at each later one whose
+  sequence number (a FIN's: after its payload) differs from the side's previous one of the
+  kind. W (zero window), T (retransmitted payload, from Wireshark's "Retransmission"
+  analysis) and G (content gap: `content_gaps`) are logarithmic
+  (Session::ScaledHistoryEntry): at the 1st, 10th, 100th... occurrence of a side; in one
+  packet they follow its letter in that order, as Zeek adds them. `^` first when the roles
+  were flipped. UDP: D/d. Not given: C/c (bad checksum: the decoder checks no checksums, and
+  Zeek drops such packets from all analysis), X (analyzer limits), and the quirk that Zeek
+  keeps the `hist_seen` bits unswapped across the mid-history flip.
 - conn_state (`zeek_conn_state`): S0, S1, SF, REJ, S2, S3, RSTO, RSTR, RSTOS0, RSTRH, SH, SHR,
   OTH (TCP); for UDP SF (both sides sent), S0 (only the originator), SHR (only the responder:
   flipped roles).
@@ -94,6 +102,9 @@ class FlowRows:
     payload: np.ndarray
     retransmitted: np.ndarray
     zero_window: np.ndarray
+    seq: np.ndarray
+    ack_number: np.ndarray
+    segment_missing: np.ndarray
 
     @classmethod
     def of(cls, packets: PacketArrays, rows: np.ndarray, member: Membership) -> FlowRows:
@@ -121,46 +132,187 @@ class FlowRows:
         return cls(flow=flow, per=per, orig=orig, tcp=tcp, known=known, syn=syn, fin=fin,
                    rst=rst, ack=ack, payload=payload,
                    retransmitted=tcp & (payload > 0) & packets.retransmission[rows],
-                   zero_window=zero_window)
+                   zero_window=zero_window, seq=packets.seq[rows],
+                   ack_number=packets.ack[rows], segment_missing=packets.segment_missing[rows])
+
+    def flip(self, flows: np.ndarray) -> None:
+        """Swap the roles of the flows where `flows` (per flow) holds."""
+        self.orig = self.orig ^ flows[self.flow]
 
 
 # History letters by code (0: none; 1-8 in Zeek's order of checks), the originator's in upper
-# case and the responder's in lower case; then T, W and the flip mark.
-_LETTERS = np.array([list(" IQHSFRDATW^"), list(" iqhsfrdatw^")])
-T_CODE, W_CODE, FLIP_CODE = 9, 10, 11
+# case and the responder's in lower case; then T, W, G and the flip mark.
+_LETTERS = np.array([list(" IQHSFRDATWG^"), list(" iqhsfrdatwg^")])
+I_CODE, Q_CODE, H_CODE, S_CODE, F_CODE, R_CODE, D_CODE, A_CODE = range(1, 9)
+T_CODE, W_CODE, G_CODE, FLIP_CODE = 9, 10, 11, 12
+POWERS_OF_TEN = 10 ** np.arange(19)
+# Sequence numbers as keys per flow (flow * SEQ_SPAN + number; relative numbers stay below).
+SEQ_SPAN = 1 << 34
 
 
-def zeek_history(rows: FlowRows, flipped: np.ndarray) -> np.ndarray:
-    """Zeek's history string per flow."""
+def _letter_codes(rows: FlowRows) -> np.ndarray:
+    """Each row's letter in update_history's order of checks (0: none); UDP rows are D."""
     several = (rows.syn.astype(int) + rows.fin + rows.rst) > 1
-    data = rows.payload > 0
     code = np.select(
         [several & rows.fin & rows.rst, several, rows.syn & rows.ack, rows.syn, rows.fin,
-         rows.rst, data, rows.ack & rows.known], np.arange(1, 9), 0)
-    code = np.where(rows.tcp, code, 7)
-    # First occurrence of each letter of each side of each flow.
+         rows.rst, rows.payload > 0, rows.ack & rows.known],
+        [I_CODE, Q_CODE, H_CODE, S_CODE, F_CODE, R_CODE, D_CODE, A_CODE], 0)
+    return np.where(rows.tcp, code, D_CODE)
+
+
+def _scaled_letters(side: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Session::ScaledHistoryEntry: for events in order, each of a `side` (flow * 2 + orig)
+    and happening `counts` times, how many letters each adds: one at the 1st, 10th, 100th...
+    time on its side."""
+    by_side = np.argsort(side, kind="stable")
+    starts = run_starts(side[by_side])
+    total = np.cumsum(counts[by_side])
+    after = total - (total - counts[by_side])[starts][np.cumsum(starts) - 1]
+    before = after - counts[by_side]
+    letters = np.empty(len(side), np.int64)
+    letters[by_side] = (np.searchsorted(POWERS_OF_TEN, after, side="right")
+                        - np.searchsorted(POWERS_OF_TEN, before, side="right"))
+    return letters
+
+
+def _lettered_rows(rows: FlowRows, code: np.ndarray) -> np.ndarray:
+    """The rows that add their letter: a side's first of each of Zeek's `hist_seen` bits (S and
+    H share one), and a SYN, FIN or RST whose sequence number (a FIN's: after its payload)
+    differs from that of the side's previous one of the kind (`hist_last_SYN`, ...)."""
+    kind = np.where(code == H_CODE, S_CODE, code)
     lettered = np.flatnonzero(code > 0)
-    key = (rows.flow[lettered] * 2 + rows.orig[lettered]) * 16 + code[lettered]
-    first = lettered[np.unique(key, return_index=True)[1]]
-    events = [(rows.flow[first], first * 3, code[first], rows.orig[first])]
-    for slot, (letter, happened) in enumerate(((T_CODE, rows.retransmitted),
-                                               (W_CODE, rows.zero_window)), start=1):
-        hits = np.flatnonzero(happened)
-        side = rows.flow[hits] * 2 + rows.orig[hits]
-        by_side = np.argsort(side, kind="stable")
-        nth = np.empty(len(hits), np.int64)
-        nth[by_side] = np.arange(len(hits)) - np.flatnonzero(run_starts(side[by_side]))[
-            np.cumsum(run_starts(side[by_side])) - 1]
-        kept = hits[np.isin(nth + 1, 10 ** np.arange(19))]
-        events.append((rows.flow[kept], kept * 3 + slot, np.full(len(kept), letter),
-                       rows.orig[kept]))
-    flips = np.flatnonzero(flipped)
-    events.append((flips, np.full(len(flips), -1), np.full(len(flips), FLIP_CODE),
-                   np.ones(len(flips), bool)))
+    key = (rows.flow[lettered] * 2 + rows.orig[lettered]) * 16 + kind[lettered]
+    order = np.argsort(key, kind="stable")
+    key, lettered = key[order], lettered[order]
+    value = np.where(code == F_CODE, rows.seq + rows.payload, rows.seq)[lettered]
+    changed = np.ones(len(lettered), bool)
+    changed[1:] = value[1:] != value[:-1]   # NaN (no number) never differs
+    changed[1:] &= ~np.isnan(value[1:]) & ~np.isnan(value[:-1])
+    repeats = np.isin(code[lettered], (H_CODE, S_CODE, F_CODE, R_CODE)) & changed
+    return np.sort(lettered[run_starts(key) | repeats])
+
+
+def zeek_history(rows: FlowRows, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zeek's history string per flow, and which flows Zeek flips in mid-history (their roles
+    are still `rows`'; `FlowRows.flip` turns them): a connection that is not flipped at its
+    first packet and whose history is "H" when an A or D comes (TCP_Endpoint::CheckHistory)
+    becomes "^h" and goes on with the roles swapped."""
+    code = _letter_codes(rows)
+    first = _lettered_rows(rows, code)
+    events = [(rows.flow[first], first * 4, code[first], rows.orig[first])]
+    # In a packet Zeek adds its letter, then W (update_window), T (update_last_seq), then G
+    # (the peer's AckReceived); each logarithmic.
+    zero_window, retransmitted = (np.flatnonzero(m) for m in (rows.zero_window,
+                                                              rows.retransmitted))
+    scaled = [(W_CODE, zero_window, np.ones(len(zero_window), np.int64), rows.orig[zero_window]),
+              (T_CODE, retransmitted, np.ones(len(retransmitted), np.int64),
+               rows.orig[retransmitted]),
+              (G_CODE, *content_gaps(rows))]
+    for slot, (letter, hits, counts, orig) in enumerate(scaled, start=1):
+        repeat = _scaled_letters(rows.flow[hits] * 2 + orig, counts)
+        kept = np.repeat(hits, repeat)
+        events.append((rows.flow[kept], kept * 4 + slot, np.full(len(kept), letter),
+                       np.repeat(orig, repeat)))
     flow, order, letters, orig = (np.concatenate(parts) for parts in zip(*events))
     sort = np.lexsort((order, flow))
-    chars = _LETTERS[(~orig[sort]).astype(np.int64), letters[sort]]
-    return concat_per_flow(flow[sort], chars, len(flipped))
+    flow, letters, orig = flow[sort], letters[sort], orig[sort]
+    late = _handshake_flips(flow, letters, orig, flipped)
+    orig = orig ^ late[flow]
+    flips = np.flatnonzero(flipped | late)
+    starts = np.searchsorted(flow, flips)
+    flow, letters, orig = (np.insert(values, starts, inserted) for values, inserted in (
+        (flow, flips), (letters, FLIP_CODE), (orig, True)))
+    chars = _LETTERS[(~orig).astype(np.int64), letters]
+    return concat_per_flow(flow, chars, len(flipped)), late
+
+
+def _handshake_flips(flow: np.ndarray, letters: np.ndarray, orig: np.ndarray,
+                     flipped: np.ndarray) -> np.ndarray:
+    """Per flow: its history (events sorted by flow) starts "H" then A, a, D or d, unflipped."""
+    starts = np.flatnonzero(run_starts(flow))
+    second = starts + 1
+    has_second = second < len(flow)
+    second = np.where(has_second, second, 0)
+    late = np.zeros(len(flipped), bool)
+    late[flow[starts]] = ((letters[starts] == H_CODE) & orig[starts] & has_second
+                          & (flow[second] == flow[starts])
+                          & np.isin(letters[second], (A_CODE, D_CODE)))
+    return late & ~flipped
+
+
+def _established_rows(rows: FlowRows) -> np.ndarray:
+    """Rows at which both endpoints are established (or closed from there) in Zeek's state
+    machine: after the originator's SYN, the responder's SYN-ACK and the originator's next ACK,
+    before any RST (a RST leaves its sender RESET)."""
+    per, flow, position = rows.per, rows.flow, np.arange(len(rows.flow))
+    syn = per.first_position(rows.syn & ~rows.ack & rows.orig)[flow]
+    synack = per.first_position(rows.syn & rows.ack & ~rows.orig)[flow]
+    acked = per.first_position(rows.ack & rows.orig & (position > synack))[flow]
+    return (syn < synack) & (acked <= position) & (position < per.first_position(rows.rst)[flow])
+
+
+def content_gaps(rows: FlowRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zeek's content gaps (TCP_Reassembler::Undelivered calling Gap, counted by
+    TCP_Endpoint::Gap only between established endpoints): each ACK that moves past what its
+    peer's captured payload covers reveals one gap a stretch of uncovered sequence space
+    between its peer's previous highest ACK and its own (a FIN's number excepted once the FIN
+    was seen). Returns the rows whose ACK revealed gaps (ascending), how many, and whether the
+    gaps are the originator's data. A side with payload rows of no known sequence number
+    (export rows attached without ports) is left out."""
+    found = [_side_gaps(rows, sender) for sender in (True, False)]
+    row, count, orig = (np.concatenate(parts) for parts in zip(*found))
+    order = np.argsort(row, kind="stable")
+    return row[order], count[order], orig[order]
+
+
+def _side_gaps(rows: FlowRows, sender: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`content_gaps` of one side's data (the originator's if `sender`)."""
+    per, flow = rows.per, rows.flow
+    mine = (rows.orig == sender) & rows.tcp & ~np.isnan(rows.seq)
+    # Data starts after the SYN; a side with payload rows of no known number (export rows
+    # attached without ports) has gaps tracelab cannot place: none are counted. Nor are they
+    # in a flow where Wireshark's TCP analysis found no missing segment: an export can hide
+    # the numbers of the data an ACK covers (an HTTP row left in no connection).
+    unplaced = per.any((rows.orig == sender) & rows.tcp & np.isnan(rows.seq) & (rows.payload > 0))
+    unplaced |= ~per.any(rows.segment_missing)
+    base = np.where(unplaced, np.nan, per.min(np.where(mine & rows.syn, rows.seq + 1, np.nan)))
+    fin = per.first_position(mine & rows.fin)
+    fin_end = per.min(np.where(mine & rows.fin, rows.seq + rows.payload, np.nan))
+    # Uncovered stretches of each flow's sequence space from `base` (the last one open).
+    data = np.flatnonzero(mine & (rows.payload > 0) & ~rows.rst & ~np.isnan(base[flow]))
+    data = data[np.lexsort((rows.seq[data], flow[data]))]
+    start, end = rows.seq[data], rows.seq[data] + rows.payload[data]
+    reach = pd.Series(end).groupby(flow[data]).cummax().to_numpy(np.float64)
+    first = run_starts(flow[data])
+    before = np.where(first, base[flow[data]], np.roll(reach, 1))
+    holes = np.flatnonzero(start > before)
+    last = np.flatnonzero(np.append(first[1:], len(data) > 0))
+    opened = np.flatnonzero(np.isfinite(base) & ~np.isin(np.arange(len(base)),
+                                                         flow[data]))
+    hole_flow = np.concatenate([flow[data][holes], flow[data][last], opened])
+    hole_start = np.concatenate([before[holes], reach[last], base[opened]])
+    hole_end = np.concatenate([start[holes], np.full(len(last) + len(opened), SEQ_SPAN - 1.0)])
+    order = np.lexsort((hole_start, hole_flow))
+    starts_key = _seq_key(hole_flow[order], hole_start[order])
+    ends_key = _seq_key(hole_flow[order], hole_end[order])
+    # The peer's ACKs: each covers from the highest before it (or `base`) to its own.
+    acks = np.flatnonzero((rows.orig != sender) & rows.tcp & rows.ack & ~np.isnan(rows.ack_number)
+                          & np.isfinite(base[flow]))
+    ack_flow = flow[acks]
+    high = rows.ack_number[acks]
+    high = np.where(fin[ack_flow] < acks, np.fmin(high, fin_end[ack_flow]), high)
+    reached = pd.Series(high).groupby(ack_flow).cummax().to_numpy(np.float64)
+    low = np.where(run_starts(ack_flow), base[ack_flow], np.roll(reached, 1))
+    low = np.maximum(low, base[ack_flow])
+    # Stretches starting below the ACK, less those ending at or below the previous one.
+    count = np.where(high > low, np.searchsorted(starts_key, _seq_key(ack_flow, high))
+                     - np.searchsorted(ends_key, _seq_key(ack_flow, low), side="right"), 0)
+    counted = (count > 0) & _established_rows(rows)[acks]
+    return acks[counted], count[counted], np.full(int(counted.sum()), sender)
+
+
+def _seq_key(flow: np.ndarray, number: np.ndarray) -> np.ndarray:
+    return flow * SEQ_SPAN + np.clip(number, 0, SEQ_SPAN - 1).astype(np.int64)
 
 
 def _endpoint_state(pre, rst, fin, rst_order, fin_order, peer_fin):

@@ -146,7 +146,7 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
     Column("missed_bytes", pa.int64(), "Sequence space of both directions no captured payload "
            "covers (missed_bytes).", **_BYTES),
     Column("history", pa.string(), "Zeek's history letters (ShADadFf, ...).",
-           checks=[Check.str_matches(r"^\^?[SHADFRIQTWshadfriqtw]*$")]),
+           checks=[Check.str_matches(r"^\^?[SHADFRIQTWGshadfriqtwg]*$")]),
     Column("orig_pkts", pa.int64(), "Packets the originator sent.", unit="packets",
            checks=[Check.ge(0)]),
     Column("orig_ip_bytes", pa.int64(), "IP-level bytes the originator sent: packet lengths "
@@ -364,7 +364,10 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
     flow_rows = FlowRows.of(packets, rows, member)
     per, flow = flow_rows.per, flow_rows.flow
-    history = zeek_history(flow_rows, member.flipped)
+    history, late_flip = zeek_history(flow_rows, member.flipped)
+    flow_rows.flip(late_flip)
+    member.flipped |= late_flip
+    member.is_orig[rows] = flow_rows.orig
     orig_bytes = _side_bytes(packets, rows, flow_rows, flow_rows.orig)
     resp_bytes = _side_bytes(packets, rows, flow_rows, ~flow_rows.orig)
     flow_is_tcp = packets.is_tcp[member.first_row]

@@ -12,6 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Wireshark's TCP analysis of a segment it knows is missing: "TCP Previous segment not captured"
+# on the data after a hole, "TCP ACKed unseen segment" on an ACK past all data seen.
+MISSING_SEGMENT = "Previous segment not captured|ACKed unseen segment"
+
 
 @dataclass
 class PacketArrays:
@@ -38,6 +42,7 @@ class PacketArrays:
     tcp_len: np.ndarray
     window: np.ndarray
     retransmission: np.ndarray
+    segment_missing: np.ndarray
     protocols: np.ndarray
     protocol: np.ndarray
 
@@ -60,15 +65,20 @@ class PacketArrays:
             flags=_integers(table.column("tcp_flags")), is_tcp=known_flags & ported,
             seq=_floats(table.column("tcp_seq")), ack=_floats(table.column("tcp_ack")),
             tcp_len=_floats(table.column("tcp_len")), window=_floats(table.column("tcp_win")),
-            retransmission=pc.fill_null(pc.match_substring(
-                table.column("tcp_analysis"), "Retransmission"), False).to_numpy(
-                    zero_copy_only=False),
+            retransmission=_analysis(table, "Retransmission"),
+            segment_missing=_analysis(table, MISSING_SEGMENT),
             protocols=protocols, protocol=protocol)
 
     def pair(self, rows: np.ndarray) -> np.ndarray:
         """A number for the unordered address pair of each of `rows`."""
         low = np.minimum(self.src[rows], self.dst[rows])
         return low * len(self.addresses) + np.maximum(self.src[rows], self.dst[rows])
+
+
+def _analysis(table: pa.Table, pattern: str) -> np.ndarray:
+    """Rows whose Wireshark TCP analysis matches `pattern` (a regular expression)."""
+    return pc.fill_null(pc.match_substring_regex(table.column("tcp_analysis"), pattern),
+                        False).to_numpy(zero_copy_only=False)
 
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -92,6 +92,11 @@ HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
     Column("address_scan_hosts", pa.int64(), "Distinct hosts failed on that port in that "
            "interval.", checks=COUNT),
     Column("address_scan_at", TIMESTAMP, "Start of that interval.", unit="ns", nullable=True),
+    Column("address_scan_first_ts", TIMESTAMP, "First failed attempt on that port in that "
+           "interval (Zeek's SumStats `begin`).", unit="ns", nullable=True),
+    Column("address_scan_crossed_ts", TIMESTAMP, "The failed attempt that brought that port's "
+           "hosts to `address_scan_hosts` in that interval: when Zeek raises the notice; null "
+           "below it.", unit="ns", nullable=True),
     Column("port_scan", pa.bool_(), "Failed attempts to at least `port_scan_ports` ports on "
            "one host within one interval."),
     Column("port_scan_host", pa.string(), "The host with the most ports in one interval.",
@@ -102,6 +107,11 @@ HOSTS = Table("hosts", "results/features/{trace}/hosts.parquet", (
     Column("port_scan_ports", pa.int64(), "Distinct ports failed on that host in that "
            "interval.", checks=COUNT),
     Column("port_scan_at", TIMESTAMP, "Start of that interval.", unit="ns", nullable=True),
+    Column("port_scan_first_ts", TIMESTAMP, "First failed attempt on that host in that "
+           "interval (Zeek's SumStats `begin`).", unit="ns", nullable=True),
+    Column("port_scan_crossed_ts", TIMESTAMP, "The failed attempt that brought that host's "
+           "ports to `port_scan_ports` in that interval: when Zeek raises the notice; null "
+           "below it.", unit="ns", nullable=True),
     Column("trw_first_contacts", pa.int64(), "First contacts that began with a SYN: TRW's "
            "trials.", checks=COUNT),
     Column("trw_observed", pa.int64(), "Trials until TRW decided (all, if it did not).",
@@ -171,13 +181,20 @@ def answered_attempts(flows: pd.DataFrame) -> pd.Series:
     return attempts(flows) & flows["history"].str.contains("h", regex=False)
 
 
-def _epoch_counts(failed: pd.DataFrame, group: str, counted: str,
+def _epoch_counts(failed: pd.DataFrame, group: str, threshold: int,
                   best: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per source, the group (port or host) and epoch with the most distinct `counted` values
-    (`failed`: distinct orig, resp, resp_port, epoch rows of failed attempts), the earliest
-    epoch and then the lowest group first among equals; `best`: those of earlier epochs."""
-    distinct = failed.groupby(["orig", group, "epoch"], observed=True)[
-        counted].nunique().rename("count").reset_index()
+    """Per source, the group (port or host) and epoch with the most distinct hosts or ports
+    (`failed`: the distinct orig, resp, resp_port, epoch rows of failed attempts, each with
+    its first time t), the earliest epoch and then the lowest group first among equals; with
+    the group's first failed attempt in that epoch (`first`: Zeek's SumStats `begin`) and the
+    one that brought it to `threshold` (`crossed`, null if none: when Zeek raises the
+    notice); `best`: those of earlier epochs."""
+    keys = ["orig", group, "epoch"]
+    failed = failed.sort_values("t", kind="stable")
+    grouped = failed.groupby(keys, observed=True)
+    distinct = grouped.agg(count=("t", "size"), first=("t", "min")).reset_index()
+    crossing = failed[grouped.cumcount() == threshold - 1].set_index(keys)["t"].astype("Int64")
+    distinct["crossed"] = crossing.reindex(pd.MultiIndex.from_frame(distinct[keys])).to_numpy()
     candidates = pd.concat([best, distinct], ignore_index=True) if best is not None \
         else distinct
     return candidates.sort_values(["orig", "count", "epoch", group],
@@ -308,7 +325,8 @@ class HostAccumulator:
         self.totals: list[pd.DataFrame] = []
         self.hosts = DistinctRows(["pair"])
         self.ports = DistinctRows(["orig", "resp_port"])
-        self.failed = DistinctRows(["orig", "resp", "resp_port", "epoch"])
+        self.failed = DistinctRows(["orig", "resp", "resp_port", "epoch", "t"],
+                                   key=["orig", "resp", "resp_port", "epoch"])
         self.address_best: pd.DataFrame | None = None
         self.port_best: pd.DataFrame | None = None
         self.port_scanned: pd.Series | None = None
@@ -351,8 +369,10 @@ class HostAccumulator:
         if closed.empty:
             return
         closed = closed.assign(orig=self._name(closed["orig"]), resp=self._name(closed["resp"]))
-        self.address_best = _epoch_counts(closed, "resp_port", "resp", self.address_best)
-        self.port_best = _epoch_counts(closed, "resp", "resp_port", self.port_best)
+        self.address_best = _epoch_counts(closed, "resp_port",
+                                          self.settings.address_scan_hosts, self.address_best)
+        self.port_best = _epoch_counts(closed, "resp", self.settings.port_scan_ports,
+                                       self.port_best)
         self.port_scanned = _port_scanned_pairs(closed, self.settings.port_scan_ports,
                                                 self.port_scanned)
 
@@ -375,9 +395,13 @@ class HostAccumulator:
                                  group: pd.Series(dtype=np.int64 if group == "resp_port"
                                                   else "string"),
                                  "epoch": pd.Series(dtype=np.int64),
-                                 "count": pd.Series(dtype=np.int64)})
+                                 "count": pd.Series(dtype=np.int64),
+                                 "first": pd.Series(dtype=np.int64),
+                                 "crossed": pd.Series(dtype="Int64")})
         at = pd.to_datetime(self.start_ns + best["epoch"] * self.interval_ns, utc=True)
-        return best.assign(at=at).set_index("orig")
+        return best.assign(at=at, first_ts=pd.to_datetime(best["first"], utc=True),
+                           crossed_ts=pd.to_datetime(best["crossed"], utc=True)
+                           ).set_index("orig")
 
     def result(self) -> pd.DataFrame:
         """One row a source, sorted by address: fan-out, failures, verdicts."""
@@ -404,11 +428,15 @@ class HostAccumulator:
         hosts["address_scan_hosts"] = address["count"].reindex(hosts.index).fillna(0)
         hosts["address_scan_port"] = address["resp_port"].reindex(hosts.index)
         hosts["address_scan_at"] = address["at"].reindex(hosts.index)
+        hosts["address_scan_first_ts"] = address["first_ts"].reindex(hosts.index)
+        hosts["address_scan_crossed_ts"] = address["crossed_ts"].reindex(hosts.index)
         hosts["address_scan"] = hosts["address_scan_hosts"] >= settings.address_scan_hosts
         hosts["port_scan_ports"] = port["count"].reindex(hosts.index).fillna(0)
         hosts["port_scan_host"] = port["resp"].reindex(hosts.index)
         hosts["port_scan_hosts"] = _port_scanned_hosts(self.port_scanned).reindex(hosts.index)
         hosts["port_scan_at"] = port["at"].reindex(hosts.index)
+        hosts["port_scan_first_ts"] = port["first_ts"].reindex(hosts.index)
+        hosts["port_scan_crossed_ts"] = port["crossed_ts"].reindex(hosts.index)
         hosts["port_scan"] = hosts["port_scan_ports"] >= settings.port_scan_ports
 
         # First contacts: each source's first TCP connection to each host, if it began with a SYN.

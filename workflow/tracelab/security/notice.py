@@ -7,15 +7,20 @@ scanner, so its suppression also keeps one a source an hour). As scan.zeek fills
 
 - `src`: the scanner; `p` (and `proto` tcp, filled from it): the scanned port of an address
   scan; `dst`: the scanned host of a port scan.
-- `msg`: "<src> scanned at least <n> unique hosts on port <p>" / "<src> scanned at least <n>
-  unique ports of host <dst>". Zeek's message ends " in <m>m<s>s", the time between the first
-  and last failed attempt of the interval, which hosts.parquet does not keep: tracelab's ends
-  before it.
+- `msg`: "<src> scanned at least <n> unique hosts on port <p> in <m>m<s>s" / "<src> scanned
+  at least <n> unique ports of host <dst> in <m>m<s>s", scan.zeek's format: <n> the count
+  when the threshold was crossed (SumStats checks `unique >= threshold` at each observation,
+  so the threshold itself: hosts.parquet's `tracelab.scan_settings`), the duration from the
+  first failed attempt of the interval to the crossing one, in whole seconds
+  (base/utils/time.zeek `duration_to_mins_secs`).
 - `sub`: "local" or "remote", Zeek's `Site::is_local_addr` with its defaults (no
   `Site::local_nets`, `Site::private_address_space_is_local`): an address outside the
   globally reachable space (IANA's special-purpose registries, Python's `is_global`) is local.
-- `ts`: the start of the interval in which the threshold was crossed (Zeek: the moment it was
-  crossed, within that interval).
+- `ts`: when the threshold was crossed: the start of the failed attempt that brought the
+  count to it (hosts' `*_crossed_ts`). Zeek observes an attempt when its event fires
+  (`connection_attempt` 5 s after the SYN, `connection_rejected` at the RST), so its `ts`
+  and durations can be later by those delays; and where a source crosses in several
+  intervals, hosts.parquet keeps the one with the most hosts (ports), Zeek notices the first.
 - `actions` Notice::ACTION_LOG, `email_dest` empty, `suppress_for` 3600 s: the framework's
   defaults. Connection and file fields (`uid`, `id.*`, `fuid`, `file_*`), `n` and
   `peer_descr` are unset, as for Zeek's scan notices read from a trace.
@@ -27,6 +32,7 @@ address for has its `src`/`dst` unset and its name in `msg`.
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,9 +59,11 @@ NOTICE_FIELDS = [LogField(name, type_) for name, type_ in (
 # Notice::default_suppression_interval (1 hr) and the action every logged notice has.
 SUPPRESS_FOR_NS = 3600 * 1_000_000_000
 LOG_ACTION = "Notice::ACTION_LOG"
-HOST_COLUMNS = ["source", "address_scan", "address_scan_port", "address_scan_hosts",
-                "address_scan_at", "port_scan", "port_scan_host", "port_scan_ports",
-                "port_scan_at"]
+HOST_COLUMNS = ["source", "address_scan", "address_scan_port", "address_scan_first_ts",
+                "address_scan_crossed_ts", "port_scan", "port_scan_host", "port_scan_first_ts",
+                "port_scan_crossed_ts"]
+# Each detector's threshold in hosts.parquet's `tracelab.scan_settings`.
+THRESHOLDS = {"address_scan": "address_scan_hosts", "port_scan": "port_scan_ports"}
 
 
 def site_side(addresses: list[str | None]) -> list[str | None]:
@@ -64,7 +72,17 @@ def site_side(addresses: list[str | None]) -> list[str | None]:
             for a in addresses]
 
 
-def _notices(hosts: pa.Table, dns: dict[str, str], kind: str) -> dict[str, pa.Array] | None:
+def mins_secs(ns: pa.Array) -> pa.Array:
+    """Durations (int64 ns) as Zeek's `duration_to_mins_secs`: whole seconds as "<m>m<s>s"."""
+    seconds = pc.divide(ns, 1_000_000_000)  # integer division: Zeek's double-to-count cast
+    minutes = pc.divide(seconds, 60)
+    rest = pc.subtract(seconds, pc.multiply(minutes, 60))
+    return pc.binary_join_element_wise(pc.cast(minutes, pa.string()), "m",
+                                       pc.cast(rest, pa.string()), "s", "")
+
+
+def _notices(hosts: pa.Table, dns: dict[str, str], kind: str,
+             threshold: int) -> dict[str, pa.Array] | None:
     """The notices of one detector (`address_scan` or `port_scan`) as Zeek text, by field."""
     hosts = hosts.filter(pc.fill_null(hosts.column(kind), False))
     if not hosts.num_rows:
@@ -77,34 +95,39 @@ def _notices(hosts: pa.Table, dns: dict[str, str], kind: str) -> dict[str, pa.Ar
     source = column("source", pa.string())
     src = address_of_endpoint(source, dns)
     shown = pc.coalesce(src, source)
-    common = {"src": string_text(src),
+    crossed = column(f"{kind}_crossed_ts", pa.int64())
+    common = {"src": string_text(src), "ts": time_text(crossed),
               "sub": string_text(pa.array(site_side(src.to_pylist()), pa.string()))}
     rows = hosts.num_rows
+    took = mins_secs(pc.subtract(crossed, column(f"{kind}_first_ts", pa.int64())))
+    at_least = pa.repeat(pa.scalar(str(threshold)), rows)
     if kind == "address_scan":
         port = column("address_scan_port")
         port_text = pc.binary_join_element_wise(pc.cast(port, pa.string()), "tcp", "/")
         msg = pc.binary_join_element_wise(
-            shown, " scanned at least ", column("address_scan_hosts", pa.string()),
-            " unique hosts on port ", port_text, "")
-        return {**common, "ts": time_text(column("address_scan_at", pa.int64())),
+            shown, " scanned at least ", at_least, " unique hosts on port ", port_text, " in ",
+            took, "")
+        return {**common,
                 "note": pa.repeat(pa.scalar("Scan::Address_Scan"), rows),
                 "proto": pa.repeat(pa.scalar("tcp"), rows), "p": count_text(port),
                 "msg": string_text(msg)}
     host = column("port_scan_host", pa.string())
     dst = address_of_endpoint(host, dns)
     msg = pc.binary_join_element_wise(
-        shown, " scanned at least ", column("port_scan_ports", pa.string()),
-        " unique ports of host ", pc.coalesce(dst, host), "")
-    return {**common, "ts": time_text(column("port_scan_at", pa.int64())),
+        shown, " scanned at least ", at_least, " unique ports of host ", pc.coalesce(dst, host),
+        " in ", took, "")
+    return {**common,
             "note": pa.repeat(pa.scalar("Scan::Port_Scan"), rows), "msg": string_text(msg),
             "dst": string_text(dst)}
 
 
-def notice_fields(hosts: pa.Table, dns: dict[str, str]) -> list[pa.Array]:
+def notice_fields(hosts: pa.Table, dns: dict[str, str],
+                  thresholds: dict[str, int]) -> list[pa.Array]:
     """notice.log's fields (Zeek text, one array a field, in NOTICE_FIELDS order) of the scan
-    findings of a hosts table: address scans, then port scans, each by the hosts' order."""
+    findings of a hosts table: address scans, then port scans, each by the hosts' order;
+    `thresholds`: the scan settings (address_scan_hosts, port_scan_ports)."""
     parts = [part for kind in ("address_scan", "port_scan")
-             if (part := _notices(hosts, dns, kind)) is not None]
+             if (part := _notices(hosts, dns, kind, thresholds[THRESHOLDS[kind]])) is not None]
     rows = sum(len(part["note"]) for part in parts)
     defaults = {"actions": pa.repeat(pa.scalar(LOG_ACTION), rows),
                 "email_dest": pa.repeat(pa.scalar("(empty)"), rows),
@@ -121,8 +144,9 @@ def notice_fields(hosts: pa.Table, dns: dict[str, str]) -> list[pa.Array]:
 def write_notice_log(handle, hosts_path, dns: dict[str, str], span: tuple[str, str]) -> int:
     """notice.log of a hosts table (few rows: one a source) on `handle`; the notices written."""
     hosts = pq.read_table(hosts_path, columns=HOST_COLUMNS)
+    settings = json.loads(hosts.schema.metadata[b"tracelab.scan_settings"])
     writer = ZeekLogWriter(handle, "notice", NOTICE_FIELDS, span[0])
-    fields = notice_fields(hosts, dns)
+    fields = notice_fields(hosts, dns, settings)
     writer.write(fields)
     writer.close(span[1])
     return len(fields[0])

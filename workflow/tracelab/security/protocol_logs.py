@@ -18,11 +18,13 @@ cannot fill is declared and left unset (`-`), never guessed. Like conn.log, each
   pair alone), from the packets with a DNS question (`dns_query`: DNS, mDNS, LLMNR), each in
   its connection of flows.parquet. A query is what the connection's originator sent; the n-th
   response of a connection (of a transaction id, where known) answers the n-th query. `rtt`
-  is response time less query time. From Wireshark's Info of an export: `trans_id`, `qtype`,
-  `qtype_name`, `rcode`, `rcode_name` and `answers` (the records Info lists, where the answer
-  is NOERROR). Unset: `qclass`, the header bits `AA`, `TC`, `RD`, `RA`, `Z`, `TTLs` and
-  `rejected` (neither an export nor tracelab's capture decoder keeps them), and from a capture
-  every field Info gives.
+  is response time less query time. `trans_id`, `qtype` and `qtype_name` (Zeek's
+  `DNS::query_types` name of the number) from a capture's packet columns (`dns_id`,
+  `dns_qtype`), else from Wireshark's Info of an export, which alone gives `rcode`,
+  `rcode_name` and `answers` (the records Info lists, where the answer is NOERROR). Unset:
+  `qclass`, the header bits `AA`, `TC`, `RD`, `RA`, `Z`, `TTLs` and `rejected` (neither an
+  export nor tracelab's capture decoder keeps them), and from a capture `rcode`, `rcode_name`
+  and `answers`.
 """
 
 from __future__ import annotations
@@ -82,20 +84,35 @@ DNS_LOG_FIELDS = [
 
 FLOW_COLUMNS = ["uid", "proto", "orig", "orig_port", "resp", "resp_port", "first_ts",
                 "last_ts"]
-DNS_PACKET_COLUMNS = ["frame", "ts", "src", "src_port", "dst", "dst_port", "info", "dns_query"]
+DNS_PACKET_COLUMNS = ["frame", "ts", "src", "src_port", "dst", "dst_port", "info", "dns_id",
+                      "dns_query", "dns_qtype"]
 # Wireshark's Info of a DNS message: id, the error of a response, the question's type and
 # name, then (in a response) the records as "TYPE value".
 DNS_INFO = (r"^Standard query (?P<response>response )?0x(?P<id>[0-9a-fA-F]{1,4}) "
             r"(?:(?P<error>No such name|Server failure|Refused|Format error|Not implemented) )?"
             r"(?P<qtype>[A-Z][A-Z0-9]*) (?P<name>[^\s,]+)(?P<records>.*)$")
 DNS_RECORD = r"(?:^|\s)(?:[A-Z][A-Z0-9]*) ([^\s,]+)"
-# RFC 1035 / IANA numbers of the names Zeek writes (DNS::rcode_types, DNS::query_types).
+# RFC 1035 / IANA numbers of the names Zeek writes (DNS::rcode_types).
 RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
 WIRESHARK_RCODES = {"No such name": "NXDOMAIN", "Server failure": "SERVFAIL",
                     "Refused": "REFUSED", "Format error": "FORMERR", "Not implemented": "NOTIMP"}
-QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "HINFO": 13, "MX": 15, "TXT": 16,
-          "AAAA": 28, "SRV": 33, "NAPTR": 35, "DS": 43, "RRSIG": 46, "NSEC": 47,
-          "DNSKEY": 48, "SVCB": 64, "HTTPS": 65, "ANY": 255, "CAA": 257}
+# Zeek's DNS::query_types (base/protocols/dns/consts.zeek, zeek/zeek a13de64); a number not in
+# it is "query-<n>". Wireshark's Info names the same types the same way, but 255 "ANY".
+ZEEK_QUERY_TYPES = {
+    1: "A", 2: "NS", 3: "MD", 4: "MF", 5: "CNAME", 6: "SOA", 7: "MB", 8: "MG", 9: "MR",
+    10: "NULL", 11: "WKS", 12: "PTR", 13: "HINFO", 14: "MINFO", 15: "MX", 16: "TXT", 17: "RP",
+    18: "AFSDB", 19: "X25", 20: "ISDN", 21: "RT", 22: "NSAP", 23: "NSAP-PTR", 24: "SIG",
+    25: "KEY", 26: "PX", 27: "GPOS", 28: "AAAA", 29: "LOC", 30: "NXT", 31: "EID", 32: "NIMLOC",
+    33: "SRV", 34: "ATMA", 35: "NAPTR", 36: "KX", 37: "CERT", 38: "A6", 39: "DNAME",
+    40: "SINK", 41: "OPT", 42: "APL", 43: "DS", 44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG",
+    47: "NSEC", 48: "DNSKEY", 49: "DHCID", 50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA",
+    53: "SMIMEA", 55: "HIP", 56: "NINFO", 57: "RKEY", 58: "TALINK", 59: "CDS", 60: "CDNSKEY",
+    61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS", 99: "SPF",
+    100: "UINFO", 101: "UID", 102: "GID", 103: "UNSPEC", 104: "NID", 105: "L32", 106: "L64",
+    107: "LP", 108: "EUI48", 109: "EUI64", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR",
+    253: "MAILB", 254: "MAILA", 255: "*", 256: "URI", 257: "CAA", 32768: "TA", 32769: "DLV",
+    65281: "WINS", 65282: "WINS-R", 65422: "XPF", 65521: "INTEGRITY"}
+WIRESHARK_QTYPES = {**{name: n for n, name in ZEEK_QUERY_TYPES.items()}, "ANY": 255}
 
 
 def _flows_of(flows_path, keep) -> pd.DataFrame:
@@ -212,10 +229,21 @@ def dns_messages(packets_path, flows_path) -> pd.DataFrame:
         ["ts", "frame"], kind="stable").reset_index(drop=True)
 
 
+def zeek_qtype_names(qtypes: pd.Series) -> pd.Series:
+    """Zeek's names of DNS type numbers (null stays null)."""
+    return qtypes.map(lambda n: ZEEK_QUERY_TYPES.get(n, f"query-{n}"), na_action="ignore")
+
+
 def _info(messages: pd.DataFrame) -> pd.DataFrame:
-    """The parts of Wireshark's Info of each message (columns of DNS_INFO; null for none)."""
+    """What dns.log takes of each message: its id and question type from the capture's
+    columns, else from Wireshark's Info, and the rest of Info (columns of DNS_INFO; null for
+    none)."""
     parsed = messages["info"].fillna("").str.extract(DNS_INFO)
-    parsed["trans_id"] = parsed["id"].map(lambda h: int(h, 16), na_action="ignore")
+    parsed["trans_id"] = messages["dns_id"].astype("Int64").fillna(
+        parsed["id"].map(lambda h: int(h, 16), na_action="ignore").astype("Int64"))
+    parsed["qtype"] = messages["dns_qtype"].astype("Int64").fillna(
+        parsed["qtype"].map(WIRESHARK_QTYPES).astype("Int64"))
+    parsed["qtype_name"] = zeek_qtype_names(parsed["qtype"])
     parsed["rcode_name"] = parsed["error"].map(WIRESHARK_RCODES).where(
         parsed["error"].notna(), np.where(parsed["response"].notna(), "NOERROR", None))
     parsed["answers"] = [",".join(rec) if name == "NOERROR" and rec else None
@@ -236,7 +264,8 @@ def dns_transactions(messages: pd.DataFrame) -> pd.DataFrame:
     responses = messages[~messages["from_orig"]]
     pairs = queries.merge(responses, on=["key", "nth"], how="outer", suffixes=("", "_r"))
     pairs["answered"] = pairs["frame"].notna() & pairs["frame_r"].notna()
-    for column in [*FLOW_COLUMNS, "ts", "frame", "dns_query", "qtype", "trans_id"]:
+    for column in [*FLOW_COLUMNS, "ts", "frame", "dns_query", "qtype", "qtype_name",
+                   "trans_id"]:
         pairs[column] = pairs[column].where(pairs[column].notna(), pairs[f"{column}_r"])
     return pairs.sort_values(["ts", "frame"], kind="stable").reset_index(drop=True)
 
@@ -250,8 +279,8 @@ def dns_log_fields(transactions: pd.DataFrame, dns: dict[str, str]) -> list[pa.A
               "proto": _strings(t["proto"]),
               "trans_id": _counts(t["trans_id"]),
               "rtt": interval_text(rtt),
-              "query": _strings(t["dns_query"]), "qtype_name": _strings(t["qtype"]),
-              "qtype": _counts(t["qtype"].map(QTYPES)),
+              "query": _strings(t["dns_query"]), "qtype_name": _strings(t["qtype_name"]),
+              "qtype": _counts(t["qtype"]),
               "rcode_name": _strings(t["rcode_name_r"]),
               "rcode": _counts(t["rcode_name_r"].map(RCODES)),
               "answers": _strings(t["answers_r"]), **_ids(t, dns)}

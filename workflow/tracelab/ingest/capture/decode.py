@@ -38,14 +38,15 @@ from tracelab.ingest.capture.link import (
     link_layer,
     network_layer,
 )
-from tracelab.ingest.capture.payload import TLS_VERSION_NAMES, dns_query, tls_records
+from tracelab.ingest.capture.payload import TLS_VERSION_NAMES, dns_question, tls_records
 from tracelab.ingest.capture.tcp_analysis import TcpConversations
 from tracelab.ingest.capture.tcp_batch import Segments
 
 # INFO_FIELDS this module supplies (the normalization stage leaves them as they are).
 HEADER_FIELDS = ("ip_len", "udp_len", "src_port", "dst_port", "tcp_flags", "tcp_seq",
                  "tcp_ack", "tcp_win", "tcp_len", "tcp_analysis", "http_method", "http_uri",
-                 "http_version", "http_status", "dns_query", "tls_message")
+                 "http_version", "http_status", "dns_id", "dns_query", "dns_qtype",
+                 "tls_message")
 
 # Wireshark tries the lower port first.
 UDP_PORT_NAMES = {53: "DNS", 67: "DHCP", 68: "DHCP", 69: "TFTP", 123: "NTP", 137: "NBNS",
@@ -184,7 +185,7 @@ class Decoder:
         dns_codes = [self.protocols.code(name) for name in DNS_LIKE]
         dns = np.isin(app, dns_codes) & (visible > 0)
         dns_start = np.where(tcp_dns, payload + 2, payload)
-        columns["dns_query"] = dns_query(packet, dns, dns_start, payload + visible)
+        columns.update(dns_question(packet, dns, dns_start, payload + visible))
 
         # TCP conversations: relative numbers, window scaling, analysis, the TLS session.
         tcp_rows = np.flatnonzero(tcp)

@@ -1,5 +1,5 @@
 """What TCP and UDP carry, as far as the packet table names it: TLS records (versions,
-handshake and alert messages) and the query name of DNS messages.
+handshake and alert messages) and the id and first question (name, type) of DNS messages.
 """
 
 from __future__ import annotations
@@ -166,12 +166,15 @@ def _supported_version(p: Bytes, start: np.ndarray, end: np.ndarray) -> np.ndarr
     return chosen
 
 
-def dns_query(packet: Bytes, rows_mask, message, end) -> pa.Array:
-    """The first question's name, from length-prefixed labels ("<Root>" for the root)."""
+def dns_question(packet: Bytes, rows_mask, message, end) -> dict[str, pa.Array]:
+    """The packet columns of DNS messages: `dns_id` (the header's id), `dns_query` (the first
+    question's name, from length-prefixed labels; "<Root>" for the root) and `dns_qtype` (its
+    type, where the name ends inside the message)."""
     n = len(rows_mask)
     rows = np.flatnonzero(rows_mask & packet.has(message, 12))
     if not len(rows):
-        return pa.nulls(n, pa.string())
+        return {"dns_id": pa.nulls(n, pa.int32()), "dns_query": pa.nulls(n, pa.string()),
+                "dns_qtype": pa.nulls(n, pa.int32())}
     p = packet.subset(rows)
     message, end = message[rows], np.minimum(end[rows], p.captured)
     asks = p.u16(message + 4) >= 1
@@ -203,4 +206,10 @@ def dns_query(packet: Bytes, rows_mask, message, end) -> pa.Array:
     names = utf8_strings(flat, offsets, len(rows))
     names = pc.if_else(pc.equal(pc.utf8_length(names), 0), "<Root>", names)
     names = pc.if_else(pa.array(shown), names, None)
-    return scatter(n, rows, names, pa.string())
+    # The type follows the name's end: its zero label, or a 2-byte compression pointer.
+    after = pos + np.where(p.u8(p.within(pos)) >= 0xC0, 2, 1)
+    typed = asks & complete & (after + 2 <= end)
+    qtype = pa.array(np.where(typed, p.u16(np.where(typed, after, message)), 0), mask=~typed)
+    return {"dns_id": scatter(n, rows, pa.array(p.u16(message)), pa.int32()),
+            "dns_query": scatter(n, rows, names, pa.string()),
+            "dns_qtype": scatter(n, rows, qtype, pa.int32())}
