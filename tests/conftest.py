@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: the repository, disposable copies of the workflow, the real
-snakemake run on them (the bundled traces' run once a session), and two runs' connection
-tables compared."""
+snakemake run on them (the bundled traces' run once a session, started in the background as
+soon as the tests are collected, the modules that use it ordered last), dry runs without
+Snakemake's start-up (tests/dry_runner.py), and two runs' connection tables compared."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,10 +51,45 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True,
     return result
 
 
+@functools.cache
+def _dry_runner() -> subprocess.Popen:
+    runner = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dry_runner.py"))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    atexit.register(_end, runner)
+    return runner
+
+
+def _end(runner: subprocess.Popen) -> None:
+    runner.stdin.close()  # the end of its input ends it
+    runner.wait(timeout=60)
+    runner.stdout.close()
+
+
+def dry_run_outputs(runs: list[tuple[Path, tuple[str, ...]]]) -> list[tuple[int, str]]:
+    """`snakemake -n *args` in each folder, all started at once by tests/dry_runner.py (which
+    spares each Snakemake's start-up): (return code, stdout + stderr) of each."""
+    runner = _dry_runner()
+    outputs = [Path(tempfile.mkstemp(prefix="tracelab-dry-run-")[1]) for _ in runs]
+    request = [[str(workdir), ["-n", *args], str(output)]
+               for (workdir, args), output in zip(runs, outputs)]
+    runner.stdin.write(json.dumps(request) + "\n")
+    runner.stdin.flush()
+    answer = runner.stdout.readline()
+    if not answer:
+        raise AssertionError(f"tests/dry_runner.py ended ({runner.poll()})")
+    texts = []
+    for output in outputs:
+        texts.append(output.read_text())
+        output.unlink()
+    return list(zip(json.loads(answer), texts))
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Job counts per rule from a dry run ({} when there is nothing to do)."""
-    result = run_snakemake(workdir, "-n", *args)
-    output = result.stdout + result.stderr
+    [(returncode, output)] = dry_run_outputs([(workdir, args)])
+    if returncode != 0:
+        raise AssertionError(f"snakemake -n {' '.join(args)} failed ({returncode}):\n"
+                             f"{output[-8000:]}")
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:", 1)[1]
@@ -75,30 +112,67 @@ def add_sheet_row(row: str) -> Callable[[Path], None]:
 def dry_runs(tmp_path_factory, edits: dict[str, Callable[[Path], None]],
              ) -> dict[str, tuple[Path, int, str]]:
     """`snakemake -n` on one copy of the workflow per case, edited by the case's function, all
-    started at once (each is mostly start-up): case -> (copy, return code, stdout + stderr)."""
-    running = {}
+    started at once: case -> (copy, return code, stdout + stderr)."""
+    copies = {}
     for case, edit in edits.items():
-        workdir = copy_workflow(tmp_path_factory.mktemp(case) / "wf")
-        edit(workdir)
-        running[case] = (workdir, subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "-n"], cwd=workdir, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = {}
-    for case, (workdir, process) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[case] = (workdir, process.returncode, stdout + stderr)
-    return results
+        copies[case] = copy_workflow(tmp_path_factory.mktemp(case) / "wf")
+        edit(copies[case])
+    outputs = dry_run_outputs([(workdir, ()) for workdir in copies.values()])
+    return {case: (workdir, *output) for (case, workdir), output in zip(copies.items(), outputs)}
+
+
+@functools.cache
+def _bundled_process() -> tuple[Path, subprocess.Popen]:
+    """The bundled run, started (once) and left running."""
+    workdir = copy_workflow(Path(tempfile.mkdtemp(prefix="tracelab-bundled-")) / "wf")
+    atexit.register(shutil.rmtree, workdir.parent, ignore_errors=True)
+    with open(workdir.parent / "snakemake.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"],
+                                   cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    atexit.register(_stop, process)  # registered last, so run before the folder is removed
+    return workdir, process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """A session ended early: the bundled run's snakemake and its jobs (its process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @functools.cache
 def _bundled_run_once() -> Path | Exception:
-    workdir = copy_workflow(Path(tempfile.mkdtemp(prefix="tracelab-bundled-")) / "wf")
-    atexit.register(shutil.rmtree, workdir.parent, ignore_errors=True)
+    workdir, process = _bundled_process()
     try:
-        run_snakemake(workdir, "--cores", "2", timeout=1800)
-    except (AssertionError, subprocess.TimeoutExpired) as failure:
+        returncode = process.wait(timeout=1800)
+    except subprocess.TimeoutExpired as failure:
+        _stop(process)
         return failure  # kept, so that the tests after fail at once instead of running it again
+    if returncode != 0:
+        log = (workdir.parent / "snakemake.log").read_text(errors="replace")
+        return AssertionError(f"snakemake --cores 2 failed ({returncode}):\n{log[-8000:]}")
     return workdir
+
+
+def _uses_bundled_run(item: pytest.Item) -> bool:
+    return "bundled" in getattr(item, "fixturenames", ()) or _calls_bundled_run(item.path)
+
+
+@functools.cache
+def _calls_bundled_run(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    return "bundled_run()" in text or "bundled_results()" in text
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that use the bundled run go last, and the run starts now, in the background:
+    the tests before them run meanwhile (the run's jobs and this process share the cores)."""
+    using = {item.path for item in items if _uses_bundled_run(item)}
+    if using:
+        items.sort(key=lambda item: item.path in using)  # stable: each module stays in order
+        _bundled_process()
 
 
 def bundled_run() -> Path:

@@ -9,7 +9,7 @@ import subprocess
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, bundled_results
 
 import tracelab
 from tracelab.core.config import ConfigError
@@ -23,13 +23,11 @@ TABLES = ("flows", "hosts", "windows")
 
 
 @pytest.fixture(scope="module")
-def workflow_tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
-    """The three tables as a Snakemake run of the workflow writes them for PCAPNG."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("api") / "wf")
-    targets = [f"results/features/{TRACE}/{table}.parquet" for table in TABLES]
-    run_snakemake(workdir, "--cores", "2", *targets)
-    return {table: pq.read_table(workdir / target).to_pandas(types_mapper=PANDAS_TYPES.get)
-            for table, target in zip(TABLES, targets)}
+def workflow_tables() -> dict[str, pd.DataFrame]:
+    """The three tables as the session's Snakemake run of the workflow wrote them for PCAPNG."""
+    features = bundled_results() / "features" / TRACE
+    return {table: pq.read_table(features / f"{table}.parquet").to_pandas(
+        types_mapper=PANDAS_TYPES.get) for table in TABLES}
 
 
 def same_rows(found: pd.DataFrame, expected: pd.DataFrame, key: list[str]) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO, bundled_results
 
 from tracelab.core.packets import PACKET_SCHEMA, PACKETS, TCP_FLAG_BITS, read_staged
 from tracelab.ingest.validate import validate_trace
@@ -185,12 +185,10 @@ def test_http_and_tls_fields(both):
         assert full.split(", ")[:len(items)] == items        # difference 6
 
 
-@pytest.mark.slow
-def test_through_the_pipeline(workflow_copy):
-    """snakemake validates and normalizes both forms of the scan; the packet tables agree."""
-    run_snakemake(workflow_copy, "--cores", "2", "results/packets/log4j_scan.parquet",
-                  "results/packets/log4j_scan_pcap.parquet")
-    tables = {form: pq.read_table(workflow_copy / "results" / "packets" / f"{form}.parquet")
+def test_through_the_pipeline():
+    """snakemake validates and normalizes both forms of the scan (the session's bundled run);
+    the packet tables agree."""
+    tables = {form: pq.read_table(bundled_results() / "packets" / f"{form}.parquet")
               for form in ("log4j_scan", "log4j_scan_pcap")}
     for table in tables.values():
         assert table.schema.remove_metadata() == PACKET_SCHEMA

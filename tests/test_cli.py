@@ -349,16 +349,16 @@ def test_run_removes_temporary_outputs_an_interrupted_run_left(workflow_copy):
     """Snakemake removes a temp() output after the last job that reads it; a run killed before
     (or while it defers removals until its checkpoints are done) leaves it behind for good."""
     (workflow_copy / "config/traces.tsv").write_text(
-        "trace\tpath\nweb\tdata/web_browsing.csv.gz\n")
-    summary = workflow_copy / "results/features/web/summary.json"
+        "trace\tpath\nscan\tdata/log4j_scan.csv.gz\n")
+    summary = workflow_copy / "results/features/scan/summary.json"
     first = tracelab("run", "--cores", "1", summary.relative_to(workflow_copy), cwd=workflow_copy)
     assert first.returncode == 0, first.stderr[-3000:]
-    staged = workflow_copy / "results/staged/web.arrow"
+    staged = workflow_copy / "results/staged/scan.arrow"
     assert not staged.exists()
     # Left as a kill leaves it: written after the source was read, before the packet table.
     staged.parent.mkdir()
     staged.write_bytes(b"a full copy of the trace")
-    packets = (workflow_copy / "results/packets/web.parquet").stat().st_mtime
+    packets = (workflow_copy / "results/packets/scan.parquet").stat().st_mtime
     os.utime(staged, (packets - 1, packets - 1))
     summary.unlink()
     dry = tracelab("run", "-n", summary.relative_to(workflow_copy), cwd=workflow_copy)
@@ -373,12 +373,12 @@ def test_run_removes_temporary_outputs_an_interrupted_run_left(workflow_copy):
 
 def test_run_keeps_a_temporary_output_a_job_of_the_run_reads(workflow_copy):
     (workflow_copy / "config/traces.tsv").write_text(
-        "trace\tpath\nweb\tdata/web_browsing.csv.gz\n")
-    validated = tracelab("run", "--cores", "1", "results/validation/web.json", cwd=workflow_copy)
+        "trace\tpath\nscan\tdata/log4j_scan.csv.gz\n")
+    validated = tracelab("run", "--cores", "1", "results/validation/scan.json", cwd=workflow_copy)
     assert validated.returncode == 0, validated.stderr[-3000:]
-    staged = workflow_copy / "results/staged/web.arrow"
+    staged = workflow_copy / "results/staged/scan.arrow"
     assert staged.exists()  # a target job's temp() output stays
-    result = tracelab("run", "--cores", "1", "results/packets/web.parquet", cwd=workflow_copy)
+    result = tracelab("run", "--cores", "1", "results/packets/scan.parquet", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "left by an interrupted run" not in result.stdout + result.stderr
     assert "validate_trace" not in result.stdout + result.stderr  # the kept copy was read

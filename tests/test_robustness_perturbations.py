@@ -29,7 +29,8 @@ DEFAULTS = SCHEMA["properties"]["robustness"]["properties"]
 def context(name: str, table: pa.Table, folder, **params) -> PerturbationContext:
     defaults = DEFAULTS["parameters"]["properties"].get(name, {}).get("properties", {})
     path = folder / "packets.parquet"
-    pq.write_table(table, path, row_group_size=7)  # several row groups
+    # Several row groups: of 7 rows, or eight of a large table (gathering 1,700 is slow).
+    pq.write_table(table, path, row_group_size=max(7, table.num_rows // 8))
     return PerturbationContext(seed=job_seed(1, "t", name),
                                params={k: v["default"] for k, v in defaults.items()} | params,
                                window_s=10.0, min_coverage=0.5,

@@ -1,7 +1,8 @@
 """Stable under more data: adding a capture drawn from the same generator as one already in the
 sheet flips no feature between behavioural and artefact. Traces from `python -m tracelab.synth`
 (a scan sweep and normal browsing), the experiment run by `snakemake` before and after the
-second normal capture is added."""
+second normal capture is added. Slow lane (two pipeline runs); the default lane checks the same
+with the invariance stage in-process (tests/test_robustness.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from conftest import copy_workflow, run_snakemake
+
+pytestmark = pytest.mark.slow
 
 CLASSES = "results/robustness/classes.csv"
 # name: (label, seed, share of scan flows, start); 20,000 packets at 200/s: ten 10 s windows.

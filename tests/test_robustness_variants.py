@@ -90,10 +90,16 @@ def test_relabelling_after_assembly_gives_the_windows_of_assembling_again(tmp_pa
                                       rtol=1e-12, obj=name)
 
 
+@pytest.fixture(scope="module")
+def whole_copies(tmp_path_factory) -> tuple[dict, dict]:
+    """Every configured copy of the mixed trace, its packet table one row group."""
+    return run_copies(tmp_path_factory.mktemp("whole"), CONFIG["robustness"]["perturbations"])
+
+
 @pytest.mark.parametrize("row_group_size", [37, 500])
-def test_copies_do_not_depend_on_the_row_groups(tmp_path, row_group_size):
+def test_copies_do_not_depend_on_the_row_groups(tmp_path, whole_copies, row_group_size):
     chosen = CONFIG["robustness"]["perturbations"]
-    whole, whole_records = run_copies(tmp_path / "whole", chosen)
+    whole, whole_records = whole_copies
     cut, cut_records = run_copies(tmp_path / "cut", chosen, row_group_size)
     for name in chosen:
         pd.testing.assert_frame_equal(whole[name], cut[name], check_exact=False, rtol=1e-12,

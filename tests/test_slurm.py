@@ -23,6 +23,7 @@ import pytest
 from conftest import (
     REPO,
     assert_same_connections,
+    bundled_run,
     connection_outputs,
     copy_workflow,
     set_packets_per_shard,
@@ -332,21 +333,12 @@ def result_difference(relative, local_root, cluster_root):
 
 
 @pytest.fixture(scope="module")
-def checkouts(tmp_path_factory):
-    """Two identical copies of the repo, made before either run: one local, one on the cluster."""
-    local = copy_workflow(tmp_path_factory.mktemp("local") / "tracelab")
-    cluster = tmp_path_factory.mktemp("slurm") / "tracelab"
-    shutil.copytree(local, cluster, symlinks=True)
-    return local, cluster
-
-
-@pytest.fixture(scope="module")
-def pipeline_runs(slurm_cluster, checkouts):
-    """The pipeline run once locally and once on the cluster, for the tests below."""
-    local_run, checkout = checkouts
-    snakemake(local_run, "--cores", "2")
+def pipeline_runs(slurm_cluster, tmp_path_factory):
+    """The pipeline run locally (the session's bundled run, `--cores 2` on a copy of the repo)
+    and on the cluster in another copy, for the tests below."""
+    checkout = copy_workflow(tmp_path_factory.mktemp("slurm") / "tracelab")
     snakemake(checkout, *SLURM_FLAGS, env=slurm_cluster.env)
-    return local_run, checkout
+    return bundled_run(), checkout
 
 
 def test_pipeline_on_slurm_equals_local_run(pipeline_runs):

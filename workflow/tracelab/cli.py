@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tracelab.api import inspect
 from tracelab.core.atomic import atomic_path, is_disk_full, unwritten_path
 from tracelab.core.config import ConfigError, check_config
 from tracelab.core.errors import TraceInputError
@@ -153,6 +152,10 @@ def _fraction(text: str) -> float:
 
 
 def command_inspect(args) -> int:
+    # Imported here: the stages' modules (scipy among them) cost 0.5 s that `add`, `run` and
+    # `report` do not need.
+    from tracelab.api import inspect
+
     found = inspect(args.file, timezone=args.timezone,
                     max_invalid_fraction=args.max_invalid_fraction)
     if args.json:  # JSON escapes control characters itself
