@@ -6,7 +6,8 @@
 #   packets/{trace}.parquet                  normalize_trace: one row a packet
 #   features/{trace}/                        trace_features: summary.json, distributions.parquet,
 #                                            endpoints, conversations, protocol hierarchy
-#                                            security_connections: flows, http, conn.log
+#                                            security_connections: flows, http, conn.log,
+#                                            placements of rows without ports
 #                                            security_hosts: hosts, notice/http/dns.log
 #                                            security_windows: windows
 #   robustness/                              robustness_variants: perturbed copies;
@@ -27,8 +28,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
-include: "workflow/rules/features.smk"
 include: "workflow/rules/security.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/robustness.smk"
 

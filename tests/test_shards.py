@@ -47,24 +47,39 @@ def test_shard_of_routes_both_directions_together_independently_of_the_partition
     assert np.bincount(shard, minlength=4).min() > 350
 
 
+def stage_outputs(directory: Path) -> dict:
+    """The connection stage's outputs in `directory`, its placements of rows without ports
+    too."""
+    return {**connection_outputs(directory), "placements_path": directory / "placements.parquet"}
+
+
 @pytest.mark.parametrize("trace", ["log4j_scan", "web_browsing"])
 def test_merged_shards_equal_the_whole_trace(trace, tmp_path):
     packets = bundled_results() / f"packets/{trace}.parquet"
     settings = {"partition_packets": 1_000_000}
-    whole = connection_outputs(tmp_path / "whole")
+    whole = stage_outputs(tmp_path / "whole")
     write_connections(trace=trace, packets_path=packets, settings=settings, **whole)
     shards = shard_count(pq.ParquetFile(packets).metadata.num_rows, 300)
     assert shards > 4
     split_shards(packets_path=packets, directory=tmp_path / "split", shards=shards)
-    parts = [connection_outputs(tmp_path / f"shard{shard}") for shard in range(shards)]
+    parts = [stage_outputs(tmp_path / f"shard{shard}") for shard in range(shards)]
     for shard, part in enumerate(parts):
         del part["conn_log_path"]  # the merge writes conn.log
         write_shard_connections(trace=trace, directory=tmp_path / "split", shard=shard,
                                 settings=settings, **part)
-    sharded = connection_outputs(tmp_path / "merged")
+    sharded = stage_outputs(tmp_path / "merged")
     connections_stage(trace=trace, packets_path=packets, settings=settings, shards=ShardOutputs(
-        *([str(part[key]) for part in parts] for key in ("flows_path", "http_path"))), **sharded)
+        *([str(part[key]) for part in parts]
+          for key in ("flows_path", "http_path", "placements_path"))), **sharded)
     assert_same_connections(whole, sharded)
+    # Placements in frame order whatever the shards; every row without ports the export
+    # has is in a shard's.
+    placed = [pq.read_table(paths["placements_path"]) for paths in (whole, sharded)]
+    assert placed[1].equals(placed[0]) and placed[0].num_rows > 0
+    frames = placed[0].column("frame").to_numpy()
+    assert np.all(np.diff(frames) > 0)
+    assert sum(pq.ParquetFile(part["placements_path"]).metadata.num_rows
+               for part in parts) == len(frames)
     for paths in (whole, sharded):  # flows in the order of their first packet, as conn.log
         first_ts = pq.read_table(paths["flows_path"], columns=["first_ts"]).column("first_ts")
         assert np.all(np.diff(first_ts.cast(pa.int64()).to_numpy()) >= 0)
@@ -103,10 +118,11 @@ def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
     assert min(shards.values()) > 1
     # Only the connection jobs and what follows; one job a shard.
     n = len(traces)
+    # trace_features reads the connections' placements of rows without ports.
     assert security_jobs(workdir) == {
         "all": 1, "security_split_shards": n, "security_connections_shard": sum(shards.values()),
         "security_connections": n, "security_hosts": n, "security_windows": n,
-        "compare_traces": 1}
+        "trace_features": n, "compare_traces": 1}
     run_snakemake(workdir, "--cores", "2")
     assert planned_jobs(workdir) == {}
 
@@ -115,7 +131,8 @@ def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
         assert len(list(ran.glob("[0-9]*.tsv"))) == shards[trace]
         assert_same_connections(connection_outputs(unsharded / f"features/{trace}"),
                                 connection_outputs(workdir / f"results/features/{trace}"))
-        for name in ("hosts.parquet", "windows.parquet"):
+        for name in ("hosts.parquet", "windows.parquet", "placements.parquet",
+                     "endpoints.parquet", "conversations.parquet", "protocol_hierarchy.parquet"):
             assert pq.read_table(workdir / f"results/features/{trace}/{name}").equals(
                 pq.read_table(unsharded / f"features/{trace}/{name}")), (trace, name)
     for path in (unsharded / "compare").iterdir():
@@ -127,4 +144,4 @@ def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
     set_packets_per_shard(workdir, 10_000_000)
     assert security_jobs(workdir) == {
         "all": 1, "security_connections": n, "security_hosts": n, "security_windows": n,
-        "compare_traces": 1}
+        "trace_features": n, "compare_traces": 1}

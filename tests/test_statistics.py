@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import REPO, connection_outputs
 
 from tracelab.core.html import SCRIPT_ELEMENT
 from tracelab.core.packets import PACKETS
@@ -27,6 +27,7 @@ from tracelab.features.protocol_hierarchy import layer_path
 from tracelab.features.statistics import file_statistics, trace_statistics
 from tracelab.ingest.normalize import normalize_trace
 from tracelab.ingest.validate import validate_trace
+from tracelab.security.connections import write_connections
 from tracelab.synth.capture import write_capture
 
 TSHARK = shutil.which("tshark")
@@ -36,6 +37,16 @@ needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed (
 def tshark(capture: Path, *args: str) -> str:
     return subprocess.run([TSHARK, "-r", str(capture), *args], capture_output=True, text=True,
                           check=True).stdout
+
+
+def placements_of(packets: Path) -> Path:
+    """The connection stage's placements of the packet table's rows without ports (beside it),
+    which the statistics read."""
+    folder = packets.parent / f"{packets.stem}-connections"
+    folder.mkdir(exist_ok=True)
+    write_connections(trace="t", packets_path=packets, settings={},
+                      placements_path=folder / "placements.parquet", **connection_outputs(folder))
+    return folder / "placements.parquet"
 
 
 def sections(output: str) -> dict[str, list[str]]:
@@ -67,7 +78,8 @@ def capture(request, tmp_path_factory):
                    invalid_path=out / "invalid.csv")
     normalize_trace(trace="c", staged_path=out / "staged.arrow", source=source,
                     source_format=source_format, packets_path=out / "packets.parquet")
-    tables = file_statistics(out / "packets.parquet", "c")
+    packets = out / "packets.parquet"
+    tables = file_statistics(packets, "c", placements_of(packets))
     return (source, *(table.to_pandas() for table in tables))
 
 
@@ -241,8 +253,9 @@ def test_streamed_in_small_batches_equals_pandas_on_the_whole_table(tmp_path, mo
     monkeypatch.setattr(statistics, "BATCH_ROWS", 37)
     monkeypatch.setattr(statistics, "MERGE_ROWS", 50)
     frame = packet_table(2000)
+    packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=300)
     endpoints, conversations, hierarchy = (t.to_pandas() for t in file_statistics(
-        write_packets(frame, tmp_path / "p.parquet", row_group_rows=300), "t"))
+        packets, "t", placements_of(packets)))
 
     sent = frame.groupby("src")["length"].agg(["size", "sum"])
     received = frame.groupby("dst")["length"].agg(["size", "sum"])
@@ -280,7 +293,8 @@ def test_statistics_page_shows_text_of_the_trace_as_text(tmp_path):
     packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=100)
     (tmp_path / "summary.json").write_text(json.dumps({"trace": "t", "packets": 300}))
     (tmp_path / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
-    trace_statistics(trace="t", packets_path=packets, summary_path=tmp_path / "summary.json",
+    trace_statistics(trace="t", packets_path=packets, placements_path=placements_of(packets),
+                     summary_path=tmp_path / "summary.json",
                      validation_path=tmp_path / "validation.json",
                      endpoints_path=tmp_path / "e.parquet",
                      conversations_path=tmp_path / "c.parquet",
@@ -298,7 +312,8 @@ def test_ports_show_as_written_on_the_page(tmp_path):
     packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=50)
     (tmp_path / "summary.json").write_text(json.dumps({"trace": "t", "packets": 50}))
     (tmp_path / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
-    trace_statistics(trace="t", packets_path=packets, summary_path=tmp_path / "summary.json",
+    trace_statistics(trace="t", packets_path=packets, placements_path=placements_of(packets),
+                     summary_path=tmp_path / "summary.json",
                      validation_path=tmp_path / "validation.json",
                      endpoints_path=tmp_path / "e.parquet",
                      conversations_path=tmp_path / "c.parquet",
@@ -311,7 +326,8 @@ def run_stage(packets: Path, out: Path) -> dict[str, pa.Table]:
     out.mkdir()
     (out / "summary.json").write_text(json.dumps({"trace": "t", "packets": 1}))
     (out / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
-    trace_statistics(trace="t", packets_path=packets, summary_path=out / "summary.json",
+    trace_statistics(trace="t", packets_path=packets, placements_path=placements_of(packets),
+                     summary_path=out / "summary.json",
                      validation_path=out / "validation.json", endpoints_path=out / "e.parquet",
                      conversations_path=out / "c.parquet", hierarchy_path=out / "h.parquet",
                      html_path=out / "s.html")

@@ -6,7 +6,8 @@ The bundled exports and captures are the same traffic, frame for frame (the same
 and lengths); the export shows addresses resolved to names that carry the address with its
 octets reversed (10.1.18.198.host.example-hosting.net is 198.18.1.10), which the comparison
 undoes. Rows without ports of the export are placed in their connection by the connection
-stage's attachment; tshark's own per-frame ports tell whether each placement is right.
+stage's attachment, which writes its placements for the statistics; tshark's own per-frame ports
+tell whether each placement is right.
 """
 
 import io
@@ -21,19 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import REPO, connection_outputs
 
-from tracelab.features import statistics_placement
 from tracelab.features.statistics import file_statistics, trace_statistics
-from tracelab.features.statistics_placement import (
-    PLACED_TCP,
-    Placement,
-    placed_table,
-    waiting_rows,
-)
+from tracelab.features.statistics_placement import Placement
 from tracelab.ingest.normalize import normalize_trace
 from tracelab.ingest.validate import validate_trace
-from tracelab.security.connections import flow_settings
+from tracelab.security.connections import write_connections
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed (apt: tshark)")
@@ -75,12 +70,33 @@ def export(request, tmp_path_factory):
     return capture, packets, frames
 
 
+def placements_of(packets: Path, partition_packets: int = 1_000_000) -> Path:
+    """The connection stage's placements of the packet table's rows without ports, made with
+    partitions of `partition_packets` packets."""
+    folder = packets.parent / f"{packets.stem}-connections-{partition_packets}"
+    folder.mkdir(exist_ok=True)
+    write_connections(trace="t", packets_path=packets,
+                      settings={"partition_packets": partition_packets},
+                      placements_path=folder / "placements.parquet", **connection_outputs(folder))
+    return folder / "placements.parquet"
+
+
+def portless_rows(packets: Path) -> pd.Series:
+    """Rows without ports of a transport protocol, counted with pandas on the packet table."""
+    table = pd.read_parquet(packets)
+    return table["src_port"].isna() & ~table["protocol"].isin(["ICMP", "ICMPv6", "ARP"])
+
+
 def placement_of(packets: Path) -> tuple[pd.DataFrame, Placement]:
-    """The export's rows without ports of a transport protocol, with the ports placed."""
-    table = pq.read_table(packets)
-    placement = Placement()
-    placed = placed_table(table, flow_settings(), "t", placement)
-    return placed.filter(waiting_rows(table)).to_pandas(), placement
+    """The export's rows without ports of a transport protocol, with the ports and transport
+    (`proto`) the connection stage placed them with (null where it left them out)."""
+    table = pd.read_parquet(packets)
+    placements = pd.read_parquet(placements_of(packets))
+    rows = table[portless_rows(packets)].drop(columns=["src_port", "dst_port"]).merge(
+        placements, on="frame", how="left", validate="one_to_one")
+    placed = rows["proto"].notna()
+    assert placed.sum() == len(placements)  # only rows without ports are placed
+    return rows, Placement(placed=int(placed.sum()), unplaced=int((~placed).sum()))
 
 
 def test_hierarchy_of_export_equals_tsharks_of_capture_up_to_the_transport(export):
@@ -93,7 +109,7 @@ def test_hierarchy_of_export_equals_tsharks_of_capture_up_to_the_transport(expor
             stack[depth:] = [match.group(2)]
             expected[":".join(["frame", *stack[1:]])] = (int(match.group(3)),
                                                         int(match.group(4)))
-    hierarchy = file_statistics(packets, "t")[2].to_pandas()
+    hierarchy = file_statistics(packets, "t", placements_of(packets))[2].to_pandas()
     ours = {row.path: (row.frames, row.bytes) for row in hierarchy.itertuples()
             if row.depth <= 2}
     assert ours == {path: counts for path, counts in expected.items()
@@ -105,7 +121,7 @@ def test_hierarchy_of_export_equals_tsharks_of_capture_up_to_the_transport(expor
 def test_placed_rows_are_in_their_true_connection(export):
     _, packets, frames = export
     rows, placement = placement_of(packets)
-    placed = rows[rows[PLACED_TCP].notna()]
+    placed = rows[rows["proto"].notna()]
     truth = frames.loc[placed["frame"]]
     assert (placed["length"].to_numpy() == truth["frame.len"].to_numpy()).all()  # same frames
     right = (placed["src_port"].to_numpy() == truth["tcp.srcport"].to_numpy()) & \
@@ -135,7 +151,8 @@ def tshark_tcp_tables(frames: pd.DataFrame) -> tuple[dict, dict]:
 
 
 def our_tcp_tables(packets: Path) -> tuple[dict, dict]:
-    endpoints, conversations, _ = (t.to_pandas() for t in file_statistics(packets, "t"))
+    endpoints, conversations, _ = (t.to_pandas() for t in file_statistics(
+        packets, "t", placements_of(packets)))
     mine_conversations = {}
     for r in conversations[conversations["type"] == "TCP"].itertuples():
         a = f"{address_of(r.address_a)}:{r.port_a}"
@@ -154,7 +171,7 @@ def test_tcp_conversations_and_endpoints_differ_from_tsharks_only_by_unplaced_ro
     unplaced (tshark's own ports say where they belong); with none unplaced, equal outright."""
     _, packets, frames = export
     rows, placement = placement_of(packets)
-    unplaced = rows.loc[rows[PLACED_TCP].isna(), "frame"]
+    unplaced = rows.loc[rows["proto"].isna(), "frame"]
     conversations, endpoints = our_tcp_tables(packets)
     assert (conversations, endpoints) == tshark_tcp_tables(frames.drop(index=unplaced))
     whole = tshark_tcp_tables(frames)
@@ -163,10 +180,11 @@ def test_tcp_conversations_and_endpoints_differ_from_tsharks_only_by_unplaced_ro
     assert (equal == len(whole[0]) + len(whole[1])) == (placement.unplaced == 0)
 
 
-def run_stage(packets: Path, out: Path) -> dict:
+def run_stage(packets: Path, out: Path, placements: Path) -> dict:
     (out / "summary.json").write_text(json.dumps({"trace": "t", "packets": 1}))
     (out / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
-    return trace_statistics(trace="t", packets_path=packets, summary_path=out / "summary.json",
+    return trace_statistics(trace="t", packets_path=packets, placements_path=placements,
+                            summary_path=out / "summary.json",
                             validation_path=out / "validation.json",
                             endpoints_path=out / "e.parquet",
                             conversations_path=out / "c.parquet",
@@ -176,10 +194,8 @@ def run_stage(packets: Path, out: Path) -> dict:
 def test_stage_counts_rows_left_unplaced_and_types_ports_as_integers(export, tmp_path):
     _, packets, _ = export
     rows, placement = placement_of(packets)
-    counts = run_stage(packets, tmp_path)
-    # Rows without ports of a transport protocol, counted with pandas on the packet table.
-    table = pd.read_parquet(packets)
-    portless = table["src_port"].isna() & ~table["protocol"].isin(["ICMP", "ICMPv6", "ARP"])
+    counts = run_stage(packets, tmp_path, placements_of(packets))
+    portless = portless_rows(packets)
     assert counts["rows_without_ports_placed"] + counts["rows_without_ports_unplaced"] == \
         portless.sum() == len(rows)
     assert counts["rows_without_ports_unplaced"] == placement.unplaced
@@ -228,16 +244,31 @@ def test_duckdb_reads_the_trace_column_of_a_glob(tmp_path):
                         .metadata.num_rows)]
 
 
-def test_placement_partition_by_partition_equals_the_whole_table(export, tmp_path, monkeypatch):
-    """Address pairs are never split: placing a partition of them at a time (here many small
-    partitions) gives the tables placing the whole table at once gives."""
+def test_placement_partition_by_partition_equals_the_whole_table(export, tmp_path):
+    """Address pairs are never split: the connection stage placing a partition of them at a
+    time (here many small partitions) writes the placements, and so the statistics, that
+    placing the whole table at once gives."""
     _, packets, _ = export
     (tmp_path / "whole").mkdir()
     (tmp_path / "parted").mkdir()
-    whole = run_stage(packets, tmp_path / "whole")
-    monkeypatch.setattr(statistics_placement, "PLACEMENT_PACKETS", 500)
-    parted = run_stage(packets, tmp_path / "parted")
-    assert parted == whole
+    placements = {name: placements_of(packets, size)
+                  for name, size in (("whole", 1_000_000), ("parted", 500))}
+    assert pq.read_table(placements["parted"]).equals(pq.read_table(placements["whole"]))
+    whole = run_stage(packets, tmp_path / "whole", placements["whole"])
+    parted = run_stage(packets, tmp_path / "parted", placements["parted"])
+    assert parted == whole and whole["rows_without_ports_placed"] > 0
     for name in ("e", "c", "h"):
         assert pq.read_table(tmp_path / "parted" / f"{name}.parquet").to_pylist() == \
             pq.read_table(tmp_path / "whole" / f"{name}.parquet").to_pylist(), name
+
+
+def test_placements_of_another_packet_table_are_refused_in_one_line(tmp_path):
+    """A placements file that does not belong to the packet table (here another export's) stops
+    the stage, naming the file and the check."""
+    folder = tmp_path / "packets"
+    folder.mkdir()
+    scan, browsing = (normalized(REPO / "data" / f"{trace}.csv.gz", "wireshark_csv", folder,
+                                 trace) for trace in ("log4j_scan", "web_browsing"))
+    with pytest.raises(ValueError, match=r"^\S*placements\.parquet: .*\(check: placements of "
+                       r"this packet table\)$"):
+        run_stage(scan, tmp_path, placements_of(browsing))

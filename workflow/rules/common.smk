@@ -239,7 +239,7 @@ def shard_outputs(wildcards):
             shards=shards,
             shard=range(shards),
         )
-        for name in ("flows", "http")
+        for name in ("flows", "http", "placements")
     }
 
 

@@ -2,6 +2,8 @@ rule trace_features:
     input:
         packets=rules.normalize_trace.output.packets,
         validation=rules.validate_trace.output.report,
+        # Rows without ports are counted in the connection that stage placed them in.
+        placements=rules.security_connections.output.placements,
     output:
         summary=report(
             "results/features/{trace}/summary.json",
@@ -40,7 +42,5 @@ rule trace_features:
     params:
         code=rule_code("trace_features"),
         settings=stable_params(config["features"]),
-        # Rows without ports are placed in their connection as security_connections does.
-        flows=stable_params(config["security"]["flows"]),
     script:
         "../scripts/trace_features.py"

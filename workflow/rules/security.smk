@@ -11,6 +11,7 @@ rule security_connections:
         flows="results/features/{trace}/flows.parquet",
         http="results/features/{trace}/http.parquet",
         conn_log="results/features/{trace}/conn.log",
+        placements="results/features/{trace}/placements.parquet",
     log:
         "results/logs/security/connections/{trace}.log",
     benchmark:
@@ -122,6 +123,7 @@ rule security_connections_shard:
     output:
         flows=temp("results/shards/{trace}/{shards}/{shard}/flows.parquet"),
         http=temp("results/shards/{trace}/{shards}/{shard}/http.parquet"),
+        placements=temp("results/shards/{trace}/{shards}/{shard}/placements.parquet"),
     log:
         "results/logs/security/shards/{trace}/{shards}/{shard}.log",
     benchmark:

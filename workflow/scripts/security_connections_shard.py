@@ -9,6 +9,7 @@ run_stage(
     shard=int(snakemake.wildcards.shard),
     flows_path=snakemake.output.flows,
     http_path=snakemake.output.http,
+    placements_path=snakemake.output.placements,
     settings=snakemake.params.settings,
     threads=snakemake.threads,
 )

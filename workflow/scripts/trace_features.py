@@ -18,12 +18,12 @@ run_steps(
         trace_statistics,
         trace=snakemake.wildcards.trace,
         packets_path=snakemake.input.packets,
+        placements_path=snakemake.input.placements,
         summary_path=snakemake.output.summary,
         validation_path=snakemake.input.validation,
         endpoints_path=snakemake.output.endpoints,
         conversations_path=snakemake.output.conversations,
         hierarchy_path=snakemake.output.hierarchy,
         html_path=snakemake.output.html,
-        flows=snakemake.params.flows,
     ),
 )

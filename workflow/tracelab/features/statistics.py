@@ -30,13 +30,14 @@ Wireshark's meanings:
   of a reassembled message and shows `data` and `_ws.short`, while the Protocol column names
   the segment where a message starts.
 
-An export's rows without ports (HTTP, TLS, "[TCP segment of a reassembled PDU]") are placed in
-their connection as the connection stage places them, and count in its TCP/UDP endpoints and
-conversations; the rows left unplaced count in the address rows only, and both are counted in
-the tables' metadata (`tracelab.rows_without_ports_placed`, `..._unplaced`) and on the page
-(`tracelab.features.statistics_placement`). Ports are int32 with nulls on address rows; the
-files carry pandas' metadata, so `pandas.read_parquet` gives them as nullable Int32, not
-float64 (one table of both kinds, as Wireshark's dialog lists them, rather than two).
+An export's rows without ports (HTTP, TLS, "[TCP segment of a reassembled PDU]") count in the
+TCP/UDP endpoints and conversations of the connection the connection stage placed them in (its
+placements.parquet, joined by frame: `tracelab.features.statistics_placement`); the rows left
+unplaced count in the address rows only, and both are counted in the tables' metadata
+(`tracelab.rows_without_ports_placed`, `..._unplaced`) and on the page. Ports are int32 with
+nulls on address rows; the files carry pandas' metadata, so `pandas.read_parquet` gives them as
+nullable Int32, not float64 (one table of both kinds, as Wireshark's dialog lists them, rather
+than two).
 """
 
 from __future__ import annotations
@@ -60,18 +61,12 @@ from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batch
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
 from tracelab.features.statistics_page import Largest, statistics_html
-from tracelab.features.statistics_placement import (
-    PLACED_TCP,
-    Placement,
-    PlacementRun,
-    has_waiting_rows,
-    placed_batches,
-)
-from tracelab.security.connections import flow_settings
+from tracelab.features.statistics_placement import PLACED_TCP, PlacedRows
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port", "tcp_flags"]
+COLUMNS = ["frame", "t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port",
+           "tcp_flags"]
 BATCH_ROWS = 1 << 16
 # Grouped rows that wait before they are merged into the running totals.
 MERGE_ROWS = 1 << 18
@@ -448,30 +443,22 @@ def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
         pandas_metadata(table))
 
 
-def _fed(packets_path, statistics: TraceStatistics, run: PlacementRun) -> TraceStatistics:
-    """`statistics` fed the packet file, batch by batch: in file order, or, where rows without
-    ports wait to be placed in their connection (an export's), a partition of address pairs
-    after another with those rows placed (`tracelab.features.statistics_placement`). Either
-    order gives the same totals: a conversation's rows are in one partition, in file order."""
-    if has_waiting_rows(packets_path):
-        batches = placed_batches(packets_path, COLUMNS, run, BATCH_ROWS)
-    else:
-        batches = record_batches(pq.ParquetFile(packets_path), COLUMNS, batch_size=BATCH_ROWS)
-    for batch in batches:
+def _fed(packets_path, statistics: TraceStatistics, placed: PlacedRows) -> TraceStatistics:
+    """`statistics` fed the packet file batch by batch, in file order, its rows without ports
+    in the connection the connection stage `placed` them in."""
+    for batch in record_batches(pq.ParquetFile(packets_path), COLUMNS, batch_size=BATCH_ROWS):
         if batch.num_rows:
-            statistics.add(batch)
+            statistics.add(placed.joined(batch))
+    placed.check_all_joined()
     return statistics
 
 
 def file_statistics(packets_path, trace: str,
-                    flows: dict | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+                    placements_path) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Endpoints, conversations and protocol hierarchy of a packet file, streamed, the totals
     held in memory (the stage, `trace_statistics`, holds one partition at a time); rows without
-    ports placed with the connection stage's settings `flows` (config's security.flows over its
-    defaults)."""
-    with tempfile.TemporaryDirectory(prefix="tracelab-statistics-") as scratch:
-        run = PlacementRun(flow_settings(flows), trace, Path(scratch), Placement())
-        return _fed(packets_path, TraceStatistics(), run).tables(trace)
+    ports placed as the connection stage's `placements_path` says."""
+    return _fed(packets_path, TraceStatistics(), PlacedRows.read(placements_path)).tables(trace)
 
 
 @dataclass
@@ -504,7 +491,17 @@ class _PartitionedTable:
         return largest
 
 
-def partitioned_statistics(packets_path, run: PlacementRun,
+@dataclass(frozen=True)
+class StatisticsRun:
+    """What the stage needs besides the packet table: the trace's name, the connection stage's
+    placements of rows without ports, and a scratch folder for the partitions."""
+
+    trace: str
+    placed: PlacedRows
+    scratch: Path
+
+
+def partitioned_statistics(packets_path, run: StatisticsRun,
                            outputs: dict) -> tuple[Largest, Largest, pa.Table]:
     """Write the three tables to `outputs` (endpoints, conversations, hierarchy paths),
     holding one partition of PARTITION_PACKETS packets' endpoints and conversations at a
@@ -514,7 +511,7 @@ def partitioned_statistics(packets_path, run: PlacementRun,
     count = max(1, math.ceil(rows / PARTITION_PACKETS))
     statistics = TraceStatistics()
     statistics.route(scratch, count)
-    _fed(packets_path, statistics, run)
+    _fed(packets_path, statistics, run.placed)
     for sink in (statistics.endpoints.sink, statistics.conversations.sink):
         sink.close()
     names = pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
@@ -526,7 +523,7 @@ def partitioned_statistics(packets_path, run: PlacementRun,
         conversations.add(part._conversation_table(trace), names, scratch)
     hierarchy = statistics._hierarchy_table(trace)
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
-    metadata = {"trace": trace, **run.placement.metadata()}
+    metadata = {"trace": trace, **run.placed.placement.metadata()}
     return (endpoints.write(outputs["endpoints"], metadata),
             conversations.write(outputs["conversations"], metadata), hierarchy)
 
@@ -542,14 +539,15 @@ def pandas_metadata(table: Table) -> dict[bytes, bytes]:
     return pa.Schema.from_pandas(frame, preserve_index=False).metadata
 
 
-def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,
-                     endpoints_path, conversations_path, hierarchy_path, html_path,
-                     flows: dict | None = None) -> dict:
+def trace_statistics(*, trace: str, packets_path, placements_path, summary_path,
+                     validation_path, endpoints_path, conversations_path, hierarchy_path,
+                     html_path) -> dict:
     """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page; rows
-    without ports placed with the connection stage's settings `flows` (security.flows)."""
+    without ports placed as the connection stage's placements (`placements_path`) say."""
+    placed = PlacedRows.read(placements_path)
     with tempfile.TemporaryDirectory(prefix=".statistics-",
                                      dir=Path(endpoints_path).parent) as scratch:
-        run = PlacementRun(flow_settings(flows), trace, Path(scratch), Placement())
+        run = StatisticsRun(trace, placed, Path(scratch))
         endpoints, conversations, hierarchy = partitioned_statistics(
             packets_path, run, {"endpoints": endpoints_path,
                                 "conversations": conversations_path,
@@ -559,12 +557,12 @@ def trace_statistics(*, trace: str, packets_path, summary_path, validation_path,
     with open(validation_path, encoding="utf-8") as handle:
         validation = json.load(handle)
     write_html(html_path, f"Trace {trace}", statistics_html(
-        summary, validation, (endpoints, conversations, hierarchy), run.placement))
+        summary, validation, (endpoints, conversations, hierarchy), placed.placement))
     counts = {"endpoints": sum(endpoints.counts.values()),
               "conversations": sum(conversations.counts.values()),
-              **run.placement.metadata()}
+              **placed.placement.metadata()}
     log.info("%s: %d endpoints, %d conversations, %d protocol paths; rows without ports: "
              "%d placed in their connection, %d not", trace, counts["endpoints"],
-             counts["conversations"], hierarchy.num_rows, run.placement.placed,
-             run.placement.unplaced)
+             counts["conversations"], hierarchy.num_rows, placed.placement.placed,
+             placed.placement.unplaced)
     return counts

@@ -37,7 +37,8 @@ in their true connection (the rest are parallel TLS handshakes with records of e
 Their payload is estimated as the frame length minus the connection's header overhead (the
 smallest `length - tcp_len` among its packets with a known segment length). Rows of link- and
 network-layer protocols (ARP, ICMP, ...) are not connections and stay out; every row left out
-is counted.
+is counted. The rows placed are written too (PLACEMENTS, when asked: the statistics count them
+in their connection from it, by frame).
 
 Memory: the packet table is split by address pair (`tracelab.security.partitions`) into
 partitions of about `partition_packets` packets, made into connections `threads` at a time;
@@ -178,6 +179,24 @@ FLOWS = Table("flows", "results/features/{trace}/flows.parquet", (
     Column("len_max", pa.float64(), "Largest frame length.", unit="bytes"),
 ])
 
+PLACEMENTS = Table("placements", "results/features/{trace}/placements.parquet", (
+    "One row an export's row without ports that the connection stage placed in a connection "
+    "(see `tracelab.security.connections`), ordered by frame: the connection's ports as that "
+    "row sent them, and its transport, so that the statistics count the row in its TCP/UDP "
+    "conversation without placing it again. Rows left out are not listed; a capture's table "
+    "is empty."), [
+    Column("frame", pa.int64(), "The row's frame number in the packet table.", unique=True,
+           checks=[Check.gt(0)]),
+    Column("src_port", pa.int32(), "The connection's port on the row's sending side (the "
+           "originator's port when the originator sent it).", checks=[PORT_CHECK]),
+    Column("dst_port", pa.int32(), "The connection's port on the receiving side.",
+           checks=[PORT_CHECK]),
+    Column("proto", DICT_STRING, "The connection's transport protocol.",
+           checks=[Check.isin(["tcp", "udp"])]),
+])
+# The order placements.parquet is written in.
+PLACEMENT_ORDER = ("frame",)
+
 
 @dataclass(frozen=True)
 class FlowSettings:
@@ -214,6 +233,21 @@ class Connections:
         """Each packet's connection uid (None outside connections)."""
         uids = np.append(self.flows["uid"].to_numpy(object), None)
         return uids[self.packet_flow]
+
+    def placements(self, packets: pa.Table) -> pd.DataFrame:
+        """The rows of `packets` (the table assembled) without both ports that are in a
+        connection, as PLACEMENTS declares them, by frame."""
+        ported = pc.and_(packets.column("src_port").is_valid(),
+                         packets.column("dst_port").is_valid()).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero((self.packet_flow >= 0) & ~ported)
+        flow, is_orig = self.packet_flow[rows], self.packet_is_orig[rows]
+        orig, resp = (self.flows[name].to_numpy(np.int32)[flow]
+                      for name in ("orig_port", "resp_port"))
+        placed = pd.DataFrame({
+            "frame": packets.column("frame").take(rows).to_numpy(),
+            "src_port": np.where(is_orig, orig, resp), "dst_port": np.where(is_orig, resp, orig),
+            "proto": self.flows["proto"].to_numpy(object)[flow]})
+        return placed.sort_values("frame", kind="stable")
 
 
 def load_packets(path) -> pa.Table:
@@ -451,17 +485,20 @@ FLOW_ORDER = ("first_ts",)
 
 @dataclass
 class _Outputs:
-    """The stage's three outputs and what it counts. Each partition's connections go to a
-    scratch file (sorted by first packet); `close` merges them into flows.parquet and conn.log
-    in the order of their first packet, so that the readers of flows.parquet (hosts, windows)
-    stream it in time order holding a batch a partition, not the whole table."""
+    """The stage's outputs and what it counts. Each partition's connections go to a scratch
+    file (sorted by first packet); `close` merges them into flows.parquet and conn.log in the
+    order of their first packet, so that the readers of flows.parquet (hosts, windows) stream
+    it in time order holding a batch a partition, not the whole table; the placements alike,
+    by frame."""
 
     flows: _TableAppender
     http: _TableAppender
     conn_log: ConnLogWriter | None
+    placements: _TableAppender | None
     trace: str
     scratch: Path
     partition_flows: list[Path] = field(default_factory=list)
+    partition_placements: list[Path] = field(default_factory=list)
     left_out: Counter = field(default_factory=Counter)
     states: Counter = field(default_factory=Counter)
 
@@ -477,6 +514,11 @@ class _Outputs:
                                            self.trace))
         self.left_out.update(connections.left_out)
         self.states.update(connections.flows["conn_state"].value_counts().to_dict())
+        if self.placements is not None:
+            path = self.scratch / f"placements-{len(self.partition_placements):05d}.parquet"
+            placed = PLACEMENTS.check(PLACEMENTS.conform(connections.placements(packets)))
+            pq.write_table(placed, path, compression="lz4", row_group_size=MERGE_BATCH_ROWS)
+            self.partition_placements.append(path)
 
     def close(self, closed: str) -> None:
         for flows in merge_sorted(self.partition_flows, FLOW_ORDER):
@@ -487,6 +529,10 @@ class _Outputs:
             self.conn_log.close(closed)
         self.flows.close({"rows_in_no_connection": json.dumps(dict(self.left_out))})
         self.http.close({})
+        if self.placements is not None:
+            for placed in merge_sorted(self.partition_placements, PLACEMENT_ORDER):
+                self.placements.append(placed)
+            self.placements.close({})
 
 
 def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
@@ -506,10 +552,12 @@ def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
 
 
 def write_connections(*, trace: str, packets_path, flows_path, http_path, settings: dict,
-                      conn_log_path=None, threads: int = 1) -> dict:
+                      conn_log_path=None, placements_path=None, threads: int = 1) -> dict:
     """Stage: flows.parquet, http.parquet (both need each packet's connection) and, unless
-    `conn_log_path` is None (a shard's job: the merge writes it), conn.log of one trace, one
-    partition of the packet table at a time (`threads` at once)."""
+    `conn_log_path` is None (a shard's job: the merge writes it), conn.log of one trace, and
+    unless `placements_path` is None (the robustness copies: no statistics read them), the
+    placements of its rows without ports (PLACEMENTS); one partition of the packet table at a
+    time (`threads` at once)."""
     flow_settings_ = flow_settings(settings)
     opened, closed = trace_span(packets_path)
     Path(flows_path).parent.mkdir(parents=True, exist_ok=True)
@@ -524,6 +572,8 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
             conn_log=None if conn_log_path is None else conn_log_writer(
                 stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
                 opened, trace_dns_answers(packets_path)),
+            placements=None if placements_path is None else _TableAppender(
+                PLACEMENTS, stack.enter_context(atomic_path(placements_path)), {"trace": trace}),
             trace=trace, scratch=scratch)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
                                   flow_settings_.partition_packets, scratch)

@@ -6,12 +6,14 @@ A trace of more than `sharding.packets_per_shard` packets is split into
 connection, in both directions, and every port-less row of an export between the same two hosts
 land in one shard, so each shard is made into connections on its own by `write_connections`,
 unchanged. The merge writes the shards' flows in the order of their first packet (as an
-unsharded trace's are), conn.log from them, and appends the HTTP requests in shard order. Uids
+unsharded trace's are), conn.log from them, the placements of rows without ports by frame, and
+appends the HTTP requests in shard order. Uids
 depend on the trace and the connection only, so the merged tables hold the same rows whatever
 the number of shards; only the order of ties in time and of the HTTP requests differs.
 
 Files: `split_shards` writes one Parquet file a shard (the packet columns connections need) in a
-folder; `write_shard_connections` makes one shard's flows and HTTP requests; `connections_stage`
+folder; `write_shard_connections` makes one shard's flows, HTTP requests and placements;
+`connections_stage`
 is the connection rule's stage, which merges the shards' outputs when there are shards and makes
 the connections of the whole trace otherwise.
 """
@@ -31,7 +33,12 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path
 from tracelab.core.streaming import merge_sorted, record_batches, route
-from tracelab.security.connections import FLOW_ORDER, PACKET_COLUMNS, write_connections
+from tracelab.security.connections import (
+    FLOW_ORDER,
+    PACKET_COLUMNS,
+    PLACEMENT_ORDER,
+    write_connections,
+)
 from tracelab.security.names import trace_dns_answers
 from tracelab.security.partitions import address_hash, partition_count
 from tracelab.security.zeek_log import conn_log_writer, trace_span
@@ -78,11 +85,12 @@ def split_shards(*, packets_path, directory, shards: int) -> dict:
 
 
 def write_shard_connections(*, trace: str, directory, shard: int, flows_path, http_path,
-                            settings: dict, threads: int = 1) -> dict:
-    """Stage: the flows and HTTP requests of one shard (the files `split_shards` wrote in
-    `directory`); the merge writes conn.log."""
+                            placements_path, settings: dict, threads: int = 1) -> dict:
+    """Stage: the flows, HTTP requests and placements of one shard (the files `split_shards`
+    wrote in `directory`); the merge writes conn.log."""
     return write_connections(trace=trace, packets_path=shard_file(directory, shard),
-                             flows_path=flows_path, http_path=http_path, settings=settings,
+                             flows_path=flows_path, http_path=http_path,
+                             placements_path=placements_path, settings=settings,
                              threads=threads)
 
 
@@ -92,19 +100,22 @@ class ShardOutputs:
 
     flows: list[str]
     http: list[str]
+    placements: list[str]
 
 
 def connections_stage(*, trace: str, packets_path, shards: ShardOutputs, flows_path, http_path,
-                      conn_log_path, settings: dict, threads: int = 1) -> dict:
+                      conn_log_path, placements_path, settings: dict, threads: int = 1) -> dict:
     """Stage of the connection rule: the shards' outputs merged when the trace was sharded, the
     whole trace's connections made here otherwise."""
     if not shards.flows:
         return write_connections(trace=trace, packets_path=packets_path, flows_path=flows_path,
                                  http_path=http_path, conn_log_path=conn_log_path,
-                                 settings=settings, threads=threads)
+                                 placements_path=placements_path, settings=settings,
+                                 threads=threads)
     flows = _merge_flows(shards.flows, flows_path, conn_log_path, trace_span(packets_path),
                          trace_dns_answers(packets_path))
     requests = _append_parquet(shards.http, http_path)
+    _merge_placements(shards.placements, placements_path)
     log.info("%s: %d connections, %d HTTP requests, merged from %d shards", trace, flows,
              requests, len(shards.flows))
     return {"connections": flows, "http_requests": requests}
@@ -138,6 +149,15 @@ def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, s
         conn_log.close(closed)
         writer.add_key_value_metadata({key.decode(): json.dumps(dict(left_out))})
     return rows
+
+
+def _merge_placements(paths: list[str], path) -> None:
+    """The shards' placements in frame order, into one file with the first one's schema."""
+    schema = pq.ParquetFile(paths[0]).schema_arrow
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
+                                                          compression="zstd") as writer:
+        for placed in merge_sorted(paths, PLACEMENT_ORDER):
+            writer.write_table(placed)
 
 
 def _append_parquet(paths: list[str], path) -> int:
