@@ -283,10 +283,24 @@ def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -
         with open(tsv, encoding="utf-8") as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
         job = str(tsv.relative_to(benchmarks).with_suffix("")).replace(trace, "T")
-        jobs[job] = {"seconds": float(row["s"]), "peak_mib": float(row["max_rss"])}
+        jobs[job] = {"seconds": float(row["s"]), "cpu_seconds": float(row["cpu_time"]),
+                     "peak_mib": float(row["max_rss"])}
     return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
             "targets": targets or ["all"],
             "load_before": load, "load_after": os.getloadavg()[0], "workdir": str(copy)}
+
+
+def experiment_line(jobs: dict) -> None:
+    """The robustness experiment's CPU (its jobs: robustness/*) beside the trace's other stages'
+    (every job but the experiment's and the comparison across traces), from the benchmark files;
+    issue target: at most 1x."""
+    experiment = sum(job["cpu_seconds"] for name, job in jobs.items()
+                     if name.startswith("robustness/"))
+    other = sum(job["cpu_seconds"] for name, job in jobs.items()
+                if not name.startswith(("robustness/", "compare/")))
+    if experiment and other:
+        print(f"{'':4}robustness experiment: {experiment:.1f} CPU s against {other:.1f} for the "
+              f"trace's other stages ({experiment / other:.2f}x; target <= 1x)")
 
 
 def top_functions(profile_path: Path, limit: int = 12) -> list[dict]:
@@ -430,6 +444,7 @@ def print_size(result: dict) -> None:
         jobs = ", ".join(f"{name} {job['seconds']:.1f} s/{job['peak_mib']:.0f} MiB"
                          for name, job in run["jobs"].items())
         print(f"{'':4}rule benchmark files: {jobs}")
+        experiment_line(run["jobs"])
     nb = result["notebook"]
     if "skipped" in nb:
         print(f"notebook's way: {nb['skipped']}")

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, bundled_run, edited, run_snakemake
+from conftest import REPO, bundled_run, dry_run_outputs, edited
 
 from tracelab.core.code_version import files_digest, import_closure, module_file
 from tracelab.ingest.validate import READERS
@@ -143,7 +143,9 @@ def test_every_jobs_code_version_is_the_digest_of_what_python_imports():
 
 def summary(workdir: Path) -> dict[str, tuple[str, str]]:
     """Output file -> (rule, status), from Snakemake's summary of the last run."""
-    rows = run_snakemake(workdir, "--summary").stdout.splitlines()
+    [(returncode, output)] = dry_run_outputs([(workdir, ("--summary",))])
+    assert returncode == 0, output[-4000:]
+    rows = output.splitlines()
     header = next(i for i, row in enumerate(rows) if row.startswith("output_file\t"))
     return {cells[0]: (cells[2], cells[4]) for cells in
             (row.split("\t") for row in rows[header + 1:]) if len(cells) > 4}
