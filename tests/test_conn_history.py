@@ -228,3 +228,30 @@ def test_content_gaps_are_the_acks_of_segments_the_capture_missed(tmp_path):
 def _powers_of_ten(count: int) -> int:
     """How many of 1, 10, 100... are at most `count`."""
     return sum(10 ** k <= count for k in range(19))
+
+
+def test_a_synack_first_connection_is_established_by_the_originators_ack(tmp_path):
+    """Zeek's krb-service-name baseline (optional-service-name.pcap: SYN-ACK from port 88, the
+    client's ACK, a request and a reply) is S1 with history "^hADd": flipped at the SYN-ACK
+    (88 is a likely server port), the responder's SYN-ACK makes it ESTABLISHED and the
+    originator's first packet, an ACK, then establishes it too (TCPSessionAdapter.cc
+    UpdateInactiveState). Without a server port the flip comes at the ACK (CheckHistory), the
+    SYN-ACK having been taken as the originator's: the originator stays PARTIAL, OTH."""
+    syn, ack, push = 0x02, 0x10, 0x08
+
+    def krb_exchange(t0, server_port):
+        client, server = (C, CP), (S, server_port)
+        return [(t0, *server, *client, syn | ack, 5000, 1001, b""),
+                (t0 + 0.001, *client, *server, ack, 1001, 5001, b""),
+                (t0 + 0.002, *client, *server, ack | push, 1001, 5001, b"q" * 110),
+                (t0 + 0.010, *server, *client, ack | push, 5001, 1111, b"r" * 90)]
+
+    path = tmp_path / "krb.pcap"
+    write_pcap(path, [*krb_exchange(0, 88), *krb_exchange(10, SP)])
+    pq.write_table(tracelab.read(path), tmp_path / "packets.parquet")
+    flows = assemble_connections(pq.read_table(tmp_path / "packets.parquet"), flow_settings(),
+                                 "krb").flows.set_index("resp_port")
+    got = {port: (flows.loc[port, "orig"], flows.loc[port, "history"],
+                  flows.loc[port, "conn_state"], flows.loc[port, "orig_bytes"],
+                  flows.loc[port, "resp_bytes"]) for port in (88, SP)}
+    assert got == {88: (C, "^hADd", "S1", 110, 90), SP: (C, "^hADd", "OTH", 110, 90)}

@@ -18,6 +18,7 @@ import termios
 import pytest
 from conftest import REPO, run_snakemake
 
+import tracelab
 from tracelab.core import progress
 from tracelab.core.progress import Progress
 
@@ -171,3 +172,35 @@ def test_inspect_on_a_terminal_draws_bars_and_prints_the_summary_unchanged():
                      drawn), drawn
     assert "rows/s)" not in drawn  # no log lines beside the bars
     assert stdout.startswith("File name:") and "\r" not in stdout
+
+
+# The passes of tracelab.flows/hosts/windows: a bar each on a terminal, lines otherwise. Their
+# totals: 1,586 packets (capinfos -c), 1,270 connections (test_zeek_logs) and 20 HTTP requests
+# (tshark -Y http.request), the windows pass counting the rows of all three tables.
+SECURITY_PASSES = {"connections": "1.59k/1.59k", "hosts": "1.27k/1.27k",
+                   "windows": "2.88k/2.88k"}
+
+
+def test_the_security_calls_draw_a_bar_a_pass(monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    tracelab.hosts(PCAPNG)
+    tracelab.windows(PCAPNG)
+    drawn = terminal.getvalue()
+    for what, count in SECURITY_PASSES.items():
+        assert re.search(rf"log4j_scan: {what}: +100%\|[^\r]* {count} \[[^\r]* rows/s\]",
+                         drawn), (what, drawn)
+    assert "rows/s)" not in drawn
+
+
+def test_the_security_calls_log_lines_on_a_pipe():
+    code = ("import tracelab; from tracelab.core import progress; "
+            f"progress.set_interval(1e-9); tracelab.hosts({str(PCAPNG)!r}); "
+            f"tracelab.windows({str(PCAPNG)!r})")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=True)
+    for what, rows in (("connections", "1,586"), ("hosts", "1,270"), ("windows", "2,876")):
+        assert re.search(rf"^tracelab: log4j_scan: {what}: {rows} rows in [\d.]+ s \([\d,]+ "
+                         r"rows/s\), 100% done", result.stderr, re.MULTILINE), \
+            (what, result.stderr)
+    assert "\r" not in result.stderr and "%|" not in result.stderr

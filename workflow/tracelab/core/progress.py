@@ -1,7 +1,8 @@
 """Progress of long passes: rows done, rate, elapsed and estimated remaining time.
 
 A stage makes one Progress per pass over its input and calls `update` as it goes (or wraps its
-loop in `track`). Where it shows depends on who called the stage, set once per process:
+loop in `track`, or its loops in `count` inside `with Progress(...)`). Where it shows depends
+on who called the stage, set once per process:
 
 - a workflow job (run_stage calls `set_interval` with the config's progress_interval_s): a log
   line at most every interval, in the job's log (`tail -f results/logs/...`);
@@ -80,6 +81,7 @@ class Progress:
     started: float = field(init=False)
     last: float = field(init=False)
     bar: object = field(init=False, default=None)
+    rows: int = field(init=False, default=0)  # counted by `count`
 
     def __post_init__(self):
         self.started = self.last = self.clock()
@@ -123,14 +125,24 @@ class Progress:
             self.bar.refresh()
             self.bar.close()
 
-    def track(self, batches: Iterable, bytes_done: Callable[[], int] | None = None) -> Iterator:
-        """The batches (anything with a length in rows), unchanged, updating as they pass;
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def count(self, batches: Iterable, bytes_done: Callable[[], int] | None = None) -> Iterator:
+        """The batches (anything with a length in rows), unchanged, their rows added to the
+        pass's count as they pass (a pass over several tables counts each in turn);
         `bytes_done()`, when given, says how much of the input they took."""
-        rows = 0
+        for batch in batches:
+            yield batch
+            self.rows += len(batch)
+            self.update(self.rows, None if bytes_done is None else bytes_done())
+
+    def track(self, batches: Iterable, bytes_done: Callable[[], int] | None = None) -> Iterator:
+        """`count` of the batches, closing the pass when they end."""
         try:
-            for batch in batches:
-                yield batch
-                rows += len(batch)
-                self.update(rows, None if bytes_done is None else bytes_done())
+            yield from self.count(batches, bytes_done)
         finally:
             self.close()

@@ -333,14 +333,30 @@ def _side_flags(rows: FlowRows, mine: np.ndarray) -> dict[str, np.ndarray]:
             "rst_order": per.first_position(rows.rst & mine)}
 
 
-def zeek_conn_state(rows: FlowRows, is_tcp: np.ndarray, history: np.ndarray) -> np.ndarray:
+def _acks_into_established(rows: FlowRows, late_flip: np.ndarray) -> np.ndarray:
+    """Per flow: the originator's first packet is an ACK sent after the responder's SYN had
+    made the responder ESTABLISHED (its own SYN not captured), which UpdateInactiveState
+    (TCPSessionAdapter.cc: "No SYN packet from originator but SYN/ACK from responder, and now
+    a pure ACK") takes as ESTABLISHED, not PARTIAL. Not after a mid-history flip
+    (`late_flip`): Zeek took that SYN-ACK as the originator's (SYN_ACK_SENT)."""
+    per = rows.per
+    first = per.first_position(rows.orig)
+    first_ack = per.any(rows.ack & (np.arange(len(rows.flow)) == first[rows.flow]))
+    return first_ack & (per.first_position(rows.syn & ~rows.orig) < first) & ~late_flip
+
+
+def zeek_conn_state(rows: FlowRows, is_tcp: np.ndarray, history: np.ndarray,
+                    late_flip: np.ndarray) -> np.ndarray:
     """Zeek's conn_state (base/protocols/conn/main.zeek) of each flow (`is_tcp`: per flow),
-    from per-direction aggregates and the flow's `history`."""
+    from per-direction aggregates, the flow's `history` and whether it was flipped in
+    mid-history (`late_flip`, from zeek_history)."""
     o, r = _side_flags(rows, rows.orig), _side_flags(rows, ~rows.orig)
     no_payload = ~o["data"] & ~r["data"]
     o_pre = np.select([~o["any"], o["syn"] & (r["syn"] | r["synack"]), o["syn"],
-                       o["synack"] & r["syn"], o["synack"]],
-                      [INACTIVE, ESTABLISHED, SYN_SENT, ESTABLISHED, SYN_ACK_SENT], PARTIAL)
+                       o["synack"] & r["syn"], o["synack"],
+                       _acks_into_established(rows, late_flip)],
+                      [INACTIVE, ESTABLISHED, SYN_SENT, ESTABLISHED, SYN_ACK_SENT, ESTABLISHED],
+                      PARTIAL)
     # A responder that only acks a SYN (no SYN-ACK, no data) stays inactive, as in Zeek.
     r_pre = np.select([r["syn"] | r["synack"], ~r["any"], o["syn"] & ~r["data"]],
                       [ESTABLISHED, INACTIVE, INACTIVE], PARTIAL)

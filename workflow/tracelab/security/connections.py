@@ -74,6 +74,7 @@ from pandera.pandas import Check
 from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
+from tracelab.core.progress import Progress
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security import http
@@ -405,7 +406,7 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     orig_bytes = _side_bytes(packets, rows, flow_rows, flow_rows.orig)
     resp_bytes = _side_bytes(packets, rows, flow_rows, ~flow_rows.orig)
     flow_is_tcp = packets.is_tcp[member.first_row]
-    conn_state = zeek_conn_state(flow_rows, flow_is_tcp, history)
+    conn_state = zeek_conn_state(flow_rows, flow_is_tcp, history, late_flip)
 
     t = packets.t[rows]
     iat = np.where(run_starts(flow), np.nan, np.diff(t, prepend=t[:1]) / 1e9)
@@ -577,8 +578,13 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
             trace=trace, scratch=scratch)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
                                   flow_settings_.partition_packets, scratch)
+        progress = stack.enter_context(Progress(
+            f"{trace}: connections", total_rows=pq.ParquetFile(packets_path).metadata.num_rows))
+        done = 0
         for packets, connections in _assembled(tables, flow_settings_, trace, threads):
             out.write(packets, connections)
+            done += packets.num_rows
+            progress.update(done)
         out.close(closed)
     log.info("%s: %d connections (%s), %d HTTP requests; rows in no connection, by protocol: %s",
              trace, out.flows.rows, dict(out.states), out.http.rows, dict(out.left_out))

@@ -39,6 +39,7 @@ from pandera.pandas import Check
 from tracelab.core import streaming
 from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
+from tracelab.core.progress import Progress
 from tracelab.core.streaming import (
     DistinctRows,
     NameIds,
@@ -474,22 +475,23 @@ def hosts_table(flows: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     return accumulator.result()
 
 
-def file_hosts(flows_path, settings: ScanSettings) -> pd.DataFrame:
-    """The hosts of a connection file, streamed by row group."""
+def file_hosts(flows_path, settings: ScanSettings, what: str = "hosts") -> pd.DataFrame:
+    """The hosts of a connection file, streamed by row group; the pass's progress is `what`."""
     flows = pq.ParquetFile(flows_path)
     groups = non_empty_groups(flows)
     start_ns = min((low for low, _ in time_ranges(flows, groups, "first_ts")), default=0)
     accumulator = HostAccumulator(settings, start_ns)
-    for values in time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
-                               order=("first_ts",)):
-        accumulator.add(values)
+    with Progress(what, total_rows=flows.metadata.num_rows) as progress:
+        for values in progress.count(time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
+                                                  order=("first_ts",))):
+            accumulator.add(values)
     return accumulator.result()
 
 
 def write_hosts(*, trace: str, flows_path, hosts_path, settings: dict) -> dict:
     """Stage: results/features/{trace}/hosts.parquet from flows.parquet."""
     chosen = scan_settings(settings)
-    hosts = file_hosts(flows_path, chosen)
+    hosts = file_hosts(flows_path, chosen, f"{trace}: hosts")
     hosts.insert(0, "trace", trace)
     HOSTS.write(hosts, hosts_path, {"trace": trace,
                                     "scan_settings": json.dumps(chosen.describe())})

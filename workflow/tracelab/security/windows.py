@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from pandera.pandas import Check
 
 from tracelab.core.config import settings as config_settings
+from tracelab.core.progress import Progress
 from tracelab.core.streaming import read_batches, time_ordered
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security.window_totals import (
@@ -335,21 +336,26 @@ def window_settings(values: dict | None = None) -> WindowSettings:
     return config_settings(WindowSettings, "security.windows", values)
 
 
-def accumulate(packets_path, flows_path, http_path, settings: WindowSettings) -> WindowAccumulator:
-    """Stream the three tables of a trace into per-window totals."""
-    ordered = time_ordered(pq.ParquetFile(packets_path), PACKET_COLUMNS, packet_values)
-    first = next(ordered, None)
-    start_ns = int(first.column("ts")[0].as_py()) if first else 0
-    accumulator = WindowAccumulator(settings, start_ns)
-    if first is not None:
-        accumulator.add_packets(first)
-    for rows in ordered:
-        accumulator.add_packets(rows)
-    for values in time_ordered(pq.ParquetFile(flows_path), FLOW_COLUMNS,
-                               accumulator.flow_values, order=("first_ts",)):
-        accumulator.add_flows(values)
-    for rows in read_batches(pq.ParquetFile(http_path), HTTP_COLUMNS):
-        accumulator.add_http(rows)
+def accumulate(packets_path, flows_path, http_path, settings: WindowSettings,
+               what: str = "windows") -> WindowAccumulator:
+    """Stream the three tables of a trace into per-window totals; the pass's progress, `what`,
+    counts the rows of all three."""
+    tables = [pq.ParquetFile(path) for path in (packets_path, flows_path, http_path)]
+    packets, flows, http = tables
+    with Progress(what, total_rows=sum(t.metadata.num_rows for t in tables)) as progress:
+        ordered = progress.count(time_ordered(packets, PACKET_COLUMNS, packet_values))
+        first = next(ordered, None)
+        start_ns = int(first.column("ts")[0].as_py()) if first else 0
+        accumulator = WindowAccumulator(settings, start_ns)
+        if first is not None:
+            accumulator.add_packets(first)
+        for rows in ordered:
+            accumulator.add_packets(rows)
+        for values in progress.count(time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
+                                                  order=("first_ts",))):
+            accumulator.add_flows(values)
+        for rows in progress.count(read_batches(http, HTTP_COLUMNS)):
+            accumulator.add_http(rows)
     return accumulator
 
 
@@ -370,7 +376,8 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
                   settings: dict) -> dict:
     """Stage: results/features/{trace}/windows.parquet."""
     chosen = window_settings(settings)
-    totals, left_out = accumulate(packets_path, flows_path, http_path, chosen).totals()
+    totals, left_out = accumulate(packets_path, flows_path, http_path, chosen,
+                                  f"{trace}: windows").totals()
     matrix = window_matrix(totals, chosen)
     matrix.insert(0, "trace", trace)
     windows_table(FEATURES).write(matrix, windows_path, {
