@@ -5,14 +5,25 @@ report's frame. Their behaviour in a browser (sort, filter, pages) is tested in 
 
 import base64
 import hashlib
+import html
 import re
 from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tracelab.core.html import PAGE_BYTES, html_page, html_table, markdown_html
+from tracelab.core.html import (
+    PAGE_BYTES,
+    display_value,
+    html_page,
+    html_table,
+    is_number,
+    markdown_html,
+    sort_key,
+)
 from tracelab.core.safe_text import markdown_table
 
 HOSTILE = "/<script>alert(1)</script>"
@@ -108,6 +119,98 @@ def test_text_cells_sort_by_a_leading_number_and_booleans_by_nothing():
                                    "2026-12-07", "n/a", "-3e-05", "443", True]})
     keys = [cells[0][1].get("data-sort") for cells in Cells(html_table(frame)).body()]
     assert keys == ["14328", "0.12", "12.5", None, None, None, "-3e-05", "443", None]
+
+
+def cell_by_cell(frame, marked=None):
+    """`html_table` as the public per-cell functions give it, a row and a cell at a time."""
+    flags = [False] * len(frame) if marked is None else list(marked.to_numpy(dtype=bool))
+    rows = []
+    for row, flag in zip(frame.astype(object).itertuples(index=False), flags):
+        cells = []
+        for value in row:
+            key = sort_key(value)
+            attributes = (' class="num"' if is_number(value) else "") + (
+                f' data-sort="{key}"' if key is not None else "")
+            cells.append(f"<td{attributes}>{html.escape(display_value(value), quote=True)}</td>")
+        rows.append(('<tr class="mark">' if flag else "<tr>") + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(display_value(name), quote=True)}</th>"
+                   for name in frame.columns)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>\n"
+
+
+FLOATS = [np.nan, np.inf, -np.inf, -0.0, 1e20, 0.00012345, 999.95, 1000.4, 0.1, -1234.5, 5e-324]
+TEXTS = ["14,328 bytes", "<script>", "12.5%", "198.18.0.2", "", " 12 x", "-3e-05 s", "1,23",
+         "é & \"q\" 'a'", "0.12 [0.05, 0.2]", None]
+
+
+def cycled(values: list) -> list:
+    return [values[i % len(values)] for i in range(len(FLOATS))]
+
+
+def every_dtype() -> pd.DataFrame:
+    """A column of each dtype a table may get, with missing and extreme values."""
+    rows = len(FLOATS)
+    return pd.DataFrame({
+        "int64": np.arange(rows) * 123_457 - 500_000,
+        "int32": np.arange(rows, dtype="int32"),
+        "uint64": np.full(rows, 2**64 - 1, dtype="uint64"),
+        "float64": FLOATS, "float32": np.array(FLOATS, dtype="float32"),
+        "bool": cycled([True, False]),
+        "Int32": pd.array(cycled([1, None, 1_234_567]), dtype="Int32"),
+        "Int64": pd.array(cycled([2**40, None]), dtype="Int64"),
+        "Float64": pd.array(FLOATS, dtype="Float64"),
+        "boolean": pd.array(cycled([True, None, False]), dtype="boolean"),
+        "string": pd.array(TEXTS, dtype="string"),
+        "str": pd.array(TEXTS[::-1], dtype="str"),  # missing is NaN here, not pd.NA
+        "object": [1, 2.5, None, "x<", np.int64(3), np.float32(1.5), np.nan, pd.NA, True,
+                   np.bool_(True), 10**30],
+        "datetime": pd.to_datetime(cycled(["2026-12-07 12:00", None]), utc=True),
+        "category": pd.Categorical(TEXTS),
+        "long double": np.array(FLOATS, dtype="longdouble"),
+    }, index=range(100, 100 + rows))
+
+
+@pytest.mark.parametrize("rows", [len(FLOATS), 0])
+@pytest.mark.parametrize("marking", [False, True])
+def test_tables_are_the_cells_of_the_per_cell_functions(rows, marking):
+    frame = every_dtype().head(rows)
+    marked = frame["bool"] if marking else None
+    assert html_table(frame, marked) == cell_by_cell(frame, marked)
+
+
+def test_a_table_without_columns_keeps_its_rows():
+    frame = every_dtype()[[]]
+    assert html_table(frame) == cell_by_cell(frame)
+
+
+NUMBER_TEXTS = st.builds(lambda number, tail: f"{number:,}{tail}", st.integers() | st.floats(),
+                         st.sampled_from(["", "%", " bytes", "x", ".5", "e3 s"]))
+COLUMNS = {  # dtype: its values
+    "int64": st.integers(-2**63, 2**63 - 1), "uint64": st.integers(0, 2**64 - 1),
+    "float64": st.floats(), "float32": st.floats(width=32), "bool": st.booleans(),
+    "Int64": st.none() | st.integers(-2**63, 2**63 - 1), "Float64": st.none() | st.floats(),
+    "boolean": st.none() | st.booleans(), "string": st.none() | st.text() | NUMBER_TEXTS,
+    "str": st.none() | st.text() | NUMBER_TEXTS,
+    "object": st.none() | st.integers() | st.floats() | st.booleans() | st.text() | NUMBER_TEXTS,
+}
+
+
+@st.composite
+def frames(draw):
+    rows = draw(st.integers(0, 12))
+    values = {dtype: draw(st.lists(elements, min_size=rows, max_size=rows))
+              for dtype, elements in COLUMNS.items()}
+    frame = pd.DataFrame({dtype: pd.array(column, dtype=dtype)
+                          for dtype, column in values.items()})
+    marked = draw(st.none() | st.lists(st.booleans(), min_size=rows, max_size=rows))
+    return frame, None if marked is None else pd.Series(marked, dtype=bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames())
+def test_any_values_give_the_cells_of_the_per_cell_functions(table):
+    frame, marked = table
+    assert html_table(frame, marked) == cell_by_cell(frame, marked)
 
 
 def test_marked_rows_are_highlighted():

@@ -27,6 +27,7 @@ import math
 import re
 from numbers import Integral, Real
 
+import numpy as np
 import pandas as pd
 
 from tracelab.core.atomic import write_text
@@ -151,8 +152,12 @@ def display_value(value) -> str:
     if isinstance(value, Integral):
         return f"{value:,}"
     if isinstance(value, Real):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        return _real_text(value)
     return str(value)
+
+
+def _real_text(number) -> str:
+    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.4g}"
 
 
 def escaped(value) -> str:
@@ -170,10 +175,19 @@ def sort_key(value) -> str | None:
         number = float(value)
         if math.isnan(number):
             return None
-        if math.isinf(number):
-            return "Infinity" if number > 0 else "-Infinity"
-        return str(int(value)) if isinstance(value, Integral) else repr(number)
-    match = LEADING_NUMBER.match(value) if isinstance(value, str) else None
+        return str(int(value)) if isinstance(value, Integral) else _float_key(number)
+    return _text_key(value) if isinstance(value, str) else None
+
+
+def _float_key(number: float) -> str:
+    """The sort key of a float that is not NaN."""
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    return repr(number)
+
+
+def _text_key(text: str) -> str | None:
+    match = LEADING_NUMBER.match(text)
     return match[1].replace(",", "") if match else None
 
 
@@ -183,6 +197,79 @@ def _cell(value, text: str) -> str:
     attributes = (' class="num"' if is_number(value) else "") + (
         f' data-sort="{key}"' if key is not None else "")
     return f"<td{attributes}>{text}</td>"
+
+
+def _integer_cells(numbers: list[int]) -> list[str]:
+    return [f'<td class="num" data-sort="{number}">{number:,}</td>' for number in numbers]
+
+
+def _float_cell(number: float) -> str:
+    if number != number:  # NaN: no text and no sort key, but a number's cell
+        return '<td class="num"></td>'
+    return f'<td class="num" data-sort="{_float_key(number)}">{_real_text(number)}</td>'
+
+
+def _float_cells(numbers: list[float]) -> list[str]:
+    return [_float_cell(number) for number in numbers]
+
+
+def _bool_cells(flags: list[bool]) -> list[str]:
+    cells = {flag: _cell(flag, escaped(flag)) for flag in (False, True)}
+    return [cells[flag] for flag in flags]
+
+
+def _text_cell(text: str) -> str:
+    key = _text_key(text)
+    attributes = f' data-sort="{key}"' if key is not None else ""
+    return f"<td{attributes}>{html.escape(text, quote=True)}</td>"
+
+
+def _text_cells(column: pd.Series) -> list[str]:
+    """The cells of a column of StringDtype: each distinct text rendered once (ports, types
+    and addresses repeat)."""
+    codes, texts = pd.factorize(column)
+    missing = column.dtype.na_value  # pd.NA, or NaN for the "str" dtype
+    # a missing value's code is -1: the last cell
+    cells = [_text_cell(text) for text in texts.tolist()] + [_cell(missing, escaped(missing))]
+    return [cells[code] for code in codes.tolist()]
+
+
+# How an array of numbers or booleans renders, by its NumPy kind: NumPy and nullable arrays only
+# (their `tolist()` gives Python numbers), of at most 8 bytes (a long double's is no float).
+KIND_CELLS = {"b": _bool_cells, "i": _integer_cells, "u": _integer_cells, "f": _float_cells}
+NUMBER_ARRAYS = (pd.arrays.NumpyExtensionArray, pd.arrays.BooleanArray, pd.arrays.IntegerArray,
+                 pd.arrays.FloatingArray)
+
+
+def _renderer(array):
+    """The function of KIND_CELLS that renders `array`; None for any other array."""
+    if not isinstance(array, NUMBER_ARRAYS):
+        return None
+    numpy_dtype = np.dtype(getattr(array.dtype, "numpy_dtype", array.dtype))
+    return KIND_CELLS.get(numpy_dtype.kind) if numpy_dtype.itemsize <= 8 else None
+
+
+def _nullable_cells(array, render) -> list[str]:
+    """The cells of a nullable array: its values as `render` gives them, pd.NA's empty."""
+    # pd.NA read as 0, whose cell is then replaced
+    cells = render(array.to_numpy(dtype=array.dtype.numpy_dtype, na_value=0).tolist())
+    missing = _cell(array.dtype.na_value, escaped(array.dtype.na_value))
+    return [missing if absent else cell for cell, absent in zip(cells, array.isna().tolist())]
+
+
+def _column_cells(column: pd.Series) -> list[str]:
+    """The cells of `column`, each as `_cell(value, escaped(value))` gives it for the value of
+    `column.astype(object)`: rendered for the whole column where its dtype says how (text,
+    numbers, booleans), else (objects, dates, categories, ...) a cell at a time."""
+    array = column.array
+    if isinstance(array.dtype, pd.StringDtype):
+        return _text_cells(column)
+    render = _renderer(array)
+    if render is None:
+        return [_cell(value, escaped(value)) for value in column.astype(object).tolist()]
+    if isinstance(array, pd.arrays.NumpyExtensionArray):
+        return render(array.to_numpy().tolist())
+    return _nullable_cells(array, render)
 
 
 def _table(head: list[str], rows) -> str:
@@ -195,10 +282,11 @@ def html_table(frame: pd.DataFrame, marked: pd.Series | None = None) -> str:
     first: a page too large for the report keeps its first rows, see `html_page`): header and
     cells escaped, numbers right-aligned with their exact value in `data-sort`; rows where
     `marked` (aligned with `frame`) holds are highlighted."""
-    flags = [False] * len(frame) if marked is None else list(marked.to_numpy(dtype=bool))
-    rows = (('<tr class="mark">' if flag else "<tr>")
-            + "".join(_cell(value, escaped(value)) for value in row) + "</tr>"
-            for row, flag in zip(frame.astype(object).itertuples(index=False), flags))
+    flags = [False] * len(frame) if marked is None else marked.to_numpy(dtype=bool).tolist()
+    openings = ['<tr class="mark">' if flag else "<tr>" for flag in flags]
+    columns = [_column_cells(column) for _, column in frame.items()]
+    # a column at a time (see `_column_cells`), then joined a row at a time
+    rows = map("".join, zip(openings, *columns, itertools.repeat("</tr>")))
     return _table([escaped(column) for column in frame.columns], rows)
 
 
