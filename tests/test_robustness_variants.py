@@ -1,6 +1,7 @@
 """The copies of one trace, made in one job: a time shift or a one-to-one renaming applied to the
 original's connections gives the windows that assembling the copy's connections again gives,
-and the copies do not depend on how the packet table is cut into row groups."""
+and the copies do not depend on how the packet table is cut into row groups, nor on whether
+they are made whole in memory or streamed through scratch files."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from conftest import REPO
 from packet_factory import handshake, packet_table, portless, tcp, udp
 
 from tracelab.robustness import perturbations as registry
+from tracelab.robustness import variants
 from tracelab.robustness.variants import write_variants
 from tracelab.security.connections import write_connections
 from tracelab.security.windows import write_windows
@@ -46,9 +48,12 @@ def mixed_rows() -> list[dict]:
     return sorted(rows, key=lambda row: row["t"])
 
 
-def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000) -> dict:
+def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000,
+               partition_packets: int | None = None) -> dict:
     """The copies' window matrices (perturbation -> frame) and records of the mixed trace, its
-    clock in microseconds (as a CSV export's)."""
+    clock in microseconds (as a CSV export's); with `partition_packets` below the trace's
+    packets, the copies are streamed through scratch files and their connections assembled
+    in partitions (else each copy is made whole in memory)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / f"{name}.parquet" for name in ("packets", "flows", "http")}
     table = packet_table(mixed_rows())
@@ -68,10 +73,17 @@ def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000) -
                    original_windows_path=folder / "windows.parquet", windows_paths=windows,
                    records_path=folder / "perturbations.json",
                    parameters=CONFIG["robustness"]["parameters"], seed=14,
-                   settings=CONFIG["security"])
+                   settings=security_settings(partition_packets))
     records = json.loads((folder / "perturbations.json").read_text())
     return {name: pq.read_table(path).to_pandas() for name, path in zip(perturbations, windows)}, \
         records
+
+
+def security_settings(partition_packets: int | None) -> dict:
+    if partition_packets is None:
+        return CONFIG["security"]
+    flows = {**CONFIG["security"]["flows"], "partition_packets": partition_packets}
+    return {**CONFIG["security"], "flows": flows}
 
 
 def test_relabelling_after_assembly_gives_the_windows_of_assembling_again(tmp_path, monkeypatch):
@@ -105,6 +117,34 @@ def test_copies_do_not_depend_on_the_row_groups(tmp_path, whole_copies, row_grou
         pd.testing.assert_frame_equal(whole[name], cut[name], check_exact=False, rtol=1e-12,
                                       obj=name)
         assert whole_records[name] == cut_records[name], name
+
+
+def test_copies_streamed_through_files_equal_the_copies_in_memory(tmp_path, monkeypatch):
+    # Streamed (connections in partitions of 150 packets; the trace has 511, so its requests
+    # are read in other batches: means equal up to rounding) and in memory.
+    chosen = CONFIG["robustness"]["perturbations"]
+    memory, memory_records = run_copies(tmp_path / "memory", chosen, 37)
+    streamed_calls = []
+    streamed = variants.streamed_windows
+    monkeypatch.setattr(variants, "streamed_windows",
+                        lambda *args: streamed_calls.append(args) or streamed(*args))
+    files, file_records = run_copies(tmp_path / "files", chosen, 37, partition_packets=150)
+    assert len(streamed_calls) == 1
+    assert memory_records == file_records
+    for name in chosen:
+        pd.testing.assert_frame_equal(memory[name], files[name], check_exact=False, rtol=1e-12,
+                                      obj=name)
+
+
+def test_a_relabelled_copy_in_memory_has_the_original_windows_to_the_last_bit(tmp_path):
+    # A shift or a renaming moves no packet between windows: every value but the times is
+    # the original's, bit for bit (a rounding difference would make the KS distance > 0).
+    copies, _ = run_copies(tmp_path, ["date_shift", "hour_shift", "server_addresses"], 37)
+    original = pq.read_table(tmp_path / "windows.parquet").to_pandas()
+    for name, moved in [("date_shift", ["start_ts"]), ("server_addresses", []),
+                        ("hour_shift", ["start_ts", "hour_of_day_utc"])]:
+        assert [column for column in original if not original[column].equals(
+            copies[name][column])] == moved, name
 
 
 def test_a_renaming_that_merges_two_endpoints_is_not_applied_after_assembly():

@@ -61,7 +61,7 @@ def build(rows, **settings):
     connections = assemble_connections(packets, flow_settings(), "t")
     http = http_requests(packets, connections.packet_uid, "t")
     chosen = window_settings(settings)
-    totals, _ = table_totals(table, pa.Table.from_pandas(connections.flows),
+    totals, _ = table_totals([table], pa.Table.from_pandas(connections.flows),
                              pa.Table.from_pandas(http), chosen)
     return totals, window_matrix(totals, chosen).set_index("window")
 

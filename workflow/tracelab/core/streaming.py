@@ -10,7 +10,7 @@ none). Memory is bounded by a row group and the disorder across groups, never by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -115,8 +115,15 @@ def time_ordered(table: pq.ParquetFile, columns: list[str],
     so that only those are moved."""
     groups = non_empty_groups(table)
     bounds = later_minima([low for low, _ in time_ranges(table, groups, order[0])])
+    return ordered_runs(derived_row_groups(table, columns, groups, derive), bounds, order)
+
+
+def ordered_runs(groups: Iterable[pa.Table], bounds: list[int],
+                 order: tuple[str, ...] = ("ts", "frame")) -> Iterator[pa.Table]:
+    """The rows of row groups (each sorted here) in order, given for each group the earliest
+    time of all groups after it (`later_minima`): as `time_ordered` yields them."""
     held = None
-    for rows, bound in zip(derived_row_groups(table, columns, groups, derive), bounds):
+    for rows, bound in zip(groups, bounds):
         if held is not None:
             rows = pa.concat_tables([held, rows])
         rows = _sorted(rows.combine_chunks(), order)

@@ -21,10 +21,10 @@ cover) and how many values of each column it changed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 # A copy holds every column of the packet table but the time since its first packet, which a
 # cut or a stretch would change and no later stage reads.
 COPY_COLUMNS = [name for name in PACKET_SCHEMA.names if name != "t_rel_s"]
+# How a copy's connections were made (its record's `connections`).
+UNCHANGED = "unchanged: the original's windows"
+ASSEMBLED = "assembled again"
+RELABELLED = "the original's, relabelled"
 
 
 def _differs(before: pa.ChunkedArray, after: pa.ChunkedArray) -> int:
@@ -113,26 +117,32 @@ class Record:
 
 @dataclass
 class Copy:
-    """One perturbed copy of the trace being written: its scratch file, record, and the
-    relabelling applied to the original's connections instead of assembling it again."""
+    """One perturbed copy of the trace: its record, the relabelling applied to the original's
+    connections instead of assembling it again, and its scratch file when it is streamed."""
 
     name: str
     context: PerturbationContext
-    packets: Path
-    writer: pq.ParquetWriter
     mapping: Relabel | None  # a relabelling perturbation's change, worked out once
     relabel: Relabel | None  # ...when it is applied after assembly
     record: Record = field(default_factory=Record)
+    packets: Path | None = None
+    writer: pq.ParquetWriter | None = None
 
-    def add(self, rows: pa.Table) -> None:
+    def perturbed(self, rows: pa.Table) -> pa.Table:
+        """`rows` perturbed, and recorded."""
         perturbed = PERTURBATIONS[self.name].func(rows, self.context) if self.mapping is None \
             else self.mapping.apply(rows, ("ts",), ("src", "dst"))
         self.record.add(rows, perturbed)
-        self.writer.write_table(perturbed)
+        return perturbed
+
+    def stream_to(self, path: Path, schema: pa.Schema) -> None:
+        self.packets, self.writer = path, pq.ParquetWriter(path, schema, **WRITE_OPTIONS)
+
+    def add(self, rows: pa.Table) -> None:
+        self.writer.write_table(self.perturbed(rows))
 
 
-def open_copies(perturbations: list[str], contexts: dict, schema: pa.Schema, scratch: Path,
-                endpoints: list[str]) -> list[Copy]:
+def open_copies(perturbations: list[str], contexts: dict, endpoints: list[str]) -> list[Copy]:
     copies = []
     for name in perturbations:
         make = PERTURBATIONS[name].relabel
@@ -140,32 +150,39 @@ def open_copies(perturbations: list[str], contexts: dict, schema: pa.Schema, scr
         relabel = mapping if mapping is not None and mapping.one_to_one(endpoints) else None
         if mapping is not None and relabel is None:
             log.info("%s: not one-to-one on this trace; its connections are assembled again", name)
-        path = scratch / f"{name}.packets.parquet"
-        copies.append(Copy(name, contexts[name], path,
-                           pq.ParquetWriter(path, schema, **WRITE_OPTIONS), mapping, relabel))
+        copies.append(Copy(name, contexts[name], mapping, relabel))
     return copies
 
 
-def relabel_table(source, destination, relabel: Relabel, times: tuple, addresses: tuple) -> None:
+def relabelled(source, relabel: Relabel, times: tuple, addresses: tuple) -> Iterator[pa.Table]:
     """A table of the original's (connections, requests) relabelled, row group by row group."""
     parquet = pq.ParquetFile(source)
-    with pq.ParquetWriter(destination, parquet.schema_arrow) as writer:
-        for group in range(parquet.num_row_groups):
-            writer.write_table(relabel.apply(parquet.read_row_group(group), times, addresses))
+    for group in range(parquet.num_row_groups):
+        yield relabel.apply(parquet.read_row_group(group), times, addresses)
+
+
+def relabel_table(source, destination, relabel: Relabel, times: tuple, addresses: tuple) -> None:
+    with pq.ParquetWriter(destination, pq.read_schema(source)) as writer:
+        for rows in relabelled(source, relabel, times, addresses):
+            writer.write_table(rows)
+
+
+def _unchanged(original_windows, windows_path) -> str:
+    with atomic_path(windows_path) as tmp:
+        shutil.copyfile(original_windows, tmp)
+    return UNCHANGED
 
 
 def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings: dict,
                  scratch: Path) -> str:
-    """The copy's window matrix, and how its connections were made: the original's windows
-    where the perturbation changed no value on this trace (a µs clock on a µs export), else its
-    connections assembled again or the original's relabelled."""
+    """The window matrix of a streamed copy, and how its connections were made: the original's
+    windows where the perturbation changed no value on this trace (a µs clock on a µs export),
+    else its connections assembled again or the original's relabelled."""
     flows_path = scratch / f"{copy.name}.flows.parquet"
     http_path = scratch / f"{copy.name}.http.parquet"
     if copy.record.unchanged():
-        with atomic_path(windows_path) as tmp:
-            shutil.copyfile(originals["windows"], tmp)
         copy.packets.unlink()
-        return "unchanged: the original's windows"
+        return _unchanged(originals["windows"], windows_path)
     if copy.relabel is None:
         connections.write_connections(trace=trace, packets_path=copy.packets,
                                       flows_path=flows_path, http_path=http_path,
@@ -179,7 +196,50 @@ def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings
                                settings=settings["windows"])
     for path in (copy.packets, flows_path, http_path):
         path.unlink()
-    return "assembled again" if copy.relabel is None else "the original's, relabelled"
+    return ASSEMBLED if copy.relabel is None else RELABELLED
+
+
+def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], originals: dict,
+                   windows_path, settings: dict) -> str:
+    """As `copy_windows`, for a copy held in memory (the packet table's row groups, each
+    perturbed as a streamed copy's are): the same connection and window functions on the same
+    batches, without the scratch files, so the same windows to the last bit."""
+    perturbed = [copy.perturbed(rows) for rows in groups]
+    if copy.record.unchanged():
+        return _unchanged(originals["windows"], windows_path)
+    if copy.relabel is None:
+        packets = pa.concat_tables(perturbed)
+        assembled = connections.assemble_connections(
+            packets.select(connections.PACKET_COLUMNS),
+            connections.flow_settings(settings["flows"]), trace)
+        flows, requests = connections.connection_tables(packets, assembled, trace)
+    else:
+        flows = pa.concat_tables(relabelled(originals["flows"], copy.relabel,
+                                            ("first_ts", "last_ts"), ("orig", "resp")))
+        # A chunk a row group: read in the batches a relabelled file's row groups give.
+        requests = pa.concat_tables(relabelled(originals["http"], copy.relabel, ("ts",),
+                                               ("src", "dst")))
+    chosen = window_stage.window_settings(settings["windows"])
+    window_stage.write_window_matrix(
+        trace, window_stage.table_totals(perturbed, flows, requests, chosen), chosen,
+        windows_path)
+    return ASSEMBLED if copy.relabel is None else RELABELLED
+
+
+def streamed_windows(copies: list[Copy], parquet: pq.ParquetFile, scratch: Path, trace: str,
+                     originals: dict, windows_paths: list, settings: dict) -> list[str]:
+    """Every copy's windows, the packet table read once row group by row group: each group
+    perturbed by every perturbation and appended to that copy's scratch file."""
+    schema = pa.schema([parquet.schema_arrow.field(name) for name in COPY_COLUMNS])
+    for copy in copies:
+        copy.stream_to(scratch / f"{copy.name}.packets.parquet", schema)
+    for rows in derived_row_groups(parquet, COPY_COLUMNS, non_empty_groups(parquet)):
+        for copy in copies:
+            copy.add(rows)
+    for copy in copies:
+        copy.writer.close()
+    return [copy_windows(copy, trace, originals, path, settings, scratch)
+            for copy, path in zip(copies, windows_paths)]
 
 
 def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_path, http_path,
@@ -195,28 +255,28 @@ def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_
         params=parameters.get(name, {}), window_s=chosen.window_s,
         min_coverage=chosen.min_coverage, facts=facts) for name in perturbations}
     parquet = pq.ParquetFile(packets_path)
-    schema = pa.schema([parquet.schema_arrow.field(name) for name in COPY_COLUMNS])
+    copies = open_copies(perturbations, contexts, facts.endpoints)
+    originals = {"flows": flows_path, "http": http_path, "windows": original_windows_path}
+    if parquet.metadata.num_rows <= connections.flow_settings(settings["flows"]).partition_packets:
+        # One partition: the connection stage holds the whole table too.
+        groups = list(derived_row_groups(parquet, COPY_COLUMNS, non_empty_groups(parquet)))
+        made = [memory_windows(copy, trace, groups, originals, path, settings)
+                for copy, path in zip(copies, windows_paths)]
+    else:
+        with tempfile.TemporaryDirectory(prefix=".variants-",
+                                         dir=Path(windows_paths[0]).parent.parent) as scratch:
+            made = streamed_windows(copies, parquet, Path(scratch), trace, originals,
+                                    windows_paths, settings)
     records = {}
-    with contextlib.ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix=".variants-", dir=Path(windows_paths[0]).parent.parent)))
-        copies = open_copies(perturbations, contexts, schema, scratch, facts.endpoints)
-        for rows in derived_row_groups(parquet, COPY_COLUMNS, non_empty_groups(parquet)):
-            for copy in copies:
-                copy.add(rows)
-        for copy in copies:
-            copy.writer.close()
-        originals = {"flows": flows_path, "http": http_path, "windows": original_windows_path}
-        for copy, path in zip(copies, windows_paths):
-            made = copy_windows(copy, trace, originals, path, settings, scratch)
-            records[copy.name] = {
-                "trace": trace, "perturbation": copy.name,
-                "description": PERTURBATIONS[copy.name].description,
-                "params": parameters.get(copy.name, {}), "connections": made,
-                **copy.record.summary()}
-            log.info("%s, %s: %d of %d packets kept, changed %s", trace, copy.name,
-                     records[copy.name]["packets_out"], records[copy.name]["packets_in"],
-                     {k: v for k, v in records[copy.name]["changed"].items() if v})
+    for copy, connections_made in zip(copies, made):
+        records[copy.name] = {
+            "trace": trace, "perturbation": copy.name,
+            "description": PERTURBATIONS[copy.name].description,
+            "params": parameters.get(copy.name, {}), "connections": connections_made,
+            **copy.record.summary()}
+        log.info("%s, %s: %d of %d packets kept, changed %s", trace, copy.name,
+                 records[copy.name]["packets_out"], records[copy.name]["packets_in"],
+                 {k: v for k, v in records[copy.name]["changed"].items() if v})
     write_json(records_path, records)
     return {"copies": len(records)}
 

@@ -464,12 +464,6 @@ class _TableAppender:
         self.writer = pq.ParquetWriter(path, schema, compression="zstd")
         self.rows = 0
 
-    def write(self, part: pd.DataFrame) -> pa.Table:
-        """Conform, check and append `part`; returns it as written."""
-        table = self.table.check(self.table.conform(part))
-        self.append(table)
-        return table
-
     def append(self, table: pa.Table) -> None:
         """Append rows checked already."""
         self.writer.write_table(table)
@@ -478,6 +472,18 @@ class _TableAppender:
     def close(self, metadata: dict) -> None:
         self.writer.add_key_value_metadata(tracelab_metadata(metadata))
         self.writer.close()
+
+
+def connection_tables(packets: pa.Table, connections: Connections,
+                      trace: str) -> tuple[pa.Table, pa.Table]:
+    """The flows (FLOWS) and HTTP requests (`http.HTTP`) of a partition's connections, conformed
+    to their tables and checked: what the stage writes of them."""
+    is_http = pc.or_(packets.column("http_method").is_valid(),
+                     packets.column("http_status").is_valid()).to_numpy()
+    requests = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
+    return (FLOWS.check(FLOWS.conform(connections.flows)),
+            http.HTTP.check(http.HTTP.conform(http.http_requests(
+                requests, connections.packet_uid[is_http], trace))))
 
 
 # The order flows.parquet and conn.log are written in: their connections' first packet.
@@ -505,14 +511,10 @@ class _Outputs:
 
     def write(self, packets: pa.Table, connections: Connections) -> None:
         path = self.scratch / f"flows-{len(self.partition_flows):05d}.parquet"
-        pq.write_table(FLOWS.check(FLOWS.conform(connections.flows)), path, compression="lz4",
-                       row_group_size=MERGE_BATCH_ROWS)
+        flows, requests = connection_tables(packets, connections, self.trace)
+        pq.write_table(flows, path, compression="lz4", row_group_size=MERGE_BATCH_ROWS)
         self.partition_flows.append(path)
-        is_http = pc.or_(packets.column("http_method").is_valid(),
-                         packets.column("http_status").is_valid()).to_numpy()
-        requests = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
-        self.http.write(http.http_requests(requests, connections.packet_uid[is_http],
-                                           self.trace))
+        self.http.append(requests)
         self.left_out.update(connections.left_out)
         self.states.update(connections.flows["conn_state"].value_counts().to_dict())
         if self.placements is not None:

@@ -23,20 +23,28 @@ how the totals are streamed with bounded memory: `tracelab.security.window_total
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import Check
 
 from tracelab.core.config import settings as config_settings
 from tracelab.core.progress import Progress
-from tracelab.core.streaming import read_batches, time_ordered
+from tracelab.core.streaming import (
+    BATCH_ROWS,
+    later_minima,
+    ordered_runs,
+    read_batches,
+    time_ordered,
+)
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
 from tracelab.security.window_totals import (
     WindowAccumulator,
@@ -343,14 +351,8 @@ def accumulate(packets_path, flows_path, http_path, settings: WindowSettings,
     tables = [pq.ParquetFile(path) for path in (packets_path, flows_path, http_path)]
     packets, flows, http = tables
     with Progress(what, total_rows=sum(t.metadata.num_rows for t in tables)) as progress:
-        ordered = progress.count(time_ordered(packets, PACKET_COLUMNS, packet_values))
-        first = next(ordered, None)
-        start_ns = int(first.column("ts")[0].as_py()) if first else 0
-        accumulator = WindowAccumulator(settings, start_ns)
-        if first is not None:
-            accumulator.add_packets(first)
-        for rows in ordered:
-            accumulator.add_packets(rows)
+        accumulator = _packets_added(
+            progress.count(time_ordered(packets, PACKET_COLUMNS, packet_values)), settings)
         for values in progress.count(time_ordered(flows, FLOW_COLUMNS, accumulator.flow_values,
                                                   order=("first_ts",))):
             accumulator.add_flows(values)
@@ -359,16 +361,29 @@ def accumulate(packets_path, flows_path, http_path, settings: WindowSettings,
     return accumulator
 
 
-def table_totals(packets: pa.Table, flows: pa.Table, http: pa.Table,
+def _packets_added(packets: Iterator[pa.Table], settings: WindowSettings) -> WindowAccumulator:
+    """An accumulator fed time-ordered packet values; its windows start at the first packet."""
+    first = next(packets, None)
+    accumulator = WindowAccumulator(settings, int(first.column("ts")[0].as_py()) if first else 0)
+    for rows in itertools.chain([] if first is None else [first], packets):
+        accumulator.add_packets(rows)
+    return accumulator
+
+
+def table_totals(packet_groups: list[pa.Table], flows: pa.Table, http: pa.Table,
                  settings: WindowSettings) -> tuple[WindowTotals, int]:
-    """The window totals of three tables held in memory (for small tables and tests)."""
-    ordered = packet_values(packets).sort_by([("ts", "ascending"), ("frame", "ascending")])
-    start_ns = ordered.column("ts")[0].as_py() if len(ordered) else 0
-    accumulator = WindowAccumulator(settings, start_ns)
-    accumulator.add_packets(ordered)
-    ordered = flows.select(FLOW_COLUMNS).sort_by("first_ts")
-    accumulator.add_flows(accumulator.flow_values(ordered))
-    accumulator.add_http(http.select(HTTP_COLUMNS))
+    """The window totals of tables held in memory, the packet table as the row groups of a
+    file and `http` a chunk a row group, from the batches `accumulate` reads of such files:
+    equal to the last bit (means and variances of floats depend on where batches end)."""
+    groups = [packet_values(rows.select(PACKET_COLUMNS)) for rows in packet_groups
+              if rows.num_rows]
+    bounds = later_minima([pc.min(rows.column("ts")).as_py() for rows in groups])
+    accumulator = _packets_added(ordered_runs(groups, bounds), settings)
+    accumulator.add_flows(accumulator.flow_values(
+        flows.select(FLOW_COLUMNS).sort_by("first_ts")))
+    # A chunk of `http` a row group of its file: the batches `read_batches` gives.
+    for batch in http.select(HTTP_COLUMNS).to_batches(BATCH_ROWS):
+        accumulator.add_http(pa.Table.from_batches([batch]))
     return accumulator.totals()
 
 
@@ -376,8 +391,15 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
                   settings: dict) -> dict:
     """Stage: results/features/{trace}/windows.parquet."""
     chosen = window_settings(settings)
-    totals, left_out = accumulate(packets_path, flows_path, http_path, chosen,
-                                  f"{trace}: windows").totals()
+    return write_window_matrix(trace, accumulate(packets_path, flows_path, http_path, chosen,
+                                                 f"{trace}: windows").totals(),
+                               chosen, windows_path)
+
+
+def write_window_matrix(trace: str, totals: tuple[WindowTotals, int], chosen: WindowSettings,
+                        windows_path) -> dict:
+    """windows.parquet of a trace's window totals (and the count of empty windows left out)."""
+    totals, left_out = totals
     matrix = window_matrix(totals, chosen)
     matrix.insert(0, "trace", trace)
     windows_table(FEATURES).write(matrix, windows_path, {
