@@ -277,13 +277,20 @@ def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -
     except RuntimeError as error:
         return {"failed": str(error)[-1500:], "targets": targets or ["all"],
                 "workdir": str(copy)}
+    from tracelab.core.runner import job_cpu_seconds
+
     jobs = {}
     benchmarks = copy / "results" / "benchmarks"
     for tsv in sorted(benchmarks.rglob("*.tsv")):
         with open(tsv, encoding="utf-8") as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
-        job = str(tsv.relative_to(benchmarks).with_suffix("")).replace(trace, "T")
-        jobs[job] = {"seconds": float(row["s"]), "cpu_seconds": float(row["cpu_time"]),
+        relative = tsv.relative_to(benchmarks).with_suffix("")
+        job = str(relative).replace(trace, "T")
+        # CPU from the job's log: the benchmark file's is sampled and misses much of a long job.
+        log = copy / "results" / "logs" / relative.with_suffix(".log")
+        cpu = job_cpu_seconds(log.read_text(encoding="utf-8")) if log.is_file() else None
+        jobs[job] = {"seconds": float(row["s"]),
+                     "cpu_seconds": float(row["cpu_time"]) if cpu is None else cpu,
                      "peak_mib": float(row["max_rss"])}
     return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
             "targets": targets or ["all"],

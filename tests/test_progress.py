@@ -21,6 +21,7 @@ from conftest import REPO, run_snakemake
 import tracelab
 from tracelab.core import progress
 from tracelab.core.progress import Progress
+from tracelab.core.runner import job_cpu_seconds
 
 
 class FakeClock:
@@ -98,8 +99,10 @@ def test_job_logs_have_start_progress_and_end_lines(workflow_copy):
     logs = workflow_copy / "results/logs"
     validate = (logs / "validate/log4j_scan.log").read_text().splitlines()
     assert validate[0].endswith("tracelab: validate_trace trace=log4j_scan: started")
-    assert re.search(r"tracelab: validate_trace trace=log4j_scan: finished in [\d.]+ s$",
-                     validate[-1])
+    assert re.search(r"tracelab: validate_trace trace=log4j_scan: finished in [\d.]+ s; "
+                     r"process CPU [\d.]+ s$", validate[-1])
+    # the interpreter's start-up and imports (pandas, pyarrow) alone take more than 0.2 s
+    assert 0.2 < job_cpu_seconds("\n".join(validate)) < 600
     normalize = (logs / "normalize/log4j_scan.log").read_text()
     assert re.search(r"tracelab.progress: log4j_scan: normalizing: 1,586 rows in [\d.]+ s "
                      r"\([\d,]+ rows/s\), 100% done", normalize), normalize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import traceback
@@ -13,6 +14,7 @@ from tracelab.core.atomic import is_disk_full, unwritten_path
 from tracelab.core.errors import TraceInputError
 
 log = logging.getLogger("tracelab")
+CPU_LINE = re.compile(r"process CPU ([0-9.]+) s")
 
 
 def run_stage(snakemake, stage, **kwargs):
@@ -25,8 +27,10 @@ def run_steps(snakemake, *steps: partial):
 
     One job runs several steps where they always run together on the same input: a job's
     interpreter start-up and imports cost more than a small trace's work. The log opens with a
-    line naming the job and closes with its wall time, with progress lines in between (every
-    progress_interval_s of the config) while a long step runs.
+    line naming the job and closes with its wall time and the CPU time of its process (every
+    thread, start-up and imports included: Snakemake's `benchmark:` files sample CPU once a
+    second, then every 30 s, and miss much of a long job's), with progress lines in between
+    (every progress_interval_s of the config) while a long step runs.
     """
     # A log that cannot be written (a full disk) must not add a traceback of its own to the
     # job's one line on stderr.
@@ -51,7 +55,18 @@ def run_steps(snakemake, *steps: partial):
     except Exception:
         log.error("unexpected failure:\n%s", traceback.format_exc())
         raise
-    log.info("%s: finished in %.1f s", job, time.monotonic() - started)
+    log.info("%s: finished in %.1f s; %s", job, time.monotonic() - started, cpu_line())
+
+
+def cpu_line() -> str:
+    """The CPU time of this process so far, as a job's log ends with it (`job_cpu_seconds`)."""
+    return f"process CPU {time.process_time():.2f} s"
+
+
+def job_cpu_seconds(log_text: str) -> float | None:
+    """The CPU seconds a job's log ends with (`cpu_line`); None if it has none."""
+    found = CPU_LINE.findall(log_text)
+    return float(found[-1]) if found else None
 
 
 def fail(message: str):
