@@ -288,9 +288,9 @@ def run_snakemake(trace: str, source: Path, workdir: Path, targets: list[str]) -
         job = str(relative).replace(trace, "T")
         # CPU from the job's log: the benchmark file's is sampled and misses much of a long job.
         log = copy / "results" / "logs" / relative.with_suffix(".log")
-        cpu = job_cpu_seconds(log.read_text(encoding="utf-8")) if log.is_file() else None
+        logged = job_cpu_seconds(log.read_text(encoding="utf-8")) if log.is_file() else None
         jobs[job] = {"seconds": float(row["s"]),
-                     "cpu_seconds": float(row["cpu_time"]) if cpu is None else cpu,
+                     "cpu_seconds": float(row["cpu_time"]) if logged is None else logged,
                      "peak_mib": float(row["max_rss"])}
     return {"seconds": wall, "cpu_seconds": cpu, "peak_mib": peak, "jobs": jobs,
             "targets": targets or ["all"],
