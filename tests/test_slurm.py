@@ -16,10 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import (
     REPO,
     assert_same_connections,
@@ -332,6 +334,12 @@ def result_difference(relative, local_root, cluster_root):
     return "bytes differ"
 
 
+def profile_groups(checkout) -> dict[str, str]:
+    """rule -> group, as the SLURM profile groups them."""
+    profile = yaml.safe_load((checkout / "profiles/slurm/config.yaml").read_text())
+    return dict(entry.split("=") for entry in profile.get("groups", []))
+
+
 @pytest.fixture(scope="module")
 def pipeline_runs(slurm_cluster, tmp_path_factory):
     """The pipeline run locally (the session's bundled run, `--cores 2` on a copy of the repo)
@@ -344,10 +352,21 @@ def pipeline_runs(slurm_cluster, tmp_path_factory):
 def test_pipeline_on_slurm_equals_local_run(pipeline_runs):
     local_run, checkout = pipeline_runs
 
-    # One SLURM job per pipeline job: every rule writes one benchmark, every SLURM job one log.
+    # Every pipeline job writes one benchmark, every SLURM job one log: one SLURM job a trace
+    # for the rules the profile groups (in turn on one node), one a job for the others.
     benchmarks = sorted((checkout / "results" / "benchmarks").rglob("*.tsv"))
-    slurm_logs = sorted((checkout / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert benchmarks and len(slurm_logs) == len(benchmarks), (benchmarks, slurm_logs)
+    slurm_logs = (checkout / ".snakemake" / "slurm_logs").rglob("*.log")
+    jobs = Counter(log.relative_to(checkout / ".snakemake" / "slurm_logs").parts[0]
+                   for log in slurm_logs)
+    grouped = profile_groups(checkout)
+    traces = len(list((checkout / "results/packets").glob("*.parquet")))
+    assert set(grouped.values()) == {"trace"} and traces == 6
+    # the executor names a group's logs group_{group}_{its rules}
+    group_jobs = [name for name in jobs if name.startswith("group_trace_")]
+    assert sum(jobs.pop(name) for name in group_jobs) == traces, jobs
+    assert not {f"rule_{rule}" for rule in grouped} & set(jobs), jobs
+    assert benchmarks and sum(jobs.values()) == len(benchmarks) - len(grouped) * traces, (
+        benchmarks, jobs)
 
     local_files, cluster_files = result_files(local_run), result_files(checkout)
     assert local_files == cluster_files
