@@ -1,11 +1,15 @@
 """Stage: the window matrices of every perturbed copy of one trace, and what each changed.
 
 One job a trace, whatever the number of perturbations: the packet table is read once (after a
-pass over a few columns for `TraceFacts`), each row group perturbed by every perturbation and
-appended to that copy's scratch file. A copy then goes through the security stages' own
-functions (connections, then windows) as the original does, one copy at a time, and its
-scratch files are deleted; memory is that of the connection and window stages, plus one row
-group per copy being written.
+pass over a few columns for `TraceFacts`), each row group perturbed by every perturbation. A
+trace within one connection partition keeps its row groups in memory and makes each copy in
+turn through the security stages' own functions (connections, then windows), without files;
+a larger one appends each row group's copies to scratch files, then runs each copy through the
+connection and window stages, one copy at a time, deleting its files. In memory, the windows
+are totalled from the batches the window stage would read of the copy's files, so they equal
+the streamed path's to the last bit (means of floats depend on where batches end). Memory is that of
+the connection and window stages, plus the row groups (in memory) or one row group per copy
+being written (streamed).
 
 A perturbation that only moves every time by one offset or renames endpoints one-to-one
 (`Perturbation.relabel`) cannot change which packets form which connection: it is applied to
