@@ -139,6 +139,11 @@ class Copy:
         self.record.add(rows, perturbed)
         return perturbed
 
+    @property
+    def made(self) -> str:
+        """How its connections were made, when it changed something (else UNCHANGED)."""
+        return ASSEMBLED if self.relabel is None else RELABELLED
+
     def stream_to(self, path: Path, schema: pa.Schema) -> None:
         self.packets, self.writer = path, pq.ParquetWriter(path, schema, **WRITE_OPTIONS)
 
@@ -200,7 +205,7 @@ def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings
                                settings=settings["windows"])
     for path in (copy.packets, flows_path, http_path):
         path.unlink()
-    return ASSEMBLED if copy.relabel is None else RELABELLED
+    return copy.made
 
 
 def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], originals: dict,
@@ -227,7 +232,7 @@ def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], originals: di
     window_stage.write_window_matrix(
         trace, window_stage.table_totals(perturbed, flows, requests, chosen), chosen,
         windows_path)
-    return ASSEMBLED if copy.relabel is None else RELABELLED
+    return copy.made
 
 
 def streamed_windows(copies: list[Copy], parquet: pq.ParquetFile, scratch: Path, trace: str,

@@ -459,7 +459,6 @@ class _TableAppender:
     metadata: known at the start in the Arrow schema, found on the way in the file's."""
 
     def __init__(self, table: Table, path: Path, metadata: dict):
-        self.table = table
         schema = table.schema.with_metadata(tracelab_metadata(metadata))
         self.writer = pq.ParquetWriter(path, schema, compression="zstd")
         self.rows = 0
