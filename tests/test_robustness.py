@@ -18,7 +18,16 @@ from packet_factory import handshake, packet_table, tcp
 
 from tracelab.robustness.invariance import write_invariance
 from tracelab.robustness.separation import write_separation
-from tracelab.robustness.transfer import POOLED, write_transfer
+from tracelab.robustness.transfer import (
+    MODELS,
+    POOLED,
+    Detectors,
+    detector,
+    leave_one_capture_out,
+    same_traffic,
+    transfer_settings,
+    write_transfer,
+)
 from tracelab.robustness.variants import write_variants
 from tracelab.security.connections import write_connections
 from tracelab.security.windows import write_windows
@@ -217,3 +226,32 @@ def test_a_capture_of_a_kind_already_present_flips_no_class(experiment, tmp_path
              if {before.at[feature, "measured"], after.at[feature, "measured"]}
              == {"behavioural", "artefact"}]
     assert not flips, pd.concat({"before": before.loc[flips], "after": after.loc[flips]}, axis=1)
+
+
+def test_folds_with_the_same_training_set_share_one_fit_and_score_as_a_fresh_one():
+    """A trace and its other format leave the same traces out of training, and two feature
+    sets may hold the same features: such folds reuse one fitted detector, which must score
+    exactly as a detector fitted afresh for the fold."""
+    rng = np.random.default_rng(3)
+    traces = {"scan_a": "scan", "scan_a_pcap": "scan", "scan_b": "scan", "normal_a": "normal",
+              "normal_b": "normal"}
+    windows = pd.concat([pd.DataFrame({
+        "trace": trace, "label": label,
+        "fanout": rng.normal(50 if label == "scan" else 5, 3, 12),
+        "hour": rng.normal(3 if trace.startswith("scan_a") else 15, 1, 12)})
+        for trace, label in traces.items()], ignore_index=True)
+    settings = transfer_settings(CONFIG["robustness"]["transfer"])
+    partners = same_traffic({"scan_a": "scan_a_pcap"})
+    detectors = Detectors(settings, seed=14)
+    for features in (["fanout"], ["fanout"], ["fanout", "hour"]):
+        for model in MODELS:
+            folds = leave_one_capture_out(windows, features, model, "set", detectors, partners)
+            for fold in folds:
+                left_out = {fold.trace, *partners.get(fold.trace, ())}
+                train = windows[~windows["trace"].isin(left_out)]
+                fresh = detector(model, settings, 14).fit(
+                    train[features].to_numpy(np.float64), train["label"].to_numpy())
+                test = windows.loc[windows["trace"] == fold.trace, features]
+                assert (fresh.predict(test.to_numpy(np.float64)) == fold.predicted).all()
+    # Four training sets (scan_a and scan_a_pcap share one), two feature lists, two models.
+    assert len(detectors.fitted) == 4 * 2 * 2

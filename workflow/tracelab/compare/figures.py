@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
@@ -109,8 +110,11 @@ def empty_note(ax, text: str) -> None:
 
 
 def save(fig, path) -> None:
+    # A constrained layout keeps every artist inside the figure; cropping to a tight box would
+    # lay out and draw the figure once more.
+    crop = None if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine) else "tight"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA)
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches=crop, metadata=PNG_METADATA)
     plt.close(fig)
 
 

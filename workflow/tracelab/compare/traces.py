@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 
 from tracelab.compare.figures import (
     TraceStyle,
@@ -134,6 +134,7 @@ def protocol_figure(data: pd.DataFrame, styles: dict[str, TraceStyle], path) -> 
     ax.set_xlabel("protocol")
     # Log scale: the rare protocols (a few ICMPv6, TLS handshakes) are the informative ones.
     ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(NullLocator())  # the theme draws none; they cost layout time
     ax.set_ylabel("share of the trace's packets (log scale)")
     legend_outside(fig, [style.patch() for style in styles.values()], "trace (label)")
     save(fig, path)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from seaborn.utils import relative_luminance
 
 from tracelab.compare.figures import empty_note, save
 from tracelab.core.config import settings as config_settings
@@ -139,6 +140,14 @@ def within_traces(original: np.ndarray, perturbed: np.ndarray, lengths: list[int
     return total / max(start, 1)
 
 
+def resampled_within_traces(original: np.ndarray, perturbed: np.ndarray,
+                            lengths: list[int]) -> np.ndarray:
+    """within_traces of (feature, resample, window) arrays, as (feature, resample)."""
+    return within_traces(original.reshape(-1, original.shape[-1]),
+                         perturbed.reshape(-1, perturbed.shape[-1]),
+                         lengths).reshape(original.shape[:-1])
+
+
 def windows_needed(n: int, effect: dict, max_ks_d: float) -> float:
     """About how many windows would decide an undetermined verdict, if the effect stayed what
     it is and its interval and the noise shrank as 1/sqrt(windows): inf where D sits on the
@@ -160,27 +169,31 @@ def verdict(effect: dict, n: int, max_ks_d: float) -> tuple[str, float]:
     return UNDETERMINED, windows_needed(n, effect, max_ks_d)
 
 
-def feature_shift(pairs: Pairs, feature: str, draws: tuple, settings: InvarianceSettings,
-                  bootstrap: BootstrapSettings) -> dict:
-    """KS D between a feature's original and perturbed windows, its interval, the noise D of
-    the original windows against themselves, the verdict, windows moved."""
-    original, perturbed = compared(pairs.original[feature].to_numpy(np.float64),
-                                   pairs.perturbed[feature].to_numpy(np.float64),
+def feature_shifts(pairs: Pairs, features: list[str], draws: tuple,
+                   settings: InvarianceSettings, bootstrap: BootstrapSettings) -> list[dict]:
+    """Per feature: KS D between its original and perturbed windows, its interval, the noise D
+    of the original windows against themselves, the verdict, windows moved. Every feature's
+    rows go through one KS computation a trace (the statistic is computed row by row)."""
+    if not len(pairs.trace):
+        return [{"ks_d": np.nan, "ks_low": np.nan, "ks_high": np.nan, "noise_d": np.nan,
+                 "verdict": NOT_MEASURED, "windows_needed": np.nan, "moved": 0}] * len(features)
+    original, perturbed = compared(pairs.original[features].to_numpy(np.float64).T,
+                                   pairs.perturbed[features].to_numpy(np.float64).T,
                                    settings.relative_tolerance)
-    if original.size == 0:
-        return {"ks_d": np.nan, "ks_low": np.nan, "ks_high": np.nan, "noise_d": np.nan,
-                "verdict": NOT_MEASURED, "windows_needed": np.nan, "moved": 0}
     lengths = pairs.lengths()
     indices, first, second = draws
-    low, high = percentile_interval(
-        within_traces(original[indices], perturbed[indices], lengths), bootstrap.confidence)
-    noise = within_traces(original[first], original[second], lengths)
-    effect = {"ks_d": float(within_traces(original[None, :], perturbed[None, :], lengths)[0]),
-              "ks_low": low, "ks_high": high,
-              "noise_d": float(np.quantile(noise, bootstrap.confidence))}
-    said, needed = verdict(effect, original.size, settings.max_ks_d)
-    return {**effect, "verdict": said, "windows_needed": needed,
-            "moved": int((original != perturbed).sum())}
+    resampled = resampled_within_traces(original[:, indices], perturbed[:, indices], lengths)
+    noise = resampled_within_traces(original[:, first], original[:, second], lengths)
+    d = within_traces(original, perturbed, lengths)
+    shifts = []
+    for k in range(len(features)):
+        low, high = percentile_interval(resampled[k], bootstrap.confidence)
+        effect = {"ks_d": float(d[k]), "ks_low": low, "ks_high": high,
+                  "noise_d": float(np.quantile(noise[k], bootstrap.confidence))}
+        said, needed = verdict(effect, original.shape[1], settings.max_ks_d)
+        shifts.append({**effect, "verdict": said, "windows_needed": needed,
+                       "moved": int((original[k] != perturbed[k]).sum())})
+    return shifts
 
 
 def invariance_table(pairs: dict[str, Pairs], features: list[str], settings: InvarianceSettings,
@@ -190,9 +203,9 @@ def invariance_table(pairs: dict[str, Pairs], features: list[str], settings: Inv
     for name, matched in pairs.items():
         draws = tuple(moving_block_indices(matched.lengths(), bootstrap.block_windows,
                                            bootstrap.resamples, rng) for _ in range(3))
-        for feature in features:
-            rows.append({"feature": feature, "perturbation": name,
-                         **feature_shift(matched, feature, draws, settings, bootstrap),
+        for feature, shift in zip(features, feature_shifts(matched, features, draws, settings,
+                                                           bootstrap)):
+            rows.append({"feature": feature, "perturbation": name, **shift,
                          "windows": len(matched.trace), "captures": len(set(matched.trace))})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -292,6 +305,23 @@ def classes_table(classes: pd.DataFrame, specs: pd.DataFrame) -> pd.DataFrame:
         "why declared so": shown["reason"]}).reset_index(drop=True)
 
 
+def _cells(ax, values: np.ndarray, notes: np.ndarray) -> None:
+    """A heatmap of `values` (0 to 1, first row on top), each cell annotated with its note in
+    a colour that reads on it (seaborn's rule: dark text on light cells). Drawn directly:
+    seaborn's heatmap draws the whole figure once more to decide whether labels overlap."""
+    cmap = sns.color_palette("rocket_r", as_cmap=True)
+    ax.pcolormesh(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1)
+    ax.set(xlim=(0, values.shape[1]), ylim=(values.shape[0], 0))
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    colours = cmap(np.nan_to_num(values))
+    for (y, x), note in np.ndenumerate(notes):
+        if note:
+            ax.text(x + 0.5, y + 0.5, note, ha="center", va="center", fontsize=7,
+                    color=".15" if relative_luminance(colours[y, x]) > 0.408 else "w")
+
+
 def heatmap(table: pd.DataFrame, classes: pd.DataFrame, confidence: float, path,
             why_empty: str) -> None:
     """Feature x perturbation: KS D; * where the perturbation moves the feature, ? where the
@@ -318,11 +348,13 @@ def heatmap(table: pd.DataFrame, classes: pd.DataFrame, confidence: float, path,
     values = d.to_numpy()
     notes = np.where(np.isnan(values), "", np.char.add(
         np.char.mod("%.2f", np.nan_to_num(values)), marks.to_numpy().astype(str)))
-    fig = Figure(figsize=(1.0 * len(order) + 6, 0.34 * len(rows) + 2.5))
+    fig = Figure(figsize=(1.0 * len(order) + 6, 0.34 * len(rows) + 2.5), layout="constrained")
     ax = fig.subplots()
-    sns.heatmap(pd.DataFrame(values, index=rows, columns=columns), vmin=0, vmax=1,
-                cmap="rocket_r", annot=notes, fmt="", annot_kws={"fontsize": 7}, ax=ax,
-                cbar_kws={"label": "KS D, original vs perturbed windows (0 = unmoved)"})
+    _cells(ax, values, notes)
+    fig.colorbar(ax.collections[0], ax=ax, label="KS D, original vs perturbed windows "
+                 "(0 = unmoved)").outline.set_linewidth(0)
+    ax.set_xticks(np.arange(len(columns)) + 0.5, columns, rotation="vertical")
+    ax.set_yticks(np.arange(len(rows)) + 0.5, rows)
     ax.set_xlabel("perturbation (windows compared, captures)")
     ax.set_ylabel("window feature [declared -> measured class]")
     ax.set_title(figure_text(

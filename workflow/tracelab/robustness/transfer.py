@@ -17,7 +17,7 @@ scored by the model that did not see it): there both labels are present, so AUC 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -122,8 +122,26 @@ def same_traffic(format_pairs: dict[str, str]) -> dict[str, set[str]]:
     return partners
 
 
+@dataclass
+class Detectors:
+    """Detectors fitted so far, by model, features and the traces left out of training: a
+    trace and its other format leave the same training set, and two feature sets may hold the
+    same features, so such folds share one fit (the same data and seed give the same model)."""
+
+    settings: TransferSettings
+    seed: int
+    fitted: dict = field(default_factory=dict)
+
+    def fit(self, model: str, features: list[str], train: pd.DataFrame, left_out: frozenset):
+        key = (model, tuple(features), left_out)
+        if key not in self.fitted:
+            self.fitted[key] = detector(model, self.settings, self.seed).fit(
+                train[features].to_numpy(np.float64), train["label"].to_numpy())
+        return self.fitted[key]
+
+
 def leave_one_capture_out(windows: pd.DataFrame, features: list[str], model: str,
-                          feature_set: str, settings: TransferSettings, seed: int,
+                          feature_set: str, detectors: Detectors,
                           partners: dict[str, set[str]]) -> list[Fold]:
     """Every trace left out in turn; a fold that cannot test transfer is noted, not trained:
     no feature, no other trace, one label among the others (nothing to tell apart), or the
@@ -132,15 +150,15 @@ def leave_one_capture_out(windows: pd.DataFrame, features: list[str], model: str
     folds = []
     for trace in dict.fromkeys(windows["trace"]):
         test = windows["trace"] == trace
-        train = windows[~windows["trace"].isin({trace, *partners.get(trace, ())})]
+        left_out = frozenset({trace, *partners.get(trace, ())})
+        train = windows[~windows["trace"].isin(left_out)]
         n = int(test.sum())
         note = fold_note(features, train, windows.loc[test, "label"].iloc[0])
         if note:
             folds.append(Fold(trace, model, feature_set, np.full(n, None, dtype=object),
                               np.full(n, np.nan), note))
             continue
-        fitted = detector(model, settings, seed).fit(train[features].to_numpy(np.float64),
-                                                     train["label"].to_numpy())
+        fitted = detectors.fit(model, features, train, left_out)
         x = windows.loc[test, features].to_numpy(np.float64)
         score = fitted.predict_proba(x)[:, list(fitted.classes_).index(labels[1])] \
             if len(labels) == 2 and labels[1] in fitted.classes_ else np.full(n, np.nan)
@@ -183,10 +201,11 @@ def transfer_table(windows: pd.DataFrame, classes: pd.DataFrame, settings: Trans
                    bootstrap: BootstrapSettings, seed: int,
                    partners: dict[str, set[str]]) -> pd.DataFrame:
     rng = job_rng(seed, "transfer")
+    detectors = Detectors(settings, seed)
     rows = []
     for set_name, features in feature_sets(classes).items():
         for model in MODELS:
-            folds = leave_one_capture_out(windows, features, model, set_name, settings, seed,
+            folds = leave_one_capture_out(windows, features, model, set_name, detectors,
                                           partners)
             for fold in folds:
                 mine = windows[windows["trace"] == fold.trace]
