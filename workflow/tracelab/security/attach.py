@@ -44,10 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from tracelab.core.packets import TCP_FLAG_BITS
+from tracelab.security.flow_arrays import member_of, stable_order
 
 FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 # Rounds of constraint propagation in one group (each places a row or removes an option).
@@ -84,7 +83,7 @@ class _Events:
     end: np.ndarray
 
     def sorted(self) -> _Events:
-        order = np.lexsort((self.frame, self.direction))
+        order = stable_order(self.direction, self.frame)
         return _Events(*(values[order] for values in (self.direction, self.frame, self.own,
                                                       self.start, self.end)))
 
@@ -151,26 +150,47 @@ def sequence_gaps(ported: pd.DataFrame) -> pd.DataFrame:
 
 
 def gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 256):
-    """(row, gap) pairs where the gap, of the row's directed address pair, encloses its frame.
+    """(row, gap) pairs where the gap, of the row's directed address pair, encloses its frame:
+    the rows' columns, then the gaps' (the pair's codes once), in the rows' order and each
+    row's gaps in theirs.
 
     Joined through frame buckets (each gap listed once per bucket it spans), so the join never
-    grows with the square of a busy address pair's rows.
+    grows with the square of a busy address pair's rows: a sorted merge of one number a
+    (directed pair, bucket), frames being below 2^40.
     """
     first = gaps["frame_start"].to_numpy() // bucket_frames
-    last = gaps["frame_end"].to_numpy() // bucket_frames
-    spans = gaps.loc[gaps.index.repeat(last - first + 1)]
-    spans = spans.assign(bucket=np.repeat(first, last - first + 1)
-                         + spans.groupby(level=0).cumcount().to_numpy())
-    keyed = rows.assign(bucket=rows["frame"].to_numpy() // bucket_frames)
-    pairs = keyed.merge(spans, on=["src_code", "dst_code", "bucket"])
-    inside = (pairs["frame"] > pairs["frame_start"]) & (pairs["frame"] < pairs["frame_end"])
-    return pairs[inside].drop(columns="bucket")
+    spans = gaps["frame_end"].to_numpy() // bucket_frames - first + 1
+    span_gap = np.repeat(np.arange(len(gaps)), spans)
+    bucket = np.repeat(first - np.cumsum(spans) + spans, spans) + np.arange(len(span_gap))
+    pair = pd.factorize(np.concatenate([_directed_pair(rows), _directed_pair(gaps)]))[0]
+    row_key = (pair[:len(rows)] << 32) | (rows["frame"].to_numpy() // bucket_frames)
+    span_key = (pair[len(rows):][span_gap] << 32) | bucket
+    by_key = np.argsort(span_key, kind="stable")
+    low = np.searchsorted(span_key[by_key], row_key)
+    count = np.searchsorted(span_key[by_key], row_key, side="right") - low
+    row_at = np.repeat(np.arange(len(rows)), count)
+    gap_at = span_gap[by_key[np.repeat(low - np.cumsum(count) + count, count)
+                             + np.arange(len(row_at))]]
+    frame = rows["frame"].to_numpy()[row_at]
+    inside = np.flatnonzero((frame > gaps["frame_start"].to_numpy()[gap_at])
+                            & (frame < gaps["frame_end"].to_numpy()[gap_at]))
+    row_at, gap_at = row_at[inside], gap_at[inside]
+    return pd.DataFrame({
+        **{name: rows[name].to_numpy()[row_at] for name in rows.columns},
+        **{name: gaps[name].to_numpy()[gap_at] for name in gaps.columns
+           if name not in ("src_code", "dst_code")}}, index=inside)
 
 
 def _groups(candidates: pd.DataFrame) -> np.ndarray:
     """Each candidate pair's group: connected components of the row-gap graph."""
-    rows, row_index = np.unique(candidates["row"].to_numpy(), return_inverse=True)
-    gaps, gap_index = np.unique(candidates["gap"].to_numpy(), return_inverse=True)
+    # Imported here: scipy.sparse takes ~0.25 CPU s to import, and most jobs that import this
+    # module (every trace's statistics, the connections of a capture) attach nothing.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    # Nodes numbered in sorted order (np.unique's), by hashing.
+    row_index, rows = pd.factorize(candidates["row"].to_numpy(), sort=True)
+    gap_index, gaps = pd.factorize(candidates["gap"].to_numpy(), sort=True)
     size = len(rows) + len(gaps)
     graph = coo_matrix((np.ones(len(candidates)), (row_index, len(rows) + gap_index)),
                        shape=(size, size))
@@ -348,33 +368,61 @@ def _chain_pairs(candidates: pd.DataFrame) -> np.ndarray:
     placement is forced. It is the solution when each row falls wholly inside a gap it is a
     candidate of; otherwise the group has none this way and is left to the search.
     """
+    group, row, gap = (candidates[name].to_numpy() for name in ("group", "row", "gap"))
+    n_groups = int(group.max()) + 1
+    # Each gap once, by (group, start); each row once (its first pair), by (group, frame).
+    gap_at = np.unique(gap, return_index=True)[1]
+    gap_at = gap_at[np.lexsort((candidates["start"].to_numpy()[gap_at], group[gap_at]))]
+    _, row_first, row_of_pair = np.unique(row, return_index=True, return_inverse=True)
+    by_frame = np.lexsort((candidates["frame"].to_numpy()[row_first], group[row_first]))
+    row_at = row_first[by_frame]
+    gaps = _Stream.of(group[gap_at], candidates["bytes"].to_numpy()[gap_at], n_groups)
+    payload = _Stream.of(group[row_at], candidates["payload"].to_numpy()[row_at], n_groups)
+    # The forced gap of each row: the last of its group starting at or before the row does.
+    at = np.minimum(np.searchsorted(gaps.start, gaps.base[payload.group] + payload.offset,
+                                    side="right") - 1, gaps.last[payload.group])
+    forced = np.empty(len(row_first), gap.dtype)
+    forced[by_frame] = gap[gap_at][at]
+    chosen = gap == forced[row_of_pair]
+    fits = (payload.offset + payload.size <= gaps.end[at] - gaps.base[payload.group]) & \
+        (np.bincount(row_of_pair, chosen, len(row_first))[by_frame] > 0)
     direction = candidates["flow"].to_numpy() * 2 + candidates["is_orig"].to_numpy()
-    spread = pd.Series(direction).groupby(candidates["group"].to_numpy()).agg(["min", "max"])
-    gaps = candidates.drop_duplicates("gap").sort_values(["group", "start"])
-    gap_end = gaps.groupby("group")["bytes"].cumsum()
-    gaps = gaps.assign(chain_start=gap_end - gaps["bytes"], chain_end=gap_end)
-    rows = candidates.drop_duplicates("row").sort_values(["group", "frame"])
-    rows = rows.assign(chain_start=rows.groupby("group")["payload"].cumsum() - rows["payload"],
-                       empty=rows["payload"] <= 0)
-    forced = pd.merge_asof(
-        rows[["row", "group", "chain_start", "payload"]].sort_values("chain_start"),
-        gaps[["gap", "group", "chain_start", "chain_end"]].sort_values("chain_start"),
-        on="chain_start", by="group", direction="backward")
-    pairs = pd.MultiIndex.from_frame(candidates[["row", "gap"]])
-    forced_pairs = pd.MultiIndex.from_arrays([forced["row"], forced["gap"].fillna(-1)])
-    forced["fits"] = (forced["chain_start"] + forced["payload"] <= forced["chain_end"]) & \
-        forced_pairs.isin(pairs)
-    per_group = pd.DataFrame({
-        "one_direction": spread["min"] == spread["max"],
-        "gaps": gaps.groupby("group").size(), "bytes": gaps.groupby("group")["bytes"].sum(),
-        "payload": rows.groupby("group")["payload"].sum(),
-        "empty_rows": rows.groupby("group")["empty"].any(),
-        "fits": forced.groupby("group")["fits"].all()})
-    chains = per_group.index[
-        per_group["one_direction"] & (per_group["payload"] == per_group["bytes"])
-        & per_group["fits"] & ((per_group["gaps"] == 1) | ~per_group["empty_rows"])]
-    chosen = forced_pairs[forced["group"].isin(chains).to_numpy()]
-    return pairs.isin(chosen)
+    others = direction != direction[row_at[payload.first]][group]  # than a pair of its group
+    chains = (np.bincount(group, others, n_groups) == 0) & (payload.total == gaps.total) & \
+        np.logical_and.reduceat(fits, payload.first) & \
+        ((gaps.count == 1) | ~np.logical_or.reduceat(payload.size <= 0, payload.first))
+    return chains[group] & chosen
+
+
+@dataclass
+class _Stream:
+    """Sizes (gap bytes, row payloads) laid end to end, sorted by group: each one's offset in
+    its group's stream and, per group, the first, last, count, total and where its stream
+    starts in the one of all groups (sizes are whole numbers: int64 sums are exact)."""
+
+    group: np.ndarray
+    size: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    offset: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    count: np.ndarray
+    base: np.ndarray
+    total: np.ndarray
+
+    @classmethod
+    def of(cls, group: np.ndarray, size: np.ndarray, n_groups: int) -> _Stream:
+        """`group` sorted, every group 0..n_groups-1 present."""
+        size = size.astype(np.int64)
+        end = np.cumsum(size)
+        start = end - size
+        first = np.searchsorted(group, np.arange(n_groups))
+        last = np.append(first[1:], len(group)) - 1
+        base = start[first]
+        return cls(group=group, size=size, start=start, end=end, offset=start - base[group],
+                   first=first, last=last, count=last - first + 1, base=base,
+                   total=end[last] - base)
 
 
 # The candidate columns a `_Group` is made of, in the order `_Group.of` takes them.
@@ -414,10 +462,13 @@ def assign_to_gaps(candidates: pd.DataFrame) -> tuple[pd.DataFrame, set]:
         return candidates, set()
     candidates = candidates.assign(group=_groups(candidates))
     in_chain = _chain_pairs(candidates)
-    solved = candidates["group"].isin(candidates.loc[in_chain, "group"]).to_numpy()
+    group = candidates["group"].to_numpy()
+    solved = np.bincount(group, in_chain)[group] > 0
     searched, ambiguous = _searched_groups(candidates[~solved])
-    keys = pd.MultiIndex.from_frame(candidates[["row", "gap"]])
-    chosen = in_chain | keys.isin(list(searched))
+    row, gap = candidates["row"].to_numpy(), candidates["gap"].to_numpy()
+    placed = np.array(list(searched), np.int64).reshape(-1, 2)
+    span = int(gap.max()) + 1
+    chosen = in_chain | member_of(row * span + gap, placed[:, 0] * span + placed[:, 1])
     return candidates[chosen], ambiguous
 
 
@@ -425,6 +476,8 @@ def _nearest_flow(pending: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> 
     """Rows joined to the connection of their directed pair's nearest packets, when the nearest
     before and the nearest after (within the idle timeout, where present) agree."""
     by = ["src_code", "dst_code"]
+    # Only packets of the pending rows' directed pairs can be nearest (and are few to sort).
+    ported = ported[member_of(_directed_pair(ported), _directed_pair(pending))]
     packets = ported[[*by, "t", "flow", "is_orig"]].sort_values("t", kind="stable")
     pending = pending.sort_values("t", kind="stable")
     sides = [pd.merge_asof(pending, packets, on="t", by=by, direction=direction,
@@ -437,6 +490,11 @@ def _nearest_flow(pending: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> 
     is_orig = before["is_orig"].where(before["flow"].notna(), after["is_orig"])
     return pd.DataFrame({"row": flow.index, "flow": flow, "is_orig": is_orig,
                          "agree": agree.to_numpy()}).reset_index(drop=True)
+
+
+def _directed_pair(rows: pd.DataFrame) -> np.ndarray:
+    """One number a (sender, receiver) pair of address codes (each below 2^31)."""
+    return (rows["src_code"].to_numpy(np.int64) << 32) | rows["dst_code"].to_numpy(np.int64)
 
 
 def attach_portless(rows: pd.DataFrame, ported: pd.DataFrame, idle_ns: int) -> Attachment:

@@ -121,14 +121,16 @@ class FlowRows:
         overhead = per.min(length - tcp_len)
         payload = np.where(np.isnan(tcp_len), np.maximum(length - overhead[flow], 0), tcp_len)
         payload = np.where(tcp, np.nan_to_num(payload), 0.0)
-        # Zeek's W: a zero window, not on or after a RST of this side, nor after the peer's FIN.
-        position = np.arange(len(rows))
-        own_rst = np.where(orig, per.first_position(rst & orig)[flow],
-                           per.first_position(rst & ~orig)[flow])
-        peer_fin = np.where(orig, per.first_position(fin & ~orig)[flow],
-                            per.first_position(fin & orig)[flow])
-        zero_window = tcp & (packets.window[rows] == 0) & (position < own_rst) & \
-            (position < peer_fin)
+        # Zeek's W: a zero window, not on or after a RST of this side, nor after the peer's FIN
+        # (checked at the few rows with a zero window).
+        zero = np.flatnonzero(tcp & (packets.window[rows] == 0))
+        zero_flow, zero_orig = flow[zero], orig[zero]
+        own_rst = np.where(zero_orig, per.first_position(rst & orig)[zero_flow],
+                           per.first_position(rst & ~orig)[zero_flow])
+        peer_fin = np.where(zero_orig, per.first_position(fin & ~orig)[zero_flow],
+                            per.first_position(fin & orig)[zero_flow])
+        zero_window = np.zeros(len(rows), bool)
+        zero_window[zero] = (zero < own_rst) & (zero < peer_fin)
         return cls(flow=flow, per=per, orig=orig, tcp=tcp, known=known, syn=syn, fin=fin,
                    rst=rst, ack=ack, payload=payload,
                    retransmitted=tcp & (payload > 0) & packets.retransmission[rows],
@@ -189,7 +191,9 @@ def _lettered_rows(rows: FlowRows, code: np.ndarray) -> np.ndarray:
     changed[1:] = value[1:] != value[:-1]   # NaN (no number) never differs
     changed[1:] &= ~np.isnan(value[1:]) & ~np.isnan(value[:-1])
     repeats = np.isin(code[lettered], (H_CODE, S_CODE, F_CODE, R_CODE)) & changed
-    return np.sort(lettered[run_starts(key) | repeats])
+    adds = np.zeros(len(code), bool)
+    adds[lettered[run_starts(key) | repeats]] = True
+    return np.flatnonzero(adds)
 
 
 def zeek_history(rows: FlowRows, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,14 +263,19 @@ def content_gaps(rows: FlowRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     was seen). Returns the rows whose ACK revealed gaps (ascending), how many, and whether the
     gaps are the originator's data. A side with payload rows of no known sequence number
     (export rows attached without ports) is left out."""
-    found = [_side_gaps(rows, sender) for sender in (True, False)]
+    if not rows.segment_missing.any():  # no flow can have gaps (`_side_gaps`): skip the work
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    established = _established_rows(rows)
+    found = [_side_gaps(rows, sender, established) for sender in (True, False)]
     row, count, orig = (np.concatenate(parts) for parts in zip(*found))
     order = np.argsort(row, kind="stable")
     return row[order], count[order], orig[order]
 
 
-def _side_gaps(rows: FlowRows, sender: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`content_gaps` of one side's data (the originator's if `sender`)."""
+def _side_gaps(rows: FlowRows, sender: bool,
+               established: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`content_gaps` of one side's data (the originator's if `sender`; `established`:
+    `_established_rows`)."""
     per, flow = rows.per, rows.flow
     mine = (rows.orig == sender) & rows.tcp & ~np.isnan(rows.seq)
     # Data starts after the SYN; a side with payload rows of no known number (export rows
@@ -287,8 +296,8 @@ def _side_gaps(rows: FlowRows, sender: bool) -> tuple[np.ndarray, np.ndarray, np
     before = np.where(first, base[flow[data]], np.roll(reach, 1))
     holes = np.flatnonzero(start > before)
     last = np.flatnonzero(np.append(first[1:], len(data) > 0))
-    opened = np.flatnonzero(np.isfinite(base) & ~np.isin(np.arange(len(base)),
-                                                         flow[data]))
+    opened = np.flatnonzero(np.isfinite(base) & (np.bincount(flow[data], minlength=len(base))
+                                                 == 0))
     hole_flow = np.concatenate([flow[data][holes], flow[data][last], opened])
     hole_start = np.concatenate([before[holes], reach[last], base[opened]])
     hole_end = np.concatenate([start[holes], np.full(len(last) + len(opened), SEQ_SPAN - 1.0)])
@@ -307,7 +316,7 @@ def _side_gaps(rows: FlowRows, sender: bool) -> tuple[np.ndarray, np.ndarray, np
     # Stretches starting below the ACK, less those ending at or below the previous one.
     count = np.where(high > low, np.searchsorted(starts_key, _seq_key(ack_flow, high))
                      - np.searchsorted(ends_key, _seq_key(ack_flow, low), side="right"), 0)
-    counted = (count > 0) & _established_rows(rows)[acks]
+    counted = (count > 0) & established[acks]
     return acks[counted], count[counted], np.full(int(counted.sum()), sender)
 
 

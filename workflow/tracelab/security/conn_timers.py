@@ -104,10 +104,9 @@ def _reuse(rows: KeyedRows, boundary: np.ndarray) -> np.ndarray:
     return pure_syn & ~boundary & block_closed[np.maximum(block - 1, 0)]
 
 
-def _cumulative(mask: np.ndarray, starts: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """How many rows of the row's flow before it satisfy `mask`."""
-    before = np.cumsum(mask) - mask
-    return before - before[starts][flow]
+def _seen_before(per: PerFlow, mask: np.ndarray) -> np.ndarray:
+    """Whether a row of the row's connection before it satisfies `mask`."""
+    return np.arange(len(mask)) > per.first_position(mask)[per.flow]
 
 
 def _first_ts(per: PerFlow, ts: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -129,12 +128,12 @@ def _removal_ns(rows: KeyedRows, flow: np.ndarray) -> np.ndarray:
     answered = per.any(~first_side & (rows.ts < attempt_at[flow]))
     attempt_at = np.where(answered, NEVER, attempt_at)
     # Close: the first packet that completes it (module docstring).
-    own_fin = np.where(first_side, _cumulative(fin & first_side, first, flow),
-                       _cumulative(fin & ~first_side, first, flow)) > 0
+    own_fin = np.where(first_side, _seen_before(per, fin & first_side),
+                       _seen_before(per, fin & ~first_side))
     closes = fin | rst
-    peer_closed = np.where(first_side, _cumulative(closes & ~first_side, first, flow),
-                           _cumulative(closes & first_side, first, flow)) > 0
-    peer_silent = first_side & (_cumulative(~first_side, first, flow) == 0)
+    peer_closed = np.where(first_side, _seen_before(per, closes & ~first_side),
+                           _seen_before(per, closes & first_side))
+    peer_silent = first_side & ~_seen_before(per, ~first_side)
     close_ts = _first_ts(per, rows.ts, (rst & ~own_fin) | (fin & (peer_closed | peer_silent)))
     close_at = np.where(close_ts < NEVER, close_ts + CLOSE_DELAY_NS, NEVER)
     # A close before the attempt timer fires cancels it (`CancelTimers`).

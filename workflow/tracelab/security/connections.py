@@ -91,7 +91,9 @@ from tracelab.security.conn_timers import LONG_IDLE_PORTS, KeyedRows, connection
 from tracelab.security.flow_arrays import (
     Membership,
     PacketArrays,
+    member_of,
     run_starts,
+    stable_order,
     union_length,
 )
 from tracelab.security.names import trace_dns_answers
@@ -270,7 +272,7 @@ def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
     src_port, dst_port = packets.src_port[index], packets.dst_port[index]
     src_low = (src < dst) | ((src == dst) & (src_port <= dst_port))
     pair = np.where(src_low, src, dst) * len(packets.addresses) + np.where(src_low, dst, src)
-    pair_id = np.unique(pair, return_inverse=True)[1].reshape(-1)
+    pair_id = pd.factorize(pair, sort=True)[0]  # np.unique's inverse, by hashing
     key = (pair_id << 34) | (np.where(src_low, src_port, dst_port) << 18) | \
         (np.where(src_low, dst_port, src_port) << 2) | packets.is_tcp[index]
     order = np.lexsort((packets.frame[index], packets.t[index], key))
@@ -290,15 +292,23 @@ def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
     first = first_row[flow_sorted]
     is_orig[rows] = ((packets.src[rows] == packets.src[first])
                      & (packets.src_port[rows] == packets.src_port[first])) ^ flipped[flow_sorted]
-    return Membership(flow_of, is_orig, first_row, flipped)
+    return Membership(flow_of, is_orig, first_row, flipped, rows)
 
 
-def _row_frame(packets: PacketArrays, index: np.ndarray) -> pd.DataFrame:
-    """The rows `index` in the frame `_attach_portless` takes (indexed by row number)."""
+def _row_columns(packets: PacketArrays, index: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns `_attach_portless` takes of every row, of the rows `index`."""
+    return {"row": index, "src_code": packets.src[index], "dst_code": packets.dst[index],
+            "t": packets.t[index], "frame": packets.frame[index],
+            "length": packets.length[index]}
+
+
+def _ported_frame(packets: PacketArrays, member: Membership, rows: np.ndarray) -> pd.DataFrame:
+    """The rows in flows `rows` as `_attach_portless` takes them (indexed by row number)."""
     return pd.DataFrame({
-        "row": index, "src_code": packets.src[index], "dst_code": packets.dst[index],
-        "t": packets.t[index], "frame": packets.frame[index], "length": packets.length[index]},
-        index=index)
+        **_row_columns(packets, rows), "flow": member.flow_of[rows],
+        "is_orig": member.is_orig[rows], "is_tcp": packets.is_tcp[rows],
+        "flags": packets.flags[rows], "seq": packets.seq[rows], "ack": packets.ack[rows],
+        "len": packets.tcp_len[rows]}, index=rows)
 
 
 def _attach(packets: PacketArrays, member: Membership, settings: FlowSettings) -> None:
@@ -309,17 +319,15 @@ def _attach(packets: PacketArrays, member: Membership, settings: FlowSettings) -
     if not len(portless):
         return
     # Only connections between two hosts that exchanged port-less rows can take one.
-    rows = np.flatnonzero(member.flow_of >= 0)
-    rows = rows[np.isin(packets.pair(rows), packets.pair(portless))]
-    rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
-    ported = _row_frame(packets, rows).assign(
-        flow=member.flow_of[rows], is_orig=member.is_orig[rows], is_tcp=packets.is_tcp[rows],
-        flags=packets.flags[rows], seq=packets.seq[rows], ack=packets.ack[rows],
-        len=packets.tcp_len[rows])
-    attached = _attach_portless(_row_frame(packets, portless), ported,
-                                settings.idle_ns[0])
-    member.flow_of[attached["row"].to_numpy()] = attached["flow"].to_numpy()
-    member.is_orig[attached["row"].to_numpy()] = attached["is_orig"].to_numpy()
+    taking = member_of(packets.pair(member.first_row), packets.pair(portless))
+    rows = member.rows[taking[member.flow_of[member.rows]]]
+    attached = _attach_portless(pd.DataFrame(_row_columns(packets, portless), index=portless),
+                                _ported_frame(packets, member, rows), settings.idle_ns[0])
+    added = attached["row"].to_numpy()
+    member.flow_of[added] = attached["flow"].to_numpy()
+    member.is_orig[added] = attached["is_orig"].to_numpy()
+    rows = np.append(member.rows, added)  # in order but for the attached: a quick sort
+    member.rows = rows[stable_order(member.flow_of[rows], packets.chrono[rows])]
 
 
 def assemble_connections(packets: pa.Table | pd.DataFrame, settings: FlowSettings,
@@ -350,16 +358,10 @@ class _SideBytes:
     ip: np.ndarray
 
 
-def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
-                mine: np.ndarray) -> _SideBytes:
-    fr, per = flow_rows, flow_rows.per
-    seq, ack_number = packets.seq[rows], packets.ack[rows]
-    own = mine & fr.tcp & ~fr.rst & ~np.isnan(seq)
-    start = per.min(np.where(own, seq, np.nan))
-    own_end = per.max(np.where(own, seq + fr.payload + fr.syn + fr.fin, np.nan))
-    peer_ack = per.max(np.where(~mine & fr.tcp & ~fr.rst & fr.ack, ack_number, np.nan))
-    size = np.fmax(own_end, peer_ack) - start - per.any(fr.syn & own)
-    size = np.maximum(np.where((size > 0) & per.any(fr.fin & own), size - 1, size), 0)
+def _side_bytes(packets: PacketArrays, rows: np.ndarray,
+                flow_rows: FlowRows) -> list[_SideBytes]:
+    """The originator's and the responder's byte counts per flow."""
+    fr, per, seq = flow_rows, flow_rows.per, flow_rows.seq
     # IP and UDP bytes as Zeek counts them: the ConnSize analyzer (analyzer/protocol/conn-size/
     # ConnSize.cc, DeliverPacket) adds each packet's ip->TotalLen() to *_ip_bytes, and
     # packet_analysis/protocol/udp/UDP.cc (DeliverPacket: UpdateLength(is_orig, ulen), ulen
@@ -374,20 +376,31 @@ def _side_bytes(packets: PacketArrays, rows: np.ndarray, flow_rows: FlowRows,
                          IPV4_HEADER)[packets.src[rows]]
     udp_payload = np.where(np.isnan(udp_len), np.maximum(ip_len - ip_header - UDP_HEADER, 0),
                            udp_len)
-    summed = per.sum(np.where(mine, np.where(fr.tcp, fr.payload, udp_payload), 0.0))
-    # Zeek's missed_bytes: gaps its reassembler skipped, so a gap a retransmission later
-    # filled is not missed: the sequence space no captured segment covers, counting the
-    # payload of rows without a sequence number (attached export rows) as covering.
-    data = np.flatnonzero(own & (fr.payload > 0))
-    seen = union_length(fr.flow[data], seq[data], seq[data] + fr.payload[data], len(per.starts))
-    seen = seen + per.sum(np.where(mine & fr.tcp & ~fr.rst & np.isnan(seq) & ~fr.retransmitted,
-                                   fr.payload, 0.0))
-    numbered = ~np.isnan(start)
-    return _SideBytes(
-        payload=np.rint(np.where(numbered, size, summed)).astype(np.int64),
-        missed=np.rint(np.where(numbered, np.maximum(size - seen, 0), 0)).astype(np.int64),
-        frame=per.sum(np.where(mine, length, 0)),
-        ip=np.rint(per.sum(np.where(mine, ip_len, 0.0))).astype(np.int64))
+    payload = np.where(fr.tcp, fr.payload, udp_payload)
+    sides = []
+    for mine in (fr.orig, ~fr.orig):  # the two sides share the rows' sizes above
+        own = mine & fr.tcp & ~fr.rst & ~np.isnan(seq)
+        start = per.min(np.where(own, seq, np.nan))
+        own_end = per.max(np.where(own, seq + fr.payload + fr.syn + fr.fin, np.nan))
+        peer_ack = per.max(np.where(~mine & fr.tcp & ~fr.rst & fr.ack, fr.ack_number, np.nan))
+        size = np.fmax(own_end, peer_ack) - start - per.any(fr.syn & own)
+        size = np.maximum(np.where((size > 0) & per.any(fr.fin & own), size - 1, size), 0)
+        summed = per.sum(np.where(mine, payload, 0.0))
+        # Zeek's missed_bytes: gaps its reassembler skipped, so a gap a retransmission later
+        # filled is not missed: the sequence space no captured segment covers, counting the
+        # payload of rows without a sequence number (attached export rows) as covering.
+        data = np.flatnonzero(own & (fr.payload > 0))
+        seen = union_length(fr.flow[data], seq[data], seq[data] + fr.payload[data],
+                            len(per.starts))
+        seen = seen + per.sum(np.where(mine & fr.tcp & ~fr.rst & np.isnan(seq)
+                                       & ~fr.retransmitted, fr.payload, 0.0))
+        numbered = ~np.isnan(start)
+        sides.append(_SideBytes(
+            payload=np.rint(np.where(numbered, size, summed)).astype(np.int64),
+            missed=np.rint(np.where(numbered, np.maximum(size - seen, 0), 0)).astype(np.int64),
+            frame=per.sum(np.where(mine, length, 0)),
+            ip=np.rint(per.sum(np.where(mine, ip_len, 0.0))).astype(np.int64)))
+    return sides
 
 
 def _aggregate(packets: PacketArrays, member: Membership, trace: str):
@@ -395,16 +408,14 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     n_flows = len(member.first_row)
     if not n_flows:
         return FLOWS.schema.empty_table().to_pandas(), np.zeros(0, np.int64)
-    rows = np.flatnonzero(member.flow_of >= 0)
-    rows = rows[np.lexsort((packets.frame[rows], packets.t[rows], member.flow_of[rows]))]
+    rows = member.rows
     flow_rows = FlowRows.of(packets, rows, member)
     per, flow = flow_rows.per, flow_rows.flow
     history, late_flip = zeek_history(flow_rows, member.flipped)
     flow_rows.flip(late_flip)
     member.flipped |= late_flip
     member.is_orig[rows] = flow_rows.orig
-    orig_bytes = _side_bytes(packets, rows, flow_rows, flow_rows.orig)
-    resp_bytes = _side_bytes(packets, rows, flow_rows, ~flow_rows.orig)
+    orig_bytes, resp_bytes = _side_bytes(packets, rows, flow_rows)
     flow_is_tcp = packets.is_tcp[member.first_row]
     conn_state = zeek_conn_state(flow_rows, flow_is_tcp, history, late_flip)
 
@@ -427,8 +438,10 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
         pa.repeat(pa.scalar(trace), n_flows), pa.array(proto),
         *(pa.array(values).cast(pa.string()) for values in (
             address[orig], orig_port, address[resp], resp_port, first_ts)), "|")
-    flows = pd.DataFrame({
-        "trace": trace, "uid": connection_uids(keys), "proto": proto,
+    # Columns taken in the order of the first packets (ties: frame) before the frame is made.
+    order = np.lexsort((packets.frame[first], first_ts))
+    columns = {
+        "uid": connection_uids(keys), "proto": proto,
         "orig": address[orig], "orig_port": orig_port.astype(np.int32),
         "resp": address[resp], "resp_port": resp_port.astype(np.int32),
         "first_ts": pd.DatetimeIndex(first_ts.astype("datetime64[ns]")).tz_localize("UTC"),
@@ -447,11 +460,11 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
         "iat_max_s": per.max(iat),
         "len_min": per.min(length), "len_mean": len_mean, "len_std": len_std,
         "len_max": per.max(length),
-    })
-    order = np.lexsort((packets.frame[first], first_ts))
+    }
     rank = np.empty(n_flows, np.int64)
     rank[order] = np.arange(n_flows)
-    return flows.iloc[order].reset_index(drop=True), rank
+    return pd.DataFrame({"trace": trace, **{name: values[order]
+                                            for name, values in columns.items()}}), rank
 
 
 class _TableAppender:

@@ -21,10 +21,12 @@ MISSING_SEGMENT = "Previous segment not captured|ACKed unseen segment"
 class PacketArrays:
     """The packet columns connections are made of, as numpy arrays, one entry a packet;
     addresses as codes into `addresses`, protocols as codes into `protocols`; numbers that
-    may be unknown (sequence numbers, the IP and UDP header lengths) as floats, NaN if so."""
+    may be unknown (sequence numbers, the IP and UDP header lengths) as floats, NaN if so;
+    `chrono`: each packet's place in the order of (time, frame, row)."""
 
     frame: np.ndarray
     t: np.ndarray
+    chrono: np.ndarray
     length: np.ndarray
     ip_len: np.ndarray
     udp_len: np.ndarray
@@ -51,22 +53,25 @@ class PacketArrays:
         """The arrays of a packet table (`connections.PACKET_COLUMNS`)."""
         src_names, src = _dictionary(table.column("src"))
         dst_names, dst = _dictionary(table.column("dst"))
-        addresses = pd.Index(src_names).union(pd.Index(dst_names))
+        addresses = pd.Index(src_names).union(pd.Index(dst_names)).to_numpy(object)
+        address_set = pa.array(addresses)
         protocols, protocol = _dictionary(table.column("protocol"))
+        analysis = _encoded(table.column("tcp_analysis"))
         ported = _valid(table.column("src_port")) & _valid(table.column("dst_port"))
         known_flags = _valid(table.column("tcp_flags"))
+        frame, t = _integers(table.column("frame")), _integers(table.column("ts"))
         return cls(
-            frame=_integers(table.column("frame")), t=_integers(table.column("ts")),
+            frame=frame, t=t, chrono=_ranks(np.lexsort((frame, t))),
             length=_integers(table.column("length")), ip_len=_floats(table.column("ip_len")),
-            udp_len=_floats(table.column("udp_len")), addresses=addresses.to_numpy(object),
-            src=addresses.get_indexer(src_names)[src], dst=addresses.get_indexer(dst_names)[dst],
+            udp_len=_floats(table.column("udp_len")), addresses=addresses,
+            src=_places(src_names, address_set)[src], dst=_places(dst_names, address_set)[dst],
             ported=ported, src_port=_integers(table.column("src_port")),
             dst_port=_integers(table.column("dst_port")), known_flags=known_flags,
             flags=_integers(table.column("tcp_flags")), is_tcp=known_flags & ported,
             seq=_floats(table.column("tcp_seq")), ack=_floats(table.column("tcp_ack")),
             tcp_len=_floats(table.column("tcp_len")), window=_floats(table.column("tcp_win")),
-            retransmission=_analysis(table, "Retransmission"),
-            segment_missing=_analysis(table, MISSING_SEGMENT),
+            retransmission=_matches(analysis, "Retransmission"),
+            segment_missing=_matches(analysis, MISSING_SEGMENT),
             protocols=protocols, protocol=protocol)
 
     def pair(self, rows: np.ndarray) -> np.ndarray:
@@ -75,19 +80,36 @@ class PacketArrays:
         return low * len(self.addresses) + np.maximum(self.src[rows], self.dst[rows])
 
 
-def _analysis(table: pa.Table, pattern: str) -> np.ndarray:
-    """Rows whose Wireshark TCP analysis matches `pattern` (a regular expression)."""
-    return pc.fill_null(pc.match_substring_regex(table.column("tcp_analysis"), pattern),
-                        False).to_numpy(zero_copy_only=False)
+def _places(names: np.ndarray, values: pa.Array) -> np.ndarray:
+    """Each of `names`' place in `values` (which hold them all, once): Arrow's hash lookup."""
+    return pc.index_in(pa.array(names), value_set=values).to_numpy().astype(np.int64)
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """Each row's place in `order` (a permutation of the rows)."""
+    ranks = np.empty(len(order), np.int64)
+    ranks[order] = np.arange(len(order))
+    return ranks
+
+
+def _matches(texts: pa.DictionaryArray, pattern: str) -> np.ndarray:
+    """Rows whose text (Wireshark's TCP analysis) matches `pattern` (a regular expression),
+    matched once per distinct text."""
+    matched = pc.match_substring_regex(texts.dictionary, pattern)
+    return pc.fill_null(matched.take(texts.indices), False).to_numpy(zero_copy_only=False)
+
+
+def _encoded(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A dictionary or string column as one dictionary array."""
+    if pa.types.is_dictionary(column.type):
+        column = column.unify_dictionaries()
+    array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    return array if pa.types.is_dictionary(array.type) else array.dictionary_encode()
 
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A dictionary or string column as (distinct values, each row's code)."""
-    if pa.types.is_dictionary(column.type):
-        column = column.unify_dictionaries()
-    array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    if not pa.types.is_dictionary(array.type):
-        array = array.dictionary_encode()
+    array = _encoded(column)
     names = array.dictionary.to_numpy(zero_copy_only=False).astype(object)
     return names, pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -130,6 +152,22 @@ def union_length(flow: np.ndarray, start: np.ndarray, end: np.ndarray,
     return np.bincount(flow, np.maximum(end - np.maximum(start, before), 0), minlength=n_flows)
 
 
+def stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """The order of rows by (major, minor), ties in row order, as np.lexsort((minor, major))
+    gives it; for non-negative integers whose pair packs into one int64, a stable sort of that
+    key: faster, and much faster on rows mostly in order already (timsort uses their runs)."""
+    if not len(major) or min(major.min(), minor.min()) < 0 or \
+            (int(major.max()) + 1) * (int(minor.max()) + 1) >= 1 << 63:
+        return np.lexsort((minor, major))
+    return np.argsort(major.astype(np.int64) * (int(minor.max()) + 1) + minor, kind="stable")
+
+
+def member_of(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Whether each of `values` is one of `allowed`: pandas' hash lookup, several times faster
+    than np.isin, which sorts both."""
+    return pd.Series(values, copy=False).isin(allowed).to_numpy(bool)
+
+
 def run_starts(values: np.ndarray) -> np.ndarray:
     """True where a run of equal values begins (always at the first element)."""
     starts = np.ones(len(values), bool)
@@ -140,12 +178,14 @@ def run_starts(values: np.ndarray) -> np.ndarray:
 @dataclass
 class Membership:
     """Each packet's flow (-1: none; flows numbered in 5-tuple order) and direction, each
-    flow's first packet and whether its roles were flipped."""
+    flow's first packet and whether its roles were flipped, and the rows in flows sorted by
+    (flow, time, frame)."""
 
     flow_of: np.ndarray
     is_orig: np.ndarray
     first_row: np.ndarray
     flipped: np.ndarray
+    rows: np.ndarray
 
 
 class PerFlow:
@@ -170,7 +210,11 @@ class PerFlow:
 
     def first_position(self, mask) -> np.ndarray:
         """Row position of the first row where `mask` holds (inf when none)."""
-        return self.min(np.where(mask, np.arange(len(mask)), np.inf))
+        hits = np.flatnonzero(mask)
+        firsts = hits[run_starts(self.flow[hits])]  # rows are sorted by flow
+        position = np.full(len(self.starts), np.inf)
+        position[np.searchsorted(self.starts, firsts, side="right") - 1] = firsts
+        return position
 
     def mean_std(self, values) -> tuple[np.ndarray, np.ndarray]:
         """Mean and population standard deviation, ignoring NaN."""
