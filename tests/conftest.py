@@ -51,6 +51,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True,
     return result
 
 
+def tracelab(*args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The command line through its real interface (`python -m tracelab`, as the installed
+    `tracelab` script runs it)."""
+    return subprocess.run([sys.executable, "-m", "tracelab", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
 @functools.cache
 def _dry_runner() -> subprocess.Popen:
     runner = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dry_runner.py"))],
@@ -239,8 +246,19 @@ def assert_same_connections(whole: dict, sharded: dict) -> None:
     assert sorted(logs[0]) == sorted(logs[1])
 
 
-def set_packets_per_shard(workdir: Path, packets: int) -> None:
-    path = workdir / "config/config.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["sharding"] = {"packets_per_shard": packets}
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+# --- Shards ------------------------------------------------------------------------------------
+
+def packets_per_shard(packets: int) -> Callable[[bytes], bytes]:
+    """An edit of config/config.yaml: `packets` a shard."""
+    def edit(text: bytes) -> bytes:
+        config = yaml.safe_load(text)
+        config["sharding"] = {"packets_per_shard": packets}
+        return yaml.safe_dump(config, sort_keys=False).encode()
+    return edit
+
+
+def security_jobs(workdir: Path) -> dict[str, int]:
+    """The planned jobs but the robustness experiment's, which read the windows files (and
+    flows) the connection jobs' rerun rewrites: theirs is checked in the robustness tests."""
+    return {rule: count for rule, count in planned_jobs(workdir).items()
+            if not rule.startswith("robustness_")}

@@ -17,7 +17,7 @@ import warnings
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, tracelab
 from trace_files import write_export
 
 from tracelab.core.errors import TraceInputError
@@ -25,11 +25,6 @@ from tracelab.core.packets import PACKET_SCHEMA
 
 CSV = REPO / "data/log4j_scan.csv.gz"
 PCAPNG = REPO / "data/log4j_scan.pcapng"
-
-
-def tracelab(*args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracelab", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def fields(output: str) -> dict[str, str]:
@@ -328,21 +323,6 @@ def test_an_option_snakemake_does_not_know_gets_one_usage_line(workflow_copy, co
     assert error == (f"tracelab {command}: error: snakemake option: unrecognized arguments: "
                      f"--bogus (see python -m snakemake --help)")
     assert not (workflow_copy / "results").exists()
-
-@pytest.mark.slow
-def test_run_then_report(workflow_copy):
-    # The whole pipeline: as long as conftest's bundled run may take on a busy machine.
-    run = tracelab("run", cwd=workflow_copy / "config", timeout=1800)  # from a subfolder
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (workflow_copy / "results/compare/summary.csv").exists()
-    assert "Provided cores: " in run.stderr
-    report = tracelab("report", cwd=workflow_copy)
-    assert report.returncode == 0, report.stderr[-3000:]
-    # A clean console: no warning under Python's default filters (Snakemake's TBDString
-    # RuntimeWarning came from resource functions reading input.size_mb).
-    assert not re.search(r"\w+Warning\b", report.stdout + report.stderr), report.stderr
-    page = (workflow_copy / "results/report.html").read_text()
-    assert "<html" in page.lower() and "log4j_scan" in page
 
 
 def test_run_removes_temporary_outputs_an_interrupted_run_left(workflow_copy):

@@ -5,7 +5,9 @@ the expected set here is found by Python's own import system: import what the ru
 imports (and validate_trace's reader, loaded by format at run time) in a fresh interpreter and
 list the package files in sys.modules. Every job of the bundled run recorded its code version
 among its params (Snakemake's metadata): it must be the digest of exactly those files. The slow
-lane also edits every module in turn and asks Snakemake which outputs it would rerun.
+lane edits every module in turn: the code versions found from the import graph must change for
+exactly the jobs whose Python imports hold it, and Snakemake itself, asked about a module of each
+kind, must rerun exactly their outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, bundled_run, dry_run_outputs, edited
 
-from tracelab.core.code_version import files_digest, import_closure, module_file
+from tracelab.core.code_version import code_version, files_digest, import_closure, module_file
 from tracelab.ingest.validate import READERS
 
 # For each list of modules: a child of an interpreter that has imported every third-party
@@ -171,6 +173,10 @@ def code_changes(workdir: Path) -> tuple[set[tuple[str, str]], set[str]]:
     return changed, unknown
 
 
+def commented(source: bytes) -> bytes:
+    return source + b"\n# an edit that changes nothing\n"
+
+
 @pytest.mark.slow
 def test_editing_any_module_reruns_exactly_the_rules_that_import_it():
     workdir = bundled_run()
@@ -183,18 +189,40 @@ def test_editing_any_module_reruns_exactly_the_rules_that_import_it():
                if status == "ok"}   # temp() outputs are gone and cannot say
     assert {rule for rule in outputs.values()} >= {"validate_trace", "normalize_trace",
                                                     "security_connections"}
-    keys = sorted({(rule, trace_of(path, list(formats))) for path, rule in outputs.items()})
-    imports = [tuple(script_imports(workdir / "workflow" / "scripts" / f"{rule}.py"))
-               + ((READERS[formats[trace]],) if rule == "validate_trace" else ())
-               for rule, trace in keys]
-    closures = dict(zip(keys, runtime_closures(workdir, imports)))
-    assert code_changes(workdir) == (set(), set())
+    # An output's code version depends on its rule and, for validation, its trace's format.
+    jobs = {path: (rule, formats[trace_of(path, list(formats))] if rule == "validate_trace"
+                   else "") for path, rule in outputs.items()}
+    keys = sorted(set(jobs.values()))
+    scripts = {key: workdir / "workflow" / "scripts" / f"{key[0]}.py" for key in keys}
+    readers = {key: (READERS[key[1]],) if key[1] else () for key in keys}
+    closures = dict(zip(keys, runtime_closures(
+        workdir, [tuple(script_imports(scripts[key])) + readers[key] for key in keys])))
 
-    modules = sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
+    def versions() -> dict[tuple[str, str], str]:
+        """Each job's code version as the workflow finds it, from the import graph."""
+        return {key: code_version(scripts[key], *(module_file(name, package)
+                                                  for name in readers[key]), package_dir=package)
+                for key in keys}
+
+    modules = sorted(path.resolve() for path in package.rglob("*.py")
+                     if "__pycache__" not in path.parts)
     assert len(modules) > 20
+    importing = {module: {key for key in keys if module in closures[key]} for module in modules}
+    unedited = versions()
     for module in modules:
-        with edited(module, lambda source: source + b"\n# an edit that changes nothing\n"):
+        with edited(module, commented):
+            changed = {key for key, version in versions().items() if version != unedited[key]}
+        assert changed == importing[module], module.relative_to(package)
+
+    # Snakemake's own verdict, for a module no job imports, each bundled format's reader (that
+    # format's validation only) and a module every job imports.
+    assert code_changes(workdir) == (set(), set())
+    asked = [next(module for module in modules if not importing[module]),
+             *sorted({module_file(READERS[fmt], package).resolve() for fmt in formats.values()}),
+             next(module for module in modules if importing[module] == set(keys))]
+    for module in asked:
+        with edited(module, commented):
             changed, unknown = code_changes(workdir)
-        expected = {(rule, path) for path, rule in outputs.items() if path not in unknown
-                    and module.resolve() in closures[(rule, trace_of(path, list(formats)))]}
+        expected = {(rule, path) for path, rule in outputs.items()
+                    if path not in unknown and jobs[path] in importing[module]}
         assert changed == expected, module.relative_to(package)

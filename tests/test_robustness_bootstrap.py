@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ from tracelab.robustness.bootstrap import (
     percentile_interval,
     roc_auc,
 )
-from tracelab.robustness.invariance import match_windows, within_traces
+from tracelab.robustness.invariance import match_windows, windows_needed, within_traces
 
 
 @pytest.mark.filterwarnings("ignore:ks_2samp:RuntimeWarning")
@@ -95,3 +97,17 @@ def test_a_stretched_copy_maps_its_windows_back_through_the_scale():
     rows, original_rows = match_windows(original, slower, {
         "original_from_ns": start, "perturbed_from_ns": start, "scale": 2.0})
     assert rows.tolist() == list(range(7)) and original_rows.tolist() == [0, 0, 1, 1, 2, 2, 3]
+
+
+def test_windows_needed_is_a_float_and_infinite_on_the_threshold():
+    """A D a rounding residue below the threshold (as traces' averages give it) sits on it: no
+    number of windows would move it off, and the count must stay a float the pages can show
+    (an astronomic Python integer broke the class table of a three-trace sheet)."""
+    effect = {"ks_d": 0.24999999999987, "ks_low": 0.125, "ks_high": 0.5, "noise_d": 0.125}
+    assert windows_needed(8, effect, 0.25) == math.inf
+    below = windows_needed(8, {**effect, "ks_d": 0.125}, 0.25)
+    above = windows_needed(8, {**effect, "ks_d": 0.5, "ks_low": 0.375}, 0.25)
+    assert isinstance(below, float) and isinstance(above, float)
+    # Below: ((0.5 - 0.125) / (0.25 - 0.125))^2 = 9 times the windows; above: the larger of
+    # ((0.5 - 0.375) / (0.5 - 0.25))^2 = 1/4 and (0.125 / 0.5)^2 = 1/16.
+    assert (below, above) == (72.0, 2.0)

@@ -1,11 +1,11 @@
 """The connection stage in shards (one job a shard, then a merge): the same tables whatever the
-shard count, and a plan that shows the shard jobs and reruns exactly."""
+shard count, and a plan that shows the shard jobs and reruns exactly. The sharded pipeline run
+is tests/test_slurm.py's."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,9 @@ from conftest import (
     assert_same_connections,
     bundled_results,
     connection_outputs,
-    copy_workflow,
-    planned_jobs,
-    run_snakemake,
-    set_packets_per_shard,
+    edited,
+    packets_per_shard,
+    security_jobs,
 )
 
 from tracelab.ingest.sheet import read_sheet
@@ -92,56 +91,21 @@ def trace_packets(workdir: Path, trace: str) -> int:
     return json.loads((workdir / f"results/validation/{trace}.json").read_text())["rows_valid"]
 
 
-def sheet_traces(workdir: Path) -> list[str]:
-    return read_sheet(workdir / "config/traces.tsv")["trace"].tolist()
-
-
-def security_jobs(workdir: Path) -> dict[str, int]:
-    """The planned jobs but the robustness experiment's, which read the windows files (and
-    flows) the connection jobs' rerun rewrites: theirs is checked in the robustness tests."""
-    return {rule: count for rule, count in planned_jobs(workdir).items()
-            if not rule.startswith("robustness_")}
-
-
 @pytest.mark.slow
-def test_sharded_run_plans_shard_jobs_and_equals_the_unsharded_run(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    run_snakemake(workdir, "--cores", "2")
-    unsharded = tmp_path / "unsharded"
-    shutil.copytree(workdir / "results", unsharded)
-
-    packets_per_shard = 1000
-    set_packets_per_shard(workdir, packets_per_shard)
-    traces = sheet_traces(workdir)
-    shards = {trace: math.ceil(trace_packets(workdir, trace) / packets_per_shard)
-              for trace in traces}
+def test_a_shard_size_plans_one_job_a_shard_and_only_the_connection_stage_on(bundled):
+    """After the unsharded run, a shard size below every trace's packet count. The sharded run
+    itself (its tables equal the unsharded run's, then nothing to do, then back to whole
+    traces) runs on SLURM: tests/test_slurm.py."""
+    packets = 1000
+    traces = read_sheet(bundled / "config/traces.tsv")["trace"].tolist()
+    shards = {trace: math.ceil(trace_packets(bundled, trace) / packets) for trace in traces}
     assert min(shards.values()) > 1
+    with edited(bundled / "config/config.yaml", packets_per_shard(packets)):
+        jobs = security_jobs(bundled)
     # Only the connection jobs and what follows; one job a shard.
     n = len(traces)
     # trace_features reads the connections' placements of rows without ports.
-    assert security_jobs(workdir) == {
+    assert jobs == {
         "all": 1, "security_split_shards": n, "security_connections_shard": sum(shards.values()),
         "security_connections": n, "security_hosts": n, "security_windows": n,
-        "trace_features": n, "compare_traces": 1}
-    run_snakemake(workdir, "--cores", "2")
-    assert planned_jobs(workdir) == {}
-
-    for trace in traces:
-        ran = workdir / f"results/benchmarks/security/shards/{trace}/{shards[trace]}"
-        assert len(list(ran.glob("[0-9]*.tsv"))) == shards[trace]
-        assert_same_connections(connection_outputs(unsharded / f"features/{trace}"),
-                                connection_outputs(workdir / f"results/features/{trace}"))
-        for name in ("hosts.parquet", "windows.parquet", "placements.parquet",
-                     "endpoints.parquet", "conversations.parquet", "protocol_hierarchy.parquet"):
-            assert pq.read_table(workdir / f"results/features/{trace}/{name}").equals(
-                pq.read_table(unsharded / f"features/{trace}/{name}")), (trace, name)
-    for path in (unsharded / "compare").iterdir():
-        assert path.read_bytes() == (workdir / "results/compare" / path.name).read_bytes(), path
-    assert not (workdir / "results/shards").exists() or not any(
-        (workdir / "results/shards").rglob("*.parquet"))
-
-    # A shard size that leaves every trace whole: the connection jobs again, no shard job.
-    set_packets_per_shard(workdir, 10_000_000)
-    assert security_jobs(workdir) == {
-        "all": 1, "security_connections": n, "security_hosts": n, "security_windows": n,
         "trace_features": n, "compare_traces": 1}

@@ -28,7 +28,10 @@ from conftest import (
     bundled_run,
     connection_outputs,
     copy_workflow,
-    set_packets_per_shard,
+    edited,
+    packets_per_shard,
+    planned_jobs,
+    security_jobs,
 )
 
 pytestmark = pytest.mark.cluster
@@ -340,24 +343,37 @@ def profile_groups(checkout) -> dict[str, str]:
     return dict(entry.split("=") for entry in profile.get("groups", []))
 
 
+# Packets a shard on the cluster: the bundled browsing session (14,328 packets) in 2 shards, the
+# second one (13,091) and the scans (about 1,500) whole.
+PACKETS_PER_SHARD = 14_000
+
+
 @pytest.fixture(scope="module")
 def pipeline_runs(slurm_cluster, tmp_path_factory):
-    """The pipeline run locally (the session's bundled run, `--cores 2` on a copy of the repo)
-    and on the cluster in another copy, for the tests below."""
+    """The pipeline run locally (the session's bundled run, `--cores 2` on a copy of the repo,
+    every trace whole) and on the cluster in another copy, one trace in shards, for the tests
+    below."""
     checkout = copy_workflow(tmp_path_factory.mktemp("slurm") / "tracelab")
+    config = checkout / "config/config.yaml"
+    config.write_bytes(packets_per_shard(PACKETS_PER_SHARD)(config.read_bytes()))
     snakemake(checkout, *SLURM_FLAGS, env=slurm_cluster.env)
     return bundled_run(), checkout
 
 
-def test_pipeline_on_slurm_equals_local_run(pipeline_runs):
-    local_run, checkout = pipeline_runs
+def sharded_traces(checkout) -> dict[str, int]:
+    """trace -> shard count of the traces in more than one shard, from the packet tables."""
+    counts = {packets.stem: -(-pq.ParquetFile(packets).metadata.num_rows // PACKETS_PER_SHARD)
+              for packets in (checkout / "results/packets").glob("*.parquet")}
+    return {trace: shards for trace, shards in counts.items() if shards > 1}
 
+
+def test_pipeline_on_slurm_runs_a_group_job_a_trace_and_a_job_a_shard(pipeline_runs):
+    _, checkout = pipeline_runs
     # Every pipeline job writes one benchmark, every SLURM job one log: one SLURM job a trace
     # for the rules the profile groups (in turn on one node), one a job for the others.
     benchmarks = sorted((checkout / "results" / "benchmarks").rglob("*.tsv"))
-    slurm_logs = (checkout / ".snakemake" / "slurm_logs").rglob("*.log")
-    jobs = Counter(log.relative_to(checkout / ".snakemake" / "slurm_logs").parts[0]
-                   for log in slurm_logs)
+    slurm_logs = checkout / ".snakemake" / "slurm_logs"
+    jobs = Counter(log.relative_to(slurm_logs).parts[0] for log in slurm_logs.rglob("*.log"))
     grouped = profile_groups(checkout)
     traces = len(list((checkout / "results/packets").glob("*.parquet")))
     assert set(grouped.values()) == {"trace"} and traces == 6
@@ -368,52 +384,43 @@ def test_pipeline_on_slurm_equals_local_run(pipeline_runs):
     assert benchmarks and sum(jobs.values()) == len(benchmarks) - len(grouped) * traces, (
         benchmarks, jobs)
 
+    # A SLURM job a shard, each with its own job id; the shards' temporary tables removed.
+    shard_logs = sorted(slurm_logs.glob("rule_security_connections_shard/*/*.log"))
+    sharded = sharded_traces(checkout)
+    assert sharded == {"web_browsing": 2}
+    expected = {f"{trace}_{shards}_{shard}" for trace, shards in sharded.items()
+                for shard in range(shards)}
+    assert {log.parent.name for log in shard_logs} == expected, shard_logs
+    assert len({log.stem for log in shard_logs}) == len(expected)
+    assert not any((checkout / "results/shards").rglob("*.parquet"))
+
+
+def test_pipeline_on_slurm_equals_local_run(pipeline_runs):
+    """Every result file equal to the local run's; a sharded trace's connection tables hold the
+    same rows (their order is the merge's)."""
+    local_run, checkout = pipeline_runs
     local_files, cluster_files = result_files(local_run), result_files(checkout)
     assert local_files == cluster_files
+    sharded = sharded_traces(checkout)
+    for trace in sharded:
+        assert_same_connections(connection_outputs(local_run / "results/features" / trace),
+                                connection_outputs(checkout / "results/features" / trace))
+    merged = {path for trace in sharded
+              for path in connection_outputs(Path("features", trace)).values()}
     differences = {
         str(relative): difference
-        for relative in sorted(local_files)
+        for relative in sorted(local_files - merged)
         if (difference := result_difference(relative, local_run, checkout))
     }
     assert not differences, f"SLURM results differ from the local run's: {differences}"
 
 
-# Packets a shard in the sharded rerun: the bundled browsing sessions (14,328 and 13,091 packets)
-# in 3 shards each, the scans (about 1,500 packets) in one.
-PACKETS_PER_SHARD = 5000
-
-
-def expected_shard_jobs(checkout) -> set[str]:
-    """`{trace}_{shards}_{shard}` of every shard job, from the packet tables' row counts."""
-    jobs = set()
-    for packets in (checkout / "results/packets").glob("*.parquet"):
-        shards = -(-pq.ParquetFile(packets).metadata.num_rows // PACKETS_PER_SHARD)
-        if shards > 1:
-            jobs |= {f"{packets.stem}_{shards}_{shard}" for shard in range(shards)}
-    return jobs
-
-
-def test_sharded_trace_on_slurm_equals_local_unsharded_run(slurm_cluster, pipeline_runs):
-    """The cluster checkout again with shards: one trace's connection stage on several SLURM
-    jobs, its tables equal to the local unsharded run's, and everything after byte-identical."""
-    local_run, checkout = pipeline_runs
-    set_packets_per_shard(checkout, PACKETS_PER_SHARD)
-    snakemake(checkout, *SLURM_FLAGS, env=slurm_cluster.env)
-
-    shard_logs = sorted((checkout / ".snakemake" / "slurm_logs").glob(
-        "rule_security_connections_shard/*/*.log"))
-    jobs = expected_shard_jobs(checkout)
-    assert {"web_browsing_3_0", "web_browsing_3_2"} <= jobs
-    assert {log.parent.name for log in shard_logs} == jobs, shard_logs
-    assert len({log.stem for log in shard_logs}) == len(jobs)  # one SLURM job id a shard
-    for trace in (path.stem for path in (checkout / "results/packets").glob("*.parquet")):
-        assert_same_connections(connection_outputs(local_run / "results/features" / trace),
-                                connection_outputs(checkout / "results/features" / trace))
-    connection_files = {"flows.parquet", "http.parquet", "conn.log"}
-    differences = {
-        str(relative): difference
-        for relative in sorted(result_files(local_run))
-        if relative.name not in connection_files
-        and (difference := result_difference(relative, local_run, checkout))
-    }
-    assert not differences, f"sharded SLURM results differ from the local run's: {differences}"
+def test_a_new_shard_size_reruns_only_the_traces_whose_shard_count_changes(pipeline_runs):
+    _, checkout = pipeline_runs
+    assert planned_jobs(checkout) == {}  # the sharded run left nothing to do
+    n = len(sharded_traces(checkout))
+    with edited(checkout / "config/config.yaml", packets_per_shard(10_000_000)):
+        jobs = security_jobs(checkout)
+    # Their connection jobs again, no shard job, and what follows.
+    assert jobs == {"all": 1, "security_connections": n, "security_hosts": n,
+                    "security_windows": n, "trace_features": n, "compare_traces": 1}

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 UNDETERMINED = "undetermined"
 NOT_MEASURED = "not measured"
 MOVES, LEAVES = "moves", "leaves"
+# How far a KS D averaged over traces may be from a value by rounding alone.
+D_ROUNDING = 1e-9
 EXPORT_FORMAT = "export_format"
 IDENTITY = {"original_from_ns": 0, "perturbed_from_ns": 0, "scale": 1.0}
 TABLE_COLUMNS = ["feature", "perturbation", "ks_d", "ks_low", "ks_high", "noise_d", "verdict",
@@ -153,11 +155,13 @@ def windows_needed(n: int, effect: dict, max_ks_d: float) -> float:
     it is and its interval and the noise shrank as 1/sqrt(windows): inf where D sits on the
     threshold."""
     d, low, high, noise = (effect[k] for k in ("ks_d", "ks_low", "ks_high", "noise_d"))
+    # D averaged over traces carries rounding residue (0.19999999999987 for 0.2): that close,
+    # it sits on the threshold, and the count would be an astronomic integer.
+    if math.isclose(d, max_ks_d, rel_tol=0, abs_tol=D_ROUNDING):
+        return math.inf
     if d < max_ks_d:
-        return math.ceil(n * ((high - d) / (max_ks_d - d)) ** 2)
-    if d > max_ks_d:
-        return math.ceil(n * max(((d - low) / (d - max_ks_d)) ** 2, (noise / d) ** 2))
-    return math.inf
+        return float(math.ceil(n * ((high - d) / (max_ks_d - d)) ** 2))
+    return float(math.ceil(n * max(((d - low) / (d - max_ks_d)) ** 2, (noise / d) ** 2)))
 
 
 def verdict(effect: dict, n: int, max_ks_d: float) -> tuple[str, float]:
