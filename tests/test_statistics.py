@@ -22,7 +22,7 @@ from conftest import REPO, connection_outputs
 
 from tracelab.core.html import SCRIPT_ELEMENT
 from tracelab.core.packets import PACKETS
-from tracelab.features import statistics
+from tracelab.features import statistics, statistics_codes, statistics_page
 from tracelab.features.protocol_hierarchy import layer_path
 from tracelab.features.statistics import file_statistics, trace_statistics
 from tracelab.ingest.normalize import normalize_trace
@@ -352,3 +352,34 @@ def test_partitioned_tables_and_page_equal_those_held_in_memory(partition_packet
         assert parted[name].to_pylist() == whole[name].to_pylist(), name
     assert (tmp_path / "parted" / "s.html").read_text() == \
         (tmp_path / "whole" / "s.html").read_text()
+
+
+def test_text_ranks_order_texts_as_python_sorts_them():
+    texts = ["b", "B", "10.0.0.2", "10.0.0.10", "é.example", "z", "::1", "name"]
+    ranks = statistics_codes.text_ranks(texts)
+    assert [texts[i] for i in np.argsort(ranks)] == sorted(texts)
+
+
+def test_codebook_codes_batches_sharing_a_dictionary_and_not_alike():
+    book = statistics_codes.Codebook()
+    shared = pa.array(["10.0.0.2", "10.0.0.1", "10.0.0.2"]).dictionary_encode()
+    other = pa.array(["fe80::1", "10.0.0.1"]).dictionary_encode()
+    codes = [book.encode(shared), book.encode(shared.slice(1)), book.encode(other)]
+    assert [c.tolist() for c in codes] == [[0, 1, 0], [1, 0], [2, 1]]
+    assert book.decode(np.array([2, 0])).to_pylist() == ["fe80::1", "10.0.0.2"]
+    assert book.kinds.tolist() == [0, 0, 1]  # IPv4, IPv4, IPv6
+
+
+def test_page_shows_the_rows_with_most_bytes_of_each_type_ties_in_table_order(monkeypatch):
+    monkeypatch.setattr(statistics_page, "SHOWN_ROWS", 3)
+    rng = np.random.default_rng(1)
+    rows = pa.table({"type": pa.array(rng.choice(["IPv4", "TCP"], 40)).dictionary_encode(),
+                     "row": np.arange(40), "bytes": rng.integers(0, 5, 40)})
+    largest = statistics_page.Largest()
+    for start in (0, 25):
+        largest.add(rows.slice(start, 25))
+    whole = rows.to_pandas()
+    for type_, part in whole.groupby(whole["type"].astype(str)):
+        assert largest.counts[type_] == len(part)
+        expected = part.sort_values("bytes", ascending=False, kind="stable").head(3)
+        assert largest.shown[type_]["row"].tolist() == expected["row"].tolist()

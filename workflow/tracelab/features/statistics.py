@@ -1,12 +1,14 @@
 """Wireshark's Statistics menus as tables, per trace: Endpoints, Conversations, Protocol Hierarchy.
 
-The packet table is read in batches; each batch is grouped with pyarrow. The stage routes the
-grouped endpoint rows by address and the conversation rows by address pair into partitions on
-disk (one a PARTITION_PACKETS packets), totals each partition alone, and merges the partitions'
-sorted rows into each table in its order: memory holds one partition's endpoints and
-conversations, whatever the trace's length (a large capture has millions of TCP endpoints and
-conversations). `file_statistics` holds all totals at once (running totals merged batch by
-batch). The trace's page, statistics.html, is made in `tracelab.features.statistics_page`.
+The packet table is read in batches; each batch is grouped with pyarrow, by integer codes of
+its texts (`tracelab.features.statistics_codes`). The stage routes the grouped endpoint rows by
+address and the conversation rows by address pair into partitions on disk (one a
+PARTITION_PACKETS packets), totals each partition alone, and merges the partitions' sorted rows
+into each table in its order: memory holds one partition's endpoints and conversations, whatever
+the trace's length (a large capture has millions of TCP endpoints and conversations); a trace of
+one partition is totalled and written from memory, without scratch files. `file_statistics`
+holds all totals at once (running totals merged batch by batch). The trace's page,
+statistics.html, is made in `tracelab.features.statistics_page`.
 Wireshark's meanings:
 
 - Bytes are frame lengths on the wire (`length`), as in every Wireshark statistic.
@@ -46,6 +48,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,9 +60,11 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.html import write_html
+from tracelab.core.streaming import BATCH_ROWS as MERGED_ROWS
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
+from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook
 from tracelab.features.statistics_page import Largest, statistics_html
 from tracelab.features.statistics_placement import PLACED_TCP, PlacedRows
 
@@ -82,10 +87,10 @@ ENDPOINT_ORDER = {"type": False, "bytes": True, "address": False, "port": False}
 CONVERSATION_ORDER = {"type": False, "rel_start_s": False, "address_a": False,
                       "address_b": False}
 
-IPV4 = r"^\d{1,3}(?:\.\d{1,3}){3}$"
-MAC = r"^[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}$"
-ADDRESS_TYPES = ["IPv4", "IPv6", "Ethernet", "name"]
 ENDPOINT_TYPES = [*ADDRESS_TYPES, "TCP", "UDP"]
+TYPE_NAMES = pa.array(ENDPOINT_TYPES, pa.string())
+# Each type code's rank by its name (the tables sort types by name, as pandas sorts text).
+TYPE_RANKS = np.argsort(np.argsort(ENDPOINT_TYPES, kind="stable"))
 TRANSPORTS = ["tcp", "udp"]
 NO_PORT = -1
 
@@ -176,8 +181,10 @@ class Rollup:
             self.waiting, self.merged = 0, self.parts[0].num_rows
 
     def _grouped(self, rows: pa.Table) -> pa.Table:
-        # use_threads=False keeps the rows' order, so "first" is the first in file order.
-        grouped = rows.group_by(self.keys, use_threads=False).aggregate(list(self.how.items()))
+        # use_threads=False keeps the rows' order, so "first" is the first in file order; one
+        # chunk, as "first" over many chunks takes four times as long.
+        grouped = rows.combine_chunks().group_by(self.keys, use_threads=False).aggregate(
+            list(self.how.items()))
         return grouped.select([f"{c}_{h}" for c, h in self.how.items()] + self.keys) \
             .rename_columns([*self.how, *self.keys])
 
@@ -217,44 +224,6 @@ class PartitionSink:
         return table if table.num_rows else None
 
 
-def _address_types(addresses: pa.Array) -> np.ndarray:
-    """The code in ADDRESS_TYPES of each address text."""
-    is_ipv4 = pc.match_substring_regex(addresses, IPV4)
-    is_mac = pc.match_substring_regex(addresses, MAC)
-    is_ipv6 = pc.and_(pc.match_substring(addresses, ":"), pc.invert(is_mac))
-    return np.select([is_ipv4.to_numpy(zero_copy_only=False),
-                      is_mac.to_numpy(zero_copy_only=False),
-                      is_ipv6.to_numpy(zero_copy_only=False)],
-                     [ADDRESS_TYPES.index(name) for name in ("IPv4", "Ethernet", "IPv6")],
-                     ADDRESS_TYPES.index("name")).astype(np.int8)
-
-
-@dataclass
-class Codebook:
-    """One integer code per distinct text (addresses, protocols), so that batches are grouped
-    by integers; each batch's dictionary is looked up once, its rows by index. `kinds` holds
-    each address's type code."""
-
-    codes: dict[str, int] = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)
-    kinds: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
-
-    def encode(self, column: pa.Array) -> np.ndarray:
-        if not pa.types.is_dictionary(column.type):
-            column = pc.dictionary_encode(column)
-        names = column.dictionary.to_pylist()
-        new = [name for name in dict.fromkeys(names) if name not in self.codes]
-        if new:
-            self.codes.update(zip(new, range(len(self.names), len(self.names) + len(new))))
-            self.names += new
-            self.kinds = np.append(self.kinds, _address_types(pa.array(new, pa.string())))
-        mapping = np.fromiter(map(self.codes.__getitem__, names), np.int64, count=len(names))
-        return mapping[column.indices.to_numpy(zero_copy_only=False)]
-
-    def decode(self, codes) -> np.ndarray:
-        return np.asarray(self.names, dtype=object)[np.asarray(codes, np.int64)]
-
-
 def _ports(batch: pa.RecordBatch, name: str) -> np.ndarray:
     """A port column with NO_PORT for null."""
     return batch.column(name).fill_null(NO_PORT).to_numpy().astype(np.int32)
@@ -285,15 +254,21 @@ class TraceStatistics:
         self.conversations.sink = PartitionSink(directory, "conversations", count,
                                                 ["low", "high"])
 
-    def partition(self, index: int) -> TraceStatistics:
-        """Partition `index`'s endpoints and conversations as statistics of their own (the
-        codebooks shared); call after the last `add`."""
-        part = TraceStatistics(addresses=self.addresses, protocols=self.protocols)
-        for mine, routed in ((part.endpoints, self.endpoints),
-                             (part.conversations, self.conversations)):
-            rows = routed.sink.table(index)
-            mine.parts = [] if rows is None else [rows]
-        return part
+    def partitions(self) -> Iterator[TraceStatistics]:
+        """Each partition's endpoints and conversations as statistics of their own (the
+        codebooks shared), or these statistics when not routed; call after the last `add`."""
+        if self.endpoints.sink is None:
+            yield self
+            return
+        for sink in (self.endpoints.sink, self.conversations.sink):
+            sink.close()
+        for index in range(len(self.endpoints.sink.paths)):
+            part = TraceStatistics(addresses=self.addresses, protocols=self.protocols)
+            for mine, routed in ((part.endpoints, self.endpoints),
+                                 (part.conversations, self.conversations)):
+                rows = routed.sink.table(index)
+                mine.parts = [] if rows is None else [rows]
+            yield part
 
     def add(self, batch: pa.RecordBatch) -> None:
         src = self.addresses.encode(batch.column("src"))
@@ -318,87 +293,71 @@ class TraceStatistics:
         port_type = np.where(ported & (transport >= 0),
                              ENDPOINT_TYPES.index("TCP") + transport, -1).astype(np.int8)
         no_port = np.full(len(length), NO_PORT, np.int32)
-        for sender, receiver in (((src, src_type, no_port), (dst, dst_type, no_port)),
-                                 ((src, port_type, src_port), (dst, port_type, dst_port))):
-            self._add_endpoint(sender, length, sent=True)
-            self._add_endpoint(receiver, length, sent=False)
-            self._add_conversation(sender, receiver, t_rel_s, length)
-
-    def _add_endpoint(self, end, length: np.ndarray, sent: bool) -> None:
-        address, types, port = end
-        keep = types >= 0
-        length = length[keep]
-        zero, one = np.zeros(len(length), np.int64), np.ones(len(length), np.int64)
-        self.endpoints.add(pa.table({
-            "type": types[keep], "address": address[keep], "port": port[keep],
-            "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
-            "rx_packets": zero if sent else one, "rx_bytes": zero if sent else length}))
-
-    def _add_conversation(self, sender, receiver, t_rel_s: np.ndarray,
-                          length: np.ndarray) -> None:
-        """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
-        direction; the conversation's type is the first of its two addresses' in ENDPOINT_TYPES
-        (one type a pair whatever the codes: where an export pairs a name with an address, the
-        address's, as Wireshark shows the capture)."""
-        (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
-        forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
-        types = np.minimum(src_type, dst_type)
-        keep = types >= 0
-        forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
-        src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
-        zero = np.zeros(len(length), np.int64)
-        self.conversations.add(pa.table({
-            "type": types[keep],
-            "low": np.where(forward, src, dst), "low_port": np.where(forward, src_port, dst_port),
-            "high": np.where(forward, dst, src), "high_port": np.where(forward, dst_port, src_port),
-            "forward_packets": forward.astype(np.int64),
-            "forward_bytes": np.where(forward, length, zero),
-            "reverse_packets": (~forward).astype(np.int64),
-            "reverse_bytes": np.where(forward, zero, length),
-            "first_forward": forward, "start": t_rel_s, "end": t_rel_s}))
+        pairs = [((src, src_type, no_port), (dst, dst_type, no_port)),
+                 ((src, port_type, src_port), (dst, port_type, dst_port))]
+        # A batch's rows grouped at once (address and port rows differ in type, so are never
+        # one group).
+        self.endpoints.add(pa.concat_tables([
+            _endpoint_rows(end, length, sent) for pair in pairs
+            for end, sent in zip(pair, (True, False))]))
+        self.conversations.add(pa.concat_tables([
+            _conversation_rows(sender, receiver, t_rel_s, length) for sender, receiver in pairs]))
 
     def tables(self, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
         return (self._endpoint_table(trace), self._conversation_table(trace),
                 self._hierarchy_table(trace))
 
-    def _named(self, frame: pd.DataFrame, addresses: list[str], ports: list[str]) -> None:
-        """Codes back to names, in place: types, addresses; NO_PORT as null."""
-        frame["type"] = np.asarray(ENDPOINT_TYPES, dtype=object)[frame["type"]]
-        for column in addresses:
-            frame[column] = self.addresses.decode(frame[column])
-        for column in ports:
-            frame[column] = frame[column].astype("Int32").mask(frame[column] == NO_PORT)
-
     def _endpoint_table(self, trace: str) -> pa.Table:
         totals = self.endpoints.result()
         if totals is None:
             return ENDPOINTS.schema.empty_table()
-        frame = totals.to_pandas()
-        self._named(frame, ["address"], ["port"])
-        frame["packets"] = frame["tx_packets"] + frame["rx_packets"]
-        frame["bytes"] = frame["tx_bytes"] + frame["rx_bytes"]
-        return _with_trace(_ordered(frame, ENDPOINT_ORDER), trace, ENDPOINTS)
+        values = {name: totals.column(name).to_numpy() for name in totals.column_names}
+        values["packets"] = values["tx_packets"] + values["rx_packets"]
+        values["bytes"] = values["tx_bytes"] + values["rx_bytes"]
+        # Wireshark's order (ENDPOINT_ORDER; null ports, NO_PORT, first as in `_order_keys`:
+        # only address rows have them); np.lexsort's last key sorts first.
+        order = np.lexsort([values["port"],
+                            self.addresses.sort_ranks()[values["address"]], -values["bytes"],
+                            TYPE_RANKS[values["type"]]])
+        values = {name: column[order] for name, column in values.items()}
+        return _with_trace({**values, **self._named(values, ["address"], ["port"])}, trace,
+                           ENDPOINTS)
 
     def _conversation_table(self, trace: str) -> pa.Table:
         totals = self.conversations.result()
         if totals is None:
             return CONVERSATIONS.schema.empty_table()
-        frame = totals.to_pandas()
-        self._named(frame, ["low", "high"], ["low_port", "high_port"])
-        low_first = frame["first_forward"].to_numpy(bool)
+        low_first = totals.column("first_forward").to_numpy(zero_copy_only=False)
+        values = {"type": totals.column("type").to_numpy()}
         # (A's column, B's column) from (the low side's, the high side's).
         sides = {("address_a", "address_b"): ("low", "high"),
                  ("port_a", "port_b"): ("low_port", "high_port"),
                  ("packets_a_to_b", "packets_b_to_a"): ("forward_packets", "reverse_packets"),
                  ("bytes_a_to_b", "bytes_b_to_a"): ("forward_bytes", "reverse_bytes")}
         for (a, b), (low, high) in sides.items():
-            frame[a] = frame[low].where(low_first, frame[high])
-            frame[b] = frame[high].where(low_first, frame[low])
-        frame["packets"] = frame["packets_a_to_b"] + frame["packets_b_to_a"]
-        frame["bytes"] = frame["bytes_a_to_b"] + frame["bytes_b_to_a"]
-        frame["rel_start_s"] = frame["start"]
-        frame["duration_s"] = frame["end"] - frame["start"]
-        return _with_trace(_ordered(frame, CONVERSATION_ORDER), trace, CONVERSATIONS)
+            low, high = totals.column(low).to_numpy(), totals.column(high).to_numpy()
+            values[a], values[b] = np.where(low_first, low, high), np.where(low_first, high, low)
+        values["packets"] = values["packets_a_to_b"] + values["packets_b_to_a"]
+        values["bytes"] = values["bytes_a_to_b"] + values["bytes_b_to_a"]
+        values["rel_start_s"] = totals.column("start").to_numpy()
+        values["duration_s"] = totals.column("end").to_numpy() - values["rel_start_s"]
+        # Wireshark's order (CONVERSATION_ORDER), ties in the totals' order (lexsort is
+        # stable; its last key sorts first).
+        ranks = self.addresses.sort_ranks()
+        order = np.lexsort([ranks[values["address_b"]], ranks[values["address_a"]],
+                            values["rel_start_s"], TYPE_RANKS[values["type"]]])
+        values = {name: column[order] for name, column in values.items()}
+        return _with_trace({**values, **self._named(values, ["address_a", "address_b"],
+                                                    ["port_a", "port_b"])}, trace, CONVERSATIONS)
+
+    def _named(self, values: dict, addresses: list[str], ports: list[str]) -> dict:
+        """Arrow columns of codes named: types, addresses; NO_PORT as null."""
+        named = {"type": TYPE_NAMES.take(values["type"])}
+        for column in addresses:
+            named[column] = self.addresses.decode(values[column])
+        for column in ports:
+            named[column] = pa.array(values[column], pa.int32(), mask=values[column] == NO_PORT)
+        return named
 
     def _hierarchy_table(self, trace: str) -> pa.Table:
         totals = self.layers.result()
@@ -412,9 +371,39 @@ class TraceStatistics:
         return _with_trace(prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
 
 
-def _ordered(frame: pd.DataFrame, order: dict[str, bool]) -> pd.DataFrame:
-    return frame.sort_values(list(order), ascending=[not down for down in order.values()],
-                             kind="stable")
+def _endpoint_rows(end, length: np.ndarray, sent: bool) -> pa.Table:
+    """One row a frame that `end` (address, type, port codes) sent or received."""
+    address, types, port = end
+    keep = types >= 0
+    length = length[keep]
+    zero, one = np.zeros(len(length), np.int64), np.ones(len(length), np.int64)
+    return pa.table({
+        "type": types[keep], "address": address[keep], "port": port[keep],
+        "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
+        "rx_packets": zero if sent else one, "rx_bytes": zero if sent else length})
+
+
+def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray) -> pa.Table:
+    """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
+    direction; the conversation's type is the first of its two addresses' in ENDPOINT_TYPES
+    (one type a pair whatever the codes: where an export pairs a name with an address, the
+    address's, as Wireshark shows the capture)."""
+    (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
+    forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
+    types = np.minimum(src_type, dst_type)
+    keep = types >= 0
+    forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
+    src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
+    zero = np.zeros(len(length), np.int64)
+    return pa.table({
+        "type": types[keep],
+        "low": np.where(forward, src, dst), "low_port": np.where(forward, src_port, dst_port),
+        "high": np.where(forward, dst, src), "high_port": np.where(forward, dst_port, src_port),
+        "forward_packets": forward.astype(np.int64),
+        "forward_bytes": np.where(forward, length, zero),
+        "reverse_packets": (~forward).astype(np.int64),
+        "reverse_bytes": np.where(forward, zero, length),
+        "first_forward": forward, "start": t_rel_s, "end": t_rel_s})
 
 
 def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.Table:
@@ -437,10 +426,12 @@ def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.
     return table
 
 
-def _with_trace(frame: pd.DataFrame, trace: str, table: Table) -> pa.Table:
-    """`frame` as `table` declares it, with pandas' metadata (`pandas_metadata`)."""
-    return table.conform(frame.assign(trace=trace)).replace_schema_metadata(
-        pandas_metadata(table))
+def _with_trace(columns: dict | pd.DataFrame, trace: str, table: Table) -> pa.Table:
+    """`columns` (arrays by name, or a frame) as `table` declares them, with the trace's name
+    and pandas' metadata (`pandas_metadata`)."""
+    rows = (pa.table({**columns, "trace": pa.repeat(trace, len(columns["type"]))})
+            if isinstance(columns, dict) else columns.assign(trace=trace))
+    return table.conform(rows).replace_schema_metadata(pandas_metadata(table))
 
 
 def _fed(packets_path, statistics: TraceStatistics, placed: PlacedRows) -> TraceStatistics:
@@ -464,28 +455,44 @@ def file_statistics(packets_path, trace: str,
 @dataclass
 class _PartitionedTable:
     """One of the two large tables, made partition by partition into sorted scratch files
-    and merged into its file in its order."""
+    and merged into its file in its order; the table of a trace of one partition is held (in
+    its order already), not written to `scratch` (None) and merged."""
 
     table: Table
     order: dict[str, bool]
+    scratch: Path | None
     paths: list[Path] = field(default_factory=list)
+    held: pa.Table | None = None
 
-    def add(self, rows: pa.Table, names: pa.Array, scratch: Path) -> None:
-        self.paths.append(scratch / f"{self.table.name}-{len(self.paths):05d}.parquet")
-        pq.write_table(_order_keys(self.table.check(rows), self.order, names), self.paths[-1],
+    def add(self, rows: pa.Table, names: pa.Array | None) -> None:
+        rows = self.table.check(rows)
+        if self.scratch is None:
+            self.held = rows
+            return
+        self.paths.append(self.scratch / f"{self.table.name}-{len(self.paths):05d}.parquet")
+        pq.write_table(_order_keys(rows, self.order, names), self.paths[-1],
                        compression="lz4", row_group_size=MERGE_BATCH_ROWS)
 
-    def write(self, path, metadata: dict) -> Largest:
-        """Merge the partitions into `path` (with `tracelab.*` `metadata` and pandas' own);
-        what the page shows of it."""
+    def _ordered(self) -> Iterator[pa.Table]:
+        """The rows in the table's order, in tables of MERGED_ROWS rows (the last fewer), as
+        `merge_sorted` gives them: one a row group of the file."""
+        if self.held is not None:
+            for start in range(0, self.held.num_rows, MERGED_ROWS):
+                yield self.held.slice(start, MERGED_ROWS)
+            return
         keys = tuple(f"_key{index}" for index in range(len(self.order)))
+        for rows in merge_sorted(self.paths, keys):
+            yield rows.drop_columns(list(keys))
+
+    def write(self, path, metadata: dict) -> Largest:
+        """Write the rows in order into `path` (with `tracelab.*` `metadata` and pandas' own);
+        what the page shows of it."""
         largest = Largest()
         schema = self.table.schema.with_metadata({**tracelab_metadata(metadata),
                                                   **pandas_metadata(self.table)})
         with atomic_path(path) as temporary, \
                 pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-            for rows in merge_sorted(self.paths, keys):
-                rows = rows.drop_columns(list(keys))
+            for rows in self._ordered():
                 writer.write_table(rows)
                 largest.add(rows)
         return largest
@@ -510,17 +517,18 @@ def partitioned_statistics(packets_path, run: StatisticsRun,
     rows = pq.ParquetFile(packets_path).metadata.num_rows
     count = max(1, math.ceil(rows / PARTITION_PACKETS))
     statistics = TraceStatistics()
-    statistics.route(scratch, count)
+    if count > 1:
+        statistics.route(scratch, count)
     _fed(packets_path, statistics, run.placed)
-    for sink in (statistics.endpoints.sink, statistics.conversations.sink):
-        sink.close()
-    names = pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
-    endpoints = _PartitionedTable(ENDPOINTS, ENDPOINT_ORDER)
-    conversations = _PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER)
-    for index in range(count):
-        part = statistics.partition(index)
-        endpoints.add(part._endpoint_table(trace), names, scratch)
-        conversations.add(part._conversation_table(trace), names, scratch)
+    merged = scratch if count > 1 else None
+    # The texts the merge's sort keys rank (a trace of one partition is not merged).
+    names = (pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
+             if merged else None)
+    endpoints = _PartitionedTable(ENDPOINTS, ENDPOINT_ORDER, merged)
+    conversations = _PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER, merged)
+    for part in statistics.partitions():
+        endpoints.add(part._endpoint_table(trace), names)
+        conversations.add(part._conversation_table(trace), names)
     hierarchy = statistics._hierarchy_table(trace)
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
     metadata = {"trace": trace, **run.placed.placement.metadata()}

@@ -7,8 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracelab.core.html import MAX_ROWS, heading, html_table, paragraph
 from tracelab.features.statistics_placement import Placement
@@ -28,13 +30,24 @@ class Largest:
     counts: Counter = field(default_factory=Counter)
 
     def add(self, rows: pa.Table) -> None:
-        frame = rows.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
-        frame["type"] = frame["type"].astype(str)
-        for type_, part in frame.groupby("type", sort=True):
-            self.counts[type_] += len(part)
+        types = rows.column("type").cast(pa.string())
+        for type_, count in zip(*pc.value_counts(types).flatten()):
+            type_ = type_.as_py()
+            self.counts[type_] += count.as_py()
+            part = _most_bytes(rows.filter(pc.equal(types, type_))).to_pandas(
+                types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+            part["type"] = part["type"].astype(str)
             both = pd.concat([self.shown[type_], part]) if type_ in self.shown else part
             self.shown[type_] = both.sort_values("bytes", ascending=False,
                                                  kind="stable").head(SHOWN_ROWS)
+
+
+def _most_bytes(rows: pa.Table) -> pa.Table:
+    """The SHOWN_ROWS `rows` with the most bytes (ties in their order), in their order: only
+    these can be among the most of `rows` and any rows before them, so only these become
+    pandas."""
+    most = np.argsort(-rows.column("bytes").to_numpy(), kind="stable")[:SHOWN_ROWS]
+    return rows.take(np.sort(most))
 
 
 def _summary_rows(summary: dict) -> pd.DataFrame:
