@@ -25,7 +25,7 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracelab.core.atomic import write_parquet
+from tracelab.core.atomic import tracelab_metadata, write_parquet
 
 DICT_STRING = pa.dictionary(pa.int32(), pa.string())
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -133,6 +133,25 @@ class Table:
                          f"{'yes' if column.nullable else ''} | {column.constraint_text()} | "
                          f"{column.doc} |")
         return "\n".join(lines) + "\n"
+
+
+class TableAppender:
+    """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
+    metadata: known at the start in the Arrow schema, found on the way in the file's."""
+
+    def __init__(self, table: Table, path, metadata: dict):
+        schema = table.schema.with_metadata(tracelab_metadata(metadata))
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.rows = 0
+
+    def append(self, table: pa.Table) -> None:
+        """Append rows checked already."""
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self, metadata: dict) -> None:
+        self.writer.add_key_value_metadata(tracelab_metadata(metadata))
+        self.writer.close()
 
 
 def _type_text(type_: pa.DataType) -> str:

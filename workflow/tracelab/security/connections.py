@@ -71,12 +71,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.pandas import Check
 
-from tracelab.core.atomic import atomic_path, tracelab_metadata
+from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
 from tracelab.core.progress import Progress
 from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted
-from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
+from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table, TableAppender
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
 from tracelab.security.conn_state import (
@@ -467,25 +467,6 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
                                             for name, values in columns.items()}}), rank
 
 
-class _TableAppender:
-    """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
-    metadata: known at the start in the Arrow schema, found on the way in the file's."""
-
-    def __init__(self, table: Table, path: Path, metadata: dict):
-        schema = table.schema.with_metadata(tracelab_metadata(metadata))
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
-        self.rows = 0
-
-    def append(self, table: pa.Table) -> None:
-        """Append rows checked already."""
-        self.writer.write_table(table)
-        self.rows += table.num_rows
-
-    def close(self, metadata: dict) -> None:
-        self.writer.add_key_value_metadata(tracelab_metadata(metadata))
-        self.writer.close()
-
-
 def connection_tables(packets: pa.Table, connections: Connections,
                       trace: str) -> tuple[pa.Table, pa.Table]:
     """The flows (FLOWS) and HTTP requests (`http.HTTP`) of a partition's connections, conformed
@@ -510,10 +491,10 @@ class _Outputs:
     it in time order holding a batch a partition, not the whole table; the placements alike,
     by frame."""
 
-    flows: _TableAppender
-    http: _TableAppender
+    flows: TableAppender
+    http: TableAppender
     conn_log: ConnLogWriter | None
-    placements: _TableAppender | None
+    placements: TableAppender | None
     trace: str
     scratch: Path
     partition_flows: list[Path] = field(default_factory=list)
@@ -580,14 +561,14 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix=".partitions-", dir=Path(flows_path).parent)))
         out = _Outputs(
-            flows=_TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)), {
+            flows=TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)), {
                 "trace": trace, "flow_settings": json.dumps(asdict(flow_settings_))}),
-            http=_TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)),
+            http=TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)),
                                 {"trace": trace}),
             conn_log=None if conn_log_path is None else conn_log_writer(
                 stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
                 opened, trace_dns_answers(packets_path)),
-            placements=None if placements_path is None else _TableAppender(
+            placements=None if placements_path is None else TableAppender(
                 PLACEMENTS, stack.enter_context(atomic_path(placements_path)), {"trace": trace}),
             trace=trace, scratch=scratch)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
