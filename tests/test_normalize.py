@@ -51,6 +51,20 @@ def test_parse_info(protocol, info, expected):
         assert parsed[field].to_pylist() == [value], field
 
 
+def test_parse_info_of_a_batch_is_that_of_its_rows_one_by_one():
+    # Each family's regex runs only on the rows it can match, then its values are put back in
+    # place: mixed rows (and rows matching none) must land where they were.
+    rows = [*CASES, ("TCP", "[TCP Dup ACK 3#1] 80  >  1 [ACK] Seq=1 Ack=2 Win=3 Len=0", {}),
+            ("HTTP", "HTTP/1.0 200 OK", {}), ("TCP", "1 > 2 [] Seq=1", {}), ("", "", {}),
+            ("HTTP", "POST /a HTTP/2", {}), ("DNS", "Standard query 0x0001 A x.org", {})]
+    infos, protocols = [r[1] for r in rows], [r[0] for r in rows]
+    batch = parse_info(pa.array(infos), pa.array(protocols))
+    for i, (protocol, info, _) in enumerate(rows):
+        alone = parse_info(pa.array([info]), pa.array([protocol]))
+        for field, array in batch.items():
+            assert array[i].as_py() == alone[field][0].as_py(), (field, info)
+
+
 def test_parse_info_fields_match_the_schema():
     parsed = parse_info(pa.array([c[1] for c in CASES]), pa.array([c[0] for c in CASES]))
     for field, array in parsed.items():

@@ -1,8 +1,9 @@
 """Stage 2, normalization: the staged rows of a trace become the typed packet table.
 
 Fields a reader did not supply are parsed out of `info` with Arrow's regex kernels (RE2), one
-pass per protocol family, never a Python loop over packets. The result is checked with
-the PACKETS declaration per row group and written with zstd and the source's SHA-256.
+pass per protocol family over the rows it can match, never a Python loop over packets. The
+result is checked with the PACKETS declaration per row group and written with zstd and the
+source's SHA-256.
 """
 
 from __future__ import annotations
@@ -52,21 +53,23 @@ def _group(match: pa.StructArray, name: str) -> pa.Array:
     return null_if_empty(pc.struct_field(match, name))
 
 
-def _to_int(array: pa.Array, type_: pa.DataType) -> pa.Array:
-    return pc.cast(null_if_empty(array), type_)
-
-
-def _port(array: pa.Array) -> pa.Array:
-    """A port number; null for the impossible ones (> 65535) a hand-made export may hold."""
-    port = _to_int(array, pa.int32())
+def _port(ports: pa.StructArray, name: str) -> pa.Array:
+    """A port number; null for the impossible ones (> 65535) a hand-made export may hold. The
+    group (one to five digits) is never empty where the regex matched: nothing to null first."""
+    port = pc.cast(pc.struct_field(ports, name), pa.int32())
     return pc.if_else(pc.less_equal(port, 65535), port, None)
 
 
+def _spread(mask: pa.Array, selected: pa.Array) -> pa.Array:
+    """`selected`, one value for each row where `mask` holds, put back at those rows; null
+    elsewhere."""
+    return pc.replace_with_mask(pa.nulls(len(mask), selected.type), mask, selected)
+
+
 def _only_where(mask: pa.Array, values: pa.Array, transform) -> pa.Array:
-    """`transform` of the rows where `mask` holds, null elsewhere: TLS rows are few, and a
-    string kernel over every Info costs as much as the whole ports regex."""
-    selected = null_if_empty(transform(values.filter(mask)))
-    return pc.replace_with_mask(pa.nulls(len(values), values.type), mask, selected)
+    """`transform` of the rows where `mask` holds, null elsewhere: a kernel over every Info
+    costs as much on the rows it cannot match as on the few it can."""
+    return _spread(mask, null_if_empty(transform(values.filter(mask))))
 
 
 def _flag_bits(flags_text: pa.Array) -> pa.Array:
@@ -77,29 +80,58 @@ def _flag_bits(flags_text: pa.Array) -> pa.Array:
     return pc.take(pa.array(masks, pa.int16()), encoded.indices)
 
 
+def _analysis_text(notes: pa.Array) -> pa.Array:
+    """"[TCP Retransmission] [TCP Port numbers reused] " -> "TCP Retransmission; TCP Port
+    numbers reused"."""
+    return pc.utf8_trim(pc.replace_substring_regex(
+        pc.replace_substring_regex(notes, r"\]\s*\[", "; "), r"[\[\]]", ""), " ")
+
+
+def _tcp_fields(info: pa.Array, ports: pa.StructArray) -> dict[str, pa.Array]:
+    """Flags, sequence numbers and analysis notes of the TCP rows (a flag set in brackets
+    after the ports); null for the others."""
+    flags_text = pc.fill_null(pc.struct_field(ports, "flags"), "")
+    is_tcp = pc.not_equal(flags_text, "")
+    numbers = pc.extract_regex(info.filter(is_tcp), TCP_NUMBERS_INFO)
+    notes = pc.struct_field(ports, "analysis")  # "" where a matched row has none
+    noted = pc.fill_null(pc.greater(pc.binary_length(notes), 0), False)
+    return {
+        "tcp_flags": pc.if_else(is_tcp, _flag_bits(flags_text), None),
+        **{f"tcp_{name}": _spread(is_tcp, pc.cast(_group(numbers, name), pa.int64()))
+           for name in ("seq", "ack", "win", "len")},
+        "tcp_analysis": _only_where(noted, notes, _analysis_text),
+    }
+
+
+def _http_fields(info: pa.Array, ports: pa.StructArray) -> dict[str, pa.Array]:
+    """HTTP request and response lines, each regex run only on the rows it can match: a
+    response starts with "HTTP/"; a request with [A-Z][A-Z_-]+ and a blank, so neither with
+    "HTTP/" nor with the '[' or digit of a row the ports regex matches."""
+    is_response = pc.starts_with(info, "HTTP/")
+    may_request = pc.invert(pc.or_(ports.is_valid(), is_response))
+    request = pc.extract_regex(info.filter(may_request), HTTP_REQUEST)
+    response = pc.extract_regex(info.filter(is_response), HTTP_RESPONSE)
+    return {
+        "http_method": pc.dictionary_encode(_spread(may_request, _group(request, "method"))),
+        "http_uri": _spread(may_request, _group(request, "uri")),
+        "http_version": pc.dictionary_encode(
+            pc.coalesce(_spread(may_request, _group(request, "version")),
+                        _spread(is_response, _group(response, "version")))),
+        "http_status": _spread(is_response, pc.cast(_group(response, "status"), pa.int16())),
+    }
+
+
+def _dns_query(info: pa.Array) -> pa.Array:
+    """The query name, parsed only where Info starts as every DNS_QUERY match does."""
+    is_query = pc.starts_with(info, "Standard query ")
+    return _spread(is_query, _group(pc.extract_regex(info.filter(is_query), DNS_QUERY), "name"))
+
+
 def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
     """Every INFO_FIELDS column parsed from Wireshark's Info text (nulls where absent; always
     for the IP and UDP lengths, which only a capture's headers give)."""
     info = pc.fill_null(info, "")
     ports = pc.extract_regex(info, PORTS_INFO)
-    numbers = pc.extract_regex(info, TCP_NUMBERS_INFO)
-    matched = ports.is_valid()
-    flags_text = pc.fill_null(_group(ports, "flags"), "")
-    is_tcp = pc.not_equal(flags_text, "")
-    flags = _flag_bits(flags_text)
-
-    def tcp_only(array, type_):
-        return pc.if_else(is_tcp, _to_int(array, type_), None)
-
-    analysis = null_if_empty(pc.utf8_trim(
-        pc.replace_substring_regex(
-            pc.replace_substring_regex(_group(ports, "analysis"), r"\]\s*\[", "; "),
-            r"[\[\]]", ""),
-        " "))
-
-    request = pc.extract_regex(info, HTTP_REQUEST)
-    response = pc.extract_regex(info, HTTP_RESPONSE)
-    dns = pc.extract_regex(info, DNS_QUERY)
     protocol = protocol if pa.types.is_dictionary(protocol.type) else \
         pc.dictionary_encode(protocol)
     is_tls = pc.fill_null(pc.take(pc.match_substring_regex(protocol.dictionary, r"^(?:TLS|SSL)"),
@@ -108,21 +140,12 @@ def parse_info(info: pa.Array, protocol: pa.Array) -> dict[str, pa.Array]:
         # An export's Info gives no header lengths (connections fall back to frame lengths).
         "ip_len": pa.nulls(len(info), pa.int32()),
         "udp_len": pa.nulls(len(info), pa.int32()),
-        "src_port": _port(_group(ports, "src_port")),
-        "dst_port": _port(_group(ports, "dst_port")),
-        "tcp_flags": pc.if_else(is_tcp, flags, None),
-        "tcp_seq": tcp_only(_group(numbers, "seq"), pa.int64()),
-        "tcp_ack": tcp_only(_group(numbers, "ack"), pa.int64()),
-        "tcp_win": tcp_only(_group(numbers, "win"), pa.int64()),
-        "tcp_len": tcp_only(_group(numbers, "len"), pa.int64()),
-        "tcp_analysis": pc.if_else(matched, analysis, None),
-        "http_method": pc.dictionary_encode(_group(request, "method")),
-        "http_uri": _group(request, "uri"),
-        "http_version": pc.dictionary_encode(
-            pc.coalesce(_group(request, "version"), _group(response, "version"))),
-        "http_status": pc.cast(_group(response, "status"), pa.int16()),
+        "src_port": _port(ports, "src_port"),
+        "dst_port": _port(ports, "dst_port"),
+        **_tcp_fields(info, ports),
+        **_http_fields(info, ports),
         "dns_id": pa.nulls(len(info), pa.int32()),  # dns.log reads id and type off Info
-        "dns_query": _group(dns, "name"),
+        "dns_query": _dns_query(info),
         "dns_qtype": pa.nulls(len(info), pa.int32()),
         "tls_message": _only_where(is_tls, info, pc.utf8_trim_whitespace),
     }
