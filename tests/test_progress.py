@@ -207,3 +207,17 @@ def test_the_security_calls_log_lines_on_a_pipe():
                          r"rows/s\), 100% done", result.stderr, re.MULTILINE), \
             (what, result.stderr)
     assert "\r" not in result.stderr and "%|" not in result.stderr
+
+
+def test_a_job_leaves_hypothesis_out_of_pandera_and_other_processes_keep_it():
+    """pandera imports hypothesis at its first check, for data synthesis only: a job (its
+    script's globals hold `snakemake`) does without it, any other process (the tests) keeps it."""
+    code = ("import __main__, sys\n{job}"
+            "import tracelab.core.runner\n"
+            "from tracelab.security.connections import FLOWS\n"
+            "FLOWS.check(FLOWS.conform(FLOWS.schema.empty_table()))\n"
+            "print(sys.modules.get('hypothesis') is not None)\n")
+    seen = [subprocess.run([sys.executable, "-c", code.format(job=job)], capture_output=True,
+                           text=True, check=True).stdout.strip()
+            for job in ("__main__.snakemake = None\n", "")]
+    assert seen == ["False", "True"]

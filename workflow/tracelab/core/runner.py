@@ -17,6 +17,18 @@ log = logging.getLogger("tracelab")
 CPU_LINE = re.compile(r"process CPU ([0-9.]+) s")
 
 
+def in_a_job() -> bool:
+    """Whether this process runs a Snakemake `script:` job: its preamble puts `snakemake` in
+    the script's globals before the script imports this module."""
+    return hasattr(sys.modules.get("__main__"), "snakemake")
+
+
+# pandera imports hypothesis at its first check, only to offer data-synthesis strategies, which
+# no job uses: 0.11 CPU s a job where the test extra installed it. Tests keep it.
+if in_a_job():
+    sys.modules.setdefault("hypothesis", None)
+
+
 def run_stage(snakemake, stage, **kwargs):
     """Call `stage(**kwargs)` as the job's one step (see run_steps)."""
     run_steps(snakemake, partial(stage, **kwargs))
