@@ -131,9 +131,9 @@ def ordered_runs(groups: Iterable[pa.Table], bounds: list[int],
         # Rows at the bound wait: a later group may hold the same time with a smaller key.
         cut = int(np.searchsorted(times, bound, side="left"))
         held = rows.slice(cut)
-        yield from _slices(rows.slice(0, cut))
+        yield from batch_slices(rows.slice(0, cut))
     if held is not None:
-        yield from _slices(held)
+        yield from batch_slices(held)
 
 
 class _SortedRun:
@@ -202,7 +202,7 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
             # One step may take a batch from every file: 50 files gave 400k-row groups.
             rows = pa.concat_tables(gathered)
             whole = rows.num_rows if not reading else rows.num_rows // BATCH_ROWS * BATCH_ROWS
-            yield from _slices(rows.slice(0, whole))
+            yield from batch_slices(rows.slice(0, whole))
             gathered = [rows.slice(whole)]
         if not reading:
             return
@@ -222,7 +222,7 @@ def route(rows: pa.Table, part: np.ndarray, writers: list) -> np.ndarray:
     return np.diff(bounds)
 
 
-def _slices(rows: pa.Table) -> Iterator[pa.Table]:
+def batch_slices(rows: pa.Table) -> Iterator[pa.Table]:
     """`rows` in consecutive slices of at most BATCH_ROWS rows (none if empty)."""
     for start in range(0, rows.num_rows, BATCH_ROWS):
         yield rows.slice(start, BATCH_ROWS)

@@ -60,8 +60,13 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.html import write_html
-from tracelab.core.streaming import BATCH_ROWS as MERGED_ROWS
-from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, record_batches, route
+from tracelab.core.streaming import (
+    MERGE_BATCH_ROWS,
+    batch_slices,
+    merge_sorted,
+    record_batches,
+    route,
+)
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
 from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook
@@ -474,11 +479,10 @@ class _PartitionedTable:
                        compression="lz4", row_group_size=MERGE_BATCH_ROWS)
 
     def _ordered(self) -> Iterator[pa.Table]:
-        """The rows in the table's order, in tables of MERGED_ROWS rows (the last fewer), as
-        `merge_sorted` gives them: one a row group of the file."""
+        """The rows in the table's order, in the tables `merge_sorted` gives (`batch_slices`):
+        one a row group of the file."""
         if self.held is not None:
-            for start in range(0, self.held.num_rows, MERGED_ROWS):
-                yield self.held.slice(start, MERGED_ROWS)
+            yield from batch_slices(self.held)
             return
         keys = tuple(f"_key{index}" for index in range(len(self.order)))
         for rows in merge_sorted(self.paths, keys):
