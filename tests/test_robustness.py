@@ -85,6 +85,7 @@ def measure_invariance(root, traces: list[str], out) -> pd.DataFrame:
         traces=traces, windows_paths=[str(root / t / "windows.parquet") for t in traces],
         variants=variants,
         variant_windows_paths=[str(root / t / p / "windows.parquet") for t, p in variants],
+        baseline_paths=[str(root / t / "baseline.parquet") for t in traces],
         record_paths=[str(root / t / "perturbations.json") for t in traces],
         format_pairs={}, skipped_pairs=[], settings=CONFIG["robustness"],
         table_csv=str(out / "invariance.csv"), classes_csv=str(out / "classes.csv"),
@@ -118,8 +119,10 @@ def experiment(tmp_path_factory):
                        packets_path=paths["packets"], flows_path=paths["flows"],
                        http_path=paths["http"], original_windows_path=windows_paths[-1],
                        windows_paths=[folder / name / "windows.parquet" for name in CHOSEN],
+                       baseline_path=folder / "baseline.parquet",
                        records_path=folder / "perturbations.json",
-                       parameters=robustness["parameters"], seed=14, settings=security)
+                       parameters=robustness["parameters"], seed=14,
+                       sample_packets=robustness["sample_packets"], settings=security)
     out = root / "results"
     measure_invariance(root, list(TRACES), out)
     labels = {trace: spec[0] for trace, spec in TRACES.items()}

@@ -28,11 +28,15 @@ def test_every_output_is_there_and_perturbed_tables_are_temporary(bundled):
                  "transfer.md", "transfer.html", "transfer.png", "answer.png", "answer.md"):
         assert (out / name).stat().st_size > 0, name
     for trace in traces(bundled):
-        # One job a trace: its copies' windows and one record; no packet table is left.
+        # One job a trace: its copies' windows, their baseline and one record; no packet
+        # table is left. A bundled trace is copied whole: its baseline is its own windows.
         assert sorted(p.name for p in (out / trace).iterdir()) == sorted(
-            [*PERTURBATIONS, "perturbations.json"])
+            [*PERTURBATIONS, "baseline.parquet", "perturbations.json"])
+        assert (out / trace / "baseline.parquet").read_bytes() == (
+            bundled / f"results/features/{trace}/windows.parquet").read_bytes()
         records = json.loads((out / trace / "perturbations.json").read_text())
         assert list(records) == PERTURBATIONS
+        assert all(record["sample"] is None for record in records.values())
         for name in PERTURBATIONS:
             assert [p.name for p in (out / trace / name).iterdir()] == ["windows.parquet"]
             assert records[name]["trace"] == trace and records[name]["perturbation"] == name

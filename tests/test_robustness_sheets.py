@@ -56,8 +56,10 @@ def traces(tmp_path_factory):
                        flows_path=paths["flows"], http_path=paths["http"],
                        original_windows_path=folder / "windows.parquet",
                        windows_paths=[folder / name / "windows.parquet" for name in SOME],
+                       baseline_path=folder / "baseline.parquet",
                        records_path=folder / "perturbations.json",
                        parameters=CONFIG["robustness"]["parameters"], seed=14,
+                       sample_packets=CONFIG["robustness"]["sample_packets"],
                        settings=security)
     return root
 
@@ -71,6 +73,7 @@ def run_stages(root, out, sheet: list[str], perturbations: list[str]) -> dict[st
     write_invariance(
         traces=sheet, windows_paths=windows, variants=variants,
         variant_windows_paths=[str(root / t / p / "windows.parquet") for t, p in variants],
+        baseline_paths=[str(root / t / "baseline.parquet") for t in sheet if perturbations],
         record_paths=[str(root / t / "perturbations.json") for t in sheet if perturbations],
         format_pairs={}, skipped_pairs=[], settings=settings,
         table_csv=out / "invariance.csv", classes_csv=out / "classes.csv",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,19 +50,28 @@ def mixed_rows() -> list[dict]:
 
 
 def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000,
-               partition_packets: int | None = None) -> dict:
+               partition_packets: int | None = None, sample_packets: int | None = None) -> dict:
     """The copies' window matrices (perturbation -> frame) and records of the mixed trace, its
     clock in microseconds (as a CSV export's); with `partition_packets` below the trace's
     packets, the copies are streamed through scratch files and their connections assembled
     in partitions (else each copy is made whole in memory)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / f"{name}.parquet" for name in ("packets", "flows", "http")}
     table = packet_table(mixed_rows())
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     field = table.schema.field("ts")
     table = table.set_column(table.schema.get_field_index("ts"), field,
                              pa.array(ts - ts % 1000).cast(field.type))
-    pq.write_table(table, paths["packets"], row_group_size=row_group_size)
+    pq.write_table(table, folder / "packets.parquet", row_group_size=row_group_size)
+    return copies_of(folder, folder / "packets.parquet", perturbations, partition_packets,
+                     sample_packets)
+
+
+def copies_of(folder, packets_path, perturbations: list[str],
+              partition_packets: int | None = None, sample_packets: int | None = None) -> dict:
+    """The copies' window matrices and records of the packet table at `packets_path` (a trace
+    named mixed), its connections and windows made by their stages in `folder`."""
+    paths = {"packets": packets_path, **{name: folder / f"{name}.parquet"
+                                         for name in ("flows", "http")}}
     write_connections(trace="mixed", packets_path=paths["packets"], flows_path=paths["flows"],
                       http_path=paths["http"], settings=CONFIG["security"]["flows"])
     write_windows(trace="mixed", packets_path=paths["packets"], flows_path=paths["flows"],
@@ -71,9 +81,10 @@ def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000,
     write_variants(trace="mixed", perturbations=perturbations, packets_path=paths["packets"],
                    flows_path=paths["flows"], http_path=paths["http"],
                    original_windows_path=folder / "windows.parquet", windows_paths=windows,
+                   baseline_path=folder / "baseline.parquet",
                    records_path=folder / "perturbations.json",
                    parameters=CONFIG["robustness"]["parameters"], seed=14,
-                   settings=security_settings(partition_packets))
+                   sample_packets=sample_packets, settings=security_settings(partition_packets))
     records = json.loads((folder / "perturbations.json").read_text())
     return {name: pq.read_table(path).to_pandas() for name, path in zip(perturbations, windows)}, \
         records
@@ -172,3 +183,47 @@ def test_a_copy_that_changed_nothing_keeps_the_original_windows(tmp_path):
     pd.testing.assert_frame_equal(copies["clock_us"], original)
     assert records["clock_ms"]["connections"] == "assembled again"
     assert records["clock_ms"]["changed"]["ts"] > 0
+
+
+def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone(tmp_path):
+    # The middle run of windows within 250 of the mixed trace's 511 packets: its copies and
+    # baseline equal those of the run written as a trace of its own and copied whole.
+    chosen = ["hour_shift", "timing_jitter", "first_half", "packet_loss", "clock_us",
+              "server_ports"]
+    sampled, records = run_copies(tmp_path / "sampled", chosen, 37, sample_packets=250)
+    sample = records["timing_jitter"]["sample"]
+    assert all(record["sample"] == sample for record in records.values())
+    assert sample["trace_packets"] == 511 and 150 < sample["packets"] <= 250
+    assert sample["from_s"] % 10 == 0 and sample["to_s"] % 10 == 0
+    packets = pq.read_table(tmp_path / "sampled" / "packets.parquet")
+    since = pd.Series(packets.column("ts").cast(pa.int64()).to_numpy())
+    since = (since - since.min()) / 1e9
+    inside = ((since >= sample["from_s"]) & (since < sample["to_s"])).to_numpy()
+    assert inside.sum() == sample["packets"]
+    assert sample["from_s"] > 0 and sample["to_s"] <= since.max()  # neither end of the trace
+    alone_folder = tmp_path / "alone"
+    alone_folder.mkdir()
+    pq.write_table(packets.filter(pa.array(inside)), alone_folder / "run.parquet",
+                   row_group_size=37)
+    alone, alone_records = copies_of(alone_folder, alone_folder / "run.parquet", chosen)
+    baseline = pq.read_table(tmp_path / "sampled" / "baseline.parquet").to_pandas()
+    pd.testing.assert_frame_equal(baseline, pq.read_table(
+        alone_folder / "windows.parquet").to_pandas(), check_exact=False, rtol=1e-12)
+    for name in chosen:
+        assert alone_records[name]["sample"] is None
+        assert {**records[name], "sample": None} == alone_records[name], name
+        pd.testing.assert_frame_equal(sampled[name], alone[name], check_exact=False,
+                                      rtol=1e-12, obj=name)
+    pd.testing.assert_frame_equal(sampled["clock_us"], baseline)
+
+
+def test_the_middle_run_grows_on_the_side_that_holds_fewer_packets():
+    facts = registry.TraceFacts(0, 0, np.array([0, 1, 2, 4, 5, 9]),
+                                np.array([50, 10, 30, 40, 20, 5]), {}, [], [])
+    run = variants.middle_run(facts, 100)
+    # The middle packet is in window 2 (30 packets); then window 1 (10: both sides hold none,
+    # the lower first), window 4 (40: the higher side holds fewer), window 0 (50) does not
+    # fit, window 5 (20) does, window 9 (5) does not.
+    assert (run.first_window, run.stop_window, run.packets) == (1, 6, 100)
+    assert variants.middle_run(facts, 155) is None
+    assert variants.middle_run(facts, 1).packets == 30  # at least the middle window

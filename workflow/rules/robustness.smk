@@ -1,6 +1,7 @@
 # Which window features survive a change of recording and network conditions. Every trace's
 # packet table is perturbed (another hour, a cut, names toggled, a coarser clock, other ports, a
-# snap length, a slower path, loss...) in one job a trace that reads it once; each copy's
+# snap length, a slower path, loss...) in one job a trace that reads it once (a trace above
+# robustness.sample_packets: the run of windows around its middle within that many); each copy's
 # connections and windows are made as the original's are (or, for a time shift or a
 # one-to-one renaming, relabelled from the original's). The comparison measures how far each
 # perturbation moves each feature against the windows' own noise, how well the features
@@ -44,6 +45,7 @@ rule robustness_variants:
             "results/robustness/{{trace}}/{perturbation}/windows.parquet",
             perturbation=CHOSEN,
         ),
+        baseline="results/robustness/{trace}/baseline.parquet",
         records="results/robustness/{trace}/perturbations.json",
     log:
         "results/logs/robustness/variants/{trace}.log",
@@ -63,6 +65,7 @@ rule robustness_variants:
             {name: ROBUSTNESS["parameters"].get(name, {}) for name in CHOSEN}
         ),
         seed=ROBUSTNESS["seed"],
+        sample_packets=ROBUSTNESS["sample_packets"],
         # The copies' connections and windows are made as the original's are.
         settings=stable_params({key: config["security"][key] for key in ("flows", "windows")}),
     script:
@@ -73,6 +76,7 @@ rule robustness_measures:
     input:
         windows=expand(rules.security_windows.output.windows, trace=TRACES.index),
         variant_windows=expand(rules.robustness_variants.output.windows, trace=VARIANT_TRACES),
+        baselines=expand(rules.robustness_variants.output.baseline, trace=VARIANT_TRACES),
         records=expand(rules.robustness_variants.output.records, trace=VARIANT_TRACES),
     output:
         invariance=report(

@@ -15,6 +15,7 @@ run_steps(
         windows_paths=windows_paths,
         variants=snakemake.params.variants,
         variant_windows_paths=list(snakemake.input.variant_windows),
+        baseline_paths=list(snakemake.input.baselines),
         record_paths=list(snakemake.input.records),
         format_pairs=snakemake.params.format_pairs,
         skipped_pairs=snakemake.params.skipped_pairs,

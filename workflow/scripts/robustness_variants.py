@@ -11,8 +11,10 @@ run_stage(
     http_path=snakemake.input.http,
     original_windows_path=snakemake.input.windows,
     windows_paths=list(snakemake.output.windows),
+    baseline_path=snakemake.output.baseline,
     records_path=snakemake.output.records,
     parameters=snakemake.params.parameters,
     seed=snakemake.params.seed,
+    sample_packets=snakemake.params.sample_packets,
     settings=snakemake.params.settings,
 )

@@ -41,7 +41,9 @@ def _rows(schema: dict, prefix: str = ""):
             yield from _rows(sub, f"{name}.")
         else:
             default = _value(sub["default"]) if "default" in sub else "required"
-            yield (name, sub.get("type", ""), default, _bounds(sub),
+            kind = sub.get("type", "")
+            yield (name, kind if isinstance(kind, str) else " or ".join(kind), default,
+                   _bounds(sub),
                    " ".join(sub.get("description", "").split()))
 
 

@@ -261,19 +261,23 @@ def untouched(record: dict) -> bool:
     return record["packets_out"] == record["packets_in"] and not any(record["changed"].values())
 
 
-def matched_pairs(traces, windows_paths, variants, variant_windows_paths, records: dict,
-                  format_pairs: dict[str, str], features: list[str]) -> dict[str, Pairs]:
-    """Per perturbation (in the order given; the export format last), the matched windows."""
+def matched_pairs(traces, windows_paths, baselines: dict[str, str], variants,
+                  variant_windows_paths, records: dict, format_pairs: dict[str, str],
+                  features: list[str]) -> dict[str, Pairs]:
+    """Per perturbation (in the order given; the export format last), the matched windows: a
+    copy's with its trace's baseline (`baselines`: the windows the copies were made of, the
+    trace's or a sample's), the two formats' with each other."""
     original = {trace: read_windows(path) for trace, path in zip(traces, windows_paths)}
+    baseline = {trace: read_windows(path) for trace, path in baselines.items()}
     # Every perturbation has a row, "not measured" where it touched no capture.
     matched = defaultdict(list, {name: [] for _, name in variants})
     for (trace, name), windows_path in zip(variants, variant_windows_paths):
         if untouched(records[trace][name]):
             continue  # the perturbation does not apply to this capture: no evidence either way
         perturbed = read_windows(windows_path)
-        rows, original_rows = match_windows(original[trace], perturbed,
+        rows, original_rows = match_windows(baseline[trace], perturbed,
                                             records[trace][name]["time_map"])
-        matched[name].append((trace, original[trace].iloc[original_rows],
+        matched[name].append((trace, baseline[trace].iloc[original_rows],
                               perturbed.iloc[rows]))
     for trace, other in format_pairs.items():
         rows, original_rows = match_windows(original[trace], original[other], IDENTITY)
@@ -368,17 +372,26 @@ def heatmap(table: pd.DataFrame, classes: pd.DataFrame, confidence: float, path,
     save(fig, path)
 
 
+def _copied(sample: dict | None) -> str:
+    """What the copies were made of (a record's `sample`)."""
+    if sample is None:
+        return "the whole trace"
+    return (f"a sample: {sample['packets']} of {sample['trace_packets']} packets, "
+            f"{sample['from_s']:g}-{sample['to_s']:g} s into the trace")
+
+
 def perturbations_table(records: list[dict]) -> pd.DataFrame:
     rows = [{"perturbation": r["perturbation"], "trace": r["trace"],
+             "made of": _copied(r["sample"]),
              "packets kept": f"{r['packets_out']} of {r['packets_in']}",
              "time moved (s)": r["time_offset_ns"] / 1e9,
              "time scale": r["time_map"]["scale"],
              "connections": r["connections"],
              "values changed": ", ".join(f"{k}: {v}" for k, v in r["changed"].items() if v),
              "what it does": r["description"]} for r in records]
-    return pd.DataFrame(rows, columns=["perturbation", "trace", "packets kept", "time moved (s)",
-                                       "time scale", "connections", "values changed",
-                                       "what it does"])
+    return pd.DataFrame(rows, columns=["perturbation", "trace", "made of", "packets kept",
+                                       "time moved (s)", "time scale", "connections",
+                                       "values changed", "what it does"])
 
 
 def why_unmeasured(pairs: dict, skipped_pairs: list[str]) -> str:
@@ -390,7 +403,8 @@ def why_unmeasured(pairs: dict, skipped_pairs: list[str]) -> str:
 
 
 def write_invariance(*, traces: list[str], windows_paths: list[str], variants: list[list[str]],
-                     variant_windows_paths: list[str], record_paths: list[str],
+                     variant_windows_paths: list[str], baseline_paths: list[str],
+                     record_paths: list[str],
                      format_pairs: dict[str, str], skipped_pairs: list[str], settings: dict,
                      table_csv, classes_csv, classes_md, classes_html, perturbations_md,
                      perturbations_html, heatmap_png) -> dict:
@@ -400,10 +414,11 @@ def write_invariance(*, traces: list[str], windows_paths: list[str], variants: l
     specs = recorded_features(windows_paths)
     invariance, bootstrap = invariance_settings(settings["invariance"]), \
         bootstrap_settings(settings["bootstrap"])
+    copied = list(dict.fromkeys(t for t, _ in variants))
     records = {trace: json.loads(Path(path).read_text())
-               for trace, path in zip(dict.fromkeys(t for t, _ in variants), record_paths)}
-    pairs = matched_pairs(traces, windows_paths, variants, variant_windows_paths, records,
-                          format_pairs, specs["name"].tolist())
+               for trace, path in zip(copied, record_paths)}
+    pairs = matched_pairs(traces, windows_paths, dict(zip(copied, baseline_paths)), variants,
+                          variant_windows_paths, records, format_pairs, specs["name"].tolist())
     table = invariance_table(pairs, specs["name"].tolist(), invariance, bootstrap,
                              job_rng(settings["seed"], "invariance"))
     write_csv(table, table_csv)
@@ -429,9 +444,11 @@ def write_invariance(*, traces: list[str], windows_paths: list[str], variants: l
     write_tables(perturbations_table([r for per in records.values() for r in per.values()]),
                  markdown=perturbations_md, html_path=perturbations_html,
                  title="What each perturbation changed",
-                 caption="One row a perturbed copy of a trace: packets kept, the time moved and "
-                         "stretched, whether its connections were assembled again, and how many "
-                         "values of each column changed." + (" " + note if not pairs else ""))
+                 caption="One row a perturbed copy of a trace: what it was made of (the whole "
+                         "trace, or a sample of a trace above robustness.sample_packets), "
+                         "packets kept, the time moved and stretched, whether its connections "
+                         "were assembled again, and how many values of each column changed."
+                         + (" " + note if not pairs else ""))
     heatmap(table, classes, bootstrap.confidence, heatmap_png, note)
     counts = classes["measured"].value_counts().to_dict()
     log.info("%d features x %d perturbations; measured classes %s; %d disagree with the "

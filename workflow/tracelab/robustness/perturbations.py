@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,7 @@ class TraceFacts:
     first_ns: int
     last_ns: int
     occupied: np.ndarray  # windows of the trace's grid that hold a packet, ascending
+    packets: np.ndarray  # ...and how many packets each holds
     dns: dict[str, str]  # name -> address, from the trace's own DNS answers
     endpoints: list[str]  # every distinct source and destination
     servers: list[str]  # endpoints that received on the lower port of a ported packet
@@ -154,14 +156,21 @@ def gather_facts(packets_path, window_s: float) -> TraceFacts:
     """TraceFacts of a packet table, streamed row group by row group (a few columns)."""
     parquet = pq.ParquetFile(packets_path)
     groups = non_empty_groups(parquet)
-    if not groups:
-        return TraceFacts(0, 0, np.zeros(0, np.int64), {}, [], [])
     ranges = time_ranges(parquet, groups)
-    first, last = min(low for low, _ in ranges), max(high for _, high in ranges)
+    return facts_of(derived_row_groups(parquet, FACT_COLUMNS, groups),
+                    min((low for low, _ in ranges), default=0),
+                    max((high for _, high in ranges), default=0), window_s)
+
+
+def facts_of(row_groups: Iterable[pa.Table], first_ns: int, last_ns: int,
+             window_s: float) -> TraceFacts:
+    """TraceFacts of packets given a group of rows at a time (at least FACT_COLUMNS), their
+    first and last times known."""
     window_ns = int(window_s * NS_PER_S)
-    occupied, dns, endpoints, servers = set(), {}, set(), set()
-    for rows in derived_row_groups(parquet, FACT_COLUMNS, groups):
-        occupied.update(np.unique((timestamps_ns(rows) - first) // window_ns).tolist())
+    occupied, dns, endpoints, servers = Counter(), {}, set(), set()
+    for rows in row_groups:
+        occupied.update(dict(zip(*(part.tolist() for part in np.unique(
+            (timestamps_ns(rows) - first_ns) // window_ns, return_counts=True)))))
         dns_rows = pc.fill_null(pc.equal(rows.column("protocol").cast(pa.string()), "DNS"), False)
         dns.update(names_from_dns(_strings(rows.column("info").filter(dns_rows))))
         src, dst = _strings(rows.column("src")), _strings(rows.column("dst"))
@@ -169,7 +178,9 @@ def gather_facts(packets_path, window_s: float) -> TraceFacts:
         sport, dport = _ports(rows)
         servers.update(pc.unique(dst.filter(pa.array(dport < sport))).to_pylist()
                        + pc.unique(src.filter(pa.array(sport < dport))).to_pylist())
-    return TraceFacts(first, last, np.array(sorted(occupied), np.int64), dns,
+    windows = sorted(occupied)
+    return TraceFacts(first_ns, last_ns, np.array(windows, np.int64),
+                      np.array([occupied[w] for w in windows], np.int64), dns,
                       sorted(e for e in endpoints if e is not None),
                       sorted(s for s in servers if s is not None))
 

@@ -18,6 +18,14 @@ dearest step. Where its renaming is not one-to-one on this trace (two names for 
 its copy is assembled again like the others. A copy in which the perturbation changed no value
 (a microsecond clock on a microsecond export) is the original, and keeps its windows.
 
+A trace of more than `robustness.sample_packets` packets is measured on a sample: the run of
+whole windows around its middle that holds at most that many packets. The copies are made of
+the sample, in memory, and compared with the sample's own windows (its connections assembled
+as the connection stage would assemble a trace of those packets alone), so the cut at the
+sample's two ends is in both sides of every comparison and in neither's difference. The
+windows every copy is compared with are written as the trace's baseline: its own windows, or
+the sample's.
+
 The record of a copy says which packets it kept, how its time maps back to the original's
 (first packet and scale, so that its windows can be matched with the original windows they
 cover) and how many values of each column it changed.
@@ -42,9 +50,12 @@ from tracelab.core.packets import PACKET_SCHEMA, WRITE_OPTIONS
 from tracelab.core.streaming import derived_row_groups, non_empty_groups
 from tracelab.robustness.bootstrap import job_seed
 from tracelab.robustness.perturbations import (
+    NS_PER_S,
     PERTURBATIONS,
     PerturbationContext,
     Relabel,
+    TraceFacts,
+    facts_of,
     gather_facts,
     timestamps_ns,
 )
@@ -135,7 +146,7 @@ class Copy:
     def perturbed(self, rows: pa.Table) -> pa.Table:
         """`rows` perturbed, and recorded."""
         perturbed = PERTURBATIONS[self.name].func(rows, self.context) if self.mapping is None \
-            else self.mapping.apply(rows, ("ts",), ("src", "dst"))
+            else self.mapping.apply(rows, *ROW_LABELS)
         self.record.add(rows, perturbed)
         return perturbed
 
@@ -163,43 +174,112 @@ def open_copies(perturbations: list[str], contexts: dict, endpoints: list[str]) 
     return copies
 
 
-def relabelled(source, relabel: Relabel, times: tuple, addresses: tuple) -> Iterator[pa.Table]:
-    """A table of the original's (connections, requests) relabelled, row group by row group."""
+# The time and address columns a relabelling changes: of packets and requests alike, and of
+# connections.
+ROW_LABELS = (("ts",), ("src", "dst"))
+FLOW_LABELS = (("first_ts", "last_ts"), ("orig", "resp"))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the copies are compared with and what a relabelled copy starts from: the windows,
+    connections and requests of the packets the copies were made of, as the trace's files or,
+    for a sample, as tables."""
+
+    windows: Path
+    flows: Path | pa.Table
+    requests: Path | pa.Table
+
+    def relabelled(self, relabel: Relabel) -> tuple[pa.Table, pa.Table]:
+        """(connections, requests) relabelled."""
+        return (_relabelled_table(self.flows, relabel, FLOW_LABELS),
+                _relabelled_table(self.requests, relabel, ROW_LABELS))
+
+
+def _relabelled_table(source: Path | pa.Table, relabel: Relabel, labels: tuple) -> pa.Table:
+    """A table relabelled; a file's a chunk a row group, as the window stage reads its batches."""
+    if isinstance(source, pa.Table):
+        return relabel.apply(source, *labels)
+    return pa.concat_tables(relabelled(source, relabel, labels))
+
+
+def relabelled(source: Path, relabel: Relabel, labels: tuple) -> Iterator[pa.Table]:
+    """A file of connections or requests relabelled, row group by row group."""
     parquet = pq.ParquetFile(source)
     for group in range(parquet.num_row_groups):
-        yield relabel.apply(parquet.read_row_group(group), times, addresses)
+        yield relabel.apply(parquet.read_row_group(group), *labels)
 
 
-def relabel_table(source, destination, relabel: Relabel, times: tuple, addresses: tuple) -> None:
+def relabel_table(source: Path, destination, relabel: Relabel, labels: tuple) -> None:
     with pq.ParquetWriter(destination, pq.read_schema(source)) as writer:
-        for rows in relabelled(source, relabel, times, addresses):
+        for rows in relabelled(source, relabel, labels):
             writer.write_table(rows)
 
 
-def _unchanged(original_windows, windows_path) -> str:
+def _unchanged(baseline: Baseline, windows_path) -> str:
     with atomic_path(windows_path) as tmp:
-        shutil.copyfile(original_windows, tmp)
+        shutil.copyfile(baseline.windows, tmp)
     return UNCHANGED
 
 
-def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings: dict,
+@dataclass(frozen=True)
+class Sample:
+    """The run of whole windows [first_window, stop_window) of a trace's window grid the copies
+    are made of, and its packets."""
+
+    first_window: int
+    stop_window: int
+    packets: int
+    trace_packets: int
+
+    def summary(self, window_s: float) -> dict:
+        return {"packets": self.packets, "trace_packets": self.trace_packets,
+                "from_s": self.first_window * window_s, "to_s": self.stop_window * window_s}
+
+    def within(self, rows: pa.Table, facts: TraceFacts, window_s: float) -> pa.Table:
+        """The rows of `rows` in the sample's windows."""
+        window = (timestamps_ns(rows) - facts.first_ns) // int(window_s * NS_PER_S)
+        return rows.filter(pa.array((window >= self.first_window) & (window < self.stop_window)))
+
+
+def middle_run(facts: TraceFacts, budget: int | None) -> Sample | None:
+    """The run of windows around the trace's middle packet that holds at most `budget` packets,
+    grown a window at a time on the side that holds fewer so far (at least one window); None
+    when the whole trace is within the budget."""
+    counts = facts.packets
+    total = int(counts.sum())
+    if budget is None or total <= budget:
+        return None
+    low = high = int(np.searchsorted(np.cumsum(counts), total / 2))
+    taken, held = int(counts[low]), {"low": 0, "high": 0}  # packets each side of the middle
+    while True:
+        for side in sorted(held, key=held.get):
+            index = low - 1 if side == "low" else high + 1
+            if 0 <= index < len(counts) and taken + counts[index] <= budget:
+                break
+        else:
+            return Sample(int(facts.occupied[low]), int(facts.occupied[high]) + 1, taken, total)
+        taken, held[side] = taken + int(counts[index]), held[side] + int(counts[index])
+        low, high = (index, high) if side == "low" else (low, index)
+
+
+def copy_windows(copy: Copy, trace: str, baseline: Baseline, windows_path, settings: dict,
                  scratch: Path) -> str:
-    """The window matrix of a streamed copy, and how its connections were made: the original's
+    """The window matrix of a streamed copy, and how its connections were made: the baseline's
     windows where the perturbation changed no value on this trace (a µs clock on a µs export),
-    else its connections assembled again or the original's relabelled."""
+    else its connections assembled again or the baseline's relabelled."""
     flows_path = scratch / f"{copy.name}.flows.parquet"
     http_path = scratch / f"{copy.name}.http.parquet"
     if copy.record.unchanged():
         copy.packets.unlink()
-        return _unchanged(originals["windows"], windows_path)
+        return _unchanged(baseline, windows_path)
     if copy.relabel is None:
         connections.write_connections(trace=trace, packets_path=copy.packets,
                                       flows_path=flows_path, http_path=http_path,
                                       settings=settings["flows"])
     else:
-        relabel_table(originals["flows"], flows_path, copy.relabel, ("first_ts", "last_ts"),
-                      ("orig", "resp"))
-        relabel_table(originals["http"], http_path, copy.relabel, ("ts",), ("src", "dst"))
+        relabel_table(baseline.flows, flows_path, copy.relabel, FLOW_LABELS)
+        relabel_table(baseline.requests, http_path, copy.relabel, ROW_LABELS)
     window_stage.write_windows(trace=trace, packets_path=copy.packets, flows_path=flows_path,
                                http_path=http_path, windows_path=windows_path,
                                settings=settings["windows"])
@@ -208,35 +288,38 @@ def copy_windows(copy: Copy, trace: str, originals: dict, windows_path, settings
     return copy.made
 
 
-def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], originals: dict,
+def assembled(groups: list[pa.Table], trace: str, settings: dict) -> tuple[pa.Table, pa.Table]:
+    """(connections, requests) of packets held in memory, as the connection stage makes them
+    of a partition."""
+    packets = pa.concat_tables(groups)
+    made = connections.assemble_connections(packets.select(connections.PACKET_COLUMNS),
+                                            connections.flow_settings(settings["flows"]), trace)
+    return connections.connection_tables(packets, made, trace)
+
+
+def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], baseline: Baseline,
                    windows_path, settings: dict) -> str:
-    """As `copy_windows`, for a copy held in memory (the packet table's row groups, each
+    """As `copy_windows`, for a copy held in memory (the row groups of the packets, each
     perturbed as a streamed copy's are): the same connection and window functions on the same
     batches, without the scratch files, so the same windows to the last bit."""
     perturbed = [copy.perturbed(rows) for rows in groups]
     if copy.record.unchanged():
-        return _unchanged(originals["windows"], windows_path)
-    if copy.relabel is None:
-        packets = pa.concat_tables(perturbed)
-        assembled = connections.assemble_connections(
-            packets.select(connections.PACKET_COLUMNS),
-            connections.flow_settings(settings["flows"]), trace)
-        flows, requests = connections.connection_tables(packets, assembled, trace)
-    else:
-        flows = pa.concat_tables(relabelled(originals["flows"], copy.relabel,
-                                            ("first_ts", "last_ts"), ("orig", "resp")))
-        # A chunk a row group: read in the batches a relabelled file's row groups give.
-        requests = pa.concat_tables(relabelled(originals["http"], copy.relabel, ("ts",),
-                                               ("src", "dst")))
-    chosen = window_stage.window_settings(settings["windows"])
-    window_stage.write_window_matrix(
-        trace, window_stage.table_totals(perturbed, flows, requests, chosen), chosen,
-        windows_path)
+        return _unchanged(baseline, windows_path)
+    flows, requests = assembled(perturbed, trace, settings) if copy.relabel is None \
+        else baseline.relabelled(copy.relabel)
+    write_totals(trace, perturbed, flows, requests, settings, windows_path)
     return copy.made
 
 
+def write_totals(trace: str, groups: list[pa.Table], flows: pa.Table, requests: pa.Table,
+                 settings: dict, windows_path) -> None:
+    chosen = window_stage.window_settings(settings["windows"])
+    window_stage.write_window_matrix(
+        trace, window_stage.table_totals(groups, flows, requests, chosen), chosen, windows_path)
+
+
 def streamed_windows(copies: list[Copy], parquet: pq.ParquetFile, scratch: Path, trace: str,
-                     originals: dict, windows_paths: list, settings: dict) -> list[str]:
+                     baseline: Baseline, windows_paths: list, settings: dict) -> list[str]:
     """Every copy's windows, the packet table read once row group by row group: each group
     perturbed by every perturbation and appended to that copy's scratch file."""
     schema = pa.schema([parquet.schema_arrow.field(name) for name in COPY_COLUMNS])
@@ -247,45 +330,98 @@ def streamed_windows(copies: list[Copy], parquet: pq.ParquetFile, scratch: Path,
             copy.add(rows)
     for copy in copies:
         copy.writer.close()
-    return [copy_windows(copy, trace, originals, path, settings, scratch)
+    return [copy_windows(copy, trace, baseline, path, settings, scratch)
             for copy, path in zip(copies, windows_paths)]
 
 
+@dataclass(frozen=True)
+class Packets:
+    """What the copies are made of, with its TraceFacts: the trace's packet table, its row
+    groups held in memory (`groups`) or not, or the sample of it (always in memory)."""
+
+    parquet: pq.ParquetFile
+    facts: TraceFacts
+    sample: Sample | None
+    groups: list[pa.Table] | None
+
+
+def packets_to_copy(packets_path, window_s: float, budget: int | None,
+                    in_memory: int) -> Packets:
+    """The trace's packets, held in memory within `in_memory` packets (the connection stage's
+    partition), or the middle run of windows within `budget` packets (always in memory)."""
+    facts = gather_facts(packets_path, window_s)
+    parquet = pq.ParquetFile(packets_path)
+    sample = middle_run(facts, budget)
+    groups = non_empty_groups(parquet)
+    if sample is not None:
+        kept = [sample.within(rows, facts, window_s) for rows in
+                derived_row_groups(parquet, COPY_COLUMNS, groups)]
+        kept = [rows for rows in kept if rows.num_rows]
+        span = pc.min_max(pa.chunked_array([rows.column("ts") for rows in kept])
+                          .cast(pa.int64()))
+        facts = facts_of(kept, span["min"].as_py(), span["max"].as_py(), window_s)
+        return Packets(parquet, facts, sample, kept)
+    if parquet.metadata.num_rows <= in_memory:
+        return Packets(parquet, facts, None,
+                       list(derived_row_groups(parquet, COPY_COLUMNS, groups)))
+    return Packets(parquet, facts, None, None)
+
+
+def baseline_of(packets: Packets, trace: str, originals: dict, baseline_path,
+                settings: dict) -> Baseline:
+    """The baseline the copies are compared with, written to `baseline_path`: the trace's own
+    windows (`originals`: its windows, connections and requests files), or the sample's, its
+    connections assembled."""
+    if packets.sample is None:
+        with atomic_path(baseline_path) as tmp:
+            shutil.copyfile(originals["windows"], tmp)
+        return Baseline(Path(baseline_path), Path(originals["flows"]), Path(originals["http"]))
+    flows, requests = assembled(packets.groups, trace, settings)
+    write_totals(trace, packets.groups, flows, requests, settings, baseline_path)
+    return Baseline(Path(baseline_path), flows, requests)
+
+
 def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_path, http_path,
-                   original_windows_path, windows_paths: list, records_path, parameters: dict,
-                   seed: int, settings: dict) -> dict:
+                   original_windows_path, windows_paths: list, baseline_path, records_path,
+                   parameters: dict, seed: int, sample_packets: int | None,
+                   settings: dict) -> dict:
     """Stage: results/robustness/{trace}/{perturbation}/windows.parquet for every perturbation,
-    and results/robustness/{trace}/perturbations.json (`settings`: the config's `security`
-    section, whose flows and windows settings the copies share with the original)."""
+    the baseline they are compared with (results/robustness/{trace}/baseline.parquet) and
+    results/robustness/{trace}/perturbations.json (`settings`: the config's `security` section,
+    whose flows and windows settings the copies share with the original)."""
     chosen = window_stage.window_settings(settings["windows"])
-    facts = gather_facts(packets_path, chosen.window_s)
+    packets = packets_to_copy(packets_path, chosen.window_s, sample_packets,
+                              connections.flow_settings(settings["flows"]).partition_packets)
+    if packets.sample is not None:
+        log.info("%s: copies made of windows %d-%d of the trace, %d of its %d packets", trace,
+                 packets.sample.first_window, packets.sample.stop_window - 1,
+                 packets.sample.packets, packets.sample.trace_packets)
+    baseline = baseline_of(packets, trace, {"flows": flows_path, "http": http_path,
+                                            "windows": original_windows_path},
+                           baseline_path, settings)
     contexts = {name: PerturbationContext(
         seed=job_seed(seed, trace, name),
         params=parameters.get(name, {}), window_s=chosen.window_s,
-        min_coverage=chosen.min_coverage, facts=facts) for name in perturbations}
-    parquet = pq.ParquetFile(packets_path)
-    copies = open_copies(perturbations, contexts, facts.endpoints)
-    originals = {"flows": flows_path, "http": http_path, "windows": original_windows_path}
-    if parquet.metadata.num_rows <= connections.flow_settings(settings["flows"]).partition_packets:
-        # One partition: the connection stage holds the whole table too.
-        groups = list(derived_row_groups(parquet, COPY_COLUMNS, non_empty_groups(parquet)))
-        made = [memory_windows(copy, trace, groups, originals, path, settings)
+        min_coverage=chosen.min_coverage, facts=packets.facts) for name in perturbations}
+    copies = open_copies(perturbations, contexts, packets.facts.endpoints)
+    if packets.groups is not None:
+        made = [memory_windows(copy, trace, packets.groups, baseline, path, settings)
                 for copy, path in zip(copies, windows_paths)]
     else:
         with tempfile.TemporaryDirectory(prefix=".variants-",
                                          dir=Path(windows_paths[0]).parent.parent) as scratch:
-            made = streamed_windows(copies, parquet, Path(scratch), trace, originals,
+            made = streamed_windows(copies, packets.parquet, Path(scratch), trace, baseline,
                                     windows_paths, settings)
+    sample = None if packets.sample is None else packets.sample.summary(chosen.window_s)
     records = {}
     for copy, connections_made in zip(copies, made):
         records[copy.name] = {
             "trace": trace, "perturbation": copy.name,
             "description": PERTURBATIONS[copy.name].description,
             "params": parameters.get(copy.name, {}), "connections": connections_made,
-            **copy.record.summary()}
+            "sample": sample, **copy.record.summary()}
         log.info("%s, %s: %d of %d packets kept, changed %s", trace, copy.name,
                  records[copy.name]["packets_out"], records[copy.name]["packets_in"],
                  {k: v for k, v in records[copy.name]["changed"].items() if v})
     write_json(records_path, records)
     return {"copies": len(records)}
-
