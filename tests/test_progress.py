@@ -221,3 +221,25 @@ def test_a_job_leaves_hypothesis_out_of_pandera_and_other_processes_keep_it():
                            text=True, check=True).stdout.strip()
             for job in ("__main__.snakemake = None\n", "")]
     assert seen == ["False", "True"]
+
+
+def test_a_job_ends_its_process_without_teardown_once_its_log_is_written(tmp_path):
+    """A job's process ends after its step and its log's last line, skipping the interpreter's
+    teardown (an exit handler is the last thing teardown runs: it must not run); the log is
+    complete. Outside a job, run_steps returns."""
+    code = ("import __main__, atexit, types\n{job}"
+            "from tracelab.core.runner import run_steps\n"
+            "rule = types.SimpleNamespace(log=[{log!r}], rule='r', wildcards={{}},\n"
+            "                             config={{'progress_interval_s': 60}})\n"
+            "atexit.register(lambda: print('torn down'))\n"
+            "run_steps(rule, lambda: print('step'))\n"
+            "print('returned')\n")
+    seen = []
+    for job in ("__main__.snakemake = None\n", ""):
+        log = tmp_path / f"{bool(job)}.log"
+        result = subprocess.run([sys.executable, "-c", code.format(job=job, log=str(log))],
+                                capture_output=True, text=True, check=True)
+        seen.append(result.stdout.split())
+        assert re.search(r"r: finished in [0-9.]+ s; process CPU [0-9.]+ s\n\Z",
+                         log.read_text()), log.read_text()
+    assert seen == [["step"], ["step", "returned", "torn", "down"]]

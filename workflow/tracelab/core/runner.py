@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -68,6 +69,18 @@ def run_steps(snakemake, *steps: partial):
         log.error("unexpected failure:\n%s", traceback.format_exc())
         raise
     log.info("%s: finished in %.1f s; %s", job, time.monotonic() - started, cpu_line())
+    if in_a_job():
+        end_process()
+
+
+def end_process():
+    """End a job's process once its outputs are written and its log closed, without the
+    interpreter's teardown: unloading pandas, pyarrow and pandera costs ~0.15 CPU s a job, and
+    every job is a process of its own (nothing runs after a script's step)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cpu_line() -> str:
