@@ -290,11 +290,11 @@ def copy_windows(copy: Copy, trace: str, baseline: Baseline, windows_path, setti
 
 def assembled(groups: list[pa.Table], trace: str, settings: dict) -> tuple[pa.Table, pa.Table]:
     """(connections, requests) of packets held in memory, as the connection stage makes them
-    of a partition."""
+    of a partition (unchecked: only their windows are kept, and checked)."""
     packets = pa.concat_tables(groups)
     made = connections.assemble_connections(packets.select(connections.PACKET_COLUMNS),
                                             connections.flow_settings(settings["flows"]), trace)
-    return connections.connection_tables(packets, made, trace)
+    return connections.conformed_tables(packets, made, trace)
 
 
 def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], baseline: Baseline,

@@ -471,12 +471,19 @@ def connection_tables(packets: pa.Table, connections: Connections,
                       trace: str) -> tuple[pa.Table, pa.Table]:
     """The flows (FLOWS) and HTTP requests (`http.HTTP`) of a partition's connections, conformed
     to their tables and checked: what the stage writes of them."""
+    flows, requests = conformed_tables(packets, connections, trace)
+    return FLOWS.check(flows), http.HTTP.check(requests)
+
+
+def conformed_tables(packets: pa.Table, connections: Connections,
+                     trace: str) -> tuple[pa.Table, pa.Table]:
+    """As `connection_tables`, unchecked: for tables no file keeps (the robustness experiment's
+    copies, whose window matrices are checked as they are written)."""
     is_http = pc.or_(packets.column("http_method").is_valid(),
                      packets.column("http_status").is_valid()).to_numpy()
     requests = packets.select(http.PACKET_COLUMNS).filter(is_http).to_pandas()
-    return (FLOWS.check(FLOWS.conform(connections.flows)),
-            http.HTTP.check(http.HTTP.conform(http.http_requests(
-                requests, connections.packet_uid[is_http], trace))))
+    return (FLOWS.conform(connections.flows), http.HTTP.conform(http.http_requests(
+        requests, connections.packet_uid[is_http], trace)))
 
 
 # The order flows.parquet and conn.log are written in: their connections' first packet.
