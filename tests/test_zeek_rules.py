@@ -21,10 +21,16 @@ from tracelab.security.connections import assemble_connections, flow_settings, l
 C, S = "198.18.0.1", "198.18.0.2"
 
 
+def ether() -> Ether:
+    """An Ethernet header with both addresses set: scapy otherwise looks the destination up
+    when the packet is built (for IPv6, neighbour solicitations waited out for ~16 s)."""
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
 def seg(t, client: bool, flags, seq=0, ack=0, data=0, ports=(40000, 80)):
     """A TCP segment at `t` seconds, from the client (C, ports[0]) or the server."""
     src, dst, sport, dport = (C, S, *ports) if client else (S, C, ports[1], ports[0])
-    packet = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+    packet = ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
                                                   seq=seq, ack=ack)
     if data:
         packet = packet / Raw(b"x" * data)
@@ -34,7 +40,7 @@ def seg(t, client: bool, flags, seq=0, ack=0, data=0, ports=(40000, 80)):
 
 def dgram(t, client: bool, ports=(40000, 53), data=20):
     src, dst, sport, dport = (C, S, *ports) if client else (S, C, ports[1], ports[0])
-    packet = Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"q" * data)
+    packet = ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"q" * data)
     packet.time = T0 + t
     return packet
 
@@ -257,8 +263,8 @@ def _ip_lengths(packets, client: bool) -> int:
 @pytest.mark.parametrize(("link", "ip", "header"), [
     (lambda: CookedLinux(proto=0x0800), IP, 16),          # Linux cooked (SLL)
     (lambda: Loopback(type=2), IP, 4),                    # BSD loopback (DLT_NULL)
-    (lambda: Ether() / Dot1Q(vlan=7), IP, 18),            # one VLAN tag
-    (lambda: Ether() / Dot1Q(vlan=7) / Dot1Q(vlan=9), IPv6, 22),   # QinQ, IPv6
+    (lambda: ether() / Dot1Q(vlan=7), IP, 18),            # one VLAN tag
+    (lambda: ether() / Dot1Q(vlan=7) / Dot1Q(vlan=9), IPv6, 22),   # QinQ, IPv6
 ], ids=["linux-sll", "bsd-loopback", "vlan", "qinq-ipv6"])
 def test_ip_bytes_are_ip_total_lengths_on_every_link_type(tmp_path, link, ip, header):
     """A 14-byte Ethernet header taken off the frame length is wrong for all of these."""
@@ -277,7 +283,7 @@ def test_ip_bytes_are_ip_total_lengths_on_every_link_type(tmp_path, link, ip, he
 def test_a_padded_ethernet_syn_counts_its_ip_total_length(tmp_path):
     """A bare SYN is 54 bytes of Ethernet, padded to the 60-byte minimum on the wire; Zeek
     counts the IP total length (40), not 60 - 14 = 46."""
-    syn = Ether() / IP(src=C, dst=S) / TCP(sport=40000, dport=80, flags="S", seq=100) \
+    syn = ether() / IP(src=C, dst=S) / TCP(sport=40000, dport=80, flags="S", seq=100) \
         / Padding(b"\x00" * 6)
     syn.time = T0
     flows = connections(tmp_path, [syn])
@@ -289,9 +295,9 @@ def test_a_padded_ethernet_syn_counts_its_ip_total_length(tmp_path):
 def test_udp_payload_is_the_udp_length_less_8_not_the_padded_frame(tmp_path):
     """Two bytes of DNS-port payload in a frame padded to 60 bytes: the UDP length field says
     10, so Zeek's orig_bytes is 2 and orig_ip_bytes 30 (the frame rule gave 18 and 46)."""
-    query = Ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
+    query = ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
         / Padding(b"\x00" * 16)
-    reply = Ether() / IP(src=S, dst=C) / UDP(sport=53, dport=40000) / Raw(b"r" * 30)
+    reply = ether() / IP(src=S, dst=C) / UDP(sport=53, dport=40000) / Raw(b"r" * 30)
     query.time, reply.time = T0, T0 + 0.01
     flows = connections(tmp_path, [query, reply])
     row = flows.iloc[0]
@@ -303,9 +309,9 @@ def test_udp_payload_is_the_udp_length_less_8_not_the_padded_frame(tmp_path):
 def test_packet_table_carries_the_header_lengths_and_nulls_for_non_ip(tmp_path):
     """ip_len and udp_len in the packet table: the headers' lengths for IP and UDP packets,
     null for an ARP frame (and for TCP's udp_len)."""
-    arp = Ether() / ARP(psrc=C, pdst=S)
+    arp = ether() / ARP(psrc=C, pdst=S)
     arp.time = T0
-    udp = Ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
+    udp = ether() / IP(src=C, dst=S) / UDP(sport=40000, dport=53) / Raw(b"qq") \
         / Padding(b"\x00" * 16)
     udp.time = T0 + 0.01
     tcp = seg(0.02, True, "S", seq=100)
