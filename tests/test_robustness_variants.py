@@ -17,8 +17,8 @@ import yaml
 from conftest import REPO
 from packet_factory import handshake, packet_table, portless, tcp, udp
 
+from tracelab.robustness import invariance, variants
 from tracelab.robustness import perturbations as registry
-from tracelab.robustness import variants
 from tracelab.robustness.variants import write_variants
 from tracelab.security.connections import write_connections
 from tracelab.security.windows import write_windows
@@ -215,6 +215,11 @@ def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone
         pd.testing.assert_frame_equal(sampled[name], alone[name], check_exact=False,
                                       rtol=1e-12, obj=name)
     pd.testing.assert_frame_equal(sampled["clock_us"], baseline)
+    assert invariance.sampled_note({"mixed": records}) == (
+        f" Copies made of a sample, compared with its own windows: mixed, a sample: "
+        f"{sample['packets']} of 511 packets, {sample['from_s']:g}-{sample['to_s']:g} s into "
+        f"the trace.")
+    assert invariance.sampled_note({"mixed": alone_records}) == ""
 
 
 def test_the_middle_run_grows_on_the_side_that_holds_fewer_packets():

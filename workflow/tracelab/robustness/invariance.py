@@ -394,6 +394,15 @@ def perturbations_table(records: list[dict]) -> pd.DataFrame:
                                        "values changed", "what it does"])
 
 
+def sampled_note(records: dict[str, dict]) -> str:
+    """Which traces' copies were made of a sample, and of what (empty when none was)."""
+    samples = [f"{trace}, {_copied(next(iter(per.values()))['sample'])}"
+               for trace, per in records.items()
+               if per and next(iter(per.values()))["sample"] is not None]
+    return f" Copies made of a sample, compared with its own windows: {'; '.join(samples)}." \
+        if samples else ""
+
+
 def why_unmeasured(pairs: dict, skipped_pairs: list[str]) -> str:
     """What the tables cannot say, and why (empty when every perturbation was measured)."""
     if not pairs:
@@ -437,7 +446,7 @@ def write_invariance(*, traces: list[str], windows_paths: list[str], variants: l
                f"{invariance.max_ks_d}; undetermined: too few windows to tell, with about how "
                f"many would. Perturbations: {', '.join(pairs) or 'none'}. Rows where the "
                f"measured class disagrees with the declared one are marked and come first."
-               f"{' ' if not pairs else ''}{note}")
+               f"{sampled_note(records)}{' ' if not pairs else ''}{note}")
     write_tables(shown, markdown=classes_md, html_path=classes_html,
                  title="Measured robustness of each window feature", caption=caption,
                  marked=shown["agrees"] == "NO")
