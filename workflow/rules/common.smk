@@ -157,6 +157,17 @@ def connection_memory_mb(packets):
     return 512 + CONNECTION_THREADS * in_flight // 1000
 
 
+def variants_memory_mb(wildcards, attempt):
+    """The robustness copies' memory: one copy's connections at a time, as the connection stage
+    holds them; a trace above robustness.sample_packets is copied from its sample, held whole
+    however large it is set."""
+    sample = config["robustness"]["sample_packets"]
+    packets = known_packets(wildcards.trace)
+    if sample is not None and packets > sample:
+        return attempt * (512 + CONNECTION_THREADS * sample // 1000)
+    return attempt * connection_memory_mb(packets)
+
+
 def input_mb(input):
     """MiB of a job's input files that exist (0 before they are made: the plan of a dry run).
     Snakemake's own input.size_mb, evaluated inside its event loop, leaves a coroutine never

@@ -55,8 +55,7 @@ rule robustness_variants:
         "../envs/tracelab.yaml"
     threads: 1
     resources:
-        # One copy's connections at a time, as the connection stage holds them.
-        mem_mb=lambda wc, attempt: attempt * connection_memory_mb(known_packets(wc.trace)),
+        mem_mb=variants_memory_mb,
         runtime=runtime_minutes(10, 6 * max(len(CHOSEN), 1)),
     params:
         code=rule_code("robustness_variants"),
