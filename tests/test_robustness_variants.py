@@ -1,7 +1,8 @@
 """The copies of one trace, made in one job: a time shift or a one-to-one renaming applied to the
 original's connections gives the windows that assembling the copy's connections again gives,
 and the copies do not depend on how the packet table is cut into row groups, nor on whether
-they are made whole in memory or streamed through scratch files."""
+they are made whole in memory or streamed through scratch files; a trace above the sample size
+is copied as its middle run of windows would be, alone."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000,
     """The copies' window matrices (perturbation -> frame) and records of the mixed trace, its
     clock in microseconds (as a CSV export's); with `partition_packets` below the trace's
     packets, the copies are streamed through scratch files and their connections assembled
-    in partitions (else each copy is made whole in memory)."""
+    in partitions (else each copy is made whole in memory); with `sample_packets` below them,
+    the copies are made of the trace's middle run of windows."""
     folder.mkdir(parents=True, exist_ok=True)
     table = packet_table(mixed_rows())
     ts = table.column("ts").cast(pa.int64()).to_numpy()
