@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracelab.security.flow_arrays import PerFlow, member_of, stable_order
+from tracelab.security.flow_arrays import PerFlow, member_of, ranges, stable_order
 
 
 @pytest.mark.parametrize("high", [1, 7, 10**6, 2**40])
@@ -35,3 +35,11 @@ def test_first_position_is_the_smallest_position():
         per = PerFlow(flow)
         expected = per.min(np.where(mask, np.arange(n), np.inf))
         assert per.first_position(mask).tobytes() == expected.tobytes()
+
+
+def test_ranges_are_the_ranges_one_after_another():
+    rng = np.random.default_rng(4)
+    starts, counts = rng.integers(-50, 50, 200), rng.integers(0, 6, 200)
+    expected = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
+    assert np.array_equal(ranges(starts, counts), expected)
+    assert ranges(starts[:0], counts[:0]).size == 0

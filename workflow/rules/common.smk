@@ -153,8 +153,12 @@ def connection_memory_mb(packets):
     """The connection stage's memory for a table of `packets` (a trace's or a shard's): peak RSS
     grows about 1 MB a thousand packets up to one partition a thread, then stays flat (1,482 MiB
     measured at 10M packets, two 1M-packet partitions at once)."""
-    in_flight = min(packets, config["security"]["flows"]["partition_packets"])
-    return 512 + CONNECTION_THREADS * in_flight // 1000
+    return held_memory_mb(min(packets, config["security"]["flows"]["partition_packets"]))
+
+
+def held_memory_mb(packets):
+    """A job holding `packets` packets whole while it makes their connections."""
+    return 512 + CONNECTION_THREADS * packets // 1000
 
 
 def variants_memory_mb(wildcards, attempt):
@@ -164,7 +168,7 @@ def variants_memory_mb(wildcards, attempt):
     sample = config["robustness"]["sample_packets"]
     packets = known_packets(wildcards.trace)
     if sample is not None and packets > sample:
-        return attempt * (512 + CONNECTION_THREADS * sample // 1000)
+        return attempt * held_memory_mb(sample)
     return attempt * connection_memory_mb(packets)
 
 

@@ -69,7 +69,7 @@ from tracelab.core.streaming import (
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
-from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook
+from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook, text_ranks
 from tracelab.features.statistics_page import Largest, statistics_html
 from tracelab.features.statistics_placement import PLACED_TCP, PlacedRows
 
@@ -95,7 +95,7 @@ CONVERSATION_ORDER = {"type": False, "rel_start_s": False, "address_a": False,
 ENDPOINT_TYPES = [*ADDRESS_TYPES, "TCP", "UDP"]
 TYPE_NAMES = pa.array(ENDPOINT_TYPES, pa.string())
 # Each type code's rank by its name (the tables sort types by name, as pandas sorts text).
-TYPE_RANKS = np.argsort(np.argsort(ENDPOINT_TYPES, kind="stable"))
+TYPE_RANKS = text_ranks(ENDPOINT_TYPES)
 TRANSPORTS = ["tcp", "udp"]
 NO_PORT = -1
 

@@ -180,7 +180,8 @@ def feature_shifts(pairs: Pairs, features: list[str], draws: tuple,
     rows go through one KS computation a trace (the statistic is computed row by row)."""
     if not len(pairs.trace):
         return [{"ks_d": np.nan, "ks_low": np.nan, "ks_high": np.nan, "noise_d": np.nan,
-                 "verdict": NOT_MEASURED, "windows_needed": np.nan, "moved": 0}] * len(features)
+                 "verdict": NOT_MEASURED, "windows_needed": np.nan, "moved": 0}
+                for _ in features]
     original, perturbed = compared(pairs.original[features].to_numpy(np.float64).T,
                                    pairs.perturbed[features].to_numpy(np.float64).T,
                                    settings.relative_tolerance)
@@ -396,11 +397,11 @@ def perturbations_table(records: list[dict]) -> pd.DataFrame:
 
 def sampled_note(records: dict[str, dict]) -> str:
     """Which traces' copies were made of a sample, and of what (empty when none was)."""
-    samples = [f"{trace}, {_copied(next(iter(per.values()))['sample'])}"
-               for trace, per in records.items()
-               if per and next(iter(per.values()))["sample"] is not None]
-    return f" Copies made of a sample, compared with its own windows: {'; '.join(samples)}." \
-        if samples else ""
+    # Every copy of a trace is made of the same packets: its first record says which.
+    samples = {trace: next(iter(per.values()))["sample"] for trace, per in records.items() if per}
+    texts = [f"{trace}, {_copied(sample)}" for trace, sample in samples.items() if sample]
+    return f" Copies made of a sample, compared with its own windows: {'; '.join(texts)}." \
+        if texts else ""
 
 
 def why_unmeasured(pairs: dict, skipped_pairs: list[str]) -> str:

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from tracelab.core.packets import TCP_FLAG_BITS
-from tracelab.security.flow_arrays import member_of, stable_order
+from tracelab.security.flow_arrays import member_of, ranges, stable_order
 
 FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 # Rounds of constraint propagation in one group (each places a row or removes an option).
@@ -161,7 +161,7 @@ def gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 
     first = gaps["frame_start"].to_numpy() // bucket_frames
     spans = gaps["frame_end"].to_numpy() // bucket_frames - first + 1
     span_gap = np.repeat(np.arange(len(gaps)), spans)
-    bucket = np.repeat(first - np.cumsum(spans) + spans, spans) + np.arange(len(span_gap))
+    bucket = ranges(first, spans)
     pair = pd.factorize(np.concatenate([_directed_pair(rows), _directed_pair(gaps)]))[0]
     row_key = (pair[:len(rows)] << 32) | (rows["frame"].to_numpy() // bucket_frames)
     span_key = (pair[len(rows):][span_gap] << 32) | bucket
@@ -169,8 +169,7 @@ def gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 
     low = np.searchsorted(span_key[by_key], row_key)
     count = np.searchsorted(span_key[by_key], row_key, side="right") - low
     row_at = np.repeat(np.arange(len(rows)), count)
-    gap_at = span_gap[by_key[np.repeat(low - np.cumsum(count) + count, count)
-                             + np.arange(len(row_at))]]
+    gap_at = span_gap[by_key[ranges(low, count)]]
     frame = rows["frame"].to_numpy()[row_at]
     inside = np.flatnonzero((frame > gaps["frame_start"].to_numpy()[gap_at])
                             & (frame < gaps["frame_end"].to_numpy()[gap_at]))

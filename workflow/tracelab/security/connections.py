@@ -92,6 +92,7 @@ from tracelab.security.flow_arrays import (
     Membership,
     PacketArrays,
     member_of,
+    ranks,
     run_starts,
     stable_order,
     union_length,
@@ -275,7 +276,7 @@ def _membership(packets: PacketArrays, settings: FlowSettings) -> Membership:
     pair_id = pd.factorize(pair, sort=True)[0]  # np.unique's inverse, by hashing
     key = (pair_id << 34) | (np.where(src_low, src_port, dst_port) << 18) | \
         (np.where(src_low, dst_port, src_port) << 2) | packets.is_tcp[index]
-    order = np.lexsort((packets.frame[index], packets.t[index], key))
+    order = stable_order(key, packets.chrono[index])  # by key, time, frame
     rows = index[order]
     flags = packets.flags[rows]
     keyed = KeyedRows(key=key[order], ts=packets.t[rows], flags=flags,
@@ -461,10 +462,8 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
         "len_min": per.min(length), "len_mean": len_mean, "len_std": len_std,
         "len_max": per.max(length),
     }
-    rank = np.empty(n_flows, np.int64)
-    rank[order] = np.arange(n_flows)
     return pd.DataFrame({"trace": trace, **{name: values[order]
-                                            for name, values in columns.items()}}), rank
+                                            for name, values in columns.items()}}), ranks(order)
 
 
 def connection_tables(packets: pa.Table, connections: Connections,

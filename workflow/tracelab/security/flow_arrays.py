@@ -61,7 +61,7 @@ class PacketArrays:
         known_flags = _valid(table.column("tcp_flags"))
         frame, t = _integers(table.column("frame")), _integers(table.column("ts"))
         return cls(
-            frame=frame, t=t, chrono=_ranks(np.lexsort((frame, t))),
+            frame=frame, t=t, chrono=ranks(np.lexsort((frame, t))),
             length=_integers(table.column("length")), ip_len=_floats(table.column("ip_len")),
             udp_len=_floats(table.column("udp_len")), addresses=addresses,
             src=_places(src_names, address_set)[src], dst=_places(dst_names, address_set)[dst],
@@ -85,7 +85,7 @@ def _places(names: np.ndarray, values: pa.Array) -> np.ndarray:
     return pc.index_in(pa.array(names), value_set=values).to_numpy().astype(np.int64)
 
 
-def _ranks(order: np.ndarray) -> np.ndarray:
+def ranks(order: np.ndarray) -> np.ndarray:
     """Each row's place in `order` (a permutation of the rows)."""
     ranks = np.empty(len(order), np.int64)
     ranks[order] = np.arange(len(order))
@@ -160,6 +160,11 @@ def stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
             (int(major.max()) + 1) * (int(minor.max()) + 1) >= 1 << 63:
         return np.lexsort((minor, major))
     return np.argsort(major.astype(np.int64) * (int(minor.max()) + 1) + minor, kind="stable")
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The integer ranges [start, start + count) one after another."""
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
 
 
 def member_of(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
