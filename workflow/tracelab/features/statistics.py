@@ -1,12 +1,15 @@
 """Wireshark's Statistics menus as tables, per trace: Endpoints, Conversations, Protocol Hierarchy.
 
-The packet table is read in batches; each batch is grouped with pyarrow, by integer codes of
-its texts (`tracelab.features.statistics_codes`). The stage routes the grouped endpoint rows by
-address and the conversation rows by address pair into partitions on disk (one a
-PARTITION_PACKETS packets), totals each partition alone, and merges the partitions' sorted rows
-into each table in its order: memory holds one partition's endpoints and conversations, whatever
-the trace's length (a large capture has millions of TCP endpoints and conversations); a trace of
-one partition is totalled and written from memory, without scratch files. `file_statistics`
+The packet table is read in batches; each batch's conversation rows are grouped with pyarrow, by
+integer codes of its texts (`tracelab.features.statistics_codes`). The endpoints are totalled
+from the conversations' totals (two rows a conversation, one an end: far fewer than the four a
+packet they took when grouped from the packets). The stage routes the grouped conversation rows
+by address pair into partitions on disk (one a PARTITION_PACKETS packets), totals each partition
+alone, routes the endpoint rows made of its totals by address into partitions of their own, and
+merges the partitions' sorted rows into each table in its order: memory holds one partition's
+endpoints or conversations, whatever the trace's length (a large capture has millions of TCP
+endpoints and conversations); a trace of one partition is totalled and written from memory,
+without scratch files. `file_statistics`
 holds all totals at once (running totals merged batch by batch). The trace's page,
 statistics.html, is made in `tracelab.features.statistics_page`.
 Wireshark's meanings:
@@ -253,27 +256,25 @@ class TraceStatistics:
         ["type", "transport", "protocol"], {"frames": "sum", "bytes": "sum"}))
 
     def route(self, directory: Path, count: int) -> None:
-        """Send endpoint and conversation totals to `count` partitions in `directory` (by
-        address, by address pair) instead of holding them."""
-        self.endpoints.sink = PartitionSink(directory, "endpoints", count, ["address"])
+        """Send conversation totals to `count` partitions in `directory` (by address pair),
+        and the endpoint totals made of them (by address), instead of holding them."""
         self.conversations.sink = PartitionSink(directory, "conversations", count,
                                                 ["low", "high"])
+        self.endpoints.sink = PartitionSink(directory, "endpoints", count, ["address"])
 
-    def partitions(self) -> Iterator[TraceStatistics]:
-        """Each partition's endpoints and conversations as statistics of their own (the
-        codebooks shared), or these statistics when not routed; call after the last `add`."""
-        if self.endpoints.sink is None:
-            yield self
-            return
-        for sink in (self.endpoints.sink, self.conversations.sink):
-            sink.close()
-        for index in range(len(self.endpoints.sink.paths)):
-            part = TraceStatistics(addresses=self.addresses, protocols=self.protocols)
-            for mine, routed in ((part.endpoints, self.endpoints),
-                                 (part.conversations, self.conversations)):
-                rows = routed.sink.table(index)
-                mine.parts = [] if rows is None else [rows]
-            yield part
+    def conversation_totals(self) -> Iterator[pa.Table]:
+        """Each partition's conversation totals (all of them when not routed; call after the
+        last `add`), their endpoints' totals added to `endpoints` as each is given."""
+        for part in _partitions(self.conversations):
+            totals = part.result()
+            if totals is not None:
+                self.endpoints.add(_endpoint_rows(totals, self.addresses.kinds))
+            yield totals
+
+    def endpoint_totals(self) -> Iterator[pa.Table]:
+        """Each partition's endpoint totals (call after the conversation totals)."""
+        for part in _partitions(self.endpoints):
+            yield part.result()
 
     def add(self, batch: pa.RecordBatch) -> None:
         src = self.addresses.encode(batch.column("src"))
@@ -294,26 +295,26 @@ class TraceStatistics:
             "type": src_type, "transport": transport,
             "protocol": self.protocols.encode(batch.column("protocol")),
             "frames": np.ones(len(length), np.int64), "bytes": length}))
-        # TCP or UDP endpoints where the row has both ports; -1: not one.
+        # TCP or UDP conversations where the row has both ports; -1: not one.
         port_type = np.where(ported & (transport >= 0),
                              ENDPOINT_TYPES.index("TCP") + transport, -1).astype(np.int8)
         no_port = np.full(len(length), NO_PORT, np.int32)
         pairs = [((src, src_type, no_port), (dst, dst_type, no_port)),
                  ((src, port_type, src_port), (dst, port_type, dst_port))]
         # A batch's rows grouped at once (address and port rows differ in type, so are never
-        # one group).
-        self.endpoints.add(pa.concat_tables([
-            _endpoint_rows(end, length, sent) for pair in pairs
-            for end, sent in zip(pair, (True, False))]))
+        # one group). The endpoints are totalled from the conversations' totals, which are
+        # fewer rows than packets.
         self.conversations.add(pa.concat_tables([
             _conversation_rows(sender, receiver, t_rel_s, length) for sender, receiver in pairs]))
 
     def tables(self, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
-        return (self._endpoint_table(trace), self._conversation_table(trace),
-                self._hierarchy_table(trace))
+        """The three tables, all totals held (not routed)."""
+        conversations = self.conversation_table(trace, next(self.conversation_totals()))
+        return (self.endpoint_table(trace, next(self.endpoint_totals())), conversations,
+                self.hierarchy_table(trace))
 
-    def _endpoint_table(self, trace: str) -> pa.Table:
-        totals = self.endpoints.result()
+    def endpoint_table(self, trace: str, totals: pa.Table | None) -> pa.Table:
+        """ENDPOINTS rows of endpoint totals, in Wireshark's order."""
         if totals is None:
             return ENDPOINTS.schema.empty_table()
         values = {name: totals.column(name).to_numpy() for name in totals.column_names}
@@ -328,8 +329,8 @@ class TraceStatistics:
         return _with_trace({**values, **self._named(values, ["address"], ["port"])}, trace,
                            ENDPOINTS)
 
-    def _conversation_table(self, trace: str) -> pa.Table:
-        totals = self.conversations.result()
+    def conversation_table(self, trace: str, totals: pa.Table | None) -> pa.Table:
+        """CONVERSATIONS rows of conversation totals, in Wireshark's order."""
         if totals is None:
             return CONVERSATIONS.schema.empty_table()
         low_first = totals.column("first_forward").to_numpy(zero_copy_only=False)
@@ -364,7 +365,7 @@ class TraceStatistics:
             named[column] = pa.array(values[column], pa.int32(), mask=values[column] == NO_PORT)
         return named
 
-    def _hierarchy_table(self, trace: str) -> pa.Table:
+    def hierarchy_table(self, trace: str) -> pa.Table:
         totals = self.layers.result()
         if totals is None:
             return PROTOCOL_HIERARCHY.schema.empty_table()
@@ -376,16 +377,37 @@ class TraceStatistics:
         return _with_trace(prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
 
 
-def _endpoint_rows(end, length: np.ndarray, sent: bool) -> pa.Table:
-    """One row a frame that `end` (address, type, port codes) sent or received."""
-    address, types, port = end
-    keep = types >= 0
-    length = length[keep]
-    zero, one = np.zeros(len(length), np.int64), np.ones(len(length), np.int64)
-    return pa.table({
-        "type": types[keep], "address": address[keep], "port": port[keep],
-        "tx_packets": one if sent else zero, "tx_bytes": length if sent else zero,
-        "rx_packets": zero if sent else one, "rx_bytes": zero if sent else length})
+def _partitions(rollup: Rollup) -> Iterator[Rollup]:
+    """`rollup` itself when it holds its totals, else one Rollup of each partition's rows."""
+    if rollup.sink is None:
+        yield rollup
+        return
+    rollup.sink.close()
+    for index in range(len(rollup.sink.paths)):
+        rows = rollup.sink.table(index)
+        yield Rollup(rollup.keys, rollup.how, [] if rows is None else [rows])
+
+
+def _endpoint_rows(conversations: pa.Table, kinds: np.ndarray) -> pa.Table:
+    """Two rows a conversation's totals: what its low side (A when `first_forward`) and its
+    high side sent and received. An endpoint's totals are the sums of its rows: each packet
+    a conversation counts was sent by one of its ends and received by the other. An address
+    row's endpoint is of its own address's type (a conversation's is the first of its two);
+    a port row's, TCP or UDP, the conversation's."""
+    types = conversations.column("type").to_numpy()
+    port_rows = types >= len(ADDRESS_TYPES)
+    sides = []
+    for address, port, sent, received in (("low", "low_port", "forward", "reverse"),
+                                          ("high", "high_port", "reverse", "forward")):
+        codes = conversations.column(address).to_numpy()
+        sides.append(pa.table({
+            "type": np.where(port_rows, types, kinds[codes]).astype(np.int8),
+            "address": codes, "port": conversations.column(port),
+            "tx_packets": conversations.column(f"{sent}_packets"),
+            "tx_bytes": conversations.column(f"{sent}_bytes"),
+            "rx_packets": conversations.column(f"{received}_packets"),
+            "rx_bytes": conversations.column(f"{received}_bytes")}))
+    return pa.concat_tables(sides)
 
 
 def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray) -> pa.Table:
@@ -530,10 +552,11 @@ def partitioned_statistics(packets_path, run: StatisticsRun,
              if merged else None)
     endpoints = _PartitionedTable(ENDPOINTS, ENDPOINT_ORDER, merged)
     conversations = _PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER, merged)
-    for part in statistics.partitions():
-        endpoints.add(part._endpoint_table(trace), names)
-        conversations.add(part._conversation_table(trace), names)
-    hierarchy = statistics._hierarchy_table(trace)
+    for totals in statistics.conversation_totals():
+        conversations.add(statistics.conversation_table(trace, totals), names)
+    for totals in statistics.endpoint_totals():
+        endpoints.add(statistics.endpoint_table(trace, totals), names)
+    hierarchy = statistics.hierarchy_table(trace)
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
     metadata = {"trace": trace, **run.placed.placement.metadata()}
     return (endpoints.write(outputs["endpoints"], metadata),

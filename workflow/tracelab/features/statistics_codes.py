@@ -30,20 +30,30 @@ def _address_types(addresses: pa.Array) -> np.ndarray:
 class Codebook:
     """One integer code per distinct text (addresses, protocols), so that batches are grouped
     by integers; each batch's dictionary is looked up once, its rows by index (the batches of a
-    row group share one dictionary: its codes are kept for the next batch). `kinds` holds
-    each address's type code."""
+    row group share one dictionary a column: the codes of the last RECENT dictionaries are
+    kept, one each of the columns that share the codebook, src and dst). `kinds` holds each
+    address's type code."""
+
+    RECENT = 2
 
     codes: dict[str, int] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     kinds: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
-    last: tuple[pa.Array, np.ndarray] | None = None  # a dictionary and its codes
+    recent: list[tuple[pa.Array, np.ndarray]] = field(default_factory=list)  # dictionary, codes
 
     def encode(self, column: pa.Array) -> np.ndarray:
         if not pa.types.is_dictionary(column.type):
             column = pc.dictionary_encode(column)
-        if self.last is None or not self.last[0].equals(column.dictionary):
-            self.last = (column.dictionary, self._mapping(column.dictionary.to_pylist()))
-        return self.last[1][column.indices.to_numpy(zero_copy_only=False)]
+        return self._dictionary_codes(column.dictionary)[
+            column.indices.to_numpy(zero_copy_only=False)]
+
+    def _dictionary_codes(self, dictionary: pa.Array) -> np.ndarray:
+        for known, codes in self.recent:
+            if known.equals(dictionary):
+                return codes
+        codes = self._mapping(dictionary.to_pylist())
+        self.recent = [(dictionary, codes), *self.recent[:self.RECENT - 1]]
+        return codes
 
     def _mapping(self, names: list[str]) -> np.ndarray:
         """The code of each of `names`, new names given the next codes."""
