@@ -6,7 +6,6 @@ tracelab.api); the `tracelab` command line is tracelab.cli.
 """
 
 import importlib
-import importlib.metadata
 
 # Imported on first use, and by name rather than by an import statement: `import tracelab`
 # stays fast, and the rules' code versions (which follow import statements, see
@@ -18,7 +17,9 @@ def __getattr__(name: str):
     # The installed distribution's version (pyproject.toml's), asked only when wanted: the jobs
     # import this package from the checkout, where none may be installed.
     if name == "__version__":
-        return importlib.metadata.version("tracelab")
+        from importlib.metadata import version
+
+        return version("tracelab")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tracelab' has no attribute {name!r}")
