@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import pandas as pd
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import tracelab_metadata, write_parquet
 
 DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+PART = "part"  # the column that tells apart the tables checked at once (`Table.check_parts`)
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
 # pandas dtypes for reading into pandas: nullable integers and booleans (no float coercion).
@@ -112,6 +113,28 @@ class Table:
                                     inplace=True)
         return table
 
+    @cached_property
+    def parts_schema(self) -> pandera.DataFrameSchema:
+        """pandera_schema for several tables at once: a PART column says which table a row is
+        of, and a `unique` column must be unique within its table."""
+        columns = {PART: pandera.Column(pd.ArrowDtype(pa.int32()))}
+        columns.update({column.name: replace(column, unique=False).pandera_column()
+                        for column in self.columns})
+        return pandera.DataFrameSchema(
+            columns, strict=True, ordered=True, name=self.name,
+            checks=[_unique_within_part(column.name) for column in self.columns
+                    if column.unique])
+
+    def check_parts(self, tables: list[pa.Table]) -> None:
+        """Raise pandera's SchemaErrors unless every one of `tables` (of this schema) satisfies
+        the declaration, in one validation: its cost is ~1 ms a column whatever the rows, which
+        is most of checking a small table."""
+        parts = [table.add_column(0, PART, pa.repeat(pa.scalar(number, pa.int32()),
+                                                     table.num_rows))
+                 for number, table in enumerate(tables)]
+        frame = pa.concat_tables(parts).to_pandas(types_mapper=pd.ArrowDtype)
+        self.parts_schema.validate(frame, lazy=True, inplace=True)
+
     def write(self, data: pa.Table | pd.DataFrame, path, metadata: dict | None = None) -> None:
         """Conform, check and write atomically with zstd and `tracelab.*` metadata."""
         write_parquet(self.check(self.conform(data)), path, metadata)
@@ -133,6 +156,32 @@ class Table:
                          f"{'yes' if column.nullable else ''} | {column.constraint_text()} | "
                          f"{column.doc} |")
         return "\n".join(lines) + "\n"
+
+
+def _unique_within_part(name: str) -> pandera.Check:
+    return pandera.Check(lambda frame: ~frame.duplicated([PART, name], keep=False),
+                         name=f"unique_within_part({name})", error=f"{name} unique in each part")
+
+
+class TableParts:
+    """Tables of one declaration written together: conformed as each is added, all checked in
+    one validation (`Table.check_parts`) and written atomically when `write` is called. The
+    robustness experiment's copies check their windows so: one at a time, the checks took 0.5
+    CPU s of a small trace's 17 copies."""
+
+    def __init__(self, table: Table):
+        self.table = table
+        self.parts: list[tuple[pa.Table, object, dict | None]] = []
+
+    def add(self, data: pa.Table | pd.DataFrame, path, metadata: dict | None = None) -> None:
+        """What `Table.write(data, path, metadata)` would write, written by `write`."""
+        self.parts.append((self.table.conform(data), path, metadata))
+
+    def write(self) -> None:
+        self.table.check_parts([table for table, _, _ in self.parts])
+        for table, path, metadata in self.parts:
+            write_parquet(table, path, metadata)
+        self.parts.clear()
 
 
 class TableAppender:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from tracelab.core.atomic import atomic_path, write_json
 from tracelab.core.packets import PACKET_SCHEMA, WRITE_OPTIONS
 from tracelab.core.streaming import derived_row_groups, non_empty_groups
+from tracelab.core.tables import TableParts
 from tracelab.robustness.bootstrap import job_seed
 from tracelab.robustness.perturbations import (
     NS_PER_S,
@@ -298,24 +299,34 @@ def assembled(groups: list[pa.Table], trace: str, settings: dict) -> tuple[pa.Ta
 
 
 def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], baseline: Baseline,
-                   windows_path, settings: dict) -> str:
+                   settings: dict, windows: WindowsFile) -> str:
     """As `copy_windows`, for a copy held in memory (the row groups of the packets, each
     perturbed as a streamed copy's are): the same connection and window functions on the same
     batches, without the scratch files, so the same windows to the last bit."""
     perturbed = [copy.perturbed(rows) for rows in groups]
     if copy.record.unchanged():
-        return _unchanged(baseline, windows_path)
+        return _unchanged(baseline, windows.path)
     flows, requests = assembled(perturbed, trace, settings) if copy.relabel is None \
         else baseline.relabelled(copy.relabel)
-    write_totals(trace, perturbed, flows, requests, settings, windows_path)
+    write_totals(trace, perturbed, flows, requests, settings, windows)
     return copy.made
 
 
+@dataclass(frozen=True)
+class WindowsFile:
+    """Where a windows table goes, and what writes it (`Table.write`'s arguments; None: the
+    table's own `write`)."""
+
+    path: Path
+    write: Callable | None = None
+
+
 def write_totals(trace: str, groups: list[pa.Table], flows: pa.Table, requests: pa.Table,
-                 settings: dict, windows_path) -> None:
+                 settings: dict, windows: WindowsFile) -> None:
     chosen = window_stage.window_settings(settings["windows"])
     window_stage.write_window_matrix(
-        trace, window_stage.table_totals(groups, flows, requests, chosen), chosen, windows_path)
+        trace, window_stage.table_totals(groups, flows, requests, chosen), chosen, windows.path,
+        windows.write)
 
 
 def streamed_windows(copies: list[Copy], parquet: pq.ParquetFile, scratch: Path, trace: str,
@@ -377,7 +388,8 @@ def baseline_of(packets: Packets, trace: str, originals: dict, baseline_path,
             shutil.copyfile(originals["windows"], tmp)
         return Baseline(Path(baseline_path), Path(originals["flows"]), Path(originals["http"]))
     flows, requests = assembled(packets.groups, trace, settings)
-    write_totals(trace, packets.groups, flows, requests, settings, baseline_path)
+    write_totals(trace, packets.groups, flows, requests, settings,
+                 WindowsFile(Path(baseline_path)))
     return Baseline(Path(baseline_path), flows, requests)
 
 
@@ -405,8 +417,12 @@ def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_
         min_coverage=chosen.min_coverage, facts=packets.facts) for name in perturbations}
     copies = open_copies(perturbations, contexts, packets.facts.endpoints)
     if packets.groups is not None:
-        made = [memory_windows(copy, trace, packets.groups, baseline, path, settings)
+        # Checked together: a small trace's copies cost more in checks one by one than to make.
+        parts = TableParts(window_stage.windows_table(window_stage.FEATURES))
+        made = [memory_windows(copy, trace, packets.groups, baseline, settings,
+                               WindowsFile(Path(path), parts.add))
                 for copy, path in zip(copies, windows_paths)]
+        parts.write()
     else:
         with tempfile.TemporaryDirectory(prefix=".variants-",
                                          dir=Path(windows_paths[0]).parent.parent) as scratch:

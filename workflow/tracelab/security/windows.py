@@ -397,12 +397,14 @@ def write_windows(*, trace: str, packets_path, flows_path, http_path, windows_pa
 
 
 def write_window_matrix(trace: str, totals: tuple[WindowTotals, int], chosen: WindowSettings,
-                        windows_path) -> dict:
-    """windows.parquet of a trace's window totals (and the count of empty windows left out)."""
+                        windows_path, write=None) -> dict:
+    """windows.parquet of a trace's window totals (and the count of empty windows left out),
+    written by `write` (`Table.write`'s arguments): the table's own by default, a TableParts'
+    `add` to check it with others."""
     totals, left_out = totals
     matrix = window_matrix(totals, chosen)
     matrix.insert(0, "trace", trace)
-    windows_table(FEATURES).write(matrix, windows_path, {
+    (write or windows_table(FEATURES).write)(matrix, windows_path, {
         "trace": trace, "window_s": chosen.window_s, "empty_windows_left_out": left_out,
         "features": json.dumps([spec.describe() for spec in FEATURES.values()])})
     log.info("%s: %d windows of %g s, %d features, %d empty windows of long pauses left out",
