@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -301,3 +303,13 @@ def test_a_stage_reads_its_whole_section():
         assert dataclasses.asdict(chosen) == with_defaults(section, None)
     trw = with_defaults("security.scan", None)
     assert dataclasses.asdict(scan_settings()) == {**trw.pop("trw"), **trw}
+
+
+def test_a_stage_reads_its_defaults_without_importing_the_checks():
+    """jsonschema took 0.1 CPU s of every job's start-up: only check_config imports it."""
+    code = ("import sys; from tracelab.security.windows import window_settings; "
+            "from tracelab.ingest.outcome import validation_settings; "
+            "window_settings({}); validation_settings({}); print('jsonschema' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"

@@ -8,7 +8,7 @@ from conftest import REPO
 from pandera.pandas import Check
 
 from tracelab.core import docs
-from tracelab.core.tables import Column, Table, declared_tables
+from tracelab.core.tables import Column, Table, TableParts, declared_tables
 
 
 def test_config_readme_and_tables_doc_are_up_to_date():
@@ -40,3 +40,26 @@ def test_a_table_declaration_checks_what_it_declares(tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
     with pytest.raises(ValueError, match="declared twice"):
         Table("twice", "x", "", [Column("a", pa.int8(), "a"), Column("a", pa.int8(), "a")])
+
+
+def test_tables_checked_together_are_checked_as_each_alone(tmp_path):
+    """TableParts: one validation for several tables, each as `Table.write` checks it: a
+    unique column unique within each table (not across them), every value check on every row,
+    and nothing written when one fails."""
+    table = Table("example", "x.parquet", "A row.", [
+        Column("n", pa.int64(), "A count.", checks=[Check.ge(0)], unique=True)])
+    parts = TableParts(table)
+    for index in range(3):
+        parts.add(pa.table({"n": [0, 1]}), tmp_path / f"ok{index}.parquet", {"part": index})
+    parts.write()
+    for index in range(3):
+        assert table.read(tmp_path / f"ok{index}.parquet").column("n").to_pylist() == [0, 1]
+    for bad in ([0, 0], [-1, 2]):
+        parts.add(pa.table({"n": [0, 1]}), tmp_path / "fine.parquet")
+        parts.add(pa.table({"n": bad}), tmp_path / "bad.parquet")
+        with pytest.raises(Exception, match="unique in each part|greater_than_or_equal_to"):
+            parts.write()
+        with pytest.raises(Exception, match="unique|greater_than_or_equal_to"):
+            table.write(pa.table({"n": bad}), tmp_path / "alone.parquet")
+        assert not any(tmp_path.glob("[fba]*.parquet"))
+        parts.parts.clear()
