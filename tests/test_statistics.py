@@ -22,7 +22,7 @@ from conftest import REPO, connection_outputs
 
 from tracelab.core.html import SCRIPT_ELEMENT
 from tracelab.core.packets import PACKETS
-from tracelab.features import statistics, statistics_codes, statistics_page
+from tracelab.features import statistics, statistics_codes, statistics_page, statistics_totals
 from tracelab.features.protocol_hierarchy import layer_path
 from tracelab.features.statistics import file_statistics, trace_statistics
 from tracelab.ingest.normalize import normalize_trace
@@ -251,7 +251,7 @@ def expected_conversations(frame: pd.DataFrame, ports: bool) -> pd.DataFrame:
 
 def test_streamed_in_small_batches_equals_pandas_on_the_whole_table(tmp_path, monkeypatch):
     monkeypatch.setattr(statistics, "BATCH_ROWS", 37)
-    monkeypatch.setattr(statistics, "MERGE_ROWS", 50)
+    monkeypatch.setattr(statistics_totals, "MERGE_ROWS", 50)
     frame = packet_table(2000)
     packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=300)
     endpoints, conversations, hierarchy = (t.to_pandas() for t in file_statistics(

@@ -68,27 +68,23 @@ from tracelab.core.streaming import (
     batch_slices,
     merge_sorted,
     record_batches,
-    route,
 )
 from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
 from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook, text_ranks
 from tracelab.features.statistics_page import Largest, statistics_html
 from tracelab.features.statistics_placement import PLACED_TCP, PlacedRows
+from tracelab.features.statistics_totals import PartitionSink, Rollup, partitions
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["frame", "t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port",
            "tcp_flags"]
 BATCH_ROWS = 1 << 16
-# Grouped rows that wait before they are merged into the running totals.
-MERGE_ROWS = 1 << 18
 # Packets per partition of a large trace: its endpoints are totalled partition by partition of
 # their address, its conversations of their address pair, so memory follows this, not the
 # trace's length (a trace of one partition is totalled in memory at once).
 PARTITION_PACKETS = 2_000_000
-# Fibonacci hashing's multiplier: spreads address codes over the partitions.
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 # Each table's order (Wireshark's: by type, then most bytes or earliest start): its columns, and
 # which of them sort in descending order.
 ENDPOINT_ORDER = {"type": False, "bytes": True, "address": False, "port": False}
@@ -163,75 +159,6 @@ PROTOCOL_HIERARCHY = Table(
     ])
 
 
-@dataclass
-class Rollup:
-    """Running totals of grouped rows: each batch's groups wait in a list and are merged
-    into one table once they outnumber MERGE_ROWS and the merged table (so each row is merged
-    a bounded number of times on average, however many distinct keys). `how` maps a column to
-    its aggregate (sum, min, max, or first: the earliest batch's value, as batches come in file
-    order)."""
-
-    keys: list[str]
-    how: dict[str, str]
-    parts: list[pa.Table] = field(default_factory=list)
-    waiting: int = 0
-    merged: int = 0
-    sink: PartitionSink | None = None  # grouped batches go there instead, when set
-
-    def add(self, rows: pa.Table) -> None:
-        if self.sink is not None:
-            self.sink.write(self._grouped(rows))
-            return
-        self.parts.append(self._grouped(rows))
-        self.waiting += self.parts[-1].num_rows
-        if self.waiting > max(MERGE_ROWS, self.merged):
-            self.parts = [self.result()]
-            self.waiting, self.merged = 0, self.parts[0].num_rows
-
-    def _grouped(self, rows: pa.Table) -> pa.Table:
-        # use_threads=False keeps the rows' order, so "first" is the first in file order; one
-        # chunk, as "first" over many chunks takes four times as long.
-        grouped = rows.combine_chunks().group_by(self.keys, use_threads=False).aggregate(
-            list(self.how.items()))
-        return grouped.select([f"{c}_{h}" for c, h in self.how.items()] + self.keys) \
-            .rename_columns([*self.how, *self.keys])
-
-    def result(self) -> pa.Table | None:
-        return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
-
-
-class PartitionSink:
-    """Grouped rows routed into one Arrow IPC file (lz4) a partition, by a hash of their
-    `routed` code columns (a pair of codes hashed as one: both directions alike)."""
-
-    def __init__(self, directory: Path, name: str, count: int, routed: list[str]):
-        self.paths = [directory / f"{name}-{index:05d}.arrows" for index in range(count)]
-        self.routed = routed
-        self.writers: list | None = None
-
-    def write(self, rows: pa.Table) -> None:
-        if self.writers is None:
-            options = pa.ipc.IpcWriteOptions(compression="lz4")
-            self.writers = [pa.ipc.new_stream(str(path), rows.schema, options=options)
-                            for path in self.paths]
-        codes = [rows.column(name).to_numpy().astype(np.uint64) for name in self.routed]
-        key = codes[0] if len(codes) == 1 else (codes[0] << np.uint64(32)) | codes[1]
-        route(rows, ((key * _MIX) >> np.uint64(32)).astype(np.int64) % len(self.paths),
-              self.writers)
-
-    def close(self) -> None:
-        for writer in self.writers or []:
-            writer.close()
-
-    def table(self, index: int) -> pa.Table | None:
-        """Partition `index`'s rows, in the order written (None: none were)."""
-        if self.writers is None:
-            return None
-        with pa.OSFile(str(self.paths[index])) as source:
-            table = pa.ipc.open_stream(source).read_all()
-        return table if table.num_rows else None
-
-
 def _ports(batch: pa.RecordBatch, name: str) -> np.ndarray:
     """A port column with NO_PORT for null."""
     return batch.column(name).fill_null(NO_PORT).to_numpy().astype(np.int32)
@@ -265,7 +192,7 @@ class TraceStatistics:
     def conversation_totals(self) -> Iterator[pa.Table]:
         """Each partition's conversation totals (all of them when not routed; call after the
         last `add`), their endpoints' totals added to `endpoints` as each is given."""
-        for part in _partitions(self.conversations):
+        for part in partitions(self.conversations):
             totals = part.result()
             if totals is not None:
                 self.endpoints.add(_endpoint_rows(totals, self.addresses.kinds))
@@ -273,7 +200,7 @@ class TraceStatistics:
 
     def endpoint_totals(self) -> Iterator[pa.Table]:
         """Each partition's endpoint totals (call after the conversation totals)."""
-        for part in _partitions(self.endpoints):
+        for part in partitions(self.endpoints):
             yield part.result()
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -375,17 +302,6 @@ class TraceStatistics:
                          for kind, way, protocol in zip(frame["type"], frame["transport"],
                                                         frame["protocol"])]
         return _with_trace(prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
-
-
-def _partitions(rollup: Rollup) -> Iterator[Rollup]:
-    """`rollup` itself when it holds its totals, else one Rollup of each partition's rows."""
-    if rollup.sink is None:
-        yield rollup
-        return
-    rollup.sink.close()
-    for index in range(len(rollup.sink.paths)):
-        rows = rollup.sink.table(index)
-        yield Rollup(rollup.keys, rollup.how, [] if rows is None else [rows])
 
 
 def _endpoint_rows(conversations: pa.Table, kinds: np.ndarray) -> pa.Table:
