@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.packets import TIMESTAMP
 from tracelab.core.streaming import derived_row_groups, non_empty_groups, time_ranges
+from tracelab.security.flow_arrays import floats
 from tracelab.security.names import ADDRESS, IPV4, address_of_name, names_from_dns
 
 NS_PER_S = 1_000_000_000
@@ -378,8 +379,7 @@ def clock_ms(rows, context):
 
 
 def _ports(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    return (rows.column("src_port").to_numpy(zero_copy_only=False).astype(np.float64),
-            rows.column("dst_port").to_numpy(zero_copy_only=False).astype(np.float64))
+    return floats(rows.column("src_port")), floats(rows.column("dst_port"))
 
 
 def _with_ports(rows: pa.Table, src: np.ndarray, dst: np.ndarray) -> pa.Table:
