@@ -178,9 +178,10 @@ class TraceStatistics:
     conversations: Rollup = field(default_factory=lambda: Rollup(
         ["type", "low", "low_port", "high", "high_port"],
         {"forward_packets": "sum", "forward_bytes": "sum", "reverse_packets": "sum",
-         "reverse_bytes": "sum", "first_forward": "first", "start": "min", "end": "max"}))
+         "reverse_bytes": "sum", "first_row": "min", "start": "min", "end": "max"}))
     layers: Rollup = field(default_factory=lambda: Rollup(
         ["type", "transport", "protocol"], {"frames": "sum", "bytes": "sum"}))
+    rows: int = 0  # packets added so far: the next batch's first row's place in the file
 
     def route(self, directory: Path, count: int) -> None:
         """Send conversation totals to `count` partitions in `directory` (by address pair),
@@ -231,8 +232,11 @@ class TraceStatistics:
         # A batch's rows grouped at once (address and port rows differ in type, so are never
         # one group). The endpoints are totalled from the conversations' totals, which are
         # fewer rows than packets.
+        place = np.arange(self.rows, self.rows + len(length), dtype=np.int64)
+        self.rows += len(length)
         self.conversations.add(pa.concat_tables([
-            _conversation_rows(sender, receiver, t_rel_s, length) for sender, receiver in pairs]))
+            _conversation_rows(sender, receiver, t_rel_s, length, place)
+            for sender, receiver in pairs]))
 
     def tables(self, trace: str) -> tuple[pa.Table, pa.Table, pa.Table]:
         """The three tables, all totals held (not routed)."""
@@ -260,7 +264,7 @@ class TraceStatistics:
         """CONVERSATIONS rows of conversation totals, in Wireshark's order."""
         if totals is None:
             return CONVERSATIONS.schema.empty_table()
-        low_first = totals.column("first_forward").to_numpy(zero_copy_only=False)
+        low_first = (totals.column("first_row").to_numpy() & 1).astype(bool)
         values = {"type": totals.column("type").to_numpy()}
         # (A's column, B's column) from (the low side's, the high side's).
         sides = {("address_a", "address_b"): ("low", "high"),
@@ -305,7 +309,7 @@ class TraceStatistics:
 
 
 def _endpoint_rows(conversations: pa.Table, kinds: np.ndarray) -> pa.Table:
-    """Two rows a conversation's totals: what its low side (A when `first_forward`) and its
+    """Two rows a conversation's totals: what its low side (A when it sent the first row) and its
     high side sent and received. An endpoint's totals are the sums of its rows: each packet
     a conversation counts was sent by one of its ends and received by the other. An address
     row's endpoint is of its own address's type (a conversation's is the first of its two);
@@ -326,17 +330,21 @@ def _endpoint_rows(conversations: pa.Table, kinds: np.ndarray) -> pa.Table:
     return pa.concat_tables(sides)
 
 
-def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray) -> pa.Table:
+def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray,
+                       place: np.ndarray) -> pa.Table:
     """Rows keyed by the pair in a fixed order (low, high: by address code), counted per
     direction; the conversation's type is the first of its two addresses' in ENDPOINT_TYPES
     (one type a pair whatever the codes: where an export pairs a name with an address, the
-    address's, as Wireshark shows the capture)."""
+    address's, as Wireshark shows the capture). `first_row` is the packet's `place` in the
+    file, doubled, plus 1 where the low side sent it: its least over a conversation's rows
+    says whether the low side sent the first (Arrow's "min" groups in half the time of its
+    "first", and the totals of any batches merge in any order)."""
     (src, src_type, src_port), (dst, dst_type, dst_port) = sender, receiver
     forward = (src < dst) | ((src == dst) & (src_port <= dst_port))
     types = np.minimum(src_type, dst_type)
     keep = types >= 0
     forward, src, dst, length = forward[keep], src[keep], dst[keep], length[keep]
-    src_port, dst_port, t_rel_s = src_port[keep], dst_port[keep], t_rel_s[keep]
+    src_port, dst_port, t_rel_s, place = src_port[keep], dst_port[keep], t_rel_s[keep], place[keep]
     zero = np.zeros(len(length), np.int64)
     return pa.table({
         "type": types[keep],
@@ -346,7 +354,7 @@ def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray
         "forward_bytes": np.where(forward, length, zero),
         "reverse_packets": (~forward).astype(np.int64),
         "reverse_bytes": np.where(forward, zero, length),
-        "first_forward": forward, "start": t_rel_s, "end": t_rel_s})
+        "first_row": place * 2 + forward, "start": t_rel_s, "end": t_rel_s})
 
 
 def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.Table:

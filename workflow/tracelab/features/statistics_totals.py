@@ -23,8 +23,7 @@ class Rollup:
     """Running totals of grouped rows: each batch's groups wait in a list and are merged
     into one table once they outnumber MERGE_ROWS and the merged table (so each row is merged
     a bounded number of times on average, however many distinct keys). `how` maps a column to
-    its aggregate (sum, min, max, or first: the earliest batch's value, as batches come in file
-    order)."""
+    its aggregate (sum, min or max)."""
 
     keys: list[str]
     how: dict[str, str]
@@ -44,8 +43,8 @@ class Rollup:
             self.waiting, self.merged = 0, self.parts[0].num_rows
 
     def _grouped(self, rows: pa.Table) -> pa.Table:
-        # use_threads=False keeps the rows' order, so "first" is the first in file order; one
-        # chunk, as "first" over many chunks takes four times as long.
+        # use_threads=False keeps the groups in the order they are met, so totals come out in
+        # the same order on every run (the tables' sorts keep ties in it); one chunk.
         grouped = rows.combine_chunks().group_by(self.keys, use_threads=False).aggregate(
             list(self.how.items()))
         return grouped.select([f"{c}_{h}" for c, h in self.how.items()] + self.keys) \
