@@ -437,6 +437,19 @@ def test_import_tracelab_stays_light():
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_the_workflows_start_up_imports_no_pandera():
+    """Every snakemake invocation runs the rules' imports of the package: pandera (0.2 CPU s)
+    belongs in the jobs. The imports are read from the rule files themselves."""
+    imports = [line for path in sorted((REPO / "workflow/rules").glob("*.smk"))
+               for line in path.read_text().splitlines()
+               if re.match(r"from tracelab[.\w]* import ", line)]
+    assert len(imports) >= 5
+    code = "\n".join([*imports, "import sys", "print('pandera' in sys.modules)"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.stdout.strip() == "False", result.stderr
+
+
 def test_inspect_needs_no_snakemake():
     code = (f"import sys, tracelab; tracelab.inspect({str(CSV)!r}); "
             f"print('snakemake' in sys.modules)")

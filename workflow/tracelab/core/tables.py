@@ -25,11 +25,10 @@ import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tracelab.core.arrow_types import DICT_STRING, TIMESTAMP
 from tracelab.core.atomic import tracelab_metadata, write_parquet
 
-DICT_STRING = pa.dictionary(pa.int32(), pa.string())
 PART = "part"  # the column that tells apart the tables checked at once (`Table.check_parts`)
-TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
 # pandas dtypes for reading into pandas: nullable integers and booleans (no float coercion).
 PANDAS_TYPES = {

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.packets import TIMESTAMP
+from tracelab.core.arrow_types import TIMESTAMP
 from tracelab.core.streaming import derived_row_groups, non_empty_groups, time_ranges
 from tracelab.security.flow_arrays import floats
 from tracelab.security.names import ADDRESS, IPV4, address_of_name, names_from_dns
