@@ -33,6 +33,7 @@ from tracelab.core.fingerprint import content_fingerprint
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
 from tracelab.ingest.formats import BY_NAME as FORMATS_BY_NAME
 from tracelab.ingest.validate import READERS
+
 # security.shards.shard_count is this function: imported from its own module, the workflow's
 # start-up does not import the connection stage (pandera, 0.2 CPU s of every run).
 from tracelab.security.partitions import partition_count as shard_count

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from tracelab.core.arrow_types import DICT_STRING, TIMESTAMP
 from tracelab.core.atomic import tracelab_metadata, write_parquet
 
-PART = "part"  # the column that tells apart the tables checked at once (`Table.check_parts`)
+# The column that tells apart the tables checked at once (`Table.check_parts`): a name no
+# declared column takes (they are Zeek-style words).
+PART = "_part"
 
 # pandas dtypes for reading into pandas: nullable integers and booleans (no float coercion).
 PANDAS_TYPES = {

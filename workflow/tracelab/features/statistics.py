@@ -9,9 +9,8 @@ alone, routes the endpoint rows made of its totals by address into partitions of
 merges the partitions' sorted rows into each table in its order: memory holds one partition's
 endpoints or conversations, whatever the trace's length (a large capture has millions of TCP
 endpoints and conversations); a trace of one partition is totalled and written from memory,
-without scratch files. `file_statistics`
-holds all totals at once (running totals merged batch by batch). The trace's page,
-statistics.html, is made in `tracelab.features.statistics_page`.
+without scratch files. `file_statistics` holds all totals at once (running totals merged batch
+by batch). The trace's page, statistics.html, is made in `tracelab.features.statistics_page`.
 Wireshark's meanings:
 
 - Bytes are frame lengths on the wire (`length`), as in every Wireshark statistic.

@@ -298,6 +298,15 @@ def assembled(groups: list[pa.Table], trace: str, settings: dict) -> tuple[pa.Ta
     return connections.conformed_tables(packets, made, trace)
 
 
+@dataclass(frozen=True)
+class WindowsFile:
+    """Where a windows table goes, and what writes it (`Table.write`'s arguments; None: the
+    table's own `write`)."""
+
+    path: Path
+    write: Callable | None = None
+
+
 def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], baseline: Baseline,
                    settings: dict, windows: WindowsFile) -> str:
     """As `copy_windows`, for a copy held in memory (the row groups of the packets, each
@@ -310,15 +319,6 @@ def memory_windows(copy: Copy, trace: str, groups: list[pa.Table], baseline: Bas
         else baseline.relabelled(copy.relabel)
     write_totals(trace, perturbed, flows, requests, settings, windows)
     return copy.made
-
-
-@dataclass(frozen=True)
-class WindowsFile:
-    """Where a windows table goes, and what writes it (`Table.write`'s arguments; None: the
-    table's own `write`)."""
-
-    path: Path
-    write: Callable | None = None
 
 
 def write_totals(trace: str, groups: list[pa.Table], flows: pa.Table, requests: pa.Table,
