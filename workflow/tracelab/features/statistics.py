@@ -195,6 +195,7 @@ class TraceStatistics:
         for part in partitions(self.conversations):
             totals = part.result()
             if totals is not None:
+                totals = _with_address_pairs(totals, self.addresses.kinds, part)
                 self.endpoints.add(_endpoint_rows(totals, self.addresses.kinds))
             yield totals
 
@@ -226,7 +227,10 @@ class TraceStatistics:
         port_type = np.where(ported & (transport >= 0),
                              ENDPOINT_TYPES.index("TCP") + transport, -1).astype(np.int8)
         no_port = np.full(len(length), NO_PORT, np.int32)
-        pairs = [((src, src_type, no_port), (dst, dst_type, no_port)),
+        # An address row only for a packet without a port row (-1: none): the address pairs of
+        # the others are totalled from the port pairs' totals (`_with_address_pairs`).
+        lone = np.where(port_type < 0, src_type, -1).astype(np.int8)
+        pairs = [((src, lone, no_port), (dst, dst_type, no_port)),
                  ((src, port_type, src_port), (dst, port_type, dst_port))]
         # A batch's rows grouped at once (address and port rows differ in type, so are never
         # one group). The endpoints are totalled from the conversations' totals, which are
@@ -305,6 +309,35 @@ class TraceStatistics:
                          for kind, way, protocol in zip(frame["type"], frame["transport"],
                                                         frame["protocol"])]
         return _with_trace(prefix_totals(frame), trace, PROTOCOL_HIERARCHY)
+
+
+def _with_address_pairs(totals: pa.Table, kinds: np.ndarray, rollup: Rollup) -> pa.Table:
+    """Conversation totals with the address pairs' totals made whole: the packets of a port
+    pair (TCP, UDP) count in the address pair of its two addresses, of the first of their
+    types, in the same direction, except between an address and itself (one side: all from
+    the low side, as an address row orders them). `rollup` says how totals are grouped."""
+    types = totals.column("type").to_numpy()
+    port_rows = totals.filter(types >= len(ADDRESS_TYPES))
+    low, high = port_rows.column("low").to_numpy(), port_rows.column("high").to_numpy()
+    one_address = low == high
+    forward_packets, forward_bytes, reverse_packets, reverse_bytes = (
+        port_rows.column(name).to_numpy() for name in
+        ("forward_packets", "forward_bytes", "reverse_packets", "reverse_bytes"))
+    first_row = port_rows.column("first_row").to_numpy()
+    no_port = np.full(len(low), NO_PORT, np.int32)
+    derived = pa.table({
+        "forward_packets": np.where(one_address, forward_packets + reverse_packets,
+                                    forward_packets),
+        "forward_bytes": np.where(one_address, forward_bytes + reverse_bytes, forward_bytes),
+        "reverse_packets": np.where(one_address, 0, reverse_packets),
+        "reverse_bytes": np.where(one_address, 0, reverse_bytes),
+        "first_row": np.where(one_address, first_row | 1, first_row),
+        "start": port_rows.column("start"), "end": port_rows.column("end"),
+        "type": np.minimum(kinds[low], kinds[high]), "low": low, "low_port": no_port,
+        "high": high, "high_port": no_port}).cast(totals.schema)
+    addresses = Rollup(rollup.keys, rollup.how, [totals.filter(types < len(ADDRESS_TYPES)),
+                                                derived]).result()
+    return pa.concat_tables([port_rows, addresses])
 
 
 def _endpoint_rows(conversations: pa.Table, kinds: np.ndarray) -> pa.Table:
