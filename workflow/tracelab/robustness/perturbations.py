@@ -157,10 +157,15 @@ def gather_facts(packets_path, window_s: float) -> TraceFacts:
     """TraceFacts of a packet table, streamed row group by row group (a few columns)."""
     parquet = pq.ParquetFile(packets_path)
     groups = non_empty_groups(parquet)
-    ranges = time_ranges(parquet, groups)
     return facts_of(derived_row_groups(parquet, FACT_COLUMNS, groups),
-                    min((low for low, _ in ranges), default=0),
-                    max((high for _, high in ranges), default=0), window_s)
+                    *time_span(parquet, groups), window_s)
+
+
+def time_span(parquet: pq.ParquetFile, groups: list[int]) -> tuple[int, int]:
+    """The earliest and latest timestamps (ns) of a packet table's `groups` (0, 0: none)."""
+    ranges = time_ranges(parquet, groups)
+    return (min((low for low, _ in ranges), default=0),
+            max((high for _, high in ranges), default=0))
 
 
 def facts_of(row_groups: Iterable[pa.Table], first_ns: int, last_ns: int,

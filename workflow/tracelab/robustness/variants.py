@@ -58,6 +58,7 @@ from tracelab.robustness.perturbations import (
     TraceFacts,
     facts_of,
     gather_facts,
+    time_span,
     timestamps_ns,
 )
 from tracelab.security import connections
@@ -359,11 +360,17 @@ class Packets:
 def packets_to_copy(packets_path, window_s: float, budget: int | None,
                     in_memory: int) -> Packets:
     """The trace's packets, held in memory within `in_memory` packets (the connection stage's
-    partition), or the middle run of windows within `budget` packets (always in memory)."""
-    facts = gather_facts(packets_path, window_s)
+    partition), or the middle run of windows within `budget` packets (always in memory). A
+    table held whole is read once, its facts gathered from the rows held."""
     parquet = pq.ParquetFile(packets_path)
-    sample = middle_run(facts, budget)
     groups = non_empty_groups(parquet)
+    rows = parquet.metadata.num_rows
+    if (budget is None or rows <= budget) and rows <= in_memory:
+        held = list(derived_row_groups(parquet, COPY_COLUMNS, groups))
+        return Packets(parquet, facts_of(held, *time_span(parquet, groups), window_s), None,
+                       held)
+    facts = gather_facts(packets_path, window_s)
+    sample = middle_run(facts, budget)
     if sample is not None:
         kept = [sample.within(rows, facts, window_s) for rows in
                 derived_row_groups(parquet, COPY_COLUMNS, groups)]
@@ -372,9 +379,6 @@ def packets_to_copy(packets_path, window_s: float, budget: int | None,
                           .cast(pa.int64()))
         facts = facts_of(kept, span["min"].as_py(), span["max"].as_py(), window_s)
         return Packets(parquet, facts, sample, kept)
-    if parquet.metadata.num_rows <= in_memory:
-        return Packets(parquet, facts, None,
-                       list(derived_row_groups(parquet, COPY_COLUMNS, groups)))
     return Packets(parquet, facts, None, None)
 
 
