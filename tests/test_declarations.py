@@ -72,14 +72,6 @@ def test_the_docs_name_every_category_of_the_report():
     assert numbers[listed.group(1)] == len(categories)
 
 
-def test_the_statistics_memory_formula_knows_the_partition_size():
-    from tracelab.features.statistics import PARTITION_PACKETS
-
-    common = (REPO / "workflow/rules/common.smk").read_text()
-    declared = re.search(r"^STATISTICS_PARTITION_PACKETS = ([\d_]+)$", common, re.MULTILINE)
-    assert int(declared.group(1)) == PARTITION_PACKETS
-
-
 def test_every_rule_runs_the_script_named_after_it_and_docs_list_it():
     rules_text = "\n".join(path.read_text() for path in (REPO / "workflow/rules").glob("*.smk"))
     blocks = re.split(r"^(?:rule|checkpoint) ", rules_text, flags=re.MULTILINE)[1:]

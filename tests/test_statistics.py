@@ -322,7 +322,7 @@ def test_ports_show_as_written_on_the_page(tmp_path):
     assert '<td data-sort="55514">55514</td>' in page and "55,514" not in page
 
 
-def run_stage(packets: Path, out: Path) -> dict[str, pa.Table]:
+def run_stage(packets: Path, out: Path, threads: int = 1) -> dict[str, pa.Table]:
     out.mkdir()
     (out / "summary.json").write_text(json.dumps({"trace": "t", "packets": 1}))
     (out / "validation.json").write_text(json.dumps({"status": "passed", "checks": {}}))
@@ -330,22 +330,22 @@ def run_stage(packets: Path, out: Path) -> dict[str, pa.Table]:
                      summary_path=out / "summary.json",
                      validation_path=out / "validation.json", endpoints_path=out / "e.parquet",
                      conversations_path=out / "c.parquet", hierarchy_path=out / "h.parquet",
-                     html_path=out / "s.html")
+                     html_path=out / "s.html", threads=threads)
     return {name: pq.read_table(out / f"{name}.parquet") for name in "ech"}
 
 
-@pytest.mark.parametrize("partition_packets", [40, 300])
-def test_partitioned_tables_and_page_equal_those_held_in_memory(partition_packets, tmp_path,
-                                                                monkeypatch):
+@pytest.mark.parametrize(("partition_packets", "threads"), [(40, 1), (300, 1), (40, 2), (300, 3)])
+def test_partitioned_tables_and_page_equal_those_held_in_memory(partition_packets, threads,
+                                                                tmp_path, monkeypatch):
     """The stage totals endpoints (by address) and conversations (by address pair) partition
-    by partition and merges them in the tables' order: the same rows in the same order, and
-    the same page, as the totals of the whole trace held at once."""
+    by partition (`threads` at once) and merges them in the tables' order: the same rows in the
+    same order, and the same page, as the totals of the whole trace held at once."""
     frame = packet_table(2000)
     packets = write_packets(frame, tmp_path / "p.parquet", row_group_rows=300)
     whole = run_stage(packets, tmp_path / "whole")
     monkeypatch.setattr(statistics, "PARTITION_PACKETS", partition_packets)
     monkeypatch.setattr(statistics, "BATCH_ROWS", 97)
-    parted = run_stage(packets, tmp_path / "parted")
+    parted = run_stage(packets, tmp_path / "parted", threads)
     assert len(list((tmp_path / "parted").glob(".statistics-*"))) == 0
     for name in "ech":
         assert parted[name].num_rows == whole[name].num_rows > 0

@@ -36,6 +36,7 @@ from tracelab.ingest.validate import READERS
 
 # security.shards.shard_count is this function: imported from its own module, the workflow's
 # start-up does not import the connection stage (pandera, 0.2 CPU s of every run).
+from tracelab.features.statistics_totals import PARTITION_PACKETS
 from tracelab.security.partitions import partition_count as shard_count
 
 CONFIG_SOURCE = " and ".join(map(str, workflow.configfiles)) or "config"
@@ -182,16 +183,22 @@ def input_mb(input):
     return sum(os.path.getsize(path) for path in input if os.path.isfile(path)) / 2**20
 
 
-# trace_features' statistics step totals one partition of this many packets at a time (PARTITION_PACKETS of
-# tracelab.features.statistics; tests/test_declarations.py checks they agree).
-STATISTICS_PARTITION_PACKETS = 2_000_000
 
 
 def statistics_memory_mb(packets):
     """The statistics step's memory for a table of `packets`: at worst one endpoint and one
     conversation a packet (1.0 GB measured at 1M packets from 1M distinct sources; 491 MB at 2M
-    packets of lab traffic), up to one partition, then flat."""
-    return 384 + min(packets, STATISTICS_PARTITION_PACKETS) * 7 // 10_000
+    packets of lab traffic), up to one partition a thread, then flat."""
+    return 384 + min(packets, features_threads_for(packets) * PARTITION_PACKETS) * 7 // 10_000
+
+
+def features_threads_for(packets):
+    """The statistics step totals two partitions at once where a trace has more than one."""
+    return 2 if packets > PARTITION_PACKETS else 1
+
+
+def features_threads(wildcards):
+    return features_threads_for(known_packets(wildcards.trace))
 
 
 def features_memory_mb(wildcards, input, attempt):

@@ -35,7 +35,7 @@ rule trace_features:
         "results/benchmarks/features/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: 1
+    threads: features_threads
     resources:
         mem_mb=features_memory_mb,
         runtime=runtime_minutes(10, 2),

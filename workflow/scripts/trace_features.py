@@ -25,5 +25,6 @@ run_steps(
         conversations_path=snakemake.output.conversations,
         hierarchy_path=snakemake.output.hierarchy,
         html_path=snakemake.output.html,
+        threads=snakemake.threads,
     ),
 )

@@ -10,6 +10,7 @@ none). Memory is bounded by a row group and the disorder across groups, never by
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,14 +63,34 @@ def derived_row_groups(table: pq.ParquetFile, columns: list[str], groups: list[i
             derive(pa.Table.from_batches([batch])) for batch in table.iter_batches(
                 batch_size=BATCH_ROWS, row_groups=[group], columns=columns)])
 
-    if not groups:
-        return
+    yield from read_ahead(map(derived, groups))
+
+
+def read_ahead(items: Iterator) -> Iterator:
+    """The items of `items` (never None), each next one made on a background thread while the
+    caller works on this one: two in memory at most."""
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(derived, groups[0])
-        for following in [*groups[1:], None]:
-            rows = pending.result()
-            pending = None if following is None else reader.submit(derived, following)
-            yield rows
+        pending = reader.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = reader.submit(next, items, None)
+            yield item
+
+
+def ordered_map(function: Callable, items: Iterable, threads: int) -> Iterator:
+    """`function` of each of `items`, in their order, `threads` calls at once on a thread pool
+    (their work must release the GIL to gain: Arrow kernels, sorts, writing): at most `threads`
+    items are in memory beside the result the caller holds."""
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def record_batches(table: pq.ParquetFile, columns: list[str] | None = None,

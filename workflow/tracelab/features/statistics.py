@@ -52,38 +52,34 @@ import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.atomic import atomic_path, tracelab_metadata
 from tracelab.core.html import write_html
-from tracelab.core.streaming import (
-    MERGE_BATCH_ROWS,
-    batch_slices,
-    merge_sorted,
-    record_batches,
-)
-from tracelab.core.tables import DICT_STRING, PANDAS_TYPES, Column, Table
+from tracelab.core.streaming import ordered_map, read_ahead, record_batches
+from tracelab.core.tables import DICT_STRING, Column, Table
 from tracelab.features.protocol_hierarchy import layer_path, prefix_totals
 from tracelab.features.statistics_codes import ADDRESS_TYPES, Codebook, text_ranks
 from tracelab.features.statistics_page import Largest, statistics_html
 from tracelab.features.statistics_placement import PLACED_TCP, PlacedRows
-from tracelab.features.statistics_totals import PartitionSink, Rollup, partitions
+from tracelab.features.statistics_tables import PartitionedTable, pandas_metadata
+from tracelab.features.statistics_totals import (
+    PARTITION_PACKETS,
+    PartitionSink,
+    Rollup,
+    partitions,
+)
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["frame", "t_rel_s", "src", "dst", "protocol", "length", "src_port", "dst_port",
            "tcp_flags"]
 BATCH_ROWS = 1 << 16
-# Packets per partition of a large trace: its endpoints are totalled partition by partition of
-# their address, its conversations of their address pair, so memory follows this, not the
-# trace's length (a trace of one partition is totalled in memory at once).
-PARTITION_PACKETS = 2_000_000
 # Each table's order (Wireshark's: by type, then most bytes or earliest start): its columns, and
 # which of them sort in descending order.
 ENDPOINT_ORDER = {"type": False, "bytes": True, "address": False, "port": False}
@@ -193,11 +189,25 @@ class TraceStatistics:
         """Each partition's conversation totals (all of them when not routed; call after the
         last `add`), their endpoints' totals added to `endpoints` as each is given."""
         for part in partitions(self.conversations):
-            totals = part.result()
-            if totals is not None:
-                totals = _with_address_pairs(totals, self.addresses.kinds, part)
-                self.endpoints.add(_endpoint_rows(totals, self.addresses.kinds))
+            totals, endpoint_rows = self.conversation_part(part)
+            self.add_endpoints(endpoint_rows)
             yield totals
+
+    def conversation_part(self, part: Rollup) -> tuple[pa.Table | None, pa.Table | None]:
+        """One partition's conversation totals, the address pairs' made whole, and the
+        endpoint rows made of them (None, None: no rows); changes nothing held, so partitions
+        can be totalled at once."""
+        totals = part.result()
+        if totals is None:
+            return None, None
+        totals = _with_address_pairs(totals, self.addresses.kinds, part)
+        return totals, _endpoint_rows(totals, self.addresses.kinds)
+
+    def add_endpoints(self, rows: pa.Table | None) -> None:
+        """Endpoint rows of a partition's conversations (`conversation_part`), in partition
+        order."""
+        if rows is not None:
+            self.endpoints.add(rows)
 
     def endpoint_totals(self) -> Iterator[pa.Table]:
         """Each partition's endpoint totals (call after the conversation totals)."""
@@ -254,7 +264,7 @@ class TraceStatistics:
         values = {name: totals.column(name).to_numpy() for name in totals.column_names}
         values["packets"] = values["tx_packets"] + values["rx_packets"]
         values["bytes"] = values["tx_bytes"] + values["rx_bytes"]
-        # Wireshark's order (ENDPOINT_ORDER; null ports, NO_PORT, first as in `_order_keys`:
+        # Wireshark's order (ENDPOINT_ORDER; null ports, NO_PORT, first as in `order_keys`:
         # only address rows have them); np.lexsort's last key sorts first.
         order = np.lexsort([values["port"],
                             self.addresses.sort_ranks()[values["address"]], -values["bytes"],
@@ -389,26 +399,6 @@ def _conversation_rows(sender, receiver, t_rel_s: np.ndarray, length: np.ndarray
         "first_row": place * 2 + forward, "start": t_rel_s, "end": t_rel_s})
 
 
-def _order_keys(table: pa.Table, order: dict[str, bool], names: pa.Array) -> pa.Table:
-    """`table` with one integer column a sort column (`_key0`, ...) that sorts as `order`
-    does: texts by their rank among `names` (sorted), non-negative floats by their bits,
-    descending columns negated, null ports as -1."""
-    keys = {}
-    for index, (name, descending) in enumerate(order.items()):
-        column = table.column(name)
-        if pa.types.is_floating(column.type):
-            values = column.to_numpy().view(np.int64)
-        elif pa.types.is_integer(column.type):
-            values = pc.fill_null(column, -1).to_numpy().astype(np.int64)
-        else:
-            ranks = pc.index_in(column.cast(pa.string()), value_set=names)
-            values = ranks.to_numpy(zero_copy_only=False).astype(np.int64)
-        keys[f"_key{index}"] = -values if descending else values
-    for name, values in keys.items():
-        table = table.append_column(name, pa.array(values))
-    return table
-
-
 def _with_trace(columns: dict | pd.DataFrame, trace: str, table: Table) -> pa.Table:
     """`columns` (arrays by name, or a frame) as `table` declares them, with the trace's name
     and pandas' metadata (`pandas_metadata`)."""
@@ -420,9 +410,9 @@ def _with_trace(columns: dict | pd.DataFrame, trace: str, table: Table) -> pa.Ta
 def _fed(packets_path, statistics: TraceStatistics, placed: PlacedRows) -> TraceStatistics:
     """`statistics` fed the packet file batch by batch, in file order, its rows without ports
     in the connection the connection stage `placed` them in."""
-    for batch in record_batches(pq.ParquetFile(packets_path), COLUMNS, batch_size=BATCH_ROWS):
-        if batch.num_rows:
-            statistics.add(placed.joined(batch))
+    batches = record_batches(pq.ParquetFile(packets_path), COLUMNS, batch_size=BATCH_ROWS)
+    for batch in read_ahead(placed.joined(batch) for batch in batches if batch.num_rows):
+        statistics.add(batch)
     placed.check_all_joined()
     return statistics
 
@@ -435,66 +425,52 @@ def file_statistics(packets_path, trace: str,
     return _fed(packets_path, TraceStatistics(), PlacedRows.read(placements_path)).tables(trace)
 
 
-@dataclass
-class _PartitionedTable:
-    """One of the two large tables, made partition by partition into sorted scratch files
-    and merged into its file in its order; the table of a trace of one partition is held (in
-    its order already), not written to `scratch` (None) and merged."""
-
-    table: Table
-    order: dict[str, bool]
-    scratch: Path | None
-    paths: list[Path] = field(default_factory=list)
-    held: pa.Table | None = None
-
-    def add(self, rows: pa.Table, names: pa.Array | None) -> None:
-        rows = self.table.check(rows)
-        if self.scratch is None:
-            self.held = rows
-            return
-        self.paths.append(self.scratch / f"{self.table.name}-{len(self.paths):05d}.parquet")
-        pq.write_table(_order_keys(rows, self.order, names), self.paths[-1],
-                       compression="lz4", row_group_size=MERGE_BATCH_ROWS)
-
-    def _ordered(self) -> Iterator[pa.Table]:
-        """The rows in the table's order, in the tables `merge_sorted` gives (`batch_slices`):
-        one a row group of the file."""
-        if self.held is not None:
-            yield from batch_slices(self.held)
-            return
-        keys = tuple(f"_key{index}" for index in range(len(self.order)))
-        for rows in merge_sorted(self.paths, keys):
-            yield rows.drop_columns(list(keys))
-
-    def write(self, path, metadata: dict) -> Largest:
-        """Write the rows in order into `path` (with `tracelab.*` `metadata` and pandas' own);
-        what the page shows of it."""
-        largest = Largest()
-        schema = self.table.schema.with_metadata({**tracelab_metadata(metadata),
-                                                  **pandas_metadata(self.table)})
-        with atomic_path(path) as temporary, \
-                pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-            for rows in self._ordered():
-                writer.write_table(rows)
-                largest.add(rows)
-        return largest
-
-
 @dataclass(frozen=True)
 class StatisticsRun:
     """What the stage needs besides the packet table: the trace's name, the connection stage's
-    placements of rows without ports, and a scratch folder for the partitions."""
+    placements of rows without ports, a scratch folder for the partitions, and how many
+    partitions are totalled (and tables written) at once."""
 
     trace: str
     placed: PlacedRows
     scratch: Path
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class _Totalling:
+    """A partition's totals made into its part of the two tables (`PartitionedTable.part`):
+    each call reads what `add` built and changes none of it, so partitions run at once."""
+
+    statistics: TraceStatistics
+    trace: str
+    endpoints: PartitionedTable
+    conversations: PartitionedTable
+
+    def conversation_part(self, indexed: tuple[int, Rollup]):
+        """(the conversations' part, the endpoint rows made of them) of a partition."""
+        index, rollup = indexed
+        totals, endpoint_rows = self.statistics.conversation_part(rollup)
+        table = self.statistics.conversation_table(self.trace, totals)
+        return self.conversations.part(index, table), endpoint_rows
+
+    def endpoint_part(self, indexed: tuple[int, Rollup]) -> pa.Table | Path:
+        index, rollup = indexed
+        return self.endpoints.part(index, self.statistics.endpoint_table(self.trace,
+                                                                         rollup.result()))
+
+
+def _written(table_path: tuple[PartitionedTable, str], metadata: dict) -> Largest:
+    table, path = table_path
+    return table.write(path, metadata)
 
 
 def partitioned_statistics(packets_path, run: StatisticsRun,
                            outputs: dict) -> tuple[Largest, Largest, pa.Table]:
     """Write the three tables to `outputs` (endpoints, conversations, hierarchy paths),
-    holding one partition of PARTITION_PACKETS packets' endpoints and conversations at a
-    time; return what the page shows of them."""
+    holding PARTITION_PACKETS packets' endpoints or conversations a thread at a time (`run`'s
+    threads total partitions, and write the two tables, at once); return what the page shows
+    of them."""
     trace, scratch = run.trace, run.scratch
     rows = pq.ParquetFile(packets_path).metadata.num_rows
     count = max(1, math.ceil(rows / PARTITION_PACKETS))
@@ -503,42 +479,39 @@ def partitioned_statistics(packets_path, run: StatisticsRun,
         statistics.route(scratch, count)
     _fed(packets_path, statistics, run.placed)
     merged = scratch if count > 1 else None
-    # The texts the merge's sort keys rank (a trace of one partition is not merged).
     names = (pa.array(sorted({*statistics.addresses.names, *ENDPOINT_TYPES}), pa.string())
              if merged else None)
-    endpoints = _PartitionedTable(ENDPOINTS, ENDPOINT_ORDER, merged)
-    conversations = _PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER, merged)
-    for totals in statistics.conversation_totals():
-        conversations.add(statistics.conversation_table(trace, totals), names)
-    for totals in statistics.endpoint_totals():
-        endpoints.add(statistics.endpoint_table(trace, totals), names)
+    totalling = _Totalling(statistics, trace,
+                           PartitionedTable(ENDPOINTS, ENDPOINT_ORDER, merged, names),
+                           PartitionedTable(CONVERSATIONS, CONVERSATION_ORDER, merged, names))
+    for part, endpoint_rows in ordered_map(
+            totalling.conversation_part, enumerate(partitions(statistics.conversations)),
+            run.threads):
+        totalling.conversations.keep(part)
+        statistics.add_endpoints(endpoint_rows)
+    for part in ordered_map(totalling.endpoint_part, enumerate(partitions(statistics.endpoints)),
+                            run.threads):
+        totalling.endpoints.keep(part)
     hierarchy = statistics.hierarchy_table(trace)
     PROTOCOL_HIERARCHY.write(hierarchy, outputs["hierarchy"], {"trace": trace})
     metadata = {"trace": trace, **run.placed.placement.metadata()}
-    return (endpoints.write(outputs["endpoints"], metadata),
-            conversations.write(outputs["conversations"], metadata), hierarchy)
-
-
-def pandas_metadata(table: Table) -> dict[bytes, bytes]:
-    """pandas' schema metadata declaring each nullable integer column of `table` with its
-    nullable dtype (PANDAS_TYPES), so that pandas reads a port as Int32 with nulls where
-    the row has none, not as float64."""
-    frame = table.schema.empty_table().to_pandas()
-    for column in table.columns:
-        if column.nullable and column.type in PANDAS_TYPES:
-            frame[column.name] = frame[column.name].astype(PANDAS_TYPES[column.type])
-    return pa.Schema.from_pandas(frame, preserve_index=False).metadata
+    endpoints, conversations = ordered_map(
+        partial(_written, metadata=metadata),
+        [(totalling.endpoints, outputs["endpoints"]),
+         (totalling.conversations, outputs["conversations"])], run.threads)
+    return endpoints, conversations, hierarchy
 
 
 def trace_statistics(*, trace: str, packets_path, placements_path, summary_path,
                      validation_path, endpoints_path, conversations_path, hierarchy_path,
-                     html_path) -> dict:
+                     html_path, threads: int = 1) -> dict:
     """Stage: a trace's endpoints, conversations and protocol hierarchy, and its page; rows
-    without ports placed as the connection stage's placements (`placements_path`) say."""
+    without ports placed as the connection stage's placements (`placements_path`) say;
+    `threads` partitions totalled at once (a trace of more than PARTITION_PACKETS)."""
     placed = PlacedRows.read(placements_path)
     with tempfile.TemporaryDirectory(prefix=".statistics-",
                                      dir=Path(endpoints_path).parent) as scratch:
-        run = StatisticsRun(trace, placed, Path(scratch))
+        run = StatisticsRun(trace, placed, Path(scratch), threads)
         endpoints, conversations, hierarchy = partitioned_statistics(
             packets_path, run, {"endpoints": endpoints_path,
                                 "conversations": conversations_path,

@@ -40,6 +40,8 @@ class Codebook:
     names: list[str] = field(default_factory=list)
     kinds: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
     recent: list[tuple[pa.Array, np.ndarray]] = field(default_factory=list)  # dictionary, codes
+    known: pa.Array | None = None  # `names` as an Arrow array, when last decoded
+    ranks: np.ndarray | None = None  # `sort_ranks`, when last asked
 
     def encode(self, column: pa.Array) -> np.ndarray:
         if not pa.types.is_dictionary(column.type):
@@ -65,12 +67,20 @@ class Codebook:
         return np.fromiter(map(self.codes.__getitem__, names), np.int64, count=len(names))
 
     def decode(self, codes: np.ndarray) -> pa.Array:
-        return pa.array(self.names, pa.string()).take(codes)
+        return self._names().take(codes)
+
+    def _names(self) -> pa.Array:
+        # Names are only ever added: the array of as many names as now is still right.
+        if self.known is None or len(self.known) != len(self.names):
+            self.known = pa.array(self.names, pa.string())
+        return self.known
 
     def sort_ranks(self) -> np.ndarray:
         """Each code's rank among the texts in code point order (as pandas and Arrow sort
         strings)."""
-        return text_ranks(self.names)
+        if self.ranks is None or len(self.ranks) != len(self.names):
+            self.ranks = text_ranks(self.names)
+        return self.ranks
 
 
 def text_ranks(texts: list[str]) -> np.ndarray:

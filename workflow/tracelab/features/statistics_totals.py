@@ -12,6 +12,10 @@ import pyarrow as pa
 
 from tracelab.core.streaming import route
 
+# Packets per partition of a large trace: its endpoints are totalled partition by partition of
+# their address, its conversations of their address pair, so memory follows this, not the
+# trace's length (a trace of one partition is totalled in memory at once).
+PARTITION_PACKETS = 2_000_000
 # Grouped rows that wait before they are merged into the running totals.
 MERGE_ROWS = 1 << 18
 # Fibonacci hashing's multiplier: spreads address codes over the partitions.
@@ -31,6 +35,7 @@ class Rollup:
     waiting: int = 0
     merged: int = 0
     sink: PartitionSink | None = None  # grouped batches go there instead, when set
+    stored: Path | None = None  # a partition's grouped rows, read when totalled (`partitions`)
 
     def add(self, rows: pa.Table) -> None:
         if self.sink is not None:
@@ -51,7 +56,8 @@ class Rollup:
             .rename_columns([*self.how, *self.keys])
 
     def result(self) -> pa.Table | None:
-        return self._grouped(pa.concat_tables(self.parts)) if self.parts else None
+        parts = self.parts if self.stored is None else _stored_rows(self.stored)
+        return self._grouped(pa.concat_tables(parts)) if parts else None
 
 
 class PartitionSink:
@@ -77,21 +83,21 @@ class PartitionSink:
         for writer in self.writers or []:
             writer.close()
 
-    def table(self, index: int) -> pa.Table | None:
-        """Partition `index`'s rows, in the order written (None: none were)."""
-        if self.writers is None:
-            return None
-        with pa.OSFile(str(self.paths[index])) as source:
-            table = pa.ipc.open_stream(source).read_all()
-        return table if table.num_rows else None
+
+def _stored_rows(path: Path) -> list[pa.Table]:
+    """A partition file's rows, in the order written (none: an empty list)."""
+    with pa.OSFile(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    return [table] if table.num_rows else []
 
 
 def partitions(rollup: Rollup) -> Iterator[Rollup]:
-    """`rollup` itself when it holds its totals, else one Rollup of each partition's rows."""
+    """`rollup` itself when it holds its totals, else one Rollup a partition, its rows read
+    when it is totalled (so that partitions can be read and totalled at once)."""
     if rollup.sink is None:
         yield rollup
         return
     rollup.sink.close()
-    for index in range(len(rollup.sink.paths)):
-        rows = rollup.sink.table(index)
-        yield Rollup(rollup.keys, rollup.how, [] if rows is None else [rows])
+    written = rollup.sink.writers is not None
+    for path in rollup.sink.paths:
+        yield Rollup(rollup.keys, rollup.how, stored=path if written else None)

@@ -58,10 +58,10 @@ import json
 import logging
 import re
 import tempfile
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ from tracelab.core.atomic import atomic_path
 from tracelab.core.config import settings as config_settings
 from tracelab.core.packets import PORT_CHECK, TCP_FLAG_BITS
 from tracelab.core.progress import Progress
-from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted
+from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, ordered_map
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table, TableAppender
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
@@ -542,15 +542,13 @@ def _assembled(tables: Iterable[pa.Table], settings: FlowSettings, trace: str,
     """Each partition with its connections, in partition order; `threads` partitions are
     assembled at once (sorts, reductions and Arrow kernels release the GIL) while the caller
     writes the oldest, so at most `threads` partitions are in memory."""
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: deque = deque()
-        for packets in tables:
-            pending.append((packets, pool.submit(assemble_connections, packets, settings, trace)))
-            if len(pending) >= threads:
-                packets, connections = pending.popleft()
-                yield packets, connections.result()
-        for packets, connections in pending:
-            yield packets, connections.result()
+    return ordered_map(partial(_with_connections, settings=settings, trace=trace), tables,
+                       threads)
+
+
+def _with_connections(packets: pa.Table, settings: FlowSettings,
+                      trace: str) -> tuple[pa.Table, Connections]:
+    return packets, assemble_connections(packets, settings, trace)
 
 
 def write_connections(*, trace: str, packets_path, flows_path, http_path, settings: dict,
