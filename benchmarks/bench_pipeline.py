@@ -223,7 +223,7 @@ def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[s
                            endpoints_path=str(out / "endpoints.parquet"),
                            conversations_path=str(out / "conversations.parquet"),
                            hierarchy_path=str(out / "protocol_hierarchy.parquet"),
-                           html_path=str(out / "statistics.html")),
+                           html_path=str(out / "statistics.html"), threads=CORES),
         "hosts": dict(trace=trace, flows_path=str(out / "flows.parquet"),
                       hosts_path=str(out / "hosts.parquet"), settings=config["security"]["scan"]),
         "windows": dict(trace=trace, packets_path=str(out / "packets.parquet"),
