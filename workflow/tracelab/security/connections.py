@@ -60,9 +60,11 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,7 @@ from tracelab.core.streaming import MERGE_BATCH_ROWS, merge_sorted, ordered_map
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table, TableAppender
 from tracelab.security import http
 from tracelab.security.attach import attach_portless
+from tracelab.security.conn_bytes import side_bytes
 from tracelab.security.conn_state import (
     ZEEK_CONN_STATES,
     FlowRows,
@@ -95,13 +98,17 @@ from tracelab.security.flow_arrays import (
     ranks,
     run_starts,
     stable_order,
-    union_length,
 )
 from tracelab.security.names import trace_dns_answers
 from tracelab.security.partitions import partition_tables
 from tracelab.security.services import zeek_services
 from tracelab.security.uid import connection_uids
-from tracelab.security.zeek_log import ConnLogWriter, conn_log_writer, trace_span
+from tracelab.security.zeek_log import (
+    ConnLogWriter,
+    conn_log_fields,
+    conn_log_writer,
+    trace_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +118,6 @@ FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 NOT_TRANSPORT = re.compile(
     r"^(?:ARP|RARP|ICMP|ICMPv6|IGMP(?:v\d)?|MLD(?:v\d)?|STP|RSTP|LLDP|CDP|EAPOL|VRRP|OSPF|"
     r"PIM(?:v\d)?|GRE|ESP|AH|IPv4|IPv6|LLC|NDP)$")
-
-# Bytes of the link-layer header assumed where a packet has no IP length (an export: Ethernet
-# II), and of IPv4/IPv6 and UDP headers.
-LINK_HEADER, IPV4_HEADER, IPV6_HEADER, UDP_HEADER = 14, 20, 40, 8
 
 PACKET_COLUMNS = ["frame", "ts", "src", "dst", "protocol", "length", "ip_len", "udp_len",
                   "src_port", "dst_port", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win", "tcp_len",
@@ -349,61 +352,6 @@ def assemble_connections(packets: pa.Table | pd.DataFrame, settings: FlowSetting
                        packet_is_orig=member.is_orig & inside, left_out=left_out)
 
 
-@dataclass
-class _SideBytes:
-    """One direction's byte counts per flow (module docstring: Zeek's definitions)."""
-
-    payload: np.ndarray
-    missed: np.ndarray
-    frame: np.ndarray
-    ip: np.ndarray
-
-
-def _side_bytes(packets: PacketArrays, rows: np.ndarray,
-                flow_rows: FlowRows) -> list[_SideBytes]:
-    """The originator's and the responder's byte counts per flow."""
-    fr, per, seq = flow_rows, flow_rows.per, flow_rows.seq
-    # IP and UDP bytes as Zeek counts them: the ConnSize analyzer (analyzer/protocol/conn-size/
-    # ConnSize.cc, DeliverPacket) adds each packet's ip->TotalLen() to *_ip_bytes, and
-    # packet_analysis/protocol/udp/UDP.cc (DeliverPacket: UpdateLength(is_orig, ulen), ulen
-    # the UDP length field less 8) counts UDP payload from the UDP header, so neither the link
-    # header (BSD loopback 4, Linux cooked 16/20, raw IP 0), VLAN tags nor Ethernet padding
-    # is in them. A capture gives both lengths (ip_len, udp_len); an export only frame lengths,
-    # taken as Ethernet II (14 bytes) with a 20-byte IPv4 or 40-byte IPv6 header.
-    length = packets.length[rows]
-    ip_len, udp_len = packets.ip_len[rows], packets.udp_len[rows]
-    ip_len = np.where(np.isnan(ip_len), np.maximum(length - LINK_HEADER, 0), ip_len)
-    ip_header = np.where(np.char.find(packets.addresses.astype(str), ":") >= 0, IPV6_HEADER,
-                         IPV4_HEADER)[packets.src[rows]]
-    udp_payload = np.where(np.isnan(udp_len), np.maximum(ip_len - ip_header - UDP_HEADER, 0),
-                           udp_len)
-    payload = np.where(fr.tcp, fr.payload, udp_payload)
-    sides = []
-    for mine in (fr.orig, ~fr.orig):  # the two sides share the rows' sizes above
-        own = mine & fr.tcp & ~fr.rst & ~np.isnan(seq)
-        start = per.min(np.where(own, seq, np.nan))
-        own_end = per.max(np.where(own, seq + fr.payload + fr.syn + fr.fin, np.nan))
-        peer_ack = per.max(np.where(~mine & fr.tcp & ~fr.rst & fr.ack, fr.ack_number, np.nan))
-        size = np.fmax(own_end, peer_ack) - start - per.any(fr.syn & own)
-        size = np.maximum(np.where((size > 0) & per.any(fr.fin & own), size - 1, size), 0)
-        summed = per.sum(np.where(mine, payload, 0.0))
-        # Zeek's missed_bytes: gaps its reassembler skipped, so a gap a retransmission later
-        # filled is not missed: the sequence space no captured segment covers, counting the
-        # payload of rows without a sequence number (attached export rows) as covering.
-        data = np.flatnonzero(own & (fr.payload > 0))
-        seen = union_length(fr.flow[data], seq[data], seq[data] + fr.payload[data],
-                            len(per.starts))
-        seen = seen + per.sum(np.where(mine & fr.tcp & ~fr.rst & np.isnan(seq)
-                                       & ~fr.retransmitted, fr.payload, 0.0))
-        numbered = ~np.isnan(start)
-        sides.append(_SideBytes(
-            payload=np.rint(np.where(numbered, size, summed)).astype(np.int64),
-            missed=np.rint(np.where(numbered, np.maximum(size - seen, 0), 0)).astype(np.int64),
-            frame=per.sum(np.where(mine, length, 0)),
-            ip=np.rint(per.sum(np.where(mine, ip_len, 0.0))).astype(np.int64)))
-    return sides
-
-
 def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     """One row a flow, ordered by first packet; and each flow's row in that order."""
     n_flows = len(member.first_row)
@@ -416,7 +364,7 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     flow_rows.flip(late_flip)
     member.flipped |= late_flip
     member.is_orig[rows] = flow_rows.orig
-    orig_bytes, resp_bytes = _side_bytes(packets, rows, flow_rows)
+    orig_bytes, resp_bytes = side_bytes(packets, rows, flow_rows)
     flow_is_tcp = packets.is_tcp[member.first_row]
     conn_state = zeek_conn_state(flow_rows, flow_is_tcp, history, late_flip)
 
@@ -490,6 +438,25 @@ FLOW_ORDER = ("first_ts",)
 
 
 @dataclass
+class _ConnLog:
+    """conn.log's file and #open date, and the trace's DNS answers (its names' addresses),
+    read on a background thread while the partitions are made."""
+
+    handle: BinaryIO
+    opened: str
+    dns: Future
+
+    def writer(self) -> ConnLogWriter:
+        return conn_log_writer(self.handle, self.opened, self.dns.result())
+
+
+def _with_log_fields(flows: pa.Table,
+                     conn_log: ConnLogWriter | None) -> tuple[pa.Table, list | None]:
+    """Merged flows and their conn.log fields (made on a thread while the next are merged)."""
+    return flows, None if conn_log is None else conn_log_fields(flows, conn_log.dns)
+
+
+@dataclass
 class _Outputs:
     """The stage's outputs and what it counts. Each partition's connections go to a scratch
     file (sorted by first packet); `close` merges them into flows.parquet and conn.log in the
@@ -499,10 +466,11 @@ class _Outputs:
 
     flows: TableAppender
     http: TableAppender
-    conn_log: ConnLogWriter | None
+    conn_log: _ConnLog | None
     placements: TableAppender | None
     trace: str
     scratch: Path
+    threads: int
     partition_flows: list[Path] = field(default_factory=list)
     partition_placements: list[Path] = field(default_factory=list)
     left_out: Counter = field(default_factory=Counter)
@@ -523,12 +491,15 @@ class _Outputs:
             self.partition_placements.append(path)
 
     def close(self, closed: str) -> None:
-        for flows in merge_sorted(self.partition_flows, FLOW_ORDER):
+        conn_log = None if self.conn_log is None else self.conn_log.writer()
+        merged = merge_sorted(self.partition_flows, FLOW_ORDER)
+        for flows, fields in ordered_map(partial(_with_log_fields, conn_log=conn_log), merged,
+                                         self.threads):
             self.flows.append(flows)
-            if self.conn_log is not None:
-                self.conn_log.write_flows(flows)
-        if self.conn_log is not None:
-            self.conn_log.close(closed)
+            if conn_log is not None:
+                conn_log.write(fields)
+        if conn_log is not None:
+            conn_log.close(closed)
         self.flows.close({"rows_in_no_connection": json.dumps(dict(self.left_out))})
         self.http.close({})
         if self.placements is not None:
@@ -564,17 +535,18 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix=".partitions-", dir=Path(flows_path).parent)))
+        background = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         out = _Outputs(
             flows=TableAppender(FLOWS, stack.enter_context(atomic_path(flows_path)), {
                 "trace": trace, "flow_settings": json.dumps(asdict(flow_settings_))}),
             http=TableAppender(http.HTTP, stack.enter_context(atomic_path(http_path)),
                                 {"trace": trace}),
-            conn_log=None if conn_log_path is None else conn_log_writer(
+            conn_log=None if conn_log_path is None else _ConnLog(
                 stack.enter_context(stack.enter_context(atomic_path(conn_log_path)).open("wb")),
-                opened, trace_dns_answers(packets_path)),
+                opened, background.submit(trace_dns_answers, packets_path)),
             placements=None if placements_path is None else TableAppender(
                 PLACEMENTS, stack.enter_context(atomic_path(placements_path)), {"trace": trace}),
-            trace=trace, scratch=scratch)
+            trace=trace, scratch=scratch, threads=threads)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
                                   flow_settings_.partition_packets, scratch)
         progress = stack.enter_context(Progress(

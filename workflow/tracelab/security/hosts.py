@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -506,9 +507,12 @@ def hosts_stage(*, trace: str, packets_path, flows_path, http_path, hosts_path, 
     """Stage of the hosts rule: hosts.parquet, then notice.log of its scan findings
     (`tracelab.security.notice`), and http.log and dns.log of the trace
     (`tracelab.security.protocol_logs`)."""
-    counts = write_hosts(trace=trace, flows_path=flows_path, hosts_path=hosts_path,
-                         settings=settings)
-    dns, span = trace_dns_answers(packets_path), trace_span(packets_path)
+    # The DNS answers (a pass over every row's Info) are read while the hosts are made.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        answers = background.submit(trace_dns_answers, packets_path)
+        counts = write_hosts(trace=trace, flows_path=flows_path, hosts_path=hosts_path,
+                             settings=settings)
+        dns, span = answers.result(), trace_span(packets_path)
     with contextlib.ExitStack() as stack:
         def handle(path):
             return stack.enter_context(stack.enter_context(atomic_path(path)).open("wb"))
