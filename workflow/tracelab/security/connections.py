@@ -435,6 +435,18 @@ def conformed_tables(packets: pa.Table, connections: Connections,
 
 # The order flows.parquet and conn.log are written in: their connections' first packet.
 FLOW_ORDER = ("first_ts",)
+# The partitions' flows as they wait for the merge: text as plain strings. A dictionary column
+# keeps its partition's whole dictionary in every row group (as many addresses as the
+# partition has), and the merge's batches, taken from every partition, the union of theirs:
+# flows.parquet's resp column took 0.57 of the 2.5 CPU s of reading the 870k flows at 10M.
+SCRATCH_FLOWS = pa.schema([field.with_type(pa.string()) if field.type == DICT_STRING
+                           else field for field in FLOWS.schema])
+
+
+def stored_flows(flows: pa.Table) -> pa.Table:
+    """Merged flows as flows.parquet holds them: text columns dictionary-encoded anew, with
+    only this batch's values (not the union of the dictionaries of the files merged)."""
+    return flows.cast(SCRATCH_FLOWS).combine_chunks().cast(FLOWS.schema)
 
 
 @dataclass
@@ -479,7 +491,8 @@ class _Outputs:
     def write(self, packets: pa.Table, connections: Connections) -> None:
         path = self.scratch / f"flows-{len(self.partition_flows):05d}.parquet"
         flows, requests = connection_tables(packets, connections, self.trace)
-        pq.write_table(flows, path, compression="lz4", row_group_size=MERGE_BATCH_ROWS)
+        pq.write_table(flows.cast(SCRATCH_FLOWS), path, compression="lz4",
+                       row_group_size=MERGE_BATCH_ROWS)
         self.partition_flows.append(path)
         self.http.append(requests)
         self.left_out.update(connections.left_out)
@@ -495,7 +508,7 @@ class _Outputs:
         merged = merge_sorted(self.partition_flows, FLOW_ORDER)
         for flows, fields in ordered_map(partial(_with_log_fields, conn_log=conn_log), merged,
                                          self.threads):
-            self.flows.append(flows)
+            self.flows.append(stored_flows(flows))
             if conn_log is not None:
                 conn_log.write(fields)
         if conn_log is not None:

@@ -37,6 +37,7 @@ from tracelab.security.connections import (
     FLOW_ORDER,
     PACKET_COLUMNS,
     PLACEMENT_ORDER,
+    stored_flows,
     write_connections,
 )
 from tracelab.security.names import trace_dns_answers
@@ -143,7 +144,7 @@ def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, s
             atomic_path(conn_log_path) as log_file, log_file.open("wb") as handle:
         conn_log = conn_log_writer(handle, opened, dns)
         for flows in merge_sorted(paths, FLOW_ORDER):
-            writer.write_table(flows)
+            writer.write_table(stored_flows(flows))
             conn_log.write_flows(flows)
             rows += flows.num_rows
         conn_log.close(closed)
