@@ -183,8 +183,6 @@ def input_mb(input):
     return sum(os.path.getsize(path) for path in input if os.path.isfile(path)) / 2**20
 
 
-
-
 def statistics_memory_mb(packets):
     """The statistics step's memory for a table of `packets`: at worst one endpoint and one
     conversation a packet (1.0 GB measured at 1M packets from 1M distinct sources; 491 MB at 2M
