@@ -186,3 +186,62 @@ def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path, monkeypa
         assert got.equals(expected)
         assert [len(table) for table in merged[:-1]] == [streaming.BATCH_ROWS] * (len(merged) - 1)
         assert all(0 < len(table) <= streaming.BATCH_ROWS for table in merged[-1:])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_ordered_map_keeps_the_order_and_at_most_threads_items_taken_ahead(threads):
+    """Results come in the items' order whatever finishes first, and the items are taken
+    from their iterator at most `threads` ahead of the results the caller has been given."""
+    import threading
+    import time
+
+    taken, given = [], []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def items():
+        for item in range(12):
+            taken.append(item)
+            yield item
+
+    def work(item: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002 * (item % 3))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return item * item
+
+    for result in streaming.ordered_map(work, items(), threads):
+        assert len(taken) - len(given) <= threads
+        given.append(result)
+    assert given == [item * item for item in range(12)]
+    assert most[0] <= threads
+
+
+def test_ordered_map_and_read_ahead_raise_the_error_of_an_item():
+    def work(item: int) -> int:
+        if item == 3:
+            raise ValueError("item 3")
+        return item
+
+    with pytest.raises(ValueError, match="item 3"):
+        list(streaming.ordered_map(work, range(6), 2))
+    with pytest.raises(ValueError, match="item 3"):
+        list(streaming.read_ahead(work(item) for item in range(6)))
+
+
+def test_read_ahead_gives_every_item_in_order_making_at_most_one_ahead():
+    made = []
+
+    def items():
+        for item in range(5):
+            made.append(item)
+            yield item
+
+    given = []
+    for item in streaming.read_ahead(items()):
+        given.append(item)
+        assert len(made) - len(given) <= 1
+    assert given == list(range(5)) and list(streaming.read_ahead(iter([]))) == []
