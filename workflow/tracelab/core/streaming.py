@@ -235,11 +235,21 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
 def route(rows: pa.Table, part: np.ndarray, writers: list) -> np.ndarray:
     """Write each row of `rows` with the writer `part` names (0..len(writers)-1), the rows of
     one writer in their order; return the rows each writer got."""
+    return write_routed(routed(rows, part, len(writers)), writers)
+
+
+def routed(rows: pa.Table, part: np.ndarray, count: int) -> tuple[pa.Table, np.ndarray]:
+    """`rows` ordered by the part (0..count-1) each goes to, the rows of a part in their order,
+    and where each part's rows start (count + 1 bounds): what `write_routed` writes."""
     order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(len(writers) + 1))
-    routed = rows.take(order)
+    return rows.take(order), np.searchsorted(part[order], np.arange(count + 1))
+
+
+def write_routed(parts: tuple[pa.Table, np.ndarray], writers: list) -> np.ndarray:
+    """Write each part of `routed` rows with its writer; return the rows each writer got."""
+    rows, bounds = parts
     for index in np.flatnonzero(np.diff(bounds)):
-        writers[index].write_table(routed.slice(bounds[index], bounds[index + 1] - bounds[index]))
+        writers[index].write_table(rows.slice(bounds[index], bounds[index + 1] - bounds[index]))
     return np.diff(bounds)
 
 

@@ -561,7 +561,7 @@ def write_connections(*, trace: str, packets_path, flows_path, http_path, settin
                 PLACEMENTS, stack.enter_context(atomic_path(placements_path)), {"trace": trace}),
             trace=trace, scratch=scratch, threads=threads)
         tables = partition_tables(packets_path, PACKET_COLUMNS,
-                                  flow_settings_.partition_packets, scratch)
+                                  flow_settings_.partition_packets, scratch, threads)
         progress = stack.enter_context(Progress(
             f"{trace}: connections", total_rows=pq.ParquetFile(packets_path).metadata.num_rows))
         done = 0

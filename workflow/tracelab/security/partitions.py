@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.streaming import derived_row_groups, non_empty_groups, route
+from tracelab.core.streaming import (
+    derived_row_groups,
+    non_empty_groups,
+    ordered_map,
+    routed,
+    write_routed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +79,15 @@ class Partitions:
                 yield pa.ipc.open_stream(source).read_all()
 
 
-def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> Partitions:
+def _routed(rows: pa.Table, n: int) -> tuple[pa.Table, np.ndarray]:
+    return routed(rows, partition_of(rows.column("src"), rows.column("dst"), n), n)
+
+
+def split_packets(packets_path, columns: list[str], n: int, directory: Path,
+                  threads: int = 1) -> Partitions:
     """Route the packet table's rows (`columns` only) into `n` partition files in `directory`,
-    row group by row group (the next one read on a background thread)."""
+    row group by row group (the next one read on a background thread; `threads` groups ordered
+    by partition at once while the oldest is written)."""
     parquet = pq.ParquetFile(packets_path)
     schema = parquet.schema_arrow
     schema = pa.schema([schema.field(name) for name in columns])
@@ -84,8 +97,9 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> 
     writers = [pa.ipc.new_stream(sink, schema, options=options) for sink in sinks]
     try:
         # Empty row groups are skipped: a perturbed copy that cut the trace has some.
-        for table in derived_row_groups(parquet, columns, non_empty_groups(parquet)):
-            route(table, partition_of(table.column("src"), table.column("dst"), n), writers)
+        groups = derived_row_groups(parquet, columns, non_empty_groups(parquet))
+        for parts in ordered_map(partial(_routed, n=n), groups, threads):
+            write_routed(parts, writers)
     finally:
         for writer, sink in zip(writers, sinks):
             writer.close()
@@ -93,13 +107,14 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path) -> 
     return Partitions(paths)
 
 
-def partition_tables(packets_path, columns: list[str], partition_packets: int, scratch: Path):
+def partition_tables(packets_path, columns: list[str], partition_packets: int, scratch: Path,
+                     threads: int = 1):
     """The packet table (`columns` only) as Arrow tables of about `partition_packets` rows each,
     one in memory at a time: the whole table when it is that small, else its partitions, split
-    into files in `scratch`."""
+    into files in `scratch` (on `threads` threads)."""
     rows = pq.ParquetFile(packets_path).metadata.num_rows
     count = partition_count(rows, partition_packets)
     log.info("%d packets in %d partition(s)", rows, count)
     if count == 1:
         return [pq.read_table(packets_path, columns=columns)]
-    return split_packets(packets_path, columns, count, scratch).tables()
+    return split_packets(packets_path, columns, count, scratch, threads).tables()
