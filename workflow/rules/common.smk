@@ -33,10 +33,10 @@ from tracelab.core.fingerprint import content_fingerprint
 from tracelab.ingest.sheet import TraceSheetError, load_trace_sheet
 from tracelab.ingest.formats import BY_NAME as FORMATS_BY_NAME
 from tracelab.ingest.validate import READERS
+from tracelab.features.statistics_totals import PARTITION_PACKETS
 
 # security.shards.shard_count is this function: imported from its own module, the workflow's
 # start-up does not import the connection stage (pandera, 0.2 CPU s of every run).
-from tracelab.features.statistics_totals import PARTITION_PACKETS
 from tracelab.security.partitions import partition_count as shard_count
 
 CONFIG_SOURCE = " and ".join(map(str, workflow.configfiles)) or "config"

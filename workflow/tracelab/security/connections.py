@@ -105,7 +105,6 @@ from tracelab.security.services import zeek_services
 from tracelab.security.uid import connection_uids
 from tracelab.security.zeek_log import (
     ConnLogWriter,
-    conn_log_fields,
     conn_log_writer,
     trace_span,
 )
@@ -462,10 +461,12 @@ class _ConnLog:
         return conn_log_writer(self.handle, self.opened, self.dns.result())
 
 
-def _with_log_fields(flows: pa.Table,
-                     conn_log: ConnLogWriter | None) -> tuple[pa.Table, list | None]:
-    """Merged flows and their conn.log fields (made on a thread while the next are merged)."""
-    return flows, None if conn_log is None else conn_log_fields(flows, conn_log.dns)
+def _stored_with_log_fields(flows: pa.Table,
+                            conn_log: ConnLogWriter | None) -> tuple[pa.Table, list | None]:
+    """Merged flows as stored (`stored_flows`) and their conn.log fields: made on a thread
+    while the next flows are merged."""
+    stored = stored_flows(flows)
+    return stored, None if conn_log is None else conn_log.flow_fields(stored)
 
 
 @dataclass
@@ -506,9 +507,9 @@ class _Outputs:
     def close(self, closed: str) -> None:
         conn_log = None if self.conn_log is None else self.conn_log.writer()
         merged = merge_sorted(self.partition_flows, FLOW_ORDER)
-        for flows, fields in ordered_map(partial(_with_log_fields, conn_log=conn_log), merged,
-                                         self.threads):
-            self.flows.append(stored_flows(flows))
+        for flows, fields in ordered_map(partial(_stored_with_log_fields, conn_log=conn_log),
+                                         merged, self.threads):
+            self.flows.append(flows)
             if conn_log is not None:
                 conn_log.write(fields)
         if conn_log is not None:

@@ -220,8 +220,13 @@ class ConnLogWriter(ZeekLogWriter):
         super().__init__(handle, "conn", [log_field for log_field, _ in CONN_LOG_FIELDS], opened)
         self.dns = dns
 
+    def flow_fields(self, flows: pa.Table) -> list[pa.Array]:
+        """The flows' conn.log fields, names resolved with this log's DNS answers: what
+        `write` takes (made apart from it, they can be made on another thread)."""
+        return conn_log_fields(flows, self.dns)
+
     def write_flows(self, flows: pa.Table) -> None:
-        self.write(conn_log_fields(flows, self.dns))
+        self.write(self.flow_fields(flows))
 
 
 def conn_log_writer(handle, opened: str, dns: dict[str, str]) -> ConnLogWriter:
