@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +158,14 @@ def _environment() -> dict:
     return env
 
 
+def _read_both(process: subprocess.Popen) -> tuple[str, str]:
+    """Everything the process writes to stdout and stderr, read until it closes both (not
+    `communicate`, which waits for the process and so would reap it before `wait4`)."""
+    with ThreadPoolExecutor(1) as pool:
+        err = pool.submit(process.stderr.read)
+        return process.stdout.read(), err.result()
+
+
 def _run_measured(command: list[str], *, cwd=None,
                   env=None) -> tuple[str, float, float, float]:
     """Run `command`; return its stdout, wall seconds, peak RSS in MiB (largest process) and CPU
@@ -164,7 +173,8 @@ def _run_measured(command: list[str], *, cwd=None,
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env or _environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = process.stdout.read(), process.stderr.read()
+    # Both pipes at once: a run that fills one while the other is read would never end.
+    out, err = _read_both(process)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from tracelab.security.flow_arrays import PerFlow, member_of, ranges, stable_order
+from tracelab.security.flow_arrays import (
+    PerFlow,
+    connected_labels,
+    member_of,
+    ranges,
+    stable_order,
+)
 
 
 @pytest.mark.parametrize("high", [1, 7, 10**6, 2**40])
@@ -43,3 +53,32 @@ def test_ranges_are_the_ranges_one_after_another():
     expected = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)])
     assert np.array_equal(ranges(starts, counts), expected)
     assert ranges(starts[:0], counts[:0]).size == 0
+
+
+def scipy_labels(left: np.ndarray, right: np.ndarray, nodes: int) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(nodes, nodes))
+    return connected_components(graph, directed=False)[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda nodes: st.tuples(
+    st.just(nodes), st.lists(st.tuples(st.integers(0, nodes - 1), st.integers(0, nodes - 1)),
+                             max_size=60))))
+def test_connected_labels_are_scipys(graph):
+    """Components and their numbering (by lowest node) as scipy.sparse.csgraph gives them."""
+    nodes, edges = graph
+    left, right = (np.array([edge[side] for edge in edges], np.int64) for side in (0, 1))
+    assert np.array_equal(connected_labels(left, right, nodes), scipy_labels(left, right, nodes))
+
+
+@pytest.mark.parametrize("shape", ["chain", "star", "random"])
+def test_connected_labels_of_large_graphs_are_scipys(shape):
+    """Long chains under shuffled node numbers take the most rounds of hooking."""
+    rng = np.random.default_rng(3)
+    nodes = 200_000
+    order = rng.permutation(nodes)
+    left, right = {"chain": (order[:-1], order[1:]),
+                   "star": (np.full(nodes - 1, order[0]), order[1:]),
+                   "random": (rng.integers(0, nodes, nodes // 2),
+                              rng.integers(0, nodes, nodes // 2))}[shape]
+    assert np.array_equal(connected_labels(left, right, nodes), scipy_labels(left, right, nodes))

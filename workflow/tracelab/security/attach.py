@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from tracelab.core.packets import TCP_FLAG_BITS
-from tracelab.security.flow_arrays import member_of, ranges, stable_order
+from tracelab.security.flow_arrays import connected_labels, member_of, ranges, stable_order
 
 FIN, SYN, RST, ACK = (TCP_FLAG_BITS[n] for n in ("FIN", "SYN", "RST", "ACK"))
 # Rounds of constraint propagation in one group (each places a row or removes an option).
@@ -182,18 +182,10 @@ def gap_candidates(rows: pd.DataFrame, gaps: pd.DataFrame, bucket_frames: int = 
 
 def _groups(candidates: pd.DataFrame) -> np.ndarray:
     """Each candidate pair's group: connected components of the row-gap graph."""
-    # Imported here: scipy.sparse takes ~0.25 CPU s to import, and most jobs that import this
-    # module (every trace's statistics, the connections of a capture) attach nothing.
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     # Nodes numbered in sorted order (np.unique's), by hashing.
     row_index, rows = pd.factorize(candidates["row"].to_numpy(), sort=True)
     gap_index, gaps = pd.factorize(candidates["gap"].to_numpy(), sort=True)
-    size = len(rows) + len(gaps)
-    graph = coo_matrix((np.ones(len(candidates)), (row_index, len(rows) + gap_index)),
-                       shape=(size, size))
-    _, label = connected_components(graph, directed=False)
+    label = connected_labels(row_index, len(rows) + gap_index, len(rows) + len(gaps))
     return label[row_index]
 
 

@@ -174,6 +174,23 @@ def member_of(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return pd.Series(values, copy=False).isin(allowed).to_numpy(bool)
 
 
+def connected_labels(left: np.ndarray, right: np.ndarray, nodes: int) -> np.ndarray:
+    """Each node's connected component in the undirected graph of the edges left[i]-right[i]
+    (nodes 0..nodes-1), numbered 0, 1, ... in the order of each component's lowest node, as
+    scipy's connected_components numbers them (without importing scipy.sparse: 0.13 CPU s a
+    job). Each round hooks every root to the lowest root it has an edge to, then points every
+    node at its root: parents never exceed their nodes, so a component's root is its lowest."""
+    parent = np.arange(nodes)
+    while True:
+        a, b = parent[left], parent[right]
+        apart = a != b
+        if not apart.any():
+            return np.unique(parent, return_inverse=True)[1]
+        np.minimum.at(parent, np.maximum(a, b)[apart], np.minimum(a, b)[apart])
+        while not np.array_equal(grandparent := parent[parent], parent):
+            parent = grandparent
+
+
 def run_starts(values: np.ndarray) -> np.ndarray:
     """True where a run of equal values begins (always at the first element)."""
     starts = np.ones(len(values), bool)

