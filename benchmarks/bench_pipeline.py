@@ -59,7 +59,8 @@ STAGE_FUNCTIONS = {
     "connections": ("tracelab.security.connections", "write_connections"),
     # after the connections: it reads their placements of rows without ports
     "statistics": ("tracelab.features.statistics", "trace_statistics"),
-    "hosts": ("tracelab.security.hosts", "write_hosts"),
+    # the rule's whole stage: hosts, then notice.log, http.log and dns.log
+    "hosts": ("tracelab.security.hosts", "hosts_stage"),
     "windows": ("tracelab.security.windows", "write_windows"),
 }
 STAGES = tuple(STAGE_FUNCTIONS)
@@ -234,8 +235,12 @@ def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[s
                            conversations_path=str(out / "conversations.parquet"),
                            hierarchy_path=str(out / "protocol_hierarchy.parquet"),
                            html_path=str(out / "statistics.html"), threads=CORES),
-        "hosts": dict(trace=trace, flows_path=str(out / "flows.parquet"),
-                      hosts_path=str(out / "hosts.parquet"), settings=config["security"]["scan"]),
+        "hosts": dict(trace=trace, packets_path=str(out / "packets.parquet"),
+                      flows_path=str(out / "flows.parquet"), http_path=str(out / "http.parquet"),
+                      hosts_path=str(out / "hosts.parquet"),
+                      notice_log_path=str(out / "notice.log"),
+                      http_log_path=str(out / "http.log"), dns_log_path=str(out / "dns.log"),
+                      settings=config["security"]["scan"]),
         "windows": dict(trace=trace, packets_path=str(out / "packets.parquet"),
                         flows_path=str(out / "flows.parquet"), http_path=str(out / "http.parquet"),
                         windows_path=str(out / "windows.parquet"),
