@@ -27,19 +27,24 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import REPO, _environment, _run_measured, measure  # noqa: E402
+from bench_pipeline import (  # noqa: E402
+    REPO,
+    _environment,
+    _run_measured,
+    measure,
+    work_directory,
+    write_figures,
+)
 
 CORES = 4  # README command 1
 TARGET_CLEAN_CPU_S = 45.0
@@ -143,54 +148,54 @@ def print_rules(run: dict) -> None:
     print(f"    {'snakemake itself':22s}          {run['snakemake_itself_cpu_seconds']:6.2f} CPU s")
 
 
+def clean_runs(copy: Path, runs: int) -> dict:
+    """`runs` runs from a clean `results/`, each printed; their median, and the median run's
+    rules."""
+    clean = []
+    for number in range(1, runs + 1):
+        shutil.rmtree(copy / "results", ignore_errors=True)
+        shutil.rmtree(copy / ".snakemake", ignore_errors=True)
+        clean.append(snakemake_run(copy))
+        print_run(f"clean run {number}", clean[-1], TARGET_CLEAN_CPU_S, TARGET_CLEAN_WALL_S)
+    median = {key: statistics.median(run[key] for run in clean)
+              for key in ("seconds", "cpu_seconds")}
+    print(f"clean runs, median: {median['seconds']:.1f} s wall, "
+          f"{median['cpu_seconds']:.1f} CPU s; the median run's rules:")
+    print_rules(sorted(clean, key=lambda run: run["cpu_seconds"])[len(clean) // 2])
+    return {"clean_runs": clean, "clean_median": median}
+
+
+def notebook_figures(copy: Path) -> dict:
+    if importlib.util.find_spec("arrow") is None:
+        return {"skipped": "`arrow` is not installed (the bench extra)"}
+    peer = notebook_peer(copy)
+    print(f"the notebook's way on the {peer['exports']} bundled exports: {peer['seconds']:.1f} "
+          f"s, {peer['cpu_seconds']:.1f} CPU s (a read and a time column, no table, feature "
+          "or comparison)")
+    return peer
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="clean runs (their median is kept)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--workdir", help="keep the copy and the added export here")
     args = parser.parse_args(argv)
-    workdir = Path(args.workdir) if args.workdir else Path(
-        tempfile.mkdtemp(prefix="tracelab-course-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     report = {"cores": os.cpu_count(), "targets": {
         "clean_cpu_seconds": TARGET_CLEAN_CPU_S, "clean_seconds": TARGET_CLEAN_WALL_S,
         "added_cpu_seconds": TARGET_ADDED_CPU_S, "nothing_seconds": TARGET_NOTHING_WALL_S}}
-    try:
+    with work_directory(args.workdir) as workdir:
         copy = workflow_copy(workdir)
-        clean = []
-        for number in range(1, args.runs + 1):
-            shutil.rmtree(copy / "results", ignore_errors=True)
-            shutil.rmtree(copy / ".snakemake", ignore_errors=True)
-            clean.append(snakemake_run(copy))
-            print_run(f"clean run {number}", clean[-1], TARGET_CLEAN_CPU_S, TARGET_CLEAN_WALL_S)
-        median = sorted(clean, key=lambda run: run["cpu_seconds"])[len(clean) // 2]
-        report["clean_runs"] = clean
-        report["clean_median"] = {key: statistics.median(run[key] for run in clean)
-                                  for key in ("seconds", "cpu_seconds")}
-        print(f"clean runs, median: {report['clean_median']['seconds']:.1f} s wall, "
-              f"{report['clean_median']['cpu_seconds']:.1f} CPU s; the median run's rules:")
-        print_rules(median)
+        report.update(clean_runs(copy, args.runs))
         report["nothing"] = snakemake_run(copy)
         print_run("rerun with nothing to do", report["nothing"], None, TARGET_NOTHING_WALL_S)
-        if importlib.util.find_spec("arrow") is None:
-            report["notebook"] = {"skipped": "`arrow` is not installed (the bench extra)"}
-        else:
-            report["notebook"] = notebook_peer(copy)
-            print(f"the notebook's way on the {report['notebook']['exports']} bundled exports: "
-                  f"{report['notebook']['seconds']:.1f} s, "
-                  f"{report['notebook']['cpu_seconds']:.1f} CPU s (a read and a time column, "
-                  "no table, feature or comparison)")
+        report["notebook"] = notebook_figures(copy)
         add_capture(copy, workdir)
         report["added"] = snakemake_run(copy)
         print_run(f"adding a {ADDED_PACKETS // 1000}k-packet export", report["added"],
                   TARGET_ADDED_CPU_S)
         print_rules(report["added"])
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"figures written to {args.json}")
+    write_figures(report, args.json)
     return 0
 
 

@@ -33,6 +33,7 @@ size. This is a script, not a test: the targets are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import csv
 import importlib.util
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -511,6 +513,25 @@ def print_flatness(results: list[dict]) -> dict:
     return flatness
 
 
+@contextlib.contextmanager
+def work_directory(kept: str | None) -> Iterator[Path]:
+    """The scripts' --workdir, kept; or a temporary directory, removed at the end."""
+    workdir = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="tracelab-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if not kept:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_figures(report: dict, path: str | None) -> None:
+    """The figures as JSON at `path` (the scripts' --json), if given."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"\nfigures written to {path}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,5000000,10000000",
@@ -537,9 +558,6 @@ def main(argv=None) -> int:
         return 0
 
     sizes = [200_000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    workdir = Path(args.workdir) if args.workdir else Path(
-        tempfile.mkdtemp(prefix="tracelab-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     config = load_config()
     import numpy
     import pandas
@@ -554,19 +572,14 @@ def main(argv=None) -> int:
                     "peak_mib_at_10M": TARGET_PEAK_MIB, "flat_growth": TARGET_FLAT_GROWTH},
         "sizes": [],
     }
-    try:
+    with work_directory(args.workdir) as workdir:
         for packets in sorted(sizes):
             result = benchmark_size(packets, args, config, workdir)
             report["sizes"].append(result)
             print_size(result)
         if len(report["sizes"]) > 1:
             report["memory_growth"] = print_flatness(report["sizes"])
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"\nfigures written to {args.json}")
+    write_figures(report, args.json)
     return 0
 
 
