@@ -193,3 +193,31 @@ def test_bundled_last_window_rates_are_per_second_it_covers(trace):
     assert last["duration_s"] == pytest.approx(covered, abs=1e-6)
     assert last["packets_per_s"] == pytest.approx(len(inside) / covered, rel=1e-6)
     assert last["bytes_per_s"] == pytest.approx(inside["length"].sum() / covered, rel=1e-6)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 500, 20_000])
+def test_per_window_counts_and_sums_are_pandas_group_bys(rows):
+    """The window totals' counting forms give what the pandas group-bys they replace give, to
+    the dtype (windows in any order, repeated keys, empty input)."""
+    from tracelab.security.window_totals import (
+        most_per_window,
+        rows_per_window,
+        sums_per_window,
+    )
+
+    rng = np.random.default_rng(rows)
+    frame = pd.DataFrame({"window": rng.integers(0, max(rows // 20, 1), rows),
+                          "orig": rng.integers(0, 6, rows),
+                          "attempts": rng.integers(0, 2, rows),
+                          "resp_port": rng.integers(0, 65536, rows)})
+    window = frame["window"].to_numpy()
+    pd.testing.assert_series_equal(rows_per_window(window), frame.groupby("window").size())
+    pd.testing.assert_series_equal(
+        most_per_window(window, frame["orig"].to_numpy()),
+        frame.groupby(["window", "orig"]).size().groupby(level="window").max())
+    expected = frame.groupby("window", sort=True).agg(
+        connections=("orig", "size"), attempts=("attempts", "sum"),
+        resp_port_sum=("resp_port", "sum"))
+    got = sums_per_window(window, {"attempts": frame["attempts"].to_numpy(),
+                                   "resp_port_sum": frame["resp_port"].to_numpy()})
+    pd.testing.assert_frame_equal(got, expected)

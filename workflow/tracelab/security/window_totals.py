@@ -28,6 +28,7 @@ from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import TCP_FLAG_BITS
 from tracelab.core.streaming import DistinctRows, NameIds
 from tracelab.core.tables import PANDAS_TYPES
+from tracelab.security.flow_arrays import run_starts
 from tracelab.security.hosts import attempts, failed_attempts
 
 IP_LITERAL = r"^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?:%\S+)?)$"
@@ -144,6 +145,42 @@ def _append(parts: list[pd.DataFrame], part: pd.DataFrame) -> None:
         parts[:] = [merge_parts(parts)]
 
 
+def _window_index(windows: np.ndarray) -> pd.Index:
+    return pd.Index(windows.astype(np.int64), name="window")
+
+
+def rows_per_window(window: np.ndarray) -> pd.Series:
+    """How many rows each window has (`groupby("window").size()`, by counting: a pandas
+    group-by costs milliseconds a call, and a robustness copy makes hundreds)."""
+    windows, counts = np.unique(window, return_counts=True)
+    return pd.Series(counts.astype(np.int64), index=_window_index(windows))
+
+
+def most_per_window(window: np.ndarray, key: np.ndarray) -> pd.Series:
+    """The most rows one `key` has in each window (`groupby(["window", key]).size()`, then its
+    maximum per window)."""
+    order = np.lexsort((key, window))
+    window, key = window[order], key[order]
+    starts = np.flatnonzero(run_starts(window) | run_starts(key))
+    counts = np.diff(np.append(starts, len(window)))
+    window_starts = np.flatnonzero(run_starts(window[starts]))
+    most = np.maximum.reduceat(counts, window_starts) if len(counts) else counts
+    return pd.Series(most.astype(np.int64), index=_window_index(window[starts][window_starts]))
+
+
+def sums_per_window(window: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Integer columns summed per window, with the rows a window (`connections`), windows in
+    order (`groupby("window").agg(...)`; integer sums are exact in any order)."""
+    order = np.argsort(window, kind="stable")
+    window = window[order]
+    starts = np.flatnonzero(run_starts(window))
+    totals = {"connections": np.diff(np.append(starts, len(window)))}
+    totals.update((name, np.add.reduceat(values[order], starts, dtype=np.int64))
+                  for name, values in columns.items())
+    return pd.DataFrame({name: values.astype(np.int64) for name, values in totals.items()},
+                        index=_window_index(window[starts]))
+
+
 def packet_values(rows: pa.Table) -> pa.Table:
     """What the window totals need of a packet, as integers: its time, frame, length, TCP flags
     (0 for none), addresses shown as names (0-2) and Info characters."""
@@ -246,25 +283,25 @@ class WindowAccumulator:
         if frame.empty:
             return
         frame["window"] = self._window(frame["first_ts"].to_numpy())
-        _append(self.flow_parts, frame.groupby("window", sort=True).agg(
-            connections=("resp", "size"), attempts=("attempts", "sum"),
-            failed_attempts=("failed_attempts", "sum"),
-            short_connections=("short_connections", "sum"),
-            resp_port_sum=("resp_port", "sum"), orig_port_sum=("orig_port", "sum")))
+        _append(self.flow_parts, sums_per_window(frame["window"].to_numpy(), {
+            name: frame[column].to_numpy() for name, column in (
+                ("attempts", "attempts"), ("failed_attempts", "failed_attempts"),
+                ("short_connections", "short_connections"), ("resp_port_sum", "resp_port"),
+                ("orig_port_sum", "orig_port"))}))
         self.resp.add(frame)
         self.resp_ports.add(frame)
         self.fanout.add(frame)
         self._close_flow_windows(int(frame["window"].iloc[-1]))
 
     def _close_flow_windows(self, open_window: int) -> None:
-        fanout = self.fanout.take_before("window", open_window).groupby(
-            ["window", "orig"]).size()
+        fanout = self.fanout.take_before("window", open_window)
         self.distinct_parts.append(pd.DataFrame({
-            "distinct_resp": self.resp.take_before("window", open_window).groupby(
-                "window").size(),
-            "distinct_resp_ports": self.resp_ports.take_before("window", open_window).groupby(
-                "window").size(),
-            "max_resp_per_orig": fanout.groupby(level="window").max()}))
+            "distinct_resp": rows_per_window(
+                self.resp.take_before("window", open_window)["window"].to_numpy()),
+            "distinct_resp_ports": rows_per_window(
+                self.resp_ports.take_before("window", open_window)["window"].to_numpy()),
+            "max_resp_per_orig": most_per_window(fanout["window"].to_numpy(),
+                                                 fanout["orig"].to_numpy())}))
 
     def add_http(self, rows: pa.Table) -> None:
         http = rows.to_pandas(types_mapper=PANDAS_TYPES.get)
