@@ -38,11 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import (  # noqa: E402
-    REPO,
-    _environment,
+    SNAKEMAKE,
     _run_measured,
+    copy_environment,
     measure,
     work_directory,
+    workflow_copy,
     write_figures,
 )
 
@@ -55,20 +56,6 @@ ADDED_PACKETS = 27_000
 ADDED_SYNTH = ["--seed", "11", "--scan-share", "0", "--rate", "100"]
 # A job's log: its first line names the rule and wildcards, its last the process's CPU.
 JOB_LINE = re.compile(r"INFO tracelab: (\w+)(?: \S+)*: started")
-
-
-def workflow_copy(workdir: Path) -> Path:
-    copy = workdir / "workflow"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
-        "results", ".snakemake", ".git", ".venv", "__pycache__", ".pytest_cache", ".test"))
-    return copy
-
-
-def copy_environment(copy: Path) -> dict:
-    env = _environment()
-    env["PYTHONPATH"] = os.pathsep.join([str(copy / "workflow"), env["PYTHONPATH"]])
-    return env
 
 
 def job_logs(copy: Path) -> list[Path]:
@@ -93,9 +80,8 @@ def rule_cpu(logs: list[Path]) -> dict[str, dict]:
 def snakemake_run(copy: Path) -> dict:
     """One `snakemake --cores 4` in `copy`; the jobs that ran are those whose logs it wrote."""
     before = {log: log.stat().st_mtime_ns for log in job_logs(copy)}
-    snakemake = Path(sys.executable).with_name("snakemake")
     load = os.getloadavg()[0]
-    out, wall, _, cpu = _run_measured([str(snakemake), "--cores", str(CORES)], cwd=copy,
+    _, wall, _, cpu = _run_measured([str(SNAKEMAKE), "--cores", str(CORES)], cwd=copy,
                                       env=copy_environment(copy))
     ran = [log for log in job_logs(copy) if before.get(log) != log.stat().st_mtime_ns]
     rules = rule_cpu(ran)
@@ -185,7 +171,7 @@ def main(argv=None) -> int:
         "clean_cpu_seconds": TARGET_CLEAN_CPU_S, "clean_seconds": TARGET_CLEAN_WALL_S,
         "added_cpu_seconds": TARGET_ADDED_CPU_S, "nothing_seconds": TARGET_NOTHING_WALL_S}}
     with work_directory(args.workdir) as workdir:
-        copy = workflow_copy(workdir)
+        copy = workflow_copy(workdir / "workflow")
         report.update(clean_runs(copy, args.runs))
         report["nothing"] = snakemake_run(copy)
         print_run("rerun with nothing to do", report["nothing"], None, TARGET_NOTHING_WALL_S)
