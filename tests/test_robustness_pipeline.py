@@ -4,10 +4,12 @@ perturbation."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
-from conftest import REPO, planned_jobs
+from conftest import REPO, dry_run_outputs, edited, planned_jobs
 
 from tracelab.security.windows import FEATURES
 
@@ -72,3 +74,35 @@ def test_a_perturbation_setting_reruns_only_its_copies_and_the_comparison(bundle
         config_path.write_text(original)
     assert jobs == {"robustness_variants": len(traces(bundled)), "robustness_measures": 1}
     assert planned_jobs(bundled, *TARGETS) == {}
+
+
+def variants_parents(workdir) -> list[list[str]]:
+    """The rules each robustness_variants job waits for, from `snakemake --dag`."""
+    [(returncode, output)] = dry_run_outputs([(workdir, ("--dag",))])
+    assert returncode == 0, output[-4000:]
+    rule = dict(re.findall(r"^\s*(\d+)\[label = \"(\w+)", output, re.MULTILINE))
+    edges = re.findall(r"^\s*(\d+) -> (\d+)", output, re.MULTILINE)
+    jobs = [job for job, name in rule.items() if name == "robustness_variants"]
+    return [sorted(rule[parent] for parent, child in edges if child == job) for job in jobs]
+
+
+def test_a_sampled_traces_copies_wait_for_its_packet_table_only(bundled):
+    """Copies of a sample read none of the original's connections, requests or windows: their
+    job starts once the packet table is written (beside the connection stage). A sample size
+    between the bundled traces' packet counts samples the larger traces only."""
+    packets = sorted(pq.ParquetFile(bundled / f"results/packets/{trace}.parquet").metadata.num_rows
+                     for trace in traces(bundled))
+    budget = packets[len(packets) // 2]
+    whole = sum(count <= budget for count in packets)
+    assert 0 < whole < len(packets)
+
+    def sampled(text: bytes) -> bytes:
+        config = yaml.safe_load(text)
+        config["robustness"]["sample_packets"] = budget
+        return yaml.safe_dump(config).encode()
+
+    with edited(bundled / "config/config.yaml", sampled):
+        parents = variants_parents(bundled)
+    assert sorted(parents) == sorted(
+        [["normalize_trace"]] * (len(packets) - whole)
+        + [["normalize_trace", "security_connections", "security_windows"]] * whole)

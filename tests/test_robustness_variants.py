@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 from packet_factory import handshake, packet_table, portless, tcp, udp
 
-from tracelab.robustness import invariance, variants
+from tracelab.robustness import invariance, sample, variants
 from tracelab.robustness import perturbations as registry
 from tracelab.robustness.variants import write_variants
 from tracelab.security.connections import write_connections
@@ -80,10 +80,13 @@ def copies_of(folder, packets_path, perturbations: list[str],
                   http_path=paths["http"], windows_path=folder / "windows.parquet",
                   settings=CONFIG["security"]["windows"])
     windows = [folder / name / "windows.parquet" for name in perturbations]
+    # As the workflow gives them: a sample's copies get none of the original's tables.
+    originals = {} if sample.is_sampled(pq.ParquetFile(packets_path).metadata.num_rows,
+                                        sample_packets) else {
+        "flows_path": paths["flows"], "http_path": paths["http"],
+        "original_windows_path": folder / "windows.parquet"}
     write_variants(trace="mixed", perturbations=perturbations, packets_path=paths["packets"],
-                   flows_path=paths["flows"], http_path=paths["http"],
-                   original_windows_path=folder / "windows.parquet", windows_paths=windows,
-                   baseline_path=folder / "baseline.parquet",
+                   **originals, windows_paths=windows, baseline_path=folder / "baseline.parquet",
                    records_path=folder / "perturbations.json",
                    parameters=CONFIG["robustness"]["parameters"], seed=14,
                    sample_packets=sample_packets, settings=security_settings(partition_packets))
@@ -227,10 +230,31 @@ def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone
 def test_the_middle_run_grows_on_the_side_that_holds_fewer_packets():
     facts = registry.TraceFacts(0, 0, np.array([0, 1, 2, 4, 5, 9]),
                                 np.array([50, 10, 30, 40, 20, 5]), {}, [], [])
-    run = variants.middle_run(facts, 100)
+    run = sample.middle_run(facts, 100)
     # The middle packet is in window 2 (30 packets); then window 1 (10: both sides hold none,
     # the lower first), window 4 (40: the higher side holds fewer), window 0 (50) does not
     # fit, window 5 (20) does, window 9 (5) does not.
     assert (run.first_window, run.stop_window, run.packets) == (1, 6, 100)
-    assert variants.middle_run(facts, 155) is None
-    assert variants.middle_run(facts, 1).packets == 30  # at least the middle window
+    assert sample.middle_run(facts, 155) is None
+    assert sample.middle_run(facts, 1).packets == 30  # at least the middle window
+
+
+@pytest.mark.parametrize("budget", [None, 1, 99, 100, 101, 155, 156])
+def test_a_trace_is_sampled_where_its_middle_run_is_taken(budget):
+    # The workflow decides from the packet count which copies need the original's tables;
+    # the stage samples by its windows' packets: the same decision.
+    facts = registry.TraceFacts(0, 0, np.array([0, 1, 2, 4, 5, 9]),
+                                np.array([50, 10, 30, 40, 20, 5]), {}, [], [])
+    assert sample.is_sampled(155, budget) == (sample.middle_run(facts, budget) is not None)
+
+
+def test_copies_of_the_whole_trace_without_the_originals_tables_is_a_clear_error(tmp_path):
+    packets = tmp_path / "packets.parquet"
+    pq.write_table(packet_table(mixed_rows()), packets)
+    with pytest.raises(ValueError, match=r"mixed: .*whole trace.* flows, http, windows"):
+        write_variants(trace="mixed", perturbations=["hour_shift"], packets_path=packets,
+                       windows_paths=[tmp_path / "hour_shift.parquet"],
+                       baseline_path=tmp_path / "baseline.parquet",
+                       records_path=tmp_path / "perturbations.json",
+                       parameters=CONFIG["robustness"]["parameters"], seed=14,
+                       sample_packets=None, settings=CONFIG["security"])

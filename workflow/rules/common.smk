@@ -38,6 +38,7 @@ from tracelab.features.statistics_totals import PARTITION_PACKETS
 # security.shards.shard_count is this function: imported from its own module, the workflow's
 # start-up does not import the connection stage (pandera, 0.2 CPU s of every run).
 from tracelab.security.partitions import partition_count as shard_count
+from tracelab.robustness.sample import is_sampled
 
 CONFIG_SOURCE = " and ".join(map(str, workflow.configfiles)) or "config"
 try:
@@ -269,3 +270,20 @@ def shard_outputs(wildcards):
 def shard_packets(wildcards):
     """Packets of one shard, as declared for its resources (address pairs are hashed evenly)."""
     return math.ceil(trace_packets(wildcards.trace) / int(wildcards.shards))
+
+
+# --- Robustness copies --------------------------------------------------------------------
+
+
+def variant_inputs(wildcards):
+    """The packet table, and the original's connections, requests and windows unless the copies
+    are made of a sample (a trace above robustness.sample_packets), which reads none of them:
+    then the copies start once the packet table is written, beside the connection stage."""
+    inputs = {"packets": rules.normalize_trace.output.packets}
+    if not is_sampled(trace_packets(wildcards.trace), config["robustness"]["sample_packets"]):
+        inputs.update(
+            flows=rules.security_connections.output.flows,
+            http=rules.security_connections.output.http,
+            windows=rules.security_windows.output.windows,
+        )
+    return inputs

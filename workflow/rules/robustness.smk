@@ -36,10 +36,7 @@ VARIANTS = [(t, p) for p in CHOSEN for t in VARIANT_TRACES]  # as expand orders 
 
 rule robustness_variants:
     input:
-        packets=rules.normalize_trace.output.packets,
-        flows=rules.security_connections.output.flows,
-        http=rules.security_connections.output.http,
-        windows=rules.security_windows.output.windows,
+        unpack(variant_inputs),
     output:
         windows=expand(
             "results/robustness/{{trace}}/{perturbation}/windows.parquet",

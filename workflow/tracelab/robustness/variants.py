@@ -51,7 +51,6 @@ from tracelab.core.streaming import derived_row_groups, non_empty_groups
 from tracelab.core.tables import TableParts
 from tracelab.robustness.bootstrap import job_seed
 from tracelab.robustness.perturbations import (
-    NS_PER_S,
     PERTURBATIONS,
     PerturbationContext,
     Relabel,
@@ -61,6 +60,7 @@ from tracelab.robustness.perturbations import (
     time_span,
     timestamps_ns,
 )
+from tracelab.robustness.sample import Sample, is_sampled, middle_run
 from tracelab.security import connections
 from tracelab.security import windows as window_stage
 
@@ -224,47 +224,6 @@ def _unchanged(baseline: Baseline, windows_path) -> str:
     return UNCHANGED
 
 
-@dataclass(frozen=True)
-class Sample:
-    """The run of whole windows [first_window, stop_window) of a trace's window grid the copies
-    are made of, and its packets."""
-
-    first_window: int
-    stop_window: int
-    packets: int
-    trace_packets: int
-
-    def summary(self, window_s: float) -> dict:
-        return {"packets": self.packets, "trace_packets": self.trace_packets,
-                "from_s": self.first_window * window_s, "to_s": self.stop_window * window_s}
-
-    def within(self, rows: pa.Table, facts: TraceFacts, window_s: float) -> pa.Table:
-        """The rows of `rows` in the sample's windows."""
-        window = (timestamps_ns(rows) - facts.first_ns) // int(window_s * NS_PER_S)
-        return rows.filter(pa.array((window >= self.first_window) & (window < self.stop_window)))
-
-
-def middle_run(facts: TraceFacts, budget: int | None) -> Sample | None:
-    """The run of windows around the trace's middle packet that holds at most `budget` packets,
-    grown a window at a time on the side that holds fewer so far (at least one window); None
-    when the whole trace is within the budget."""
-    counts = facts.packets
-    total = int(counts.sum())
-    if budget is None or total <= budget:
-        return None
-    low = high = int(np.searchsorted(np.cumsum(counts), total / 2))
-    taken, held = int(counts[low]), {"low": 0, "high": 0}  # packets each side of the middle
-    while True:
-        for side in sorted(held, key=held.get):
-            index = low - 1 if side == "low" else high + 1
-            if 0 <= index < len(counts) and taken + counts[index] <= budget:
-                break
-        else:
-            return Sample(int(facts.occupied[low]), int(facts.occupied[high]) + 1, taken, total)
-        taken, held[side] = taken + int(counts[index]), held[side] + int(counts[index])
-        low, high = (index, high) if side == "low" else (low, index)
-
-
 def copy_windows(copy: Copy, trace: str, baseline: Baseline, windows_path, settings: dict,
                  scratch: Path) -> str:
     """The window matrix of a streamed copy, and how its connections were made: the baseline's
@@ -365,7 +324,7 @@ def packets_to_copy(packets_path, window_s: float, budget: int | None,
     parquet = pq.ParquetFile(packets_path)
     groups = non_empty_groups(parquet)
     rows = parquet.metadata.num_rows
-    if (budget is None or rows <= budget) and rows <= in_memory:
+    if not is_sampled(rows, budget) and rows <= in_memory:
         held = list(derived_row_groups(parquet, COPY_COLUMNS, groups))
         return Packets(parquet, facts_of(held, *time_span(parquet, groups), window_s), None,
                        held)
@@ -386,8 +345,13 @@ def baseline_of(packets: Packets, trace: str, originals: dict, baseline_path,
                 settings: dict) -> Baseline:
     """The baseline the copies are compared with, written to `baseline_path`: the trace's own
     windows (`originals`: its windows, connections and requests files), or the sample's, its
-    connections assembled."""
+    connections assembled (the originals are not read, and may be None)."""
     if packets.sample is None:
+        missing = sorted(name for name, path in originals.items() if path is None)
+        if missing:
+            raise ValueError(f"{trace}: its copies are made of the whole trace, which needs "
+                             f"the original's {', '.join(missing)} (only a sampled trace's "
+                             f"copies go without: tracelab.robustness.sample)")
         with atomic_path(baseline_path) as tmp:
             shutil.copyfile(originals["windows"], tmp)
         return Baseline(Path(baseline_path), Path(originals["flows"]), Path(originals["http"]))
@@ -397,14 +361,16 @@ def baseline_of(packets: Packets, trace: str, originals: dict, baseline_path,
     return Baseline(Path(baseline_path), flows, requests)
 
 
-def write_variants(*, trace: str, perturbations: list[str], packets_path, flows_path, http_path,
-                   original_windows_path, windows_paths: list, baseline_path, records_path,
-                   parameters: dict, seed: int, sample_packets: int | None,
-                   settings: dict) -> dict:
+def write_variants(*, trace: str, perturbations: list[str], packets_path, windows_paths: list,
+                   baseline_path, records_path, parameters: dict, seed: int,
+                   sample_packets: int | None, settings: dict, flows_path=None, http_path=None,
+                   original_windows_path=None) -> dict:
     """Stage: results/robustness/{trace}/{perturbation}/windows.parquet for every perturbation,
     the baseline they are compared with (results/robustness/{trace}/baseline.parquet) and
     results/robustness/{trace}/perturbations.json (`settings`: the config's `security` section,
-    whose flows and windows settings the copies share with the original)."""
+    whose flows and windows settings the copies share with the original). The original's
+    connections, requests and windows are needed unless the trace is sampled
+    (`tracelab.robustness.sample.is_sampled`)."""
     chosen = window_stage.window_settings(settings["windows"])
     packets = packets_to_copy(packets_path, chosen.window_s, sample_packets,
                               connections.flow_settings(settings["flows"]).partition_packets)
