@@ -34,6 +34,7 @@ test.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
@@ -57,6 +58,7 @@ def _stage_work(path: str, batch_bytes: int):
     from tracelab.ingest.outcome import ValidationOutcome, validation_settings
 
     out = Path(tempfile.mkdtemp(prefix="bench_capture_"))
+    atexit.register(shutil.rmtree, out, True)  # after the timing: a 10M staged file is ~0.5 GB
     settings = validation_settings({"batch_bytes": batch_bytes})
     report = ValidationOutcome(trace="bench", source=path, source_format="pcap",
                               settings=settings)

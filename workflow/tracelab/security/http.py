@@ -82,7 +82,7 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
     table = pd.DataFrame({
         "trace": trace,
         "frame": requests["frame"].astype("Int64").to_numpy(),
-        "ts": pd.to_datetime(requests["ts"].to_numpy(), utc=True),
+        "ts": pd.to_datetime(requests["ts"], utc=True).array,  # (to_numpy: a Timestamp a row)
         "uid": requests["uid"].to_numpy(),
         "src": requests["src"].astype("string").to_numpy(),
         "dst": requests["dst"].astype("string").to_numpy(),
