@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -58,14 +60,19 @@ def run_copies(folder, perturbations: list[str], row_group_size: int = 10_000,
     in partitions (else each copy is made whole in memory); with `sample_packets` below them,
     the copies are made of the trace's middle run of windows."""
     folder.mkdir(parents=True, exist_ok=True)
+    return copies_of(folder, write_mixed(folder, row_group_size), perturbations,
+                     partition_packets, sample_packets)
+
+
+def write_mixed(folder, row_group_size: int) -> Path:
+    """The mixed trace's packet table, its clock in microseconds, in `folder`."""
     table = packet_table(mixed_rows())
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     field = table.schema.field("ts")
     table = table.set_column(table.schema.get_field_index("ts"), field,
                              pa.array(ts - ts % 1000).cast(field.type))
     pq.write_table(table, folder / "packets.parquet", row_group_size=row_group_size)
-    return copies_of(folder, folder / "packets.parquet", perturbations, partition_packets,
-                     sample_packets)
+    return folder / "packets.parquet"
 
 
 def copies_of(folder, packets_path, perturbations: list[str],
@@ -227,25 +234,24 @@ def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone
     assert invariance.sampled_note({"mixed": alone_records}) == ""
 
 
+OCCUPIED = np.array([0, 1, 2, 4, 5, 9]), np.array([50, 10, 30, 40, 20, 5])
+
+
 def test_the_middle_run_grows_on_the_side_that_holds_fewer_packets():
-    facts = registry.TraceFacts(0, 0, np.array([0, 1, 2, 4, 5, 9]),
-                                np.array([50, 10, 30, 40, 20, 5]), {}, [], [])
-    run = sample.middle_run(facts, 100)
+    run = sample.middle_run(*OCCUPIED, 100)
     # The middle packet is in window 2 (30 packets); then window 1 (10: both sides hold none,
     # the lower first), window 4 (40: the higher side holds fewer), window 0 (50) does not
     # fit, window 5 (20) does, window 9 (5) does not.
     assert (run.first_window, run.stop_window, run.packets) == (1, 6, 100)
-    assert sample.middle_run(facts, 155) is None
-    assert sample.middle_run(facts, 1).packets == 30  # at least the middle window
+    assert sample.middle_run(*OCCUPIED, 155) is None
+    assert sample.middle_run(*OCCUPIED, 1).packets == 30  # at least the middle window
 
 
 @pytest.mark.parametrize("budget", [None, 1, 99, 100, 101, 155, 156])
 def test_a_trace_is_sampled_where_its_middle_run_is_taken(budget):
     # The workflow decides from the packet count which copies need the original's tables;
     # the stage samples by its windows' packets: the same decision.
-    facts = registry.TraceFacts(0, 0, np.array([0, 1, 2, 4, 5, 9]),
-                                np.array([50, 10, 30, 40, 20, 5]), {}, [], [])
-    assert sample.is_sampled(155, budget) == (sample.middle_run(facts, budget) is not None)
+    assert sample.is_sampled(155, budget) == (sample.middle_run(*OCCUPIED, budget) is not None)
 
 
 def test_copies_of_the_whole_trace_without_the_originals_tables_is_a_clear_error(tmp_path):
@@ -258,3 +264,25 @@ def test_copies_of_the_whole_trace_without_the_originals_tables_is_a_clear_error
                        records_path=tmp_path / "perturbations.json",
                        parameters=CONFIG["robustness"]["parameters"], seed=14,
                        sample_packets=None, settings=CONFIG["security"])
+
+
+def test_a_sample_is_read_from_the_row_groups_its_windows_reach_only(tmp_path, monkeypatch):
+    path = write_mixed(tmp_path, 37)  # 14 row groups of the 511 packets
+    window_s = CONFIG["security"]["windows"]["window_s"]
+    read = []
+    whole = variants.derived_row_groups
+
+    def recorded(parquet, columns, groups, *args):
+        if columns == variants.COPY_COLUMNS:
+            read.append(groups)
+        return whole(parquet, columns, groups, *args)
+
+    monkeypatch.setattr(variants, "derived_row_groups", recorded)
+    packets = variants.packets_to_copy(path, window_s, 250, 10_000)
+    [groups] = read
+    assert 0 < len(groups) < pq.ParquetFile(path).num_row_groups
+    table = pq.read_table(path, columns=variants.COPY_COLUMNS)
+    first_ns = int(pc.min(table.column("ts").cast(pa.int64())).as_py())
+    assert pa.concat_tables(packets.groups).equals(
+        packets.sample.within(table, first_ns, window_s))
+    assert sum(rows.num_rows for rows in packets.groups) == packets.sample.packets

@@ -168,15 +168,32 @@ def time_span(parquet: pq.ParquetFile, groups: list[int]) -> tuple[int, int]:
             max((high for _, high in ranges), default=0))
 
 
+class WindowTally:
+    """Packets in each window of a trace's grid (`window_s` wide from its first packet,
+    `first_ns`), counted a group of rows at a time (at least the time column)."""
+
+    def __init__(self, first_ns: int, window_s: float):
+        self.first_ns, self.window_ns = first_ns, int(window_s * NS_PER_S)
+        self.counts = Counter()
+
+    def add(self, rows: pa.Table) -> None:
+        self.counts.update(dict(zip(*(part.tolist() for part in np.unique(
+            (timestamps_ns(rows) - self.first_ns) // self.window_ns, return_counts=True)))))
+
+    def occupied(self) -> tuple[np.ndarray, np.ndarray]:
+        """The windows that hold a packet, ascending, and how many each holds."""
+        windows = sorted(self.counts)
+        return (np.array(windows, np.int64),
+                np.array([self.counts[w] for w in windows], np.int64))
+
+
 def facts_of(row_groups: Iterable[pa.Table], first_ns: int, last_ns: int,
              window_s: float) -> TraceFacts:
     """TraceFacts of packets given a group of rows at a time (at least FACT_COLUMNS), their
     first and last times known."""
-    window_ns = int(window_s * NS_PER_S)
-    occupied, dns, endpoints, servers = Counter(), {}, set(), set()
+    tally, dns, endpoints, servers = WindowTally(first_ns, window_s), {}, set(), set()
     for rows in row_groups:
-        occupied.update(dict(zip(*(part.tolist() for part in np.unique(
-            (timestamps_ns(rows) - first_ns) // window_ns, return_counts=True)))))
+        tally.add(rows)
         dns_rows = pc.fill_null(pc.equal(rows.column("protocol").cast(pa.string()), "DNS"), False)
         dns.update(names_from_dns(_strings(rows.column("info").filter(dns_rows))))
         src, dst = _strings(rows.column("src")), _strings(rows.column("dst"))
@@ -184,9 +201,7 @@ def facts_of(row_groups: Iterable[pa.Table], first_ns: int, last_ns: int,
         sport, dport = _ports(rows)
         servers.update(pc.unique(dst.filter(pa.array(dport < sport))).to_pylist()
                        + pc.unique(src.filter(pa.array(sport < dport))).to_pylist())
-    windows = sorted(occupied)
-    return TraceFacts(first_ns, last_ns, np.array(windows, np.int64),
-                      np.array([occupied[w] for w in windows], np.int64), dns,
+    return TraceFacts(first_ns, last_ns, *tally.occupied(), dns,
                       sorted(e for e in endpoints if e is not None),
                       sorted(s for s in servers if s is not None))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tracelab.robustness.perturbations import NS_PER_S, TraceFacts, timestamps_ns
+from tracelab.robustness.perturbations import NS_PER_S, timestamps_ns
 
 
 def is_sampled(packets: int, budget: int | None) -> bool:
@@ -38,17 +38,22 @@ class Sample:
         return {"packets": self.packets, "trace_packets": self.trace_packets,
                 "from_s": self.first_window * window_s, "to_s": self.stop_window * window_s}
 
-    def within(self, rows: pa.Table, facts: TraceFacts, window_s: float) -> pa.Table:
-        """The rows of `rows` in the sample's windows."""
-        window = (timestamps_ns(rows) - facts.first_ns) // int(window_s * NS_PER_S)
+    def span_ns(self, first_ns: int, window_s: float) -> tuple[int, int]:
+        """[start, stop) of the sample's windows, in ns, on the grid from `first_ns`."""
+        window_ns = int(window_s * NS_PER_S)
+        return first_ns + self.first_window * window_ns, first_ns + self.stop_window * window_ns
+
+    def within(self, rows: pa.Table, first_ns: int, window_s: float) -> pa.Table:
+        """The rows of `rows` in the sample's windows (the grid from `first_ns`)."""
+        window = (timestamps_ns(rows) - first_ns) // int(window_s * NS_PER_S)
         return rows.filter(pa.array((window >= self.first_window) & (window < self.stop_window)))
 
 
-def middle_run(facts: TraceFacts, budget: int | None) -> Sample | None:
+def middle_run(occupied: np.ndarray, counts: np.ndarray, budget: int | None) -> Sample | None:
     """The run of windows around the trace's middle packet that holds at most `budget` packets,
     grown a window at a time on the side that holds fewer so far (at least one window); None
-    when the whole trace is within the budget."""
-    counts = facts.packets
+    when the whole trace is within the budget. `occupied`: the windows of the trace's grid
+    that hold a packet, ascending; `counts`: how many each holds (`WindowTally.occupied`)."""
     total = int(counts.sum())
     if not is_sampled(total, budget):
         return None
@@ -60,6 +65,6 @@ def middle_run(facts: TraceFacts, budget: int | None) -> Sample | None:
             if 0 <= index < len(counts) and taken + counts[index] <= budget:
                 break
         else:
-            return Sample(int(facts.occupied[low]), int(facts.occupied[high]) + 1, taken, total)
+            return Sample(int(occupied[low]), int(occupied[high]) + 1, taken, total)
         taken, held[side] = taken + int(counts[index]), held[side] + int(counts[index])
         low, high = (index, high) if side == "low" else (low, index)

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from tracelab.core.atomic import atomic_path, write_json
 from tracelab.core.packets import PACKET_SCHEMA, WRITE_OPTIONS
-from tracelab.core.streaming import derived_row_groups, non_empty_groups
+from tracelab.core.streaming import derived_row_groups, non_empty_groups, time_ranges
 from tracelab.core.tables import TableParts
 from tracelab.robustness.bootstrap import job_seed
 from tracelab.robustness.perturbations import (
@@ -55,6 +55,7 @@ from tracelab.robustness.perturbations import (
     PerturbationContext,
     Relabel,
     TraceFacts,
+    WindowTally,
     facts_of,
     gather_facts,
     time_span,
@@ -324,21 +325,35 @@ def packets_to_copy(packets_path, window_s: float, budget: int | None,
     parquet = pq.ParquetFile(packets_path)
     groups = non_empty_groups(parquet)
     rows = parquet.metadata.num_rows
-    if not is_sampled(rows, budget) and rows <= in_memory:
+    if is_sampled(rows, budget):
+        return sampled_packets(parquet, groups, window_s, budget)
+    if rows <= in_memory:
         held = list(derived_row_groups(parquet, COPY_COLUMNS, groups))
         return Packets(parquet, facts_of(held, *time_span(parquet, groups), window_s), None,
                        held)
-    facts = gather_facts(packets_path, window_s)
-    sample = middle_run(facts, budget)
-    if sample is not None:
-        kept = [sample.within(rows, facts, window_s) for rows in
-                derived_row_groups(parquet, COPY_COLUMNS, groups)]
-        kept = [rows for rows in kept if rows.num_rows]
-        span = pc.min_max(pa.chunked_array([rows.column("ts") for rows in kept])
-                          .cast(pa.int64()))
-        facts = facts_of(kept, span["min"].as_py(), span["max"].as_py(), window_s)
-        return Packets(parquet, facts, sample, kept)
-    return Packets(parquet, facts, None, None)
+    return Packets(parquet, gather_facts(packets_path, window_s), None, None)
+
+
+def sampled_packets(parquet: pq.ParquetFile, groups: list[int], window_s: float,
+                    budget: int) -> Packets:
+    """The middle run of windows within `budget` packets, held in memory, with its facts. The
+    run is chosen from the time column alone, and only the row groups whose times reach into
+    it are read whole (from the file's statistics): the rest of a large trace is never
+    decoded."""
+    first_ns, _ = time_span(parquet, groups)
+    tally = WindowTally(first_ns, window_s)
+    for rows in derived_row_groups(parquet, ["ts"], groups):
+        tally.add(rows)
+    sample = middle_run(*tally.occupied(), budget)
+    start, stop = sample.span_ns(first_ns, window_s)
+    reaching = [group for group, (low, high) in zip(groups, time_ranges(parquet, groups))
+                if high >= start and low < stop]
+    kept = [sample.within(rows, first_ns, window_s) for rows in
+            derived_row_groups(parquet, COPY_COLUMNS, reaching)]
+    kept = [rows for rows in kept if rows.num_rows]
+    span = pc.min_max(pa.chunked_array([rows.column("ts") for rows in kept]).cast(pa.int64()))
+    facts = facts_of(kept, span["min"].as_py(), span["max"].as_py(), window_s)
+    return Packets(parquet, facts, sample, kept)
 
 
 def baseline_of(packets: Packets, trace: str, originals: dict, baseline_path,
