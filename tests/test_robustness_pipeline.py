@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
-from conftest import REPO, dry_run_outputs, edited, planned_jobs
+from conftest import REPO, dry_run_outputs, edited, planned_jobs, run_snakemake
 
 from tracelab.security.windows import FEATURES
 
@@ -106,3 +106,24 @@ def test_a_sampled_traces_copies_wait_for_its_packet_table_only(bundled):
     assert sorted(parents) == sorted(
         [["normalize_trace"]] * (len(packets) - whole)
         + [["normalize_trace", "security_connections", "security_windows"]] * whole)
+
+
+def test_a_sampled_traces_copies_are_made_before_its_connections(workflow_copy):
+    """Through Snakemake: a sheet of one trace above the sample size, and the copies asked for
+    alone: the trace is validated, normalized and copied, and its connection stage never
+    runs."""
+    sheet = workflow_copy / "config/traces.tsv"
+    header, *rows = sheet.read_text().splitlines()
+    sheet.write_text("\n".join([header, *(row for row in rows if row.startswith("log4j_scan\t"))])
+                     + "\n")
+    config_path = workflow_copy / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["robustness"]["sample_packets"] = 1000
+    config_path.write_text(yaml.safe_dump(config))
+    run_snakemake(workflow_copy, "--cores", "2", "results/robustness/log4j_scan/perturbations.json")
+    records = json.loads((workflow_copy / "results/robustness/log4j_scan/perturbations.json")
+                         .read_text())
+    assert list(records) == PERTURBATIONS
+    assert all(0 < record["sample"]["packets"] <= 1000 < record["sample"]["trace_packets"]
+               for record in records.values())
+    assert not (workflow_copy / "results/features/log4j_scan").exists()
