@@ -1,15 +1,15 @@
 """Stage: the window matrices of every perturbed copy of one trace, and what each changed.
 
 One job a trace, whatever the number of perturbations: the packet table is read once (after a
-pass over a few columns for `TraceFacts`), each row group perturbed by every perturbation. A
-trace within one connection partition keeps its row groups in memory and makes each copy in
-turn through the security stages' own functions (connections, then windows), without files;
-a larger one appends each row group's copies to scratch files, then runs each copy through the
-connection and window stages, one copy at a time, deleting its files. In memory, the windows
-are totalled from the batches the window stage would read of the copy's files, so they equal
-the streamed path's to the last bit (means of floats depend on where batches end). Memory is that of
-the connection and window stages, plus the row groups (in memory) or one row group per copy
-being written (streamed).
+pass over a few columns for `TraceFacts`; a sample is read as below), each row group perturbed
+by every perturbation. A trace within one connection partition keeps its row groups in memory
+and makes each copy in turn through the security stages' own functions (connections, then
+windows), without files; a larger one appends each row group's copies to scratch files, then
+runs each copy through the connection and window stages, one copy at a time, deleting its
+files. In memory, the windows are totalled from the batches the window stage would read of the
+copy's files, so they equal the streamed path's to the last bit (means of floats depend on
+where batches end). Memory is that of the connection and window stages, plus the row groups
+(in memory) or one row group per copy being written (streamed).
 
 A perturbation that only moves every time by one offset or renames endpoints one-to-one
 (`Perturbation.relabel`) cannot change which packets form which connection: it is applied to
@@ -18,13 +18,14 @@ dearest step. Where its renaming is not one-to-one on this trace (two names for 
 its copy is assembled again like the others. A copy in which the perturbation changed no value
 (a microsecond clock on a microsecond export) is the original, and keeps its windows.
 
-A trace of more than `robustness.sample_packets` packets is measured on a sample: the run of
-whole windows around its middle that holds at most that many packets. The copies are made of
-the sample, in memory, and compared with the sample's own windows (its connections assembled
-as the connection stage would assemble a trace of those packets alone), so the cut at the
-sample's two ends is in both sides of every comparison and in neither's difference. The
-windows every copy is compared with are written as the trace's baseline: its own windows, or
-the sample's.
+A trace of more than `robustness.sample_packets` packets is measured on a sample
+(`tracelab.robustness.sample`): the run of whole windows around its middle that holds at most
+that many packets, chosen from the time column, and read from the row groups it reaches only.
+The copies are made of the sample, in memory, and compared with the sample's own windows (its
+connections assembled as the connection stage would assemble a trace of those packets alone),
+so the cut at the sample's two ends is in both sides of every comparison and in neither's
+difference: the trace's own connections, requests and windows are not read. The windows every
+copy is compared with are written as the trace's baseline: its own windows, or the sample's.
 
 The record of a copy says which packets it kept, how its time maps back to the original's
 (first packet and scale, so that its windows can be matched with the original windows they
