@@ -2,13 +2,14 @@
 
 import gzip
 import json
+import re
 import shutil
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, edited, planned_jobs
+from conftest import REPO, dry_run_outputs, edited, planned_jobs
 
 BUNDLED = {"log4j_scan": "data/log4j_scan.csv.gz", "web_browsing": "data/web_browsing.csv.gz"}
 PER_TRACE_RULES = ("validate_trace", "normalize_trace", "trace_features")
@@ -101,3 +102,29 @@ def test_changing_a_feature_parameter_skips_validation_and_normalization(bundled
     assert jobs.get("trace_features") == len(traces_in_sheet(bundled))
     assert jobs.get("compare_traces") == 1
     assert "validate_trace" not in jobs and "normalize_trace" not in jobs, jobs
+
+
+def connection_job_threads(workdir, *args: str) -> list[int]:
+    """The threads of each planned security_connections job (a dry run shows more than one)."""
+    [(returncode, output)] = dry_run_outputs([(workdir, ("--until", "security_connections",
+                                                         *args))])
+    assert returncode == 0, output[-4000:]
+    jobs = [block for block in output.split("\nrule ")[1:]
+            if block.startswith("security_connections:")]
+    return [int(next(iter(re.findall(r"^\s+threads: (\d+)$", job, re.MULTILINE)), 1))
+            for job in jobs]
+
+
+def test_the_connection_stage_takes_its_second_thread_for_a_second_partition_only(bundled):
+    # One partition is assembled whole on one thread: a second would keep a core from the
+    # jobs that could run beside it.
+    n = len(traces_in_sheet(bundled))
+    assert connection_job_threads(bundled, "--forcerun", "security_connections") == [1] * n
+
+    def small_partitions(text: bytes) -> bytes:
+        config = yaml.safe_load(text)
+        config["security"]["flows"]["partition_packets"] = 1000
+        return yaml.safe_dump(config).encode()
+
+    with edited(bundled / "config/config.yaml", small_partitions):
+        assert connection_job_threads(bundled) == [2] * n

@@ -154,6 +154,13 @@ def stable_params(section):
 CONNECTION_THREADS = 2
 
 
+def connection_threads(wildcards):
+    """CONNECTION_THREADS for a trace of more than one partition; one for a trace the stage
+    assembles whole (its second thread would idle), so that another job can run beside it."""
+    packets = known_packets(wildcards.trace)
+    return CONNECTION_THREADS if packets > config["security"]["flows"]["partition_packets"] else 1
+
+
 def connection_memory_mb(packets):
     """The connection stage's memory for a table of `packets` (a trace's or a shard's): peak RSS
     grows about 1 MB a thousand packets up to one partition a thread, then stays flat (1,482 MiB

@@ -18,7 +18,7 @@ rule security_connections:
         "results/benchmarks/security/connections/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: CONNECTION_THREADS
+    threads: connection_threads
     resources:
         mem_mb=lambda wc, attempt: attempt * connection_memory_mb(known_packets(wc.trace)),
         runtime=runtime_minutes(10, 4),
