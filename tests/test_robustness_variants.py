@@ -203,16 +203,16 @@ def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone
     chosen = ["hour_shift", "timing_jitter", "first_half", "packet_loss", "clock_us",
               "server_ports"]
     sampled, records = run_copies(tmp_path / "sampled", chosen, 37, sample_packets=250)
-    sample = records["timing_jitter"]["sample"]
-    assert all(record["sample"] == sample for record in records.values())
-    assert sample["trace_packets"] == 511 and 150 < sample["packets"] <= 250
-    assert sample["from_s"] % 10 == 0 and sample["to_s"] % 10 == 0
+    run = records["timing_jitter"]["sample"]
+    assert all(record["sample"] == run for record in records.values())
+    assert run["trace_packets"] == 511 and 150 < run["packets"] <= 250
+    assert run["from_s"] % 10 == 0 and run["to_s"] % 10 == 0
     packets = pq.read_table(tmp_path / "sampled" / "packets.parquet")
     since = pd.Series(packets.column("ts").cast(pa.int64()).to_numpy())
     since = (since - since.min()) / 1e9
-    inside = ((since >= sample["from_s"]) & (since < sample["to_s"])).to_numpy()
-    assert inside.sum() == sample["packets"]
-    assert sample["from_s"] > 0 and sample["to_s"] <= since.max()  # neither end of the trace
+    inside = ((since >= run["from_s"]) & (since < run["to_s"])).to_numpy()
+    assert inside.sum() == run["packets"]
+    assert run["from_s"] > 0 and run["to_s"] <= since.max()  # neither end of the trace
     alone_folder = tmp_path / "alone"
     alone_folder.mkdir()
     pq.write_table(packets.filter(pa.array(inside)), alone_folder / "run.parquet",
@@ -229,7 +229,7 @@ def test_a_trace_above_sample_packets_is_copied_as_its_middle_run_would_be_alone
     pd.testing.assert_frame_equal(sampled["clock_us"], baseline)
     assert invariance.sampled_note({"mixed": records}) == (
         f" Copies made of a sample, compared with its own windows: mixed, a sample: "
-        f"{sample['packets']} of 511 packets, {sample['from_s']:g}-{sample['to_s']:g} s into "
+        f"{run['packets']} of 511 packets, {run['from_s']:g}-{run['to_s']:g} s into "
         f"the trace.")
     assert invariance.sampled_note({"mixed": alone_records}) == ""
 
