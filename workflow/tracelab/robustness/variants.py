@@ -341,13 +341,14 @@ def sampled_packets(parquet: pq.ParquetFile, groups: list[int], window_s: float,
     run is chosen from the time column alone, and only the row groups whose times reach into
     it are read whole (from the file's statistics): the rest of a large trace is never
     decoded."""
-    first_ns, _ = time_span(parquet, groups)
+    ranges = time_ranges(parquet, groups)  # a sampled table has rows: groups, ranges
+    first_ns = min(low for low, _ in ranges)
     tally = WindowTally(first_ns, window_s)
     for rows in derived_row_groups(parquet, ["ts"], groups):
         tally.add(rows)
     sample = middle_run(*tally.occupied(), budget)
     start, stop = sample.span_ns(first_ns, window_s)
-    reaching = [group for group, (low, high) in zip(groups, time_ranges(parquet, groups))
+    reaching = [group for group, (low, high) in zip(groups, ranges)
                 if high >= start and low < stop]
     kept = [sample.within(rows, first_ns, window_s) for rows in
             derived_row_groups(parquet, COPY_COLUMNS, reaching)]

@@ -212,17 +212,23 @@ class Membership:
 
 
 class PerFlow:
-    """Per-flow reductions of row arrays sorted by flow, every flow 0..n-1 present."""
+    """Per-flow reductions of row arrays sorted by flow, a value a run of equal flows (any
+    sorted key serves: windows too); `first_position` and `mean_std` index per-flow values by
+    flow, so they need every flow 0..n-1 present."""
 
     def __init__(self, flow: np.ndarray):
         self.flow = flow
         self.starts = np.flatnonzero(run_starts(flow))
 
+    def sizes(self) -> np.ndarray:
+        """Rows a flow."""
+        return np.diff(np.append(self.starts, len(self.flow)))
+
     def any(self, mask) -> np.ndarray:
         return np.logical_or.reduceat(mask, self.starts)
 
-    def sum(self, values) -> np.ndarray:
-        return np.add.reduceat(values, self.starts)
+    def sum(self, values, dtype=None) -> np.ndarray:
+        return np.add.reduceat(values, self.starts, dtype=dtype)
 
     def min(self, values) -> np.ndarray:
         """Smallest value, ignoring NaN (NaN when all are)."""

@@ -28,7 +28,7 @@ from tracelab.core.errors import TraceInputError
 from tracelab.core.packets import TCP_FLAG_BITS
 from tracelab.core.streaming import DistinctRows, NameIds
 from tracelab.core.tables import PANDAS_TYPES
-from tracelab.security.flow_arrays import run_starts
+from tracelab.security.flow_arrays import PerFlow, run_starts
 from tracelab.security.hosts import attempts, failed_attempts
 
 IP_LITERAL = r"^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?:%\S+)?)$"
@@ -161,24 +161,22 @@ def most_per_window(window: np.ndarray, key: np.ndarray) -> pd.Series:
     maximum per window)."""
     order = np.lexsort((key, window))
     window, key = window[order], key[order]
-    starts = np.flatnonzero(run_starts(window) | run_starts(key))
-    counts = np.diff(np.append(starts, len(window)))
-    window_starts = np.flatnonzero(run_starts(window[starts]))
-    most = np.maximum.reduceat(counts, window_starts) if len(counts) else counts
-    return pd.Series(most.astype(np.int64), index=_window_index(window[starts][window_starts]))
+    pairs = PerFlow(np.cumsum(run_starts(window) | run_starts(key)))
+    per_window = PerFlow(window[pairs.starts])
+    return pd.Series(per_window.max(pairs.sizes()).astype(np.int64),
+                     index=_window_index(per_window.flow[per_window.starts]))
 
 
 def sums_per_window(window: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
     """Integer columns summed per window, with the rows a window (`connections`), windows in
     order (`groupby("window").agg(...)`; integer sums are exact in any order)."""
     order = np.argsort(window, kind="stable")
-    window = window[order]
-    starts = np.flatnonzero(run_starts(window))
-    totals = {"connections": np.diff(np.append(starts, len(window)))}
-    totals.update((name, np.add.reduceat(values[order], starts, dtype=np.int64))
+    per = PerFlow(window[order])
+    totals = {"connections": per.sizes()}
+    totals.update((name, per.sum(values[order], dtype=np.int64))
                   for name, values in columns.items())
     return pd.DataFrame({name: values.astype(np.int64) for name, values in totals.items()},
-                        index=_window_index(window[starts]))
+                        index=_window_index(per.flow[per.starts]))
 
 
 def packet_values(rows: pa.Table) -> pa.Table:
