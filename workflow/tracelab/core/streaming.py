@@ -246,11 +246,38 @@ def routed(rows: pa.Table, part: np.ndarray, count: int) -> tuple[pa.Table, np.n
 
 
 def write_routed(parts: tuple[pa.Table, np.ndarray], writers: list) -> np.ndarray:
-    """Write each part of `routed` rows with its writer; return the rows each writer got."""
+    """Write each part of `routed` rows with its writer (dictionaries cut to the part's own
+    values: `compacted`); return the rows each writer got."""
     rows, bounds = parts
     for index in np.flatnonzero(np.diff(bounds)):
-        writers[index].write_table(rows.slice(bounds[index], bounds[index + 1] - bounds[index]))
+        writers[index].write_table(compacted(
+            rows.slice(bounds[index], bounds[index + 1] - bounds[index])))
     return np.diff(bounds)
+
+
+def compacted(rows: pa.Table) -> pa.Table:
+    """`rows` with each dictionary column's dictionary cut to the values its rows use, in their
+    order. A slice keeps its whole table's dictionary, and an IPC writer writes it out with
+    every slice: a row group's thousands of addresses again in each partition it is split
+    into, to be unified again by each partition's reader (at 10M packets in 10 partitions,
+    1.6 CPU s of reading and a fifth of the partitions' bytes)."""
+    for index in range(rows.num_columns):
+        column = rows.column(index)
+        if pa.types.is_dictionary(column.type):
+            rows = rows.set_column(index, rows.schema.field(index), pa.chunked_array(
+                [_compacted(chunk) for chunk in column.chunks], column.type))
+    return rows
+
+
+def _compacted(array: pa.DictionaryArray) -> pa.DictionaryArray:
+    used = np.flatnonzero(np.bincount(array.indices.drop_null().to_numpy(),
+                                      minlength=len(array.dictionary)))
+    if len(used) == len(array.dictionary):
+        return array
+    renumbered = np.zeros(len(array.dictionary), array.indices.type.to_pandas_dtype())
+    renumbered[used] = np.arange(len(used))
+    return pa.DictionaryArray.from_arrays(pa.array(renumbered).take(array.indices),
+                                          array.dictionary.take(used), ordered=array.type.ordered)
 
 
 def batch_slices(rows: pa.Table) -> Iterator[pa.Table]:
