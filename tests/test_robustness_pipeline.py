@@ -127,3 +127,27 @@ def test_a_sampled_traces_copies_are_made_before_its_connections(workflow_copy):
     assert all(0 < record["sample"]["packets"] <= 1000 < record["sample"]["trace_packets"]
                for record in records.values())
     assert not (workflow_copy / "results/features/log4j_scan").exists()
+
+
+def test_a_traces_connections_start_before_its_sampled_copies(workflow_copy):
+    """Both wait for the packet table only; on two cores the connection stage, taking both for
+    a trace above one partition, is started first: the copies (one thread), started first,
+    would hold a core while it waits (the critical path: hosts, windows and statistics wait
+    for it)."""
+    sheet = workflow_copy / "config/traces.tsv"
+    header, *rows = sheet.read_text().splitlines()
+    sheet.write_text("\n".join([header, *(row for row in rows if row.startswith("log4j_scan\t"))])
+                     + "\n")
+    config_path = workflow_copy / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["robustness"]["sample_packets"] = 1000
+    config["security"]["flows"]["partition_packets"] = 1000
+    config_path.write_text(yaml.safe_dump(config))
+    result = run_snakemake(workflow_copy, "--cores", "2",
+                           "results/robustness/log4j_scan/perturbations.json",
+                           "results/features/log4j_scan/flows.parquet")
+    started = re.findall(r"^(?:local)?rule (\w+):", result.stderr, flags=re.MULTILINE)
+    assert started.index("security_connections") < started.index("robustness_variants")
+    threads = re.search(r"rule security_connections:.*?threads: (\d+)", result.stderr,
+                        flags=re.DOTALL)
+    assert threads and threads.group(1) == "2"

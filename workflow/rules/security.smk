@@ -16,6 +16,10 @@ rule security_connections:
         "results/logs/security/connections/{trace}.log",
     benchmark:
         "results/benchmarks/security/connections/{trace}.tsv"
+    # The longest step of a trace's critical path (hosts, windows, statistics wait for it):
+    # started before a one-thread job ready beside it (a sampled trace's robustness copies),
+    # which would otherwise hold one of two cores while it waits for both.
+    priority: 1
     conda:
         "../envs/tracelab.yaml"
     threads: connection_threads
@@ -128,6 +132,8 @@ rule security_connections_shard:
         "results/logs/security/shards/{trace}/{shards}/{shard}.log",
     benchmark:
         "results/benchmarks/security/shards/{trace}/{shards}/{shard}.tsv"
+    # On the critical path, as security_connections.
+    priority: 1
     conda:
         "../envs/tracelab.yaml"
     threads: CONNECTION_THREADS
