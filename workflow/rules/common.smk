@@ -194,17 +194,8 @@ def input_mb(input):
 def statistics_memory_mb(packets):
     """The statistics step's memory for a table of `packets`: at worst one endpoint and one
     conversation a packet (1.0 GB measured at 1M packets from 1M distinct sources; 491 MB at 2M
-    packets of lab traffic), up to one partition a thread, then flat."""
-    return 384 + min(packets, features_threads_for(packets) * PARTITION_PACKETS) * 7 // 10_000
-
-
-def features_threads_for(packets):
-    """The statistics step totals two partitions at once where a trace has more than one."""
-    return 2 if packets > PARTITION_PACKETS else 1
-
-
-def features_threads(wildcards):
-    return features_threads_for(known_packets(wildcards.trace))
+    packets of lab traffic), up to one partition (totalled one at a time), then flat."""
+    return 384 + min(packets, PARTITION_PACKETS) * 7 // 10_000
 
 
 def features_memory_mb(wildcards, input, attempt):

@@ -35,7 +35,10 @@ rule trace_features:
         "results/benchmarks/features/{trace}.tsv"
     conda:
         "../envs/tracelab.yaml"
-    threads: features_threads
+    # One thread: a second totals a large trace's statistics partitions only ~15 % sooner (10M
+    # packets: 7.1-7.8 -> 6.3-6.5 s) and holds a core the trace's hosts, windows or robustness
+    # copies could use (10M, whole run at --cores 2: 52.6 -> 50.0 s).
+    threads: 1
     resources:
         mem_mb=features_memory_mb,
         runtime=runtime_minutes(10, 2),
