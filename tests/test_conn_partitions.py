@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import assert_same_connections, bundled_results, connection_outputs
 
-from tracelab.security.connections import FLOWS, write_connections
+from tracelab.core.streaming import compacted
+from tracelab.security.connections import FLOWS, PACKET_COLUMNS, write_connections
 from tracelab.security.http import HTTP
-from tracelab.security.partitions import partition_count, partition_of
+from tracelab.security.partitions import partition_count, partition_of, split_packets
 
 
 def test_partition_of_is_symmetric_in_range_and_independent_of_the_dictionary():
@@ -71,6 +72,37 @@ def test_each_row_group_of_the_flows_holds_only_its_own_dictionary_values(tmp_pa
         for name in dictionary_columns:
             column = rows.column(name).combine_chunks()
             assert len(column.dictionary) == len(column.unique()), (group, name)
+
+
+def test_each_slice_of_a_partition_file_holds_only_its_own_dictionary_values(tmp_path):
+    """A routed slice of a row group kept the row group's whole address dictionaries, written
+    again with every slice into every partition (6-7k addresses a row group at 10M packets,
+    ten times over): each slice's dictionaries hold the values its rows use, and the rows are
+    those of the table."""
+    packets = bundled_results() / "packets/web_browsing.parquet"
+    table = pq.read_table(packets, columns=PACKET_COLUMNS)
+    parts = split_packets(packets, PACKET_COLUMNS, 4, tmp_path)
+    tables = list(parts.tables())
+    for part in tables:
+        for name in ("src", "dst", "protocol"):
+            for chunk in part.column(name).chunks:
+                assert len(chunk.dictionary) == len(chunk.unique()), name
+    # Values compared, not buffers: dictionary arrays are equal only with equal dictionaries.
+    assert pa.concat_tables(tables).sort_by("frame").to_pydict() == \
+        table.sort_by("frame").to_pydict()
+
+
+def test_compacted_keeps_values_nulls_order_and_schema():
+    names = pa.array(["a", "b", "c", "d"])
+    column = pa.DictionaryArray.from_arrays(pa.array([3, None, 1, 3], pa.int32()), names)
+    rows = pa.table({"name": pa.chunked_array([column.slice(1), column.slice(0, 1)]),
+                     "n": [1, 2, 3, 4]})
+    compact = compacted(rows)
+    assert compact.schema == rows.schema
+    assert compact.column("name").to_pylist() == [None, "b", "d", "d"]
+    assert [chunk.dictionary.to_pylist() for chunk in compact.column("name").chunks] == [
+        ["b", "d"], ["d"]]
+    assert compact.column("n").equals(rows.column("n"))
 
 
 def test_empty_row_groups_are_skipped_when_the_table_is_split(tmp_path):
