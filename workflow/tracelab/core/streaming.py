@@ -260,7 +260,7 @@ def compacted(rows: pa.Table) -> pa.Table:
     order. A slice keeps its whole table's dictionary, and an IPC writer writes it out with
     every slice: a row group's thousands of addresses again in each partition it is split
     into, to be unified again by each partition's reader (at 10M packets in 10 partitions,
-    1.6 CPU s of reading and a fifth of the partitions' bytes)."""
+    about 2 CPU s of reading them back and a fifth of their bytes)."""
     for index in range(rows.num_columns):
         column = rows.column(index)
         if pa.types.is_dictionary(column.type):
