@@ -108,18 +108,26 @@ def test_a_sampled_traces_copies_wait_for_its_packet_table_only(bundled):
         + [["normalize_trace", "security_connections", "security_windows"]] * whole)
 
 
+def sampled_log4j_scan(workdir, partition_packets: int | None = None) -> None:
+    """The workflow copy's sheet cut to log4j_scan, sampled at 1000 packets (and its
+    connections in partitions of `partition_packets`, if given)."""
+    sheet = workdir / "config/traces.tsv"
+    header, *rows = sheet.read_text().splitlines()
+    sheet.write_text("\n".join([header, *(row for row in rows if row.startswith("log4j_scan\t"))])
+                     + "\n")
+    config_path = workdir / "config/config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["robustness"]["sample_packets"] = 1000
+    if partition_packets is not None:
+        config["security"]["flows"]["partition_packets"] = partition_packets
+    config_path.write_text(yaml.safe_dump(config))
+
+
 def test_a_sampled_traces_copies_are_made_before_its_connections(workflow_copy):
     """Through Snakemake: a sheet of one trace above the sample size, and the copies asked for
     alone: the trace is validated, normalized and copied, and its connection stage never
     runs."""
-    sheet = workflow_copy / "config/traces.tsv"
-    header, *rows = sheet.read_text().splitlines()
-    sheet.write_text("\n".join([header, *(row for row in rows if row.startswith("log4j_scan\t"))])
-                     + "\n")
-    config_path = workflow_copy / "config/config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["robustness"]["sample_packets"] = 1000
-    config_path.write_text(yaml.safe_dump(config))
+    sampled_log4j_scan(workflow_copy)
     run_snakemake(workflow_copy, "--cores", "2", "results/robustness/log4j_scan/perturbations.json")
     records = json.loads((workflow_copy / "results/robustness/log4j_scan/perturbations.json")
                          .read_text())
@@ -134,15 +142,7 @@ def test_a_traces_connections_start_before_its_sampled_copies(workflow_copy):
     a trace above one partition, is started first: the copies (one thread), started first,
     would hold a core while it waits (the critical path: hosts, windows and statistics wait
     for it)."""
-    sheet = workflow_copy / "config/traces.tsv"
-    header, *rows = sheet.read_text().splitlines()
-    sheet.write_text("\n".join([header, *(row for row in rows if row.startswith("log4j_scan\t"))])
-                     + "\n")
-    config_path = workflow_copy / "config/config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["robustness"]["sample_packets"] = 1000
-    config["security"]["flows"]["partition_packets"] = 1000
-    config_path.write_text(yaml.safe_dump(config))
+    sampled_log4j_scan(workflow_copy, partition_packets=1000)
     result = run_snakemake(workflow_copy, "--cores", "2",
                            "results/robustness/log4j_scan/perturbations.json",
                            "results/features/log4j_scan/flows.parquet")
