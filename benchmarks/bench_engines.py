@@ -9,15 +9,15 @@ partition's whole assembly they stand for.
     python benchmarks/bench_engines.py --packets-table results/packets/x.parquet
 
 The packet table is made as bench_connections.py makes it (`tracelab.synth`, seed 7, kept in
---work) and split as the stage splits it; the first partition is assembled (membership and
-port-less attachment), and its rows in flows, sorted by flow, are reduced by each way: rows
-and originator's packets a flow, the sum of rows without ports, min, max, mean and
-population standard deviation of the inter-arrival times and frame lengths. Each is timed
-best of `--runs` (CPU seconds of this process, every thread), and its values are compared
-with the stage's: counts, sums, minima and maxima must be equal; means and deviations are
-reported by their largest difference (the stage's tables are compared byte for byte, so an
-engine whose floating-point sums are ordered differently changes them). A script, not a
-test: figures are printed, never asserted.
+--work) and split as the stage splits it; the first partition's connections are assembled
+(`assemble_connections`), and its rows in connections, sorted by connection and time, are
+reduced by each way: rows and originator's packets a connection, rows without ports, min,
+max, mean and population standard deviation of the inter-arrival times and frame lengths.
+Each is timed best of `--runs` (CPU seconds of this process, every thread), and its values
+are compared with the stage's: counts, sums, minima and maxima must be equal; means and
+deviations are reported by their largest difference (the stage's tables are compared byte
+for byte, so an engine whose floating-point sums are ordered differently changes them). A
+script, not a test: figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ EXACT = {"rows", "orig", "portless", "iat_min", "iat_max", "len_min", "len_max"}
 
 
 def partition_rows(packets_path: Path, partition_packets: int) -> tuple[pa.Table, float]:
-    """The first partition's rows in flows, sorted by flow, as an Arrow table (flow, iat with
-    null for a flow's first row, length, orig, ported), and the CPU seconds of assembling the
-    partition's connections whole (`assemble_connections`, for the share)."""
+    """The first partition's rows in flows, sorted by flow and time, as an Arrow table (flow,
+    iat with null for a flow's first row, length, orig, ported), and the CPU seconds of
+    assembling the partition's connections whole (`assemble_connections`, for the share)."""
     import pyarrow.parquet as pq
 
     from tracelab.core.config import check_config
     from tracelab.security import connections
-    from tracelab.security.flow_arrays import PacketArrays, run_starts
+    from tracelab.security.flow_arrays import PacketArrays, run_starts, stable_order
     from tracelab.security.partitions import partition_count, split_packets
 
     config = check_config(__import__("bench_pipeline").load_config(), source="benchmark")
@@ -59,17 +59,16 @@ def partition_rows(packets_path: Path, partition_packets: int) -> tuple[pa.Table
     assembly = float("inf")
     for _ in range(2):  # the first call also pays for cold pages
         start = time.process_time()
-        connections.assemble_connections(packets, settings, "bench")
+        made = connections.assemble_connections(packets, settings, "bench")
         assembly = min(assembly, time.process_time() - start)
     arrays = PacketArrays.of(packets.select(connections.PACKET_COLUMNS))
-    member = connections._membership(arrays, settings)
-    connections._attach(arrays, member, settings)
-    rows = member.rows
-    flow, t = member.flow_of[rows], arrays.t[rows]
+    inside = np.flatnonzero(made.packet_flow >= 0)
+    rows = inside[stable_order(made.packet_flow[inside], arrays.chrono[inside])]
+    flow, t = made.packet_flow[rows], arrays.t[rows]
     iat = np.where(run_starts(flow), np.nan, np.diff(t, prepend=t[:1]) / 1e9)
     return pa.table({"flow": flow, "iat": pa.array(iat, from_pandas=True),
                      "length": arrays.length[rows].astype(np.float64),
-                     "orig": member.is_orig[rows], "ported": arrays.ported[rows]}), assembly
+                     "orig": made.packet_is_orig[rows], "ported": arrays.ported[rows]}), assembly
 
 
 def stage_way(rows: pa.Table) -> dict:
