@@ -148,6 +148,11 @@ def timestamps_ns(rows: pa.Table) -> np.ndarray:
     return rows.column("ts").cast(pa.int64()).to_numpy()
 
 
+def window_numbers(rows: pa.Table, first_ns: int, window_s: float) -> np.ndarray:
+    """Each row's window on the grid `window_s` wide from `first_ns`."""
+    return (timestamps_ns(rows) - first_ns) // int(window_s * NS_PER_S)
+
+
 def _strings(column) -> pa.Array:
     return pc.cast(column, pa.string()) if not isinstance(column, pa.ChunkedArray) \
         else column.cast(pa.string()).combine_chunks()
@@ -173,12 +178,12 @@ class WindowTally:
     `first_ns`), counted a group of rows at a time (at least the time column)."""
 
     def __init__(self, first_ns: int, window_s: float):
-        self.first_ns, self.window_ns = first_ns, int(window_s * NS_PER_S)
+        self.first_ns, self.window_s = first_ns, window_s
         self.counts = Counter()
 
     def add(self, rows: pa.Table) -> None:
         self.counts.update(dict(zip(*(part.tolist() for part in np.unique(
-            (timestamps_ns(rows) - self.first_ns) // self.window_ns, return_counts=True)))))
+            window_numbers(rows, self.first_ns, self.window_s), return_counts=True)))))
 
     def occupied(self) -> tuple[np.ndarray, np.ndarray]:
         """The windows that hold a packet, ascending, and how many each holds."""
@@ -289,7 +294,7 @@ def window_count(context: PerturbationContext) -> int:
 def _keep_windows(rows: pa.Table, context: PerturbationContext, first: int,
                   stop: int | None) -> pa.Table:
     """The packets of windows first..stop-1 (to the end of the trace if stop is None)."""
-    window = (timestamps_ns(rows) - context.facts.first_ns) // int(context.window_s * NS_PER_S)
+    window = window_numbers(rows, context.facts.first_ns, context.window_s)
     keep = window >= first
     if stop is not None:
         keep &= window < stop

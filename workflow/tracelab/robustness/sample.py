@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from tracelab.robustness.perturbations import NS_PER_S, timestamps_ns
+from tracelab.robustness.perturbations import NS_PER_S, window_numbers
 
 
 def is_sampled(packets: int, budget: int | None) -> bool:
@@ -45,7 +45,7 @@ class Sample:
 
     def within(self, rows: pa.Table, first_ns: int, window_s: float) -> pa.Table:
         """The rows of `rows` in the sample's windows (the grid from `first_ns`)."""
-        window = (timestamps_ns(rows) - first_ns) // int(window_s * NS_PER_S)
+        window = window_numbers(rows, first_ns, window_s)
         return rows.filter(pa.array((window >= self.first_window) & (window < self.stop_window)))
 
 
