@@ -201,6 +201,31 @@ def test_requests_are_matched_to_their_responses_in_order():
     assert pd.isna(http["uid"].iloc[3])
 
 
+def test_responses_match_within_their_connection_by_time_then_frame_in_any_row_order():
+    C, S = "10.0.0.1", "10.0.0.2"
+    rows = [*handshake(0, C, 40000, S, 80), *handshake(0.001, C, 40001, S, 80),
+            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/a1"),
+            tcp(0.02, C, 40001, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/b1"),
+            tcp(0.03, S, 80, C, 40001, "PA", seq=1, payload=50, protocol="HTTP",
+                http_status=301),
+            tcp(0.04, C, 40000, S, 80, "PA", seq=31, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/a2"),
+            # Two responses at one time: the frame says which came first.
+            tcp(0.05, S, 80, C, 40000, "PA", seq=1, payload=50, protocol="HTTP",
+                http_status=200),
+            tcp(0.05, S, 80, C, 40000, "PA", seq=51, payload=50, protocol="HTTP",
+                http_status=404)]
+    packets = packet_frame(rows)
+    uid = assemble_connections(packets, flow_settings(), "t").packet_uid
+    backwards = packets.iloc[::-1].reset_index(drop=True)
+    http = http_requests(backwards, uid[::-1], "t")
+    assert http["uri"].tolist() == ["/a1", "/b1", "/a2"]
+    assert http["status"].tolist() == [200, 301, 404]
+    assert http["uid"].nunique() == 2 and http["uid"].iloc[0] == http["uid"].iloc[2]
+
+
 def test_bundled_scan_requests_all_carry_the_callback():
     """Independently: every GET in the export's Info carries `${`, and the scanner's own
     address and port 1389 follow `://` once letters are rebuilt."""

@@ -13,6 +13,7 @@ from pandera.pandas import Check
 
 from tracelab.core.packets import PORT_CHECK
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
+from tracelab.security.flow_arrays import run_starts
 from tracelab.security.log4shell import uri_indicators
 
 HTTP = Table("http", "results/features/{trace}/http.parquet", (
@@ -69,27 +70,42 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
     response answers the n-th request (HTTP/1.1 keeps order). A request line without an HTTP
     version was cut short by the capture's snap length.
     """
-    packets = packets.assign(uid=pd.array(packet_uid, dtype="string"))
-    is_request = packets["http_method"].notna()
-    requests = packets[is_request].sort_values(["ts", "frame"], kind="stable")
-    responses = packets[packets["http_status"].notna() & packets["uid"].notna()].sort_values(
-        ["ts", "frame"], kind="stable")
-    requests = requests.assign(nth=requests.groupby("uid").cumcount())
-    responses = responses.assign(nth=responses.groupby("uid").cumcount())
-    status = responses.set_index(["uid", "nth"])["http_status"]
-    where = pd.MultiIndex.from_arrays([requests["uid"], requests["nth"]])
-    matched = pd.array(status.reindex(where).to_numpy(), dtype="Float64")
+    connection = pd.factorize(np.asarray(packet_uid, dtype=object))[0]  # -1: none
+    ts = pd.to_datetime(packets["ts"], utc=True).array
+    chrono = np.lexsort((packets["frame"].to_numpy(np.int64), ts.asi8))  # time, frame, row
+    request = chrono[packets["http_method"].notna().to_numpy(bool)[chrono]]
+    response = chrono[(packets["http_status"].notna().to_numpy(bool)
+                       & (connection >= 0))[chrono]]
+    # A request's response: the one of its connection with as many before it.
+    places = len(connection) + 1
+    answer = pd.Index(connection[response] * places + _nth(connection[response])).get_indexer(
+        connection[request] * places + _nth(connection[request]))
+    answered = (answer >= 0) & (connection[request] >= 0)
+    status = pd.array(np.where(answered, packets["http_status"].to_numpy(
+        np.float64, na_value=np.nan)[response[np.maximum(answer, 0)]], np.nan),
+        dtype="Float64")
+    requests = packets.iloc[request]
     table = pd.DataFrame({
         "trace": trace,
-        "frame": requests["frame"].astype("Int64").to_numpy(),
-        "ts": pd.to_datetime(requests["ts"], utc=True).array,  # (to_numpy: a Timestamp a row)
-        "uid": requests["uid"].to_numpy(),
+        "frame": requests["frame"].to_numpy(np.int64),
+        "ts": ts[request],
+        "uid": pd.array(np.asarray(packet_uid, dtype=object)[request], dtype="string"),
         "src": requests["src"].astype("string").to_numpy(),
         "dst": requests["dst"].astype("string").to_numpy(),
         "method": requests["http_method"].astype("string").to_numpy(),
         "uri": requests["http_uri"].astype("string").to_numpy(),
-        "status": matched.round().astype("Int16"),
+        "status": status.round().astype("Int16"),
     })
     indicators = uri_indicators(table["uri"],
                                 pd.Series(requests["http_version"].isna().to_numpy()))
     return pd.concat([table, indicators], axis=1)[HTTP.names]
+
+
+def _nth(connection: np.ndarray) -> np.ndarray:
+    """For rows in time order, how many rows of the same connection came before each."""
+    by_connection = np.argsort(connection, kind="stable")
+    starts = np.flatnonzero(run_starts(connection[by_connection]))
+    nth = np.empty(len(connection), np.int64)
+    nth[by_connection] = np.arange(len(connection)) - np.repeat(
+        starts, np.diff(np.append(starts, len(connection))))
+    return nth
