@@ -126,9 +126,18 @@ def tracelab_metadata(values: dict | None) -> dict[bytes, bytes]:
     return {f"tracelab.{k}".encode(): str(v).encode() for k, v in (values or {}).items()}
 
 
+def parquet_options(schema: pa_arrow.Schema) -> dict:
+    """How every table is written: zstd, and dictionary pages only for dictionary columns.
+    Parquet's default tries a dictionary for every column, and one of mostly distinct values
+    (uids, URIs, ports) costs more than it saves: at 10M packets flows.parquet 0.70 -> 0.59
+    CPU s and 75.5 -> 70.5 MB, placements 0.21 -> 0.11 s and 15.0 -> 8.3 MB."""
+    return {"compression": "zstd",
+            "use_dictionary": [f.name for f in schema if pa_arrow.types.is_dictionary(f.type)]}
+
+
 def write_parquet(table: pa_arrow.Table, path, metadata: dict | None = None) -> None:
-    """Write `table` atomically with zstd, adding `tracelab.*` metadata."""
+    """Write `table` atomically (`parquet_options`), adding `tracelab.*` metadata."""
     extra = tracelab_metadata(metadata)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **parquet_options(table.schema))

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracelab.core.arrow_types import DICT_STRING, TIMESTAMP
-from tracelab.core.atomic import tracelab_metadata, write_parquet
+from tracelab.core.atomic import parquet_options, tracelab_metadata, write_parquet
 
 # The column that tells apart the tables checked at once (`Table.check_parts`): a name no
 # declared column takes (they are Zeek-style words).
@@ -186,12 +186,13 @@ class TableParts:
 
 
 class TableAppender:
-    """Appends checked parts of a declared table to one Parquet file (zstd), with `tracelab.*`
+    """Appends checked parts of a declared table to one Parquet file (`parquet_options`), with
+    `tracelab.*`
     metadata: known at the start in the Arrow schema, found on the way in the file's."""
 
     def __init__(self, table: Table, path, metadata: dict):
         schema = table.schema.with_metadata(tracelab_metadata(metadata))
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, schema, **parquet_options(schema))
         self.rows = 0
 
     def append(self, table: pa.Table) -> None:

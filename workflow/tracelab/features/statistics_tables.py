@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.atomic import atomic_path, tracelab_metadata
+from tracelab.core.atomic import atomic_path, parquet_options, tracelab_metadata
 from tracelab.core.streaming import MERGE_BATCH_ROWS, batch_slices, merge_sorted
 from tracelab.core.tables import PANDAS_TYPES, Table
 from tracelab.features.statistics_page import Largest
@@ -67,7 +67,7 @@ class PartitionedTable:
         schema = self.table.schema.with_metadata({**tracelab_metadata(metadata),
                                                   **pandas_metadata(self.table)})
         with atomic_path(path) as temporary, \
-                pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+                pq.ParquetWriter(temporary, schema, **parquet_options(schema)) as writer:
             for rows in self._ordered():
                 writer.write_table(rows)
                 largest.add(rows)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracelab.core.atomic import atomic_path
+from tracelab.core.atomic import atomic_path, parquet_options
 from tracelab.core.streaming import merge_sorted, record_batches, route
 from tracelab.security.connections import (
     FLOW_ORDER,
@@ -74,7 +74,7 @@ def split_shards(*, packets_path, directory, shards: int) -> dict:
     rows = np.zeros(shards, np.int64)
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(pq.ParquetWriter(shard_file(directory, shard), schema,
-                                                        compression="zstd"))
+                                                        **parquet_options(schema)))
                    for shard in range(shards)]
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=PACKET_COLUMNS)
@@ -140,7 +140,7 @@ def _merge_flows(paths: list[str], flows_path, conn_log_path, span: tuple[str, s
         left_out.update(json.loads(pq.ParquetFile(path).metadata.metadata.get(key, b"{}")))
     rows = 0
     with atomic_path(flows_path) as flows_file, \
-            pq.ParquetWriter(flows_file, schema, compression="zstd") as writer, \
+            pq.ParquetWriter(flows_file, schema, **parquet_options(schema)) as writer, \
             atomic_path(conn_log_path) as log_file, log_file.open("wb") as handle:
         conn_log = conn_log_writer(handle, opened, dns)
         for flows in merge_sorted(paths, FLOW_ORDER):
@@ -156,7 +156,7 @@ def _merge_placements(paths: list[str], path) -> None:
     """The shards' placements in frame order, into one file with the first one's schema."""
     schema = pq.ParquetFile(paths[0]).schema_arrow
     with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
-                                                          compression="zstd") as writer:
+                                                          **parquet_options(schema)) as writer:
         for placed in merge_sorted(paths, PLACEMENT_ORDER):
             writer.write_table(placed)
 
@@ -167,7 +167,7 @@ def _append_parquet(paths: list[str], path) -> int:
     schema = pq.ParquetFile(paths[0]).schema_arrow
     rows = 0
     with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema,
-                                                          compression="zstd") as writer:
+                                                          **parquet_options(schema)) as writer:
         for part in paths:
             for batch in record_batches(pq.ParquetFile(part)):
                 writer.write_batch(batch)
