@@ -20,7 +20,7 @@ from tracelab.security.connections import (
     write_connections,
 )
 from tracelab.security.http import HTTP
-from tracelab.security.uid import connection_uids, uid_sort_keys
+from tracelab.security.uid import UID_KEYS, connection_uids, uid_sort_keys
 from tracelab.security.zeek_log import string_text, time_text
 
 C, S = "10.0.0.1", "10.0.0.2"
@@ -116,10 +116,29 @@ def test_uids_are_zeek_style_unique_across_traces_and_stable():
     assert set(first["trace"]) == {"a"} and set(other["trace"]) == {"b"}
 
 
+def test_uid_digits_are_the_hash_in_base62_as_python_integers_give_them():
+    """The vectorised long division (limbs of 32 bits, five digits a pass) against Python's
+    arbitrary-precision arithmetic on the same two SipHashes."""
+    keys = ["", "a", "lab|tcp|198.18.0.1|40000|198.18.0.2|80|1", "é" * 300,
+            *(f"k{n}" for n in range(2000))]
+    text = np.array(keys, dtype=object)
+    high, low = (pd.util.hash_array(text, hash_key=key, categorize=False)
+                 for key in UID_KEYS)
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    expected = []
+    for hi, lo in zip(high.tolist(), low.tolist()):
+        number, digits = (hi << 64) | lo, ""
+        for _ in range(17):
+            number, digit = divmod(number, 62)
+            digits = alphabet[digit] + digits
+        expected.append("C" + digits)
+    assert connection_uids(pa.array(keys)).to_pylist() == expected
+
+
 def test_uid_sort_keys_order_uids_as_their_text():
     """The two integers that stand for a uid where hosts hold one a pair: sorted by them, uids
     come in Python's string order, the alphabet's ends included, in chunked and sliced arrays."""
-    uids = [*connection_uids(pa.array([str(key) for key in range(20000)])),
+    uids = [*connection_uids(pa.array([str(key) for key in range(20000)])).to_pylist(),
             "C" + "0" * 17, "C" + "z" * 17, "C" + "Z" * 17, "C" + "9" * 17, "Ca" + "0" * 16]
     column = pa.chunked_array([pa.array(uids[:777]), pa.array(uids[777:])]).slice(3)
     high, low = uid_sort_keys(column)

@@ -16,24 +16,32 @@ UID_ALPHABET = np.frombuffer(
 UID_DIGITS = 17  # the lowest 17 base62 digits of a 128-bit hash: about 101 bits
 # SipHash keys (16 bytes each) of the two 64-bit halves of a uid's hash.
 UID_KEYS = ("tracelab-uid-hi:", "tracelab-uid-lo:")
+_FIVE_DIGITS = np.uint64(62 ** 5)
 
 
-def connection_uids(keys: pa.Array) -> np.ndarray:
-    """Zeek-style uids: 'C' and the lowest 17 base62 digits of a 128-bit hash (two SipHashes)
-    of each key's text; Zeek's are 'C' and base62 of 96 random bits."""
+def connection_uids(keys: pa.Array) -> pa.Array:
+    """Zeek-style uids (Arrow strings): 'C' and the lowest 17 base62 digits of a 128-bit hash
+    (two SipHashes) of each key's text; Zeek's are 'C' and base62 of 96 random bits."""
     text = keys.to_numpy(zero_copy_only=False).astype(object)
     high, low = (pd.util.hash_array(text, hash_key=key, categorize=False) for key in UID_KEYS)
     mask = np.uint64(0xFFFFFFFF)
     limbs = [high >> np.uint64(32), high & mask, low >> np.uint64(32), low & mask]
     digits = np.empty((len(text), UID_DIGITS + 1), np.uint8)
     digits[:, 0] = ord("C")
-    for place in range(UID_DIGITS, 0, -1):  # long division of the 128-bit number by 62
+    place = UID_DIGITS
+    while place > 0:
+        # Long division of the 128-bit number by 62^5 (below 2^30: a remainder shifted by a
+        # limb's 32 bits fits 64), then the remainder's five digits, lowest first.
         remainder = np.zeros(len(text), np.uint64)
         for index, limb in enumerate(limbs):
             value = (remainder << np.uint64(32)) | limb
-            limbs[index], remainder = value // np.uint64(62), value % np.uint64(62)
-        digits[:, place] = UID_ALPHABET[remainder.astype(np.int64)]
-    return digits.view(f"S{UID_DIGITS + 1}").ravel().astype(str).astype(object)
+            limbs[index], remainder = value // _FIVE_DIGITS, value % _FIVE_DIGITS
+        for _ in range(min(5, place)):
+            remainder, digit = np.divmod(remainder, np.uint64(62))
+            digits[:, place] = UID_ALPHABET[digit.astype(np.int64)]
+            place -= 1
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(UID_DIGITS + 1), len(text), [None, pa.py_buffer(digits)]).cast(pa.string())
 
 
 def uid_sort_keys(uids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
