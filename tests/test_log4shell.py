@@ -226,6 +226,17 @@ def test_responses_match_within_their_connection_by_time_then_frame_in_any_row_o
     assert http["uid"].nunique() == 2 and http["uid"].iloc[0] == http["uid"].iloc[2]
 
 
+def test_requests_without_any_response_have_no_status():
+    C, S = "10.0.0.1", "10.0.0.2"
+    rows = [*handshake(0, C, 40000, S, 80),
+            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
+                http_method="GET", http_uri="/a")]
+    packets = packet_frame(rows)
+    http = http_requests(packets, assemble_connections(packets, flow_settings(), "t")
+                         .packet_uid, "t")
+    assert http["uri"].tolist() == ["/a"] and http["status"].isna().all()
+
+
 def test_bundled_scan_requests_all_carry_the_callback():
     """Independently: every GET in the export's Info carries `${`, and the scanner's own
     address and port 1389 follow `://` once letters are rebuilt."""

@@ -81,9 +81,9 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
     answer = pd.Index(connection[response] * places + _nth(connection[response])).get_indexer(
         connection[request] * places + _nth(connection[request]))
     answered = (answer >= 0) & (connection[request] >= 0)
-    status = pd.array(np.where(answered, packets["http_status"].to_numpy(
-        np.float64, na_value=np.nan)[response[np.maximum(answer, 0)]], np.nan),
-        dtype="Float64")
+    status = np.full(len(request), np.nan)
+    status[answered] = packets["http_status"].to_numpy(np.float64, na_value=np.nan)[
+        response[answer[answered]]]
     requests = packets.iloc[request]
     table = pd.DataFrame({
         "trace": trace,
@@ -94,7 +94,7 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
         "dst": requests["dst"].astype("string").to_numpy(),
         "method": requests["http_method"].astype("string").to_numpy(),
         "uri": requests["http_uri"].astype("string").to_numpy(),
-        "status": status.round().astype("Int16"),
+        "status": pd.array(status, dtype="Float64").round().astype("Int16"),
     })
     indicators = uri_indicators(table["uri"],
                                 pd.Series(requests["http_version"].isna().to_numpy()))
