@@ -188,6 +188,36 @@ def test_merge_sorted_equals_a_stable_sort_of_the_files(keys, tmp_path, monkeypa
         assert all(0 < len(table) <= streaming.BATCH_ROWS for table in merged[-1:])
 
 
+def test_merge_row_groups_equals_a_stable_sort_of_the_file(tmp_path, monkeypatch):
+    """Sorted runs written one after another into one file (in row groups of any size, each
+    within one run), merged: the file's rows as a stable sort gives them, in BATCH_ROWS
+    batches, only the columns asked for."""
+    rng = np.random.default_rng(11)
+    keys = ("k", "j")
+    for trial in range(40):
+        monkeypatch.setattr(streaming, "BATCH_ROWS", int(rng.integers(1, 120)))
+        path, runs = tmp_path / f"{trial}.parquet", []
+        schema = pa.schema([("k", pa.int64()), ("j", pa.int64()), ("run", pa.int64()),
+                            ("row", pa.int64())])
+        with pq.ParquetWriter(path, schema) as writer:
+            for number in range(int(rng.integers(1, 7))):
+                rows = int(rng.integers(0, 150))
+                run = pa.table({"k": rng.integers(0, 20, rows), "j": rng.integers(-3, 3, rows),
+                                "run": np.full(rows, number), "row": np.arange(rows)}, schema)
+                run = run.take(np.lexsort([run.column(k).to_numpy() for k in keys][::-1]))
+                writer.write_table(run, row_group_size=int(rng.integers(1, 60)))
+                runs.append(run)
+        whole = pa.concat_tables(runs)
+        expected = whole.take(np.lexsort([whole.column(k).to_numpy() for k in keys][::-1]))
+        columns = ["k", "j", "run", "row"][:4 - trial % 2]
+        merged = list(streaming.merge_row_groups(path, keys, columns,
+                                                 batch_rows=int(rng.integers(1, 30))))
+        expected = expected.select(columns)
+        got = pa.concat_tables(merged) if merged else expected.slice(0, 0)
+        assert got.equals(expected)
+        assert all(0 < len(table) <= streaming.BATCH_ROWS for table in merged)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_ordered_map_keeps_the_order_and_at_most_threads_items_taken_ahead(threads):
     """Results come in the items' order whatever finishes first, and the items are taken

@@ -20,7 +20,7 @@ from tracelab.security.connections import (
     write_connections,
 )
 from tracelab.security.http import HTTP
-from tracelab.security.uid import UID_KEYS, connection_uids, uid_sort_keys
+from tracelab.security.uid import UID_KEYS, UidIndex, connection_uids, uid_sort_keys
 from tracelab.security.zeek_log import string_text, time_text
 
 C, S = "10.0.0.1", "10.0.0.2"
@@ -133,6 +133,20 @@ def test_uid_digits_are_the_hash_in_base62_as_python_integers_give_them():
             digits = alphabet[digit] + digits
         expected.append("C" + digits)
     assert connection_uids(pa.array(keys)).to_pylist() == expected
+
+
+def test_uid_index_finds_each_uid_exactly_even_where_prefixes_are_shared():
+    """Distinct uids found at their place in text order; absent and null ones not; uids that
+    share their first ten digits (the searched block) told apart by the rest."""
+    shared = ["C" + "a" * 10 + tail for tail in ("0000000", "zzzzzzz", "ZZZZZZZ", "9abcdef")]
+    made = connection_uids(pa.array([str(key) for key in range(3000)])).to_pylist()
+    index = UidIndex(pa.chunked_array([pa.array(made[:1000] + shared),
+                                       pa.array(made[1000:] + [None, shared[0]])]))
+    known = sorted(set(made + shared))
+    assert len(index) == len(known)
+    asked = pa.array([*known[::-1], "C" + "a" * 10 + "1111111", "C" + "b" * 17, None])
+    assert index.find(asked).tolist() == [*range(len(known))][::-1] + [-1, -1, -1]
+    assert UidIndex(pa.array([], pa.string())).find(pa.array(known[:3])).tolist() == [-1] * 3
 
 
 def test_uid_sort_keys_order_uids_as_their_text():

@@ -191,6 +191,37 @@ def test_fields_and_types_are_zeeks_declarations(log4j_scan, name):
     assert declared(log4j_scan[f"{name}.log"]) == ZEEK_DECLARED[name] + extra
 
 
+def test_http_log_merges_the_partitions_requests_in_time_order_with_depths(tmp_path):
+    """With connections spread over partitions, http.parquet holds one partition's requests
+    after another's; http.log has them all in time order, trans_depth counting each
+    connection's requests, as pandas finds them in the whole table."""
+    server, rows = "10.0.2.80", []
+    for n in range(8):
+        client, port = f"10.0.1.{n + 1}", 40000 + n
+        rows += handshake(n * 0.001, client, port, server, 80)
+        rows += [tcp(0.1 + k * 0.05 + n * 0.007, client, port, server, 80, "PA",
+                     seq=1 + 30 * k, payload=30, protocol="HTTP", http_method="GET",
+                     http_uri=f"/{n}/{k}") for k in range(3)]
+    rows.sort(key=lambda row: row["t"])
+    pq.write_table(packet_table(rows), tmp_path / "packets.parquet")
+    out = tmp_path / "out"
+    write_connections(trace="t", packets_path=tmp_path / "packets.parquet",
+                      flows_path=out / "flows.parquet", http_path=out / "http.parquet",
+                      conn_log_path=out / "conn.log", settings={"partition_packets": 12})
+    assert pq.ParquetFile(out / "http.parquet").num_row_groups > 2
+    hosts_stage(trace="t", packets_path=tmp_path / "packets.parquet",
+                flows_path=out / "flows.parquet", http_path=out / "http.parquet",
+                hosts_path=out / "hosts.parquet", notice_log_path=out / "notice.log",
+                http_log_path=out / "http.log", dns_log_path=out / "dns.log", settings={})
+    http = pd.read_parquet(out / "http.parquet")
+    assert not http["ts"].is_monotonic_increasing  # a partition's requests, then another's
+    http = http.sort_values(["ts", "frame"])
+    logged = zat(out / "http.log")
+    assert logged["uri"].tolist() == http["uri"].tolist()
+    assert logged["uid"].tolist() == http["uid"].tolist()
+    assert logged["trans_depth"].tolist() == (http.groupby("uid").cumcount() + 1).tolist()
+
+
 # ---- names, DNS answers and dns.log on packets made here -----------------------------------
 
 C, RESOLVER = "10.0.0.1", "10.0.0.53"

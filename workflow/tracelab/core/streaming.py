@@ -158,14 +158,22 @@ def ordered_runs(groups: Iterable[pa.Table], bounds: list[int],
 
 
 class _SortedRun:
-    """One file sorted by integer columns (lexicographically), read a batch at a time: the rows
-    read and not yet taken (`held`), sorted."""
+    """One file (or one row group of it) sorted by integer columns (lexicographically), read a
+    batch at a time (only `columns`; all when None): the rows read and not yet taken (`held`),
+    sorted."""
 
-    def __init__(self, path, keys: tuple[str, ...], batch_rows: int):
+    def __init__(self, path, keys: tuple[str, ...], batch_rows: int, group: int | None = None,
+                 columns: list[str] | None = None):
         self.key_names = keys
         parquet = pq.ParquetFile(path)
-        self.batches = record_batches(parquet, batch_size=batch_rows)
-        self.held = parquet.schema_arrow.empty_table()
+        if group is None:
+            self.batches = record_batches(parquet, columns, batch_rows)
+        else:
+            self.batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[group],
+                                                columns=columns)
+        schema = parquet.schema_arrow
+        self.held = (schema if columns is None else pa.schema(
+            [schema.field(name) for name in columns])).empty_table()
         self.more = True
         self.extend()
 
@@ -207,7 +215,21 @@ def merge_sorted(paths: list, keys: tuple[str, ...],
     rows: what a stable sort of their concatenation gives. Memory: a row group and a batch of
     `batch_rows` rows a file (more only while rows share one key at a batch's end), and the
     table being gathered: write the files in row groups of MERGE_BATCH_ROWS."""
-    runs = [_SortedRun(path, keys, batch_rows) for path in paths]
+    return _merged([_SortedRun(path, keys, batch_rows) for path in paths], keys)
+
+
+def merge_row_groups(path, keys: tuple[str, ...], columns: list[str] | None = None,
+                     batch_rows: int = MERGE_BATCH_ROWS) -> Iterator[pa.Table]:
+    """The rows of one Parquet file (only `columns`, which hold `keys`) whose row groups are
+    each sorted by `keys` (sorted runs written one after another: http.parquet, a run a
+    partition of the connection stage), in the order and batches `merge_sorted` gives for
+    files: memory a batch of `batch_rows` rows and a compressed row group a group."""
+    groups = non_empty_groups(pq.ParquetFile(path))
+    return _merged([_SortedRun(path, keys, batch_rows, group, columns) for group in groups],
+                   keys)
+
+
+def _merged(runs: list[_SortedRun], keys: tuple[str, ...]) -> Iterator[pa.Table]:
     gathered: list[pa.Table] = []
     while True:
         for run in runs:

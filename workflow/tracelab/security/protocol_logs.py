@@ -37,7 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.streaming import derived_row_groups, non_empty_groups
+from tracelab.core.streaming import derived_row_groups, merge_row_groups, non_empty_groups
+from tracelab.security.flow_arrays import run_starts
+from tracelab.security.uid import UidIndex
 from tracelab.security.zeek_log import (
     LogField,
     ZeekLogWriter,
@@ -84,6 +86,9 @@ DNS_LOG_FIELDS = [
 
 FLOW_COLUMNS = ["uid", "proto", "orig", "orig_port", "resp", "resp_port", "first_ts",
                 "last_ts"]
+# What http.log takes of http.parquet, and of each request's connection.
+HTTP_LOG_COLUMNS = ["ts", "frame", "uid", "src", "dst", "method", "uri", "status"]
+HTTP_ENDS = ["orig", "orig_port", "resp", "resp_port"]
 DNS_PACKET_COLUMNS = ["frame", "ts", "src", "src_port", "dst", "dst_port", "info", "dns_id",
                       "dns_query", "dns_qtype"]
 # Wireshark's Info of a DNS message: id, the error of a response, the question's type and
@@ -117,15 +122,19 @@ WIRESHARK_QTYPES = {**{name: n for n, name in ZEEK_QUERY_TYPES.items()}, "ANY": 
 
 def _flows_of(flows_path, keep) -> pd.DataFrame:
     """The FLOW_COLUMNS of the flows `keep(row group)` selects (a boolean array), streamed."""
+    return _flow_table(flows_path, keep, FLOW_COLUMNS).to_pandas()
+
+
+def _flow_table(flows_path, keep, columns: list[str]) -> pa.Table:
+    """`columns` of the flows `keep(row group)` selects, as an Arrow table, text as plain
+    strings."""
     parquet = pq.ParquetFile(flows_path)
-    parts = [rows.filter(keep(rows)) for rows in derived_row_groups(
-        parquet, FLOW_COLUMNS, non_empty_groups(parquet))]
-    if not parts:
-        return pd.DataFrame(columns=FLOW_COLUMNS)
-    table = pa.concat_tables(parts)
-    return table.cast(pa.schema([pa.field(f.name, pa.string())
-                                 if pa.types.is_dictionary(f.type) else f
-                                 for f in table.schema])).to_pandas()
+    schema = pa.schema([pa.field(name, pa.string()) if pa.types.is_dictionary(
+        parquet.schema_arrow.field(name).type) else parquet.schema_arrow.field(name)
+                        for name in columns])
+    parts = [rows.filter(keep(rows)).cast(schema) for rows in derived_row_groups(
+        parquet, columns, non_empty_groups(parquet))]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def _ids(frame: pd.DataFrame, dns: dict[str, str]) -> dict[str, pa.Array]:
@@ -158,39 +167,72 @@ def _in_order(fields: list[LogField], values: dict[str, pa.Array], rows: int) ->
 
 # ---- http.log ------------------------------------------------------------------------------
 
-def http_log_fields(http: pd.DataFrame, flows: pd.DataFrame,
+def http_log_fields(http: pd.DataFrame, ends: pd.DataFrame, depth: np.ndarray,
                     dns: dict[str, str]) -> list[pa.Array]:
-    """http.log's fields of the requests `http` (HTTP columns ts, frame, uid, src, dst, method,
-    uri, status) in time order, their ids from `flows` (FLOW_COLUMNS, by uid; a request in no
-    connection has its client and server, no ports)."""
-    http = http.sort_values(["ts", "frame"], kind="stable").reset_index(drop=True)
-    ends = http.merge(flows[["uid", "orig", "orig_port", "resp", "resp_port"]], on="uid",
-                      how="left")
-    ends["orig"] = ends["orig"].where(ends["orig"].notna(), ends["src"])
-    ends["resp"] = ends["resp"].where(ends["resp"].notna(), ends["dst"])
-    depth = http.groupby(http["uid"].fillna(""), sort=False).cumcount() + 1
+    """http.log's fields of the requests `http` (HTTP columns ts, uid, src, dst, method, uri,
+    status; in time order), given each one's connection `ends` (orig, orig_port, resp,
+    resp_port; null for a request in no connection, which has its client and server and no
+    ports) and `depth` (its rank in its connection, from 1)."""
+    ends = ends.assign(orig=ends["orig"].where(ends["orig"].notna(), http["src"]),
+                       resp=ends["resp"].where(ends["resp"].notna(), http["dst"]))
     values = {"ts": time_text(_ns(http["ts"])), "uid": _strings(http["uid"]),
-              "trans_depth": _counts(depth.where(http["uid"].notna())),
+              "trans_depth": _counts(pd.Series(depth).where(http["uid"].notna())),
               "method": _strings(http["method"]), "uri": _strings(http["uri"]),
               "status_code": _counts(http["status"]), **_ids(ends, dns)}
     return _in_order(HTTP_LOG_FIELDS, values, len(http))
 
 
+class _Connections:
+    """The connection of every request with one (its ids in flows.parquet), and how many
+    requests of each were written: what http.log needs beyond a batch of requests, a row a
+    connection that carried HTTP, found by its uid (`UidIndex`)."""
+
+    def __init__(self, http_path, flows_path):
+        self.uids = UidIndex(pq.read_table(http_path, columns=["uid"]).column("uid"))
+        flows = _flow_table(flows_path, lambda rows: self.uids.find(rows.column("uid")) >= 0,
+                            ["uid", *HTTP_ENDS])
+        self.row = np.full(len(self.uids), -1, np.int64)
+        self.row[self.uids.find(flows.column("uid"))] = np.arange(flows.num_rows)
+        self.ends = flows.select(HTTP_ENDS)
+        self.written = np.zeros(len(self.uids), np.int64)
+
+    def of(self, http: pa.Table) -> tuple[pd.DataFrame, np.ndarray]:
+        """The `ends` and `depth` of `http_log_fields` of the next requests in time order."""
+        slot = self.uids.find(http.column("uid"))
+        row = np.where(slot >= 0, self.row[np.maximum(slot, 0)], -1)
+        ends = self.ends.take(pa.array(row, mask=row < 0)).to_pandas()
+        order = np.argsort(slot, kind="stable")  # a connection's requests in time order
+        firsts = np.flatnonzero(run_starts(slot[order]))
+        rank = np.empty(len(slot), np.int64)
+        rank[order] = np.arange(len(slot)) - np.repeat(firsts, np.diff(
+            np.append(firsts, len(slot))))
+        depth = self.written[np.maximum(slot, 0)] + rank + 1
+        np.add.at(self.written, slot[slot >= 0], 1)
+        return ends, depth
+
+
 def write_http_log(handle, http_path, flows_path, dns, span) -> int:
-    http = pq.read_table(http_path, columns=["ts", "frame", "uid", "src", "dst", "method",
-                                             "uri", "status"]).to_pandas()
-    uids = pa.array(http["uid"].dropna().unique(), pa.string())
-    flows = _flows_of(flows_path, lambda rows: pc.is_in(rows.column("uid"), uids))
+    """http.log of the requests of `http_path` in time order, a batch at a time: each row group
+    of the file is sorted (a partition's requests) and merged with the others."""
+    connections = _Connections(http_path, flows_path)
     writer = ZeekLogWriter(handle, "http", HTTP_LOG_FIELDS, span[0])
-    writer.write(http_log_fields(http, flows, dns))
+    rows = 0
+    for batch in merge_row_groups(http_path, ("ts", "frame"), HTTP_LOG_COLUMNS):
+        ends, depth = connections.of(batch)
+        writer.write(http_log_fields(batch.to_pandas(), ends, depth, dns))
+        rows += batch.num_rows
     writer.close(span[1])
-    return len(http)
+    return rows
 
 
 # ---- dns.log -------------------------------------------------------------------------------
 
 def _dns_rows(rows: pa.Table) -> pa.Table:
-    return rows.filter(pc.is_valid(rows.column("dns_query")))
+    """The DNS messages that may be in a connection: a message is matched to one by both its
+    ports, which a CSV export's DNS rows do not show (1.6M such rows at 50M packets were held
+    and joined to find none)."""
+    return rows.filter(pc.and_(pc.is_valid(rows.column("dns_query")), pc.and_(
+        pc.is_valid(rows.column("src_port")), pc.is_valid(rows.column("dst_port")))))
 
 
 def _endpoint_keys(address, port) -> pa.Array:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 UID_ALPHABET = np.frombuffer(
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)
@@ -56,3 +57,37 @@ def uid_sort_keys(uids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     digits = text[:, 1:].astype(np.int64) - ord("0")
     high, low = digits[:, :10], digits[:, 10:]  # 75**10 < 2**63
     return high @ 75 ** np.arange(9, -1, -1), low @ 75 ** np.arange(6, -1, -1)
+
+
+class UidIndex:
+    """Distinct uids, sorted by their `uid_sort_keys`, and where each of other uids is among
+    them: two integer searches a uid, no hash table of the text (1.6M uids at 50M packets)."""
+
+    def __init__(self, uids: pa.Array | pa.ChunkedArray):
+        high, low = uid_sort_keys(pc.drop_null(uids))
+        order = np.lexsort((low, high))
+        high, low = high[order], low[order]
+        distinct = np.ones(len(high), bool)
+        distinct[1:] = (high[1:] != high[:-1]) | (low[1:] != low[:-1])
+        self.high, self.low = high[distinct], low[distinct]
+
+    def __len__(self) -> int:
+        return len(self.high)
+
+    def find(self, uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each uid's place (-1: null or not among them)."""
+        if isinstance(uids, pa.ChunkedArray):
+            uids = uids.combine_chunks()
+        if not len(self.high):
+            return np.full(len(uids), -1, np.int64)
+        high, low = uid_sort_keys(pc.fill_null(uids, "C" + "0" * UID_DIGITS))
+        first = np.searchsorted(self.high, high, "left")
+        end = np.searchsorted(self.high, high, "right")
+        place = first.copy()
+        # uids sharing their first ten digits (about one pair in 10^12): search their block
+        for row in np.flatnonzero(end - first > 1):
+            place[row] += np.searchsorted(self.low[first[row]:end[row]], low[row])
+        place = np.minimum(place, len(self.high) - 1)
+        found = uids.is_valid().to_numpy(zero_copy_only=False) & (self.high[place] == high) \
+            & (self.low[place] == low)
+        return np.where(found, place, -1)
