@@ -209,14 +209,18 @@ def load_config() -> dict:
 
 def stage_arguments(trace: str, source: Path, out: Path, config: dict) -> dict[str, dict]:
     """The keyword arguments each stage's script passes, with the rules' params from config."""
+    from tracelab.core.fingerprint import file_sha256
+
     return {
         "validate": dict(trace=trace, source=str(source), source_format="wireshark_csv",
                          staged_path=str(out / "staged.arrow"),
                          report_path=str(out / "validation.json"),
                          invalid_path=str(out / "invalid.csv"), timezone="UTC",
                          settings=config["validation"]),
+        # The job is given the source's digest (the workflow's fingerprint cache holds it).
         "normalize": dict(trace=trace, staged_path=str(out / "staged.arrow"),
                           source=str(source), source_format="wireshark_csv",
+                          source_sha256=file_sha256(source),
                           packets_path=str(out / "packets.parquet"),
                           row_group_rows=config["normalize"]["row_group_rows"],
                           threads=CORES),

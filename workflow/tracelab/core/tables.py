@@ -187,8 +187,8 @@ class TableParts:
 
 class TableAppender:
     """Appends checked parts of a declared table to one Parquet file (`parquet_options`), with
-    `tracelab.*`
-    metadata: known at the start in the Arrow schema, found on the way in the file's."""
+    `tracelab.*` metadata: known at the start in the Arrow schema, found on the way in the
+    file's."""
 
     def __init__(self, table: Table, path, metadata: dict):
         schema = table.schema.with_metadata(tracelab_metadata(metadata))
