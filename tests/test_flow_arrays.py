@@ -4,6 +4,7 @@ numpy forms they replace give (the connection stage's outputs must not change)."
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from tracelab.security.flow_arrays import (
     PerFlow,
     connected_labels,
     member_of,
+    occurrence,
     ranges,
     stable_order,
 )
@@ -82,3 +84,10 @@ def test_connected_labels_of_large_graphs_are_scipys(shape):
                    "random": (rng.integers(0, nodes, nodes // 2),
                               rng.integers(0, nodes, nodes // 2))}[shape]
     assert np.array_equal(connected_labels(left, right, nodes), scipy_labels(left, right, nodes))
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 50, 5000])
+def test_occurrence_counts_earlier_rows_of_the_same_value_as_pandas_cumcount(distinct):
+    values = np.random.default_rng(distinct).integers(-1, distinct, 4000)
+    assert occurrence(values).tolist() == pd.Series(values).groupby(values).cumcount().tolist()
+    assert occurrence(np.zeros(0, np.int64)).tolist() == []

@@ -169,6 +169,17 @@ def stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
     return np.argsort(major.astype(np.int64) * (int(minor.max()) + 1) + minor, kind="stable")
 
 
+def occurrence(values: np.ndarray) -> np.ndarray:
+    """Each row's count of earlier rows with its value (0 for the first): the n-th request or
+    response of a connection, rows in time order."""
+    order = np.argsort(values, kind="stable")
+    starts = np.flatnonzero(run_starts(values[order]))
+    counts = np.empty(len(values), np.int64)
+    counts[order] = np.arange(len(values)) - np.repeat(starts, np.diff(
+        np.append(starts, len(values))))
+    return counts
+
+
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The integer ranges [start, start + count) one after another."""
     return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))

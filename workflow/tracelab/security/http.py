@@ -13,7 +13,7 @@ from pandera.pandas import Check
 
 from tracelab.core.packets import PORT_CHECK
 from tracelab.core.tables import DICT_STRING, TIMESTAMP, Column, Table
-from tracelab.security.flow_arrays import run_starts
+from tracelab.security.flow_arrays import occurrence
 from tracelab.security.log4shell import uri_indicators
 
 HTTP = Table("http", "results/features/{trace}/http.parquet", (
@@ -78,8 +78,8 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
                        & (connection >= 0))[chrono]]
     # A request's response: the one of its connection with as many before it.
     places = len(connection) + 1
-    answer = pd.Index(connection[response] * places + _nth(connection[response])).get_indexer(
-        connection[request] * places + _nth(connection[request]))
+    responses = pd.Index(connection[response] * places + occurrence(connection[response]))
+    answer = responses.get_indexer(connection[request] * places + occurrence(connection[request]))
     answered = (answer >= 0) & (connection[request] >= 0)
     status = np.full(len(request), np.nan)
     status[answered] = packets["http_status"].to_numpy(np.float64, na_value=np.nan)[
@@ -100,12 +100,3 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
                                 pd.Series(requests["http_version"].isna().to_numpy()))
     return pd.concat([table, indicators], axis=1)[HTTP.names]
 
-
-def _nth(connection: np.ndarray) -> np.ndarray:
-    """For rows in time order, how many rows of the same connection came before each."""
-    by_connection = np.argsort(connection, kind="stable")
-    starts = np.flatnonzero(run_starts(connection[by_connection]))
-    nth = np.empty(len(connection), np.int64)
-    nth[by_connection] = np.arange(len(connection)) - np.repeat(
-        starts, np.diff(np.append(starts, len(connection))))
-    return nth

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tracelab.core.streaming import derived_row_groups, merge_row_groups, non_empty_groups
-from tracelab.security.flow_arrays import run_starts
+from tracelab.security.flow_arrays import occurrence
 from tracelab.security.uid import UidIndex
 from tracelab.security.zeek_log import (
     LogField,
@@ -201,12 +201,7 @@ class _Connections:
         slot = self.uids.find(http.column("uid"))
         row = np.where(slot >= 0, self.row[np.maximum(slot, 0)], -1)
         ends = self.ends.take(pa.array(row, mask=row < 0)).to_pandas()
-        order = np.argsort(slot, kind="stable")  # a connection's requests in time order
-        firsts = np.flatnonzero(run_starts(slot[order]))
-        rank = np.empty(len(slot), np.int64)
-        rank[order] = np.arange(len(slot)) - np.repeat(firsts, np.diff(
-            np.append(firsts, len(slot))))
-        depth = self.written[np.maximum(slot, 0)] + rank + 1
+        depth = self.written[np.maximum(slot, 0)] + occurrence(slot) + 1
         np.add.at(self.written, slot[slot >= 0], 1)
         return ends, depth
 
