@@ -19,6 +19,7 @@ from conftest import REPO
 from packet_factory import BASE, handshake, packet_table, tcp, udp
 
 import tracelab
+from tracelab.security import protocol_logs
 from tracelab.security.connections import write_connections
 from tracelab.security.hosts import hosts_stage
 from tracelab.security.names import address_of_name
@@ -285,6 +286,29 @@ def test_dns_log_pairs_queries_and_responses(made):
         assert (row["id.orig_h"], row["id.resp_h"], row["proto"]) == (C, RESOLVER, "udp")
     # fields neither an export nor the capture decoder keeps are unset, not guessed
     assert dns[["qclass", "AA", "RD", "TTLs", "rejected"]].isna().all().all()
+
+
+def test_dns_log_split_by_address_pair_is_the_same_log(tmp_path, monkeypatch):
+    """Above DNS_PARTITION_MESSAGES the messages and flows are split by address pair and the
+    parts merged by time: the same bytes as made at once, records in time order."""
+    rows = []
+    for n in range(7):
+        client = f"10.0.3.{n + 1}"
+        rows.append(udp(n * 0.1, client, 40000 + n, RESOLVER, 53, protocol="DNS",
+                        dns_query=f"q{n}.example", info=f"Standard query 0x{n:04x} A q{n}.example"))
+        if n % 3:
+            rows.append(udp(n * 0.1 + 0.35, RESOLVER, 53, client, 40000 + n, protocol="DNS",
+                            dns_query=f"q{n}.example", info=f"Standard query response "
+                            f"0x{n:04x} A q{n}.example A 192.0.2.{n}"))
+    rows.sort(key=lambda row: row["t"])
+    pq.write_table(packet_table(rows), tmp_path / "packets.parquet")
+    whole = run_stages(tmp_path / "packets.parquet", tmp_path / "whole", "t")
+    monkeypatch.setattr(protocol_logs, "DNS_PARTITION_MESSAGES", 2)
+    split = run_stages(tmp_path / "packets.parquet", tmp_path / "split", "t")
+    assert split["dns.log"].read_bytes() == whole["dns.log"].read_bytes()
+    logged = zat(split["dns.log"])
+    assert logged["query"].tolist() == [f"q{n}.example" for n in range(7)]
+    assert logged["rcode_name"].notna().tolist() == [bool(n % 3) for n in range(7)]
 
 
 def test_logs_without_records_still_open(made):

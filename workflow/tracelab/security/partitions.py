@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -79,8 +80,8 @@ class Partitions:
                 yield pa.ipc.open_stream(source).read_all()
 
 
-def _routed(rows: pa.Table, n: int) -> tuple[pa.Table, np.ndarray]:
-    return routed(rows, partition_of(rows.column("src"), rows.column("dst"), n), n)
+def _routed(rows: pa.Table, n: int, pair: tuple[str, str]) -> tuple[pa.Table, np.ndarray]:
+    return routed(rows, partition_of(rows.column(pair[0]), rows.column(pair[1]), n), n)
 
 
 def split_packets(packets_path, columns: list[str], n: int, directory: Path,
@@ -88,17 +89,27 @@ def split_packets(packets_path, columns: list[str], n: int, directory: Path,
     """Route the packet table's rows (`columns` only) into `n` partition files in `directory`,
     row group by row group (the next one read on a background thread; `threads` groups ordered
     by partition at once while the oldest is written)."""
-    parquet = pq.ParquetFile(packets_path)
+    return split_by_pair(packets_path, columns, n, directory, threads=threads)
+
+
+def split_by_pair(path, columns: list[str], n: int, directory: Path, *, threads: int = 1,
+                  pair: tuple[str, str] = ("src", "dst"),
+                  derive: Callable[[pa.Table], pa.Table] = lambda rows: rows) -> Partitions:
+    """`split_packets` of any table whose rows name two addresses (`pair`: a flow's orig and
+    resp), of the rows `derive` keeps of each batch: rows of one address pair, whichever
+    table they come from, land in the same partition."""
+    parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
     schema = pa.schema([schema.field(name) for name in columns])
+    directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"partition-{index:05d}.arrows" for index in range(n)]
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     sinks = [pa.OSFile(str(path), "wb") for path in paths]
     writers = [pa.ipc.new_stream(sink, schema, options=options) for sink in sinks]
     try:
         # Empty row groups are skipped: a perturbed copy that cut the trace has some.
-        groups = derived_row_groups(parquet, columns, non_empty_groups(parquet))
-        for parts in ordered_map(partial(_routed, n=n), groups, threads):
+        groups = derived_row_groups(parquet, columns, non_empty_groups(parquet), derive)
+        for parts in ordered_map(partial(_routed, n=n, pair=pair), groups, threads):
             write_routed(parts, writers)
     finally:
         for writer, sink in zip(writers, sinks):

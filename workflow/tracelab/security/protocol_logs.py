@@ -30,6 +30,9 @@ cannot fill is declared and left unset (`-`), never guessed. Like conn.log, each
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,8 +40,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tracelab.core.streaming import derived_row_groups, merge_row_groups, non_empty_groups
+from tracelab.core.streaming import (
+    MERGE_BATCH_ROWS,
+    derived_row_groups,
+    merge_row_groups,
+    merge_sorted,
+    non_empty_groups,
+)
 from tracelab.security.flow_arrays import occurrence
+from tracelab.security.partitions import partition_count, split_by_pair
 from tracelab.security.uid import UidIndex
 from tracelab.security.zeek_log import (
     LogField,
@@ -86,6 +96,9 @@ DNS_LOG_FIELDS = [
 
 FLOW_COLUMNS = ["uid", "proto", "orig", "orig_port", "resp", "resp_port", "first_ts",
                 "last_ts"]
+# DNS messages dns.log makes into transactions at once (about; more when one pair of hosts
+# exchanged more): 360k took ~600 MB (a 10M-packet capture).
+DNS_PARTITION_MESSAGES = 100_000
 # What http.log takes of http.parquet, and of each request's connection.
 HTTP_LOG_COLUMNS = ["ts", "frame", "uid", "src", "dst", "method", "uri", "status"]
 HTTP_ENDS = ["orig", "orig_port", "resp", "resp_port"]
@@ -120,21 +133,22 @@ ZEEK_QUERY_TYPES = {
 WIRESHARK_QTYPES = {**{name: n for n, name in ZEEK_QUERY_TYPES.items()}, "ANY": 255}
 
 
-def _flows_of(flows_path, keep) -> pd.DataFrame:
-    """The FLOW_COLUMNS of the flows `keep(row group)` selects (a boolean array), streamed."""
-    return _flow_table(flows_path, keep, FLOW_COLUMNS).to_pandas()
-
-
 def _flow_table(flows_path, keep, columns: list[str]) -> pa.Table:
-    """`columns` of the flows `keep(row group)` selects, as an Arrow table, text as plain
-    strings."""
+    """`columns` of the flows `keep(row group)` selects (a boolean array), streamed, as an
+    Arrow table, text as plain strings."""
     parquet = pq.ParquetFile(flows_path)
-    schema = pa.schema([pa.field(name, pa.string()) if pa.types.is_dictionary(
-        parquet.schema_arrow.field(name).type) else parquet.schema_arrow.field(name)
-                        for name in columns])
-    parts = [rows.filter(keep(rows)).cast(schema) for rows in derived_row_groups(
-        parquet, columns, non_empty_groups(parquet))]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return _kept_flows(derived_row_groups(parquet, columns, non_empty_groups(parquet)), keep,
+                       columns)
+
+
+def _kept_flows(flows: Iterable[pa.Table], keep, columns: list[str]) -> pa.Table:
+    """The rows `keep` selects of each of the tables `flows`, text as plain strings."""
+    parts = [rows.filter(keep(rows)).select(columns) for rows in flows]
+    parts = [part.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_dictionary(
+        f.type) else f for f in part.schema])) for part in parts]
+    if not parts:
+        return pa.schema([(name, pa.string()) for name in columns]).empty_table()
+    return pa.concat_tables(parts)
 
 
 def _ids(frame: pd.DataFrame, dns: dict[str, str]) -> dict[str, pa.Array]:
@@ -241,14 +255,21 @@ def dns_messages(packets_path, flows_path) -> pd.DataFrame:
     parquet = pq.ParquetFile(packets_path)
     parts = list(derived_row_groups(parquet, DNS_PACKET_COLUMNS, non_empty_groups(parquet),
                                     _dns_rows))
-    if not parts or not sum(p.num_rows for p in parts):
+    flows = pq.ParquetFile(flows_path)
+    return _connected_messages(pa.concat_tables(parts) if parts else None, derived_row_groups(
+        flows, FLOW_COLUMNS, non_empty_groups(flows)))
+
+
+def _connected_messages(packets: pa.Table | None, flows: Iterable[pa.Table]) -> pd.DataFrame:
+    """`dns_messages` of the DNS rows `packets`, among the flows (FLOW_COLUMNS tables)."""
+    if packets is None or not packets.num_rows:
         return pd.DataFrame(columns=[*DNS_PACKET_COLUMNS, *FLOW_COLUMNS, "from_orig"])
-    packets = pa.concat_tables(parts)
     src = _endpoint_keys(packets.column("src"), packets.column("src_port"))
     dst = _endpoint_keys(packets.column("dst"), packets.column("dst_port"))
     ends = pa.concat_arrays([src.combine_chunks(), dst.combine_chunks()]).unique()
-    flows = _flows_of(flows_path, lambda rows: pc.is_in(
-        _endpoint_keys(rows.column("orig"), rows.column("orig_port")), ends))
+    flows = _kept_flows(flows, lambda rows: pc.is_in(
+        _endpoint_keys(rows.column("orig"), rows.column("orig_port")), ends),
+                        FLOW_COLUMNS).to_pandas()
     frame = packets.to_pandas().assign(src_key=src.to_pylist(), dst_key=dst.to_pylist())
     frame["src"], frame["dst"] = frame["src"].astype("object"), frame["dst"].astype("object")
     flows = flows.assign(orig_key=[f"{a}|{p}" for a, p in zip(flows["orig"], flows["orig_port"])],
@@ -325,12 +346,52 @@ def dns_log_fields(transactions: pd.DataFrame, dns: dict[str, str]) -> list[pa.A
 
 
 def write_dns_log(handle, packets_path, flows_path, dns, span) -> int:
-    messages = dns_messages(packets_path, flows_path)
+    """dns.log of the trace's DNS messages with ports (`dns_transactions`), in time order. Above
+    DNS_PARTITION_MESSAGES of them the messages and the flows are split by address pair (a
+    message's connection and its transaction's other half are between the same two hosts, as
+    the connection stage splits packets), each part's transactions are made on its own and
+    the parts are merged by time: memory is a part's, not the trace's."""
     writer = ZeekLogWriter(handle, "dns", DNS_LOG_FIELDS, span[0])
     rows = 0
-    if len(messages):
-        transactions = dns_transactions(messages)
-        writer.write(dns_log_fields(transactions, dns))
-        rows = len(transactions)
+    for fields in _dns_log_parts(packets_path, flows_path, dns):
+        writer.write(fields)
+        rows += len(fields[0])
     writer.close(span[1])
     return rows
+
+
+def _dns_log_parts(packets_path, flows_path, dns) -> Iterator[list[pa.Array]]:
+    """dns.log's fields, batch by batch in time order (see `write_dns_log`)."""
+    parts = partition_count(_dns_message_count(packets_path), DNS_PARTITION_MESSAGES)
+    if parts == 1:
+        messages = dns_messages(packets_path, flows_path)
+        if len(messages):
+            yield dns_log_fields(dns_transactions(messages), dns)
+        return
+    with tempfile.TemporaryDirectory(prefix=".dns-", dir=Path(flows_path).parent) as scratch:
+        messages = split_by_pair(packets_path, DNS_PACKET_COLUMNS, parts,
+                                 Path(scratch) / "messages", derive=_dns_rows)
+        flows = split_by_pair(flows_path, FLOW_COLUMNS, parts, Path(scratch) / "flows",
+                              pair=("orig", "resp"))
+        paths = []
+        for index, (rows, flow_rows) in enumerate(zip(messages.tables(), flows.tables())):
+            connected = _connected_messages(rows, [flow_rows])
+            if not len(connected):
+                continue
+            transactions = dns_transactions(connected)
+            fields = dns_log_fields(transactions, dns)
+            paths.append(Path(scratch) / f"log-{index:05d}.parquet")
+            pq.write_table(pa.table({
+                "ts": _ns(transactions["ts"]), "frame": transactions["frame"].astype(np.int64),
+                **{str(number): field for number, field in enumerate(fields)}}), paths[-1],
+                compression="lz4", row_group_size=MERGE_BATCH_ROWS)
+        for batch in merge_sorted(paths, ("ts", "frame")):
+            yield [batch.column(str(number)).combine_chunks()
+                   for number in range(len(DNS_LOG_FIELDS))]
+
+
+def _dns_message_count(packets_path) -> int:
+    """DNS messages with both ports (`_dns_rows`), counted from three columns."""
+    parquet = pq.ParquetFile(packets_path)
+    return sum(rows.num_rows for rows in derived_row_groups(
+        parquet, ["dns_query", "src_port", "dst_port"], non_empty_groups(parquet), _dns_rows))
