@@ -84,7 +84,8 @@ class UidIndex:
         first = np.searchsorted(self.high, high, "left")
         end = np.searchsorted(self.high, high, "right")
         place = first.copy()
-        # uids sharing their first ten digits (about one pair in 10^12): search their block
+        # uids sharing their first ten digits (62^10 values: among 1.6M uids a chance of
+        # ~1e-6 that any two do): the rest told apart in their block
         for row in np.flatnonzero(end - first > 1):
             place[row] += np.searchsorted(self.low[first[row]:end[row]], low[row])
         place = np.minimum(place, len(self.high) - 1)
