@@ -362,7 +362,10 @@ def write_dns_log(handle, packets_path, flows_path, dns, span) -> int:
 
 def _dns_log_parts(packets_path, flows_path, dns) -> Iterator[list[pa.Array]]:
     """dns.log's fields, batch by batch in time order (see `write_dns_log`)."""
-    parts = partition_count(_dns_message_count(packets_path), DNS_PARTITION_MESSAGES)
+    count = _dns_message_count(packets_path)
+    if not count:  # a CSV export's DNS rows have no ports: nothing more to read
+        return
+    parts = partition_count(count, DNS_PARTITION_MESSAGES)
     if parts == 1:
         messages = dns_messages(packets_path, flows_path)
         if len(messages):
