@@ -379,7 +379,7 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
     resp = np.where(flipped, packets.src[first], packets.dst[first])
     orig_port = np.where(flipped, packets.dst_port[first], packets.src_port[first])
     resp_port = np.where(flipped, packets.src_port[first], packets.dst_port[first])
-    # Text as Arrow arrays (see `_in_order`).
+    # Text as Arrow arrays (see `_taken`).
     proto = pa.array(["tcp", "udp"]).take(np.where(flow_is_tcp, 0, 1))
     address = pa.array(packets.addresses, pa.string())
     orig_name, resp_name = address.take(orig), address.take(resp)
@@ -412,11 +412,11 @@ def _aggregate(packets: PacketArrays, member: Membership, trace: str):
         "len_min": per.min(length), "len_mean": len_mean, "len_std": len_std,
         "len_max": per.max(length),
     }
-    return pd.DataFrame({"trace": trace, **{name: _in_order(values, order)
+    return pd.DataFrame({"trace": trace, **{name: _taken(values, order)
                                             for name, values in columns.items()}}), ranks(order)
 
 
-def _in_order(values: np.ndarray | pa.Array, order: np.ndarray):
+def _taken(values: np.ndarray | pa.Array, order: np.ndarray):
     """A column of the flows frame, taken in `order`: Arrow text becomes pandas text through
     Arrow (pandas converts a numpy array of strings one at a time, holding the GIL: the
     uids, endpoints, protocols and services took ~25 ms of a 1M-packet partition)."""

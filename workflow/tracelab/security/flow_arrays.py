@@ -173,10 +173,9 @@ def occurrence(values: np.ndarray) -> np.ndarray:
     """Each row's count of earlier rows with its value (0 for the first): the n-th request or
     response of a connection, rows in time order."""
     order = np.argsort(values, kind="stable")
-    starts = np.flatnonzero(run_starts(values[order]))
+    per = PerFlow(values[order])
     counts = np.empty(len(values), np.int64)
-    counts[order] = np.arange(len(values)) - np.repeat(starts, np.diff(
-        np.append(starts, len(values))))
+    counts[order] = np.arange(len(values)) - np.repeat(per.starts, per.sizes())
     return counts
 
 

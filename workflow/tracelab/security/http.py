@@ -70,7 +70,8 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
     response answers the n-th request (HTTP/1.1 keeps order). A request line without an HTTP
     version was cut short by the capture's snap length.
     """
-    connection = pd.factorize(np.asarray(packet_uid, dtype=object))[0]  # -1: none
+    packet_uid = np.asarray(packet_uid, dtype=object)
+    connection = pd.factorize(packet_uid)[0]  # -1: none
     ts = pd.to_datetime(packets["ts"], utc=True).array
     chrono = np.lexsort((packets["frame"].to_numpy(np.int64), ts.asi8))  # time, frame, row
     request = chrono[packets["http_method"].notna().to_numpy(bool)[chrono]]
@@ -89,7 +90,7 @@ def http_requests(packets: pd.DataFrame, packet_uid: np.ndarray, trace: str) -> 
         "trace": trace,
         "frame": requests["frame"].to_numpy(np.int64),
         "ts": ts[request],
-        "uid": pd.array(np.asarray(packet_uid, dtype=object)[request], dtype="string"),
+        "uid": pd.array(packet_uid[request], dtype="string"),
         "src": requests["src"].astype("string").to_numpy(),
         "dst": requests["dst"].astype("string").to_numpy(),
         "method": requests["http_method"].astype("string").to_numpy(),
