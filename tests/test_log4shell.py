@@ -173,19 +173,26 @@ def test_uri_shape_columns():
         ("*.attacker.tld", True)
 
 
+CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
+
+
+def request(t: float, port: int, seq: int, uri: str, method: str = "GET") -> dict:
+    """A 30-byte request line from the client's `port` to the server's port 80."""
+    return tcp(t, CLIENT, port, SERVER, 80, "PA", seq=seq, payload=30, protocol="HTTP",
+               http_method=method, http_uri=uri)
+
+
+def response(t: float, port: int, seq: int, status: int) -> dict:
+    """A 50-byte response from the server's port 80 to the client's `port`."""
+    return tcp(t, SERVER, 80, CLIENT, port, "PA", seq=seq, payload=50, protocol="HTTP",
+               http_status=status)
+
+
 def test_requests_are_matched_to_their_responses_in_order():
-    C, S = "10.0.0.1", "10.0.0.2"
-    rows = [*handshake(0, C, 40000, S, 80),
-            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/first"),
-            tcp(0.02, C, 40000, S, 80, "PA", seq=31, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/missing"),
-            tcp(0.03, S, 80, C, 40000, "PA", seq=1, payload=50, protocol="HTTP",
-                http_status=200),
-            tcp(0.04, S, 80, C, 40000, "PA", seq=51, payload=50, protocol="HTTP",
-                http_status=404),
-            tcp(0.05, C, 40000, S, 80, "PA", seq=61, payload=30, protocol="HTTP",
-                http_method="POST", http_uri="/unanswered"),
+    rows = [*handshake(0, CLIENT, 40000, SERVER, 80),
+            request(0.01, 40000, 1, "/first"), request(0.02, 40000, 31, "/missing"),
+            response(0.03, 40000, 1, 200), response(0.04, 40000, 51, 404),
+            request(0.05, 40000, 61, "/unanswered", method="POST"),
             portless(0.06, "10.0.0.8", "10.0.0.9", "HTTP", http_method="GET",
                      http_uri="/nowhere/${jndi:ldap://cb:13", http_version=None)]
     packets = packet_frame(rows)
@@ -202,21 +209,11 @@ def test_requests_are_matched_to_their_responses_in_order():
 
 
 def test_responses_match_within_their_connection_by_time_then_frame_in_any_row_order():
-    C, S = "10.0.0.1", "10.0.0.2"
-    rows = [*handshake(0, C, 40000, S, 80), *handshake(0.001, C, 40001, S, 80),
-            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/a1"),
-            tcp(0.02, C, 40001, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/b1"),
-            tcp(0.03, S, 80, C, 40001, "PA", seq=1, payload=50, protocol="HTTP",
-                http_status=301),
-            tcp(0.04, C, 40000, S, 80, "PA", seq=31, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/a2"),
+    rows = [*handshake(0, CLIENT, 40000, SERVER, 80), *handshake(0.001, CLIENT, 40001, SERVER, 80),
+            request(0.01, 40000, 1, "/a1"), request(0.02, 40001, 1, "/b1"),
+            response(0.03, 40001, 1, 301), request(0.04, 40000, 31, "/a2"),
             # Two responses at one time: the frame says which came first.
-            tcp(0.05, S, 80, C, 40000, "PA", seq=1, payload=50, protocol="HTTP",
-                http_status=200),
-            tcp(0.05, S, 80, C, 40000, "PA", seq=51, payload=50, protocol="HTTP",
-                http_status=404)]
+            response(0.05, 40000, 1, 200), response(0.05, 40000, 51, 404)]
     packets = packet_frame(rows)
     uid = assemble_connections(packets, flow_settings(), "t").packet_uid
     backwards = packets.iloc[::-1].reset_index(drop=True)
@@ -227,11 +224,8 @@ def test_responses_match_within_their_connection_by_time_then_frame_in_any_row_o
 
 
 def test_requests_without_any_response_have_no_status():
-    C, S = "10.0.0.1", "10.0.0.2"
-    rows = [*handshake(0, C, 40000, S, 80),
-            tcp(0.01, C, 40000, S, 80, "PA", seq=1, payload=30, protocol="HTTP",
-                http_method="GET", http_uri="/a")]
-    packets = packet_frame(rows)
+    packets = packet_frame([*handshake(0, CLIENT, 40000, SERVER, 80),
+                            request(0.01, 40000, 1, "/a")])
     http = http_requests(packets, assemble_connections(packets, flow_settings(), "t")
                          .packet_uid, "t")
     assert http["uri"].tolist() == ["/a"] and http["status"].isna().all()
